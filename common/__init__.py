@@ -1,0 +1,20 @@
+"""Shared components of the Medical Diffusion bundles: what MONAI lacks to reproduce the paper.
+
+Bundle configs ``import common`` and refer to ``common.<module>.<name>``, so the submodules are imported here.
+"""
+
+from . import checkpoints, data, demo_data, engines, handlers, latent, losses, networks, sampling, transforms, visualize
+
+__all__ = [
+    "checkpoints",
+    "data",
+    "demo_data",
+    "engines",
+    "handlers",
+    "latent",
+    "losses",
+    "networks",
+    "sampling",
+    "transforms",
+    "visualize",
+]

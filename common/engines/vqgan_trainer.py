@@ -1,0 +1,143 @@
+"""The VQ-GAN training stage on MONAI's ignite ``Trainer``.
+
+MONAI's ``AdversarialTrainer`` trains one generator against one discriminator with a reconstruction loss. The
+Medical Diffusion VQ-GAN needs more: the autoencoder returns a commitment loss besides the reconstruction, two
+discriminators (a random depth slice and the whole volume) with feature matching, adversarial terms that start
+after a given iteration, and gradient clipping. The objective itself lives in ``common.losses.VQGANLoss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from monai.engines import Trainer
+from monai.engines.utils import default_prepare_batch
+from monai.networks.nets import VQVAE
+from monai.utils import CommonKeys as Keys
+from torch.optim import Optimizer
+
+from common.losses import VQGANLoss
+
+__all__ = ["VQGANTrainer"]
+
+
+class VQGANTrainer(Trainer):
+    """Alternating autoencoder / discriminator updates of the Medical Diffusion VQ-GAN.
+
+    Each iteration updates the autoencoder on ``loss_function.generator_loss``; once the adversarial terms are
+    active (after ``loss_function.adversarial_start`` iterations) it also updates both discriminators on
+    ``loss_function.discriminator_loss``. ``engine.state.output`` holds the input (``image``), the
+    reconstruction (``pred``), the autoencoder loss (``loss``) and ``losses``, a dict of every loss term plus
+    the codebook's ``perplexity``, ``codebook_usage`` (fraction of codes used in the batch) and
+    ``codebook_restarts`` (dead codes re-seeded this step), for ``StatsHandler`` / ``TensorBoardStatsHandler``.
+
+    Args:
+        device: device of the networks.
+        max_epochs: epochs to train.
+        train_data_loader: loader of dicts with an ``image`` key (B, C, H, W, D).
+        network: the VQ-GAN (a MONAI ``VQVAE``; ``forward`` returns reconstruction and commitment loss).
+        optimizer: optimizer of ``network``.
+        loss_function: the objective, holding both discriminators.
+        discriminator_optimizer: one optimizer over the parameters of both discriminators.
+        epoch_length: iterations per epoch; defaults to the loader's length.
+        gradient_clip: max norm of the gradients of each update (the paper: 1.0); 0 disables clipping.
+        amp: mixed precision (float16 with loss scaling on CUDA, bfloat16 elsewhere).
+        train_handlers: ignite handlers with ``attach(engine)``.
+        prepare_batch: how to take the image from a batch.
+        non_blocking: non-blocking host-to-device copies.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: VQVAE,
+        optimizer: Optimizer,
+        loss_function: VQGANLoss,
+        discriminator_optimizer: Optimizer,
+        epoch_length: int | None = None,
+        gradient_clip: float = 1.0,
+        amp: bool = False,
+        train_handlers: Sequence | None = None,
+        prepare_batch: Callable = default_prepare_batch,
+        non_blocking: bool = False,
+    ) -> None:
+        if gradient_clip < 0:
+            raise ValueError(f"gradient_clip must be >= 0, got {gradient_clip}.")
+        device = torch.device(device)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            handlers=train_handlers,
+            amp=amp,
+            decollate=False,
+            amp_kwargs={"device_type": device.type, "dtype": torch.float16 if device.type == "cuda" else torch.bfloat16},
+        )
+        self.network = network
+        self.optimizer = optimizer
+        self.loss_function = loss_function
+        self.discriminator_optimizer = discriminator_optimizer
+        self.gradient_clip = gradient_clip
+        use_scaler = amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.discriminator_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    def _step(self, loss: torch.Tensor, optimizer: Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if self.gradient_clip:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.gradient_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+    def _iteration(self, engine: VQGANTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        images = batch[0]
+        iteration = engine.state.iteration
+        slice_index = torch.randint(images.shape[-1], (images.shape[0],), device=images.device)
+        losses = engine.loss_function
+
+        engine.network.train()
+        losses.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(**engine.amp_kwargs, enabled=engine.amp):
+            reconstruction, commitment = engine.network(images)
+            terms = losses.generator_loss(images, reconstruction, commitment, slice_index, iteration)
+        engine._step(terms["loss"], engine.optimizer, engine.scaler)
+
+        if losses.adversarial_active(iteration):
+            engine.discriminator_optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(**engine.amp_kwargs, enabled=engine.amp):
+                disc_terms = losses.discriminator_loss(images, reconstruction, slice_index)
+            engine._step(disc_terms["loss"], engine.discriminator_optimizer, engine.discriminator_scaler)
+            terms.update({k: v for k, v in disc_terms.items() if k != "loss"})
+            terms["disc_loss"] = disc_terms["loss"]
+
+        codebook = engine.network.quantizer
+        logged = {key: float(value.detach()) for key, value in terms.items()}
+        logged["perplexity"] = float(codebook.perplexity)
+        logged["codebook_usage"] = float(getattr(codebook.quantizer, "last_usage", float("nan")))
+        logged["codebook_restarts"] = float(getattr(codebook.quantizer, "last_restarts", 0))
+        engine.state.output = {
+            Keys.IMAGE: images,
+            Keys.PRED: reconstruction.detach(),
+            Keys.LOSS: terms["loss"].detach(),
+            "losses": logged,
+        }
+        return engine.state.output

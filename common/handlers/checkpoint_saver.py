@@ -1,0 +1,92 @@
+"""Checkpoints that are never half-written: every N iterations and at the end of training.
+
+MONAI's ``CheckpointSaver`` writes in place (``atomic=False``) and saves its "final" checkpoint also when
+training dies with an exception, so a crash can leave a truncated file or a final-looking one. This saver
+writes each checkpoint to a temporary file in the same folder and renames it into place, and writes the final
+file only when training completes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+__all__ = ["AtomicCheckpointSaver", "save_atomically"]
+
+
+def save_atomically(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class AtomicCheckpointSaver:
+    """Save the state dicts of ``save_dict`` every ``save_interval`` iterations and when training completes.
+
+    Files: ``<save_dir>/<name>_iteration=<n>.pt`` (the last ``n_saved`` are kept) and ``<save_dir>/<name>.pt``
+    at the end. Under ``torch.distributed`` only rank 0 writes.
+
+    Args:
+        save_dir: folder of the checkpoints.
+        save_dict: objects with ``state_dict()`` (networks, optimizers, the trainer, EMA copies) by name.
+        name: file name stem.
+        save_interval: iterations between periodic checkpoints; 0 saves only at the end.
+        n_saved: how many periodic checkpoints to keep.
+    """
+
+    def __init__(
+        self, save_dir: str, save_dict: Mapping[str, Any], name: str, save_interval: int = 0, n_saved: int = 2
+    ) -> None:
+        if save_interval < 0 or n_saved < 1:
+            raise ValueError(f"need save_interval >= 0 and n_saved >= 1, got {save_interval} and {n_saved}.")
+        for key, obj in save_dict.items():
+            if not callable(getattr(obj, "state_dict", None)):
+                raise TypeError(f"save_dict['{key}'] has no state_dict().")
+        self.save_dir = Path(save_dir)
+        self.save_dict = dict(save_dict)
+        self.name = name
+        self.save_interval = save_interval
+        self.n_saved = n_saved
+        self._periodic: list[Path] = []
+
+    def attach(self, engine: Engine) -> None:
+        if self.save_interval:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.save_periodic)
+        engine.add_event_handler(Events.COMPLETED, self.save_final)
+
+    def state(self) -> dict[str, Any]:
+        return {key: obj.state_dict() for key, obj in self.save_dict.items()}
+
+    def _writes(self) -> bool:
+        return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+    def save_periodic(self, engine: Engine) -> None:
+        if not self._writes():
+            return
+        path = self.save_dir / f"{self.name}_iteration={engine.state.iteration}.pt"
+        save_atomically(self.state(), path)
+        self._periodic.append(path)
+        while len(self._periodic) > self.n_saved:
+            self._periodic.pop(0).unlink(missing_ok=True)
+
+    def save_final(self, engine: Engine) -> None:
+        if self._writes():
+            save_atomically(self.state(), self.save_dir / f"{self.name}.pt")

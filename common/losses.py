@@ -1,0 +1,182 @@
+"""The Medical Diffusion VQ-GAN objective, built from MONAI's losses and discriminators.
+
+Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + commitment``, and from
+``adversarial_start`` on, the hinge losses of a 2D discriminator on that slice and of a 3D discriminator on the
+volume, plus ``feature_matching_weight`` times the L1 distance between their intermediate features on real and
+reconstructed input. Discriminators: hinge loss on real versus reconstructed slice / volume.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from monai.losses import PatchAdversarialLoss, PerceptualLoss
+from torch import nn
+
+__all__ = ["VQGANLoss", "build_perceptual_loss", "depth_slices", "feature_matching_loss"]
+
+# file names torchvision gives the ImageNet trunks that LPIPS loads (torch hub cache layout: <dir>/checkpoints/)
+LPIPS_TRUNK_WEIGHTS = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
+
+
+def build_perceptual_loss(network_type: str = "alex", cache_dir: str | None = None) -> PerceptualLoss:
+    """2D LPIPS perceptual loss (``monai.losses.PerceptualLoss``) that fails with a plain message offline.
+
+    LPIPS needs the ``lpips`` and ``torchvision`` packages and torchvision's ImageNet weights of the trunk,
+    which torchvision downloads into the torch hub cache on first use. On a machine without internet, copy
+    the file (e.g. ``alexnet-owt-7be5be79.pth``) into ``<cache_dir>/checkpoints/`` and pass ``cache_dir``.
+    To train without perceptual loss, set the loss's ``perceptual_weight`` to 0 instead of calling this.
+    """
+    if network_type not in LPIPS_TRUNK_WEIGHTS:
+        raise ValueError(f"network_type must be one of {sorted(LPIPS_TRUNK_WEIGHTS)}, got {network_type!r}.")
+    missing = [pkg for pkg in ("lpips", "torchvision") if importlib.util.find_spec(pkg) is None]
+    if missing:
+        raise ImportError(
+            f"the perceptual (LPIPS) loss needs the packages {', '.join(missing)}: "
+            "`pip install lpips torchvision`, or train without it by setting perceptual_weight to 0."
+        )
+    hub_dir = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir())
+    weights = hub_dir / "checkpoints" / LPIPS_TRUNK_WEIGHTS[network_type]
+    if cache_dir and not weights.is_file():
+        raise FileNotFoundError(
+            f"LPIPS '{network_type}' needs torchvision's ImageNet weights at {weights}, which does not exist. "
+            "Copy the file there from a machine with internet, or set perceptual_weight to 0."
+        )
+    try:
+        return PerceptualLoss(spatial_dims=2, network_type=network_type, cache_dir=cache_dir)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError
+        raise RuntimeError(
+            f"could not load the LPIPS '{network_type}' weights (expected at {weights}; downloading failed: {error}). "
+            "Copy the file there and pass its folder as the perceptual cache_dir, or set perceptual_weight to 0."
+        ) from error
+
+
+def depth_slices(volumes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Slice ``index[b]`` along depth of every volume b: (B, C, H, W, D) -> (B, C, H, W)."""
+    b, c, h, w, _ = volumes.shape
+    gather_index = index.view(b, 1, 1, 1, 1).expand(b, c, h, w, 1)
+    return volumes.gather(4, gather_index).squeeze(4)
+
+
+def feature_matching_loss(fake_features: list[torch.Tensor], real_features: list[torch.Tensor]) -> torch.Tensor:
+    """Mean L1 distance between a discriminator's intermediate features (its final logits excluded)."""
+    pairs = list(zip(fake_features[:-1], real_features[:-1]))
+    if not pairs:
+        return fake_features[-1].new_zeros(())
+    return torch.stack([F.l1_loss(fake, real.detach()) for fake, real in pairs]).mean()
+
+
+class VQGANLoss(nn.Module):
+    """Generator and discriminator objectives of the Medical Diffusion VQ-GAN.
+
+    Args:
+        image_discriminator: 2D ``PatchDiscriminator`` for one depth slice per volume.
+        volume_discriminator: 3D ``PatchDiscriminator`` for the whole volume.
+        perceptual_loss: 2D perceptual loss (see ``build_perceptual_loss``); required when
+            ``perceptual_weight`` > 0, ignored otherwise.
+        l1_weight: weight of the voxel-wise L1 reconstruction loss (the paper: 4).
+        perceptual_weight: weight of the perceptual loss on the slice (the paper: 4; 0 switches it off).
+        image_gan_weight: weight of the 2D discriminator's adversarial loss (the paper: 1).
+        volume_gan_weight: weight of the 3D discriminator's adversarial loss (the paper: 1).
+        feature_matching_weight: weight of the feature-matching loss of both discriminators (the paper: 4).
+        adversarial_start: iteration from which the adversarial and feature-matching terms count and the
+            discriminators train (the paper: 10000).
+    """
+
+    def __init__(
+        self,
+        image_discriminator: nn.Module,
+        volume_discriminator: nn.Module,
+        perceptual_loss: nn.Module | None = None,
+        l1_weight: float = 4.0,
+        perceptual_weight: float = 4.0,
+        image_gan_weight: float = 1.0,
+        volume_gan_weight: float = 1.0,
+        feature_matching_weight: float = 4.0,
+        adversarial_start: int = 10000,
+    ) -> None:
+        super().__init__()
+        if perceptual_weight > 0 and perceptual_loss is None:
+            raise ValueError(
+                "perceptual_weight > 0 needs a perceptual_loss (see common.losses.build_perceptual_loss); "
+                "set perceptual_weight to 0 to train without it."
+            )
+        if adversarial_start < 0:
+            raise ValueError(f"adversarial_start must be >= 0, got {adversarial_start}.")
+        self.image_discriminator = image_discriminator
+        self.volume_discriminator = volume_discriminator
+        self.perceptual_loss = perceptual_loss if perceptual_weight > 0 else None
+        self.l1_weight = l1_weight
+        self.perceptual_weight = perceptual_weight
+        self.image_gan_weight = image_gan_weight
+        self.volume_gan_weight = volume_gan_weight
+        self.feature_matching_weight = feature_matching_weight
+        self.adversarial_start = adversarial_start
+        self.adversarial = PatchAdversarialLoss(criterion="hinge")
+
+    def adversarial_active(self, iteration: int) -> bool:
+        """Whether the adversarial terms count at this (1-based) iteration."""
+        return iteration > self.adversarial_start
+
+    def generator_loss(
+        self,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        commitment: torch.Tensor,
+        slice_index: torch.Tensor,
+        iteration: int,
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms of the autoencoder; ``"loss"`` is their weighted sum."""
+        terms = {"l1": F.l1_loss(fake, real), "commitment": commitment}
+        total = self.l1_weight * terms["l1"] + commitment
+        real_slice, fake_slice = depth_slices(real, slice_index), depth_slices(fake, slice_index)
+        if self.perceptual_loss is not None:
+            terms["perceptual"] = self.perceptual_loss(fake_slice.float(), real_slice.float())
+            total = total + self.perceptual_weight * terms["perceptual"]
+        if self.adversarial_active(iteration):
+            fake_image_out = self.image_discriminator(fake_slice)
+            fake_volume_out = self.volume_discriminator(fake)
+            with torch.no_grad():
+                real_image_out = self.image_discriminator(real_slice)
+                real_volume_out = self.volume_discriminator(real)
+            terms["image_gan"] = self.adversarial(fake_image_out[-1], target_is_real=True, for_discriminator=False)
+            terms["volume_gan"] = self.adversarial(fake_volume_out[-1], target_is_real=True, for_discriminator=False)
+            terms["feature_matching"] = feature_matching_loss(fake_image_out, real_image_out) + feature_matching_loss(
+                fake_volume_out, real_volume_out
+            )
+            total = (
+                total
+                + self.image_gan_weight * terms["image_gan"]
+                + self.volume_gan_weight * terms["volume_gan"]
+                + self.feature_matching_weight * terms["feature_matching"]
+            )
+        terms["loss"] = total
+        return terms
+
+    def discriminator_loss(
+        self, real: torch.Tensor, fake: torch.Tensor, slice_index: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Hinge losses of both discriminators on real versus reconstructed input; ``"loss"`` is their sum."""
+        fake = fake.detach()
+        real_slice, fake_slice = depth_slices(real, slice_index), depth_slices(fake, slice_index)
+        image = self._hinge(self.image_discriminator, real_slice, fake_slice)
+        volume = self._hinge(self.volume_discriminator, real, fake)
+        return {
+            "image_disc": image,
+            "volume_disc": volume,
+            "loss": self.image_gan_weight * image + self.volume_gan_weight * volume,
+        }
+
+    def _hinge(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        real_logits = discriminator(real.contiguous())[-1]
+        fake_logits = discriminator(fake.contiguous())[-1]
+        real_loss = self.adversarial(real_logits, target_is_real=True, for_discriminator=True)
+        fake_loss = self.adversarial(fake_logits, target_is_real=False, for_discriminator=True)
+        return 0.5 * (real_loss + fake_loss)

@@ -1,0 +1,301 @@
+"""The Medical Diffusion denoiser: a 3D U-Net that works slice by slice and mixes slices only by attention.
+
+Every convolution, normalisation and spatial attention acts on one depth slice at a time (kernels 3x3x1,
+depth folded into the batch), and information moves along the depth axis only through the depth attention
+layers, one sequence of slices per in-plane position. Down- and up-sampling are in-plane; depth is never
+resampled. This is the video-diffusion layout the paper adopts, in MONAI's (B, C, H, W, D) convention.
+
+Internally the tensor is kept as a stack of 2D slices, (B * D, C, H, W), so the 3x3x1 convolutions run as
+2D convolutions and only the depth attention reorders memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DepthAttentionUNet"]
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, shape (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device, dtype=torch.float32) / half)
+    args = timesteps.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 in-plane convolutions with GroupNorm and SiLU; the timestep embedding scales and shifts the first."""
+
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int, norm_groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm1 = nn.GroupNorm(norm_groups, out_channels)
+        self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels * 2))
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(norm_groups, out_channels)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.time_proj(time_emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm1(self.conv1(x))
+        h = F.silu(h * (1 + scale) + shift)
+        h = F.silu(self.norm2(self.conv2(h)))
+        return h + self.skip(x)
+
+
+class SpatialAttention(nn.Module):
+    """Multi-head self-attention over the in-plane positions of each depth slice (pre-norm, residual)."""
+
+    def __init__(self, channels: int, num_heads: int, head_channels: int, norm_groups: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_channels = head_channels
+        inner = num_heads * head_channels
+        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.to_qkv = nn.Conv2d(channels, inner * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        qkv = self.to_qkv(self.norm(x)).view(n, 3, self.num_heads, self.head_channels, h * w)
+        q, k, v = (t.transpose(-1, -2) for t in qkv.unbind(1))  # each (n, heads, h*w, head_channels)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(n, self.num_heads * self.head_channels, h, w)
+        return x + self.to_out(out)
+
+
+class DepthAttention(nn.Module):
+    """Multi-head self-attention along the depth axis at every in-plane position, with a relative position bias.
+
+    The bias is a learned value per head and per slice offset, offsets clipped to ``max_distance``, so one
+    network handles any depth.
+    """
+
+    def __init__(
+        self, channels: int, num_heads: int, head_channels: int, norm_groups: int, max_distance: int = 32
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_channels = head_channels
+        self.max_distance = max_distance
+        inner = num_heads * head_channels
+        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.to_qkv = nn.Conv2d(channels, inner * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(inner, channels, 1)
+        self.relative_bias = nn.Embedding(2 * max_distance + 1, num_heads)
+        nn.init.zeros_(self.relative_bias.weight)
+
+    def position_bias(self, depth: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Additive attention bias of shape (heads, depth, depth)."""
+        pos = torch.arange(depth, device=device)
+        offset = (pos[None, :] - pos[:, None]).clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return self.relative_bias(offset).permute(2, 0, 1).to(dtype)
+
+    def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        nd, _, h, w = x.shape
+        b = nd // depth
+        qkv = self.to_qkv(self.norm(x)).view(b, depth, 3, self.num_heads, self.head_channels, h, w)
+        # (3, b, h, w, heads, depth, head_channels) -> sequences of slices, one per in-plane position
+        qkv = qkv.permute(2, 0, 5, 6, 3, 1, 4).reshape(3, b * h * w, self.num_heads, depth, self.head_channels)
+        bias = self.position_bias(depth, x.device, qkv.dtype)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
+        out = out.view(b, h, w, self.num_heads, depth, self.head_channels).permute(0, 4, 3, 5, 1, 2)
+        out = out.reshape(nd, self.num_heads * self.head_channels, h, w)
+        return x + self.to_out(out)
+
+
+class AttentionPair(nn.Module):
+    """Spatial attention within slices followed by depth attention across slices; either may be switched off."""
+
+    def __init__(
+        self,
+        channels: int,
+        spatial: bool,
+        depth: bool,
+        num_heads: int,
+        head_channels: int,
+        norm_groups: int,
+        max_distance: int,
+    ) -> None:
+        super().__init__()
+        self.spatial = SpatialAttention(channels, num_heads, head_channels, norm_groups) if spatial else None
+        self.depth = (
+            DepthAttention(channels, num_heads, head_channels, norm_groups, max_distance) if depth else None
+        )
+
+    def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        if self.spatial is not None:
+            x = self.spatial(x)
+        if self.depth is not None:
+            x = self.depth(x, depth)
+        return x
+
+
+class DepthAttentionUNet(nn.Module):
+    """Denoising U-Net of Medical Diffusion (Khader et al.) for latents of layout (B, C, H, W, D).
+
+    It is called like MONAI's ``DiffusionModelUNet`` (``net(x, timesteps, context=None)``), so it works inside
+    ``DiffusionInferer`` and ``LatentDiffusionInferer`` unchanged.
+
+    Args:
+        in_channels: channels of the noisy input (the VQ-GAN's embedding dimension, 8 in the paper).
+        out_channels: channels of the predicted noise; defaults to ``in_channels``.
+        channels: widths of the resolution levels; the paper uses ``base * (1, 2, 4, 8)`` with base 32 or 64.
+            Each level after the first halves H and W.
+        num_res_blocks: residual blocks per level on the way down (the way up has one more for the skip).
+        spatial_attention: per level, whether to attend within each slice. The paper uses linear attention at
+            every level; exact softmax attention at the full-resolution level costs several times the rest of
+            the network (H*W tokens per slice), so the default (``None``) attends at every level but the first.
+            The middle block always attends within slices.
+        depth_attention: per level, whether to attend along the depth axis (the paper: every level). The input
+            and middle blocks always carry depth attention unless ``depth_attention`` is all False.
+        num_heads: attention heads.
+        head_channels: channels per attention head.
+        norm_groups: GroupNorm groups; must divide every width.
+        max_distance: largest slice offset with its own relative position bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        num_res_blocks: int = 2,
+        spatial_attention: Sequence[bool] | bool | None = None,
+        depth_attention: Sequence[bool] | bool = True,
+        num_heads: int = 8,
+        head_channels: int = 32,
+        norm_groups: int = 8,
+        max_distance: int = 32,
+    ) -> None:
+        super().__init__()
+        levels = len(channels)
+        if levels < 1:
+            raise ValueError("channels must name at least one level.")
+        if any(c % norm_groups for c in channels):
+            raise ValueError(f"norm_groups={norm_groups} must divide every entry of channels={tuple(channels)}.")
+        if num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be at least 1, got {num_res_blocks}.")
+        if spatial_attention is None:
+            spatial_attention = [level > 0 for level in range(levels)]
+        spatial = self._per_level(spatial_attention, levels, "spatial_attention")
+        depth = self._per_level(depth_attention, levels, "depth_attention")
+        use_depth = any(depth)
+        self.in_channels = in_channels
+        self.out_channels = out_channels or in_channels
+        self.channels = tuple(channels)
+        self.spatial_factor = 2 ** (levels - 1)
+
+        time_dim = channels[0] * 4
+        self.time_mlp = nn.Sequential(
+            nn.Linear(channels[0], time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+        )
+        attn_args = dict(num_heads=num_heads, head_channels=head_channels, norm_groups=norm_groups, max_distance=max_distance)
+
+        self.init_conv = nn.Conv2d(in_channels, channels[0], 7, padding=3)
+        self.init_attention = AttentionPair(channels[0], spatial=False, depth=use_depth, **attn_args)
+
+        self.down_blocks = nn.ModuleList()
+        self.down_attention = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        for level, width in enumerate(channels):
+            self.down_blocks.append(
+                nn.ModuleList(ResidualBlock(width, width, time_dim, norm_groups) for _ in range(num_res_blocks))
+            )
+            self.down_attention.append(AttentionPair(width, spatial[level], depth[level], **attn_args))
+            last = level == levels - 1
+            self.downsamplers.append(nn.Identity() if last else nn.Conv2d(width, channels[level + 1], 4, 2, 1))
+
+        mid = channels[-1]
+        self.mid_block1 = ResidualBlock(mid, mid, time_dim, norm_groups)
+        self.mid_attention = AttentionPair(mid, spatial=True, depth=use_depth, **attn_args)
+        self.mid_block2 = ResidualBlock(mid, mid, time_dim, norm_groups)
+
+        self.up_blocks = nn.ModuleList()
+        self.up_attention = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for level in reversed(range(levels)):
+            width = channels[level]
+            self.up_blocks.append(
+                nn.ModuleList(
+                    ResidualBlock(width * 2 if i == 0 else width, width, time_dim, norm_groups)
+                    for i in range(num_res_blocks)
+                )
+            )
+            self.up_attention.append(AttentionPair(width, spatial[level], depth[level], **attn_args))
+            self.upsamplers.append(
+                nn.ConvTranspose2d(width, channels[level - 1], 4, 2, 1) if level else nn.Identity()
+            )
+
+        self.final_block = ResidualBlock(channels[0] * 2, channels[0], time_dim, norm_groups)
+        self.final_conv = nn.Conv2d(channels[0], self.out_channels, 1)
+
+    @staticmethod
+    def _per_level(value: Sequence[bool] | bool, levels: int, name: str) -> tuple[bool, ...]:
+        if isinstance(value, bool):
+            return (value,) * levels
+        value = tuple(bool(v) for v in value)
+        if len(value) != levels:
+            raise ValueError(f"{name} needs one entry per level ({levels}), got {len(value)}.")
+        return value
+
+    def _check_input(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        if context is not None:
+            raise ValueError("DepthAttentionUNet is unconditional: context must be None.")
+        if x.ndim != 5:
+            raise ValueError(f"expected x of shape (B, C, H, W, D), got shape {tuple(x.shape)}.")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]}.")
+        h, w = x.shape[2:4]
+        if h % self.spatial_factor or w % self.spatial_factor:
+            raise ValueError(
+                f"H and W must be divisible by {self.spatial_factor} for {len(self.channels)} levels, got {h}x{w}."
+            )
+        timesteps = torch.as_tensor(timesteps, device=x.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps[None]
+        if timesteps.ndim != 1 or timesteps.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"timesteps must have shape (1,) or (B,)=({x.shape[0]},), got {tuple(timesteps.shape)}.")
+        return timesteps.expand(x.shape[0])
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the noise in ``x`` (B, C, H, W, D) at ``timesteps`` (shape (1,) or (B,))."""
+        timesteps = self._check_input(x, timesteps, context)
+        b, _, h, w, depth = x.shape
+        # one time embedding per slice: (B, T) -> (B * D, T)
+        t = self.time_mlp(timestep_embedding(timesteps, self.channels[0]).to(x.dtype))
+        t = t.repeat_interleave(depth, dim=0)
+
+        hidden = x.permute(0, 4, 1, 2, 3).reshape(b * depth, self.in_channels, h, w)
+        hidden = self.init_attention(self.init_conv(hidden), depth)
+        stem = hidden
+        skips = []
+        for blocks, attention, down in zip(self.down_blocks, self.down_attention, self.downsamplers):
+            for block in blocks:
+                hidden = block(hidden, t)
+            hidden = attention(hidden, depth)
+            skips.append(hidden)
+            hidden = down(hidden)
+
+        hidden = self.mid_block1(hidden, t)
+        hidden = self.mid_attention(hidden, depth)
+        hidden = self.mid_block2(hidden, t)
+
+        for blocks, attention, up in zip(self.up_blocks, self.up_attention, self.upsamplers):
+            hidden = torch.cat([hidden, skips.pop()], dim=1)
+            for block in blocks:
+                hidden = block(hidden, t)
+            hidden = up(attention(hidden, depth))
+
+        hidden = self.final_block(torch.cat([hidden, stem], dim=1), t)
+        out = self.final_conv(hidden)
+        return out.view(b, depth, self.out_channels, h, w).permute(0, 2, 3, 4, 1)

@@ -1,0 +1,150 @@
+"""Sampling synthetic volumes: scheduler choice, the sampling loop, and writing NIfTI files and a picture."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.inferers import LatentDiffusionInferer
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from torch import nn
+
+from common.latent import CodebookRangeAutoencoder
+from common.visualize import save_three_plane_montage
+
+__all__ = ["LatentSampler", "make_sampling_scheduler", "save_nifti", "volume_affine"]
+
+
+def make_sampling_scheduler(
+    num_train_timesteps: int = 300, num_inference_steps: int | None = None, schedule: str = "cosine"
+) -> Scheduler:
+    """The paper's ancestral DDPM over all ``num_train_timesteps`` steps, or DDIM when fewer steps are asked for.
+
+    Predicted x0 is clipped to [-1, 1] in both, as the paper does.
+    """
+    steps = num_train_timesteps if num_inference_steps is None else int(num_inference_steps)
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
+    if steps == num_train_timesteps:
+        scheduler: Scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule, clip_sample=True)
+    else:
+        scheduler = DDIMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule, clip_sample=True)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def volume_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+    """RAS affine with the given voxel spacing (mm) and the volume's centre at the origin."""
+    affine = np.diag([*map(float, spacing), 1.0])
+    affine[:3, 3] = -(np.asarray(shape[:3], dtype=float) - 1) / 2 * np.asarray(spacing, dtype=float)
+    return affine
+
+
+def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> str:
+    """Write a NIfTI file atomically (temporary file, then rename), so a crash never leaves a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
+    image.header.set_xyzt_units("mm")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz" if path.name.endswith(".gz") else ".nii", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return str(path)
+
+
+class LatentSampler:
+    """Draw synthetic volumes with ``LatentDiffusionInferer`` and write them as NIfTI plus a PNG montage.
+
+    Sample ``i`` starts from noise drawn with seed ``seed + i``, so any one sample can be regenerated alone;
+    the seed is in its file name and in ``samples.json``.
+
+    Args:
+        autoencoder: the VQ-GAN wrapped for codebook-range latents.
+        network: the (EMA) denoiser.
+        scheduler: sampling scheduler (``make_sampling_scheduler``).
+        latent_shape: (C, H, W, D) of one latent.
+        output_dir: where the files go.
+        num_samples: how many volumes to write.
+        batch_size: volumes sampled together.
+        seed: seed of the first sample.
+        spacing: voxel spacing (mm) written into the NIfTI affine.
+        device: device to sample on.
+        verbose: show a progress bar per batch.
+    """
+
+    def __init__(
+        self,
+        autoencoder: CodebookRangeAutoencoder,
+        network: nn.Module,
+        scheduler: Scheduler,
+        latent_shape: Sequence[int],
+        output_dir: str,
+        num_samples: int = 4,
+        batch_size: int = 1,
+        seed: int = 0,
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        device: str | torch.device = "cpu",
+        verbose: bool = True,
+    ) -> None:
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
+        if len(latent_shape) != 4:
+            raise ValueError(f"latent_shape must be (C, H, W, D), got {tuple(latent_shape)}.")
+        if len(spacing) != 3:
+            raise ValueError(f"spacing must have 3 values, got {tuple(spacing)}.")
+        self.autoencoder = autoencoder
+        self.network = network
+        self.inferer = LatentDiffusionInferer(scheduler, scale_factor=1.0)
+        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.output_dir = Path(output_dir)
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.spacing = tuple(float(s) for s in spacing)
+        self.device = torch.device(device)
+        self.verbose = verbose
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """The starting noise of the sample with this seed (drawn on the CPU, identical on every machine)."""
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(self.latent_shape, generator=generator)
+
+    @torch.no_grad()
+    def sample(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Volumes (N, C, H, W, D) in [-1, 1] for the given seeds."""
+        noise = torch.stack([self.noise(s) for s in seeds]).to(self.device)
+        self.network.eval()
+        images = self.inferer.sample(
+            input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.network, verbose=self.verbose
+        )
+        return images.clamp(-1, 1).cpu()
+
+    def run(self) -> list[str]:
+        """Sample ``num_samples`` volumes, write them and the montage; returns the NIfTI paths."""
+        paths, seeds_written, previews = [], [], []
+        seeds = [self.seed + i for i in range(self.num_samples)]
+        for start in range(0, len(seeds), self.batch_size):
+            batch_seeds = seeds[start : start + self.batch_size]
+            for index, (seed, image) in enumerate(zip(batch_seeds, self.sample(batch_seeds)), start=start):
+                volume = image[0].numpy()
+                affine = volume_affine(volume.shape, self.spacing)
+                paths.append(save_nifti(volume, affine, self.output_dir / f"sample_{index:04d}_seed{seed}.nii.gz"))
+                seeds_written.append(seed)
+                if len(previews) < 8:
+                    previews.append(volume)
+        save_three_plane_montage(previews, self.output_dir / "samples.png", [f"seed {s}" for s in seeds_written[:8]])
+        record = {"files": [os.path.basename(p) for p in paths], "seeds": seeds_written, "spacing": self.spacing}
+        (self.output_dir / "samples.json").write_text(json.dumps(record, indent=4))
+        return paths
