@@ -1,0 +1,153 @@
+"""The brain_mri bundle's three commands, run from the repository root as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "brain_mri" / "configs"
+
+# the small-model overrides documented in bundles/brain_mri/docs/README.md
+SMALL_SHARED = [
+    "--image_size", "[16,16,16]",
+    "--autoencoder_def#base_channels", "4",
+    "--autoencoder_def#num_embeddings", "64",
+]
+SMALL_AUTOENCODER = [
+    "--image_discriminator#channels", "4", "--volume_discriminator#channels", "4",
+    "--perceptual_weight", "0", "--adversarial_start", "2", "--num_workers", "0",
+    "--train#trainer#max_epochs", "2", "--save_interval", "2",
+]
+SMALL_DENOISER = [
+    "--network_def#channels", "[8,16]", "--network_def#num_heads", "2", "--network_def#head_channels", "4",
+    "--network_def#spatial_attention", "[false,true]",
+]
+
+
+def run_bundle(config: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_train_autoencoder_then_diffusion_then_inference(brain_folder, tmp_path):
+    models, logs, samples = tmp_path / "models", tmp_path / "logs", tmp_path / "samples"
+    common = ["--ckpt_dir", str(models), *SMALL_SHARED]
+    ae_config = "bundles/brain_mri/configs/train_autoencoder.json"
+    result = run_bundle(ae_config, "--dataset_dir", str(brain_folder), "--log_dir", str(logs), *common, *SMALL_AUTOENCODER)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"autoencoder.pt", "autoencoder_iteration=2.pt", "autoencoder_iteration=4.pt"} <= {p.name for p in models.iterdir()}
+    checkpoint = torch.load(models / "autoencoder.pt", weights_only=True)
+    assert {"autoencoder", "optimizer", "image_discriminator", "volume_discriminator"} <= set(checkpoint)
+    assert any(p.name.startswith("events.out.tfevents") for p in logs.iterdir())
+    assert "codebook_usage" in result.stdout + result.stderr
+
+    diffusion_configs = "['bundles/brain_mri/configs/train_autoencoder.json','bundles/brain_mri/configs/train_diffusion.json']"
+    result = run_bundle(
+        diffusion_configs, "--dataset_dir", str(brain_folder), "--log_dir", str(logs), *common, *SMALL_DENOISER,
+        "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "2", "--ema#start_iteration", "2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
+    assert {"network", "ema_network", "optimizer"} <= set(checkpoint)
+
+    result = run_bundle(
+        "bundles/brain_mri/configs/inference.json", *common, *SMALL_DENOISER, "--output_dir", str(samples),
+        "--num_samples", "2", "--num_inference_steps", "5",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = sorted(samples.glob("*.nii.gz"))
+    assert [f.name for f in files] == ["sample_0000_seed0.nii.gz", "sample_0001_seed1.nii.gz"]
+    image = nib.load(str(files[0]))
+    assert image.shape == (16, 16, 16) and np.allclose(image.header.get_zooms(), 2.7)
+    data = np.asanyarray(image.dataobj)
+    assert np.isfinite(data).all() and data.min() >= -1 and data.max() <= 1
+    assert (samples / "samples.png").is_file()
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "no_nifti", "corrupt"])
+def test_wrong_dataset_dir_stops_before_training(tmp_path, brain_folder, problem):
+    folder = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "no_nifti": tmp_path / "docs"}.get(
+        problem, brain_folder
+    )
+    if problem == "empty":
+        folder.mkdir()
+    if problem == "no_nifti":
+        folder.mkdir()
+        (folder / "readme.txt").write_text("no images here")
+    if problem == "corrupt":
+        (folder / "sub-00" / "t1.nii").write_bytes(b"not nifti")
+    result = run_bundle(
+        "bundles/brain_mri/configs/train_autoencoder.json", "--dataset_dir", str(folder),
+        "--ckpt_dir", str(tmp_path / "models"), "--log_dir", str(tmp_path / "logs"), *SMALL_SHARED, *SMALL_AUTOENCODER,
+    )
+    assert result.returncode != 0
+    expected = {"missing": "does not exist", "empty": "is empty", "no_nifti": "no NIfTI", "corrupt": "cannot be read as NIfTI"}
+    assert expected[problem] in result.stderr and str(folder) in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_missing_autoencoder_weights_are_reported(tmp_path):
+    result = run_bundle(
+        "bundles/brain_mri/configs/inference.json", "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"),
+    )
+    assert result.returncode != 0
+    assert f"checkpoint {tmp_path / 'autoencoder.pt'} does not exist" in result.stderr
+
+
+def test_full_size_defaults_build_and_match_the_paper():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train_autoencoder.json"), str(CONFIGS / "train_diffusion.json")])
+    autoencoder = parser.get_parsed_content("autoencoder_def")
+    with torch.no_grad():
+        latent = autoencoder.encode(torch.zeros(1, 1, 64, 64, 64))
+    assert latent.shape == (1, 8, 32, 32, 32)
+    assert autoencoder.codebook.embedding.weight.shape == (16384, 8)
+    network = parser.get_parsed_content("network_def")
+    assert network.channels == (32, 64, 128, 256)
+    assert parser.get_parsed_content("num_train_timesteps") == 300
+    scheduler = parser.get_parsed_content("noise_scheduler")
+    assert scheduler.num_train_timesteps == 300 and scheduler.clip_sample
+    assert parser["lr"] == 1e-4 and parser["batch_size"] == 10 and parser["ema"]["decay"] == 0.995
+    parser_ae = ConfigParser()
+    parser_ae.read_config(str(CONFIGS / "train_autoencoder.json"))
+    assert parser_ae["lr"] == 3e-4 and parser_ae["batch_size"] == 2 and parser_ae["adversarial_start"] == 10000
+
+
+def test_metadata_has_the_model_zoo_keys():
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
+                "authors", "copyright", "data_source", "intended_use", "network_data_format"):
+        assert meta.get(key), key
+    assert meta["version"] in meta["changelog"]
+    latent = meta["network_data_format"]["inputs"]["latent"]
+    assert latent["num_channels"] == 8 and latent["spatial_shape"] == [32, 32, 32]
+
+
+def test_demo_settings_name_existing_config_ids():
+    from common.cli import DEMO_SETTINGS
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train_autoencoder.json"), str(CONFIGS / "train_diffusion.json")])
+    inference = ConfigParser()
+    inference.read_config(str(CONFIGS / "inference.json"))
+    stages = DEMO_SETTINGS["brain_mri"]
+    for stage, ids in stages.items():
+        target = inference if stage == "inference" else parser
+        for config_id in ids:
+            if stage == "autoencoder" and config_id.startswith("train#trainer"):
+                continue  # replaced by train_diffusion.json in the merged parser; checked below
+            assert config_id in target, f"{stage}: {config_id}"
+    autoencoder_only = ConfigParser()
+    autoencoder_only.read_config(str(CONFIGS / "train_autoencoder.json"))
+    for config_id in list(stages["shared"]) + list(stages["autoencoder"]):
+        assert config_id in autoencoder_only, config_id

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.inferers import DiffusionInferer
+from monai.networks.schedulers import DDPMScheduler
+
+from common.engines import LatentDiffusionPrepareBatch
+from common.latent import CodebookRangeAutoencoder
+from common.networks import DepthAttentionUNet
+from tests.conftest import tiny_vqgan
+
+
+def _autoencoder() -> CodebookRangeAutoencoder:
+    vqgan = tiny_vqgan().train()
+    vqgan(torch.randn(2, 1, 16, 16, 8))
+    return CodebookRangeAutoencoder(vqgan)
+
+
+def test_batches_are_encoded_latents_with_noise_and_timesteps():
+    autoencoder = _autoencoder()
+    prepare = LatentDiffusionPrepareBatch(autoencoder, num_train_timesteps=300)
+    images = torch.randn(3, 1, 16, 16, 8)
+    latents, target, args, kwargs = prepare({"image": images})
+    assert torch.allclose(latents, autoencoder.encode_stage_2_inputs(images))
+    assert latents.shape == (3, 4, 8, 8, 4) and args == ()
+    assert torch.equal(target, kwargs["noise"]) and target.shape == latents.shape
+    assert kwargs["timesteps"].shape == (3,) and 0 <= int(kwargs["timesteps"].min()) and int(kwargs["timesteps"].max()) < 300
+
+
+def test_supervised_trainer_fits_the_noise_on_latents():
+    autoencoder = _autoencoder()
+    net = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine")
+    data = [{"image": torch.randn(1, 16, 16, 8)} for _ in range(4)]
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    losses = []
+    trainer = SupervisedTrainer(
+        device="cpu", max_epochs=15, train_data_loader=loader, network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=2e-3), loss_function=torch.nn.L1Loss(),
+        inferer=DiffusionInferer(scheduler), prepare_batch=LatentDiffusionPrepareBatch(autoencoder, 300),
+        decollate=False,
+    )
+    trainer.add_event_handler("iteration_completed", lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.run()
+    # L1 of a zero prediction of unit Gaussian noise is about 0.8; the denoiser must do better than that
+    assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6
+    assert sum(losses[-6:]) / 6 < 0.75

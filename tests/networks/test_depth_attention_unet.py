@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.inferers import DiffusionInferer, LatentDiffusionInferer
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+from common.latent import CodebookRangeAutoencoder
+from common.networks import DepthAttentionUNet
+from common.networks.depth_attention_unet import DepthAttention, SpatialAttention
+from tests.conftest import tiny_vqgan
+
+
+def small_unet(**kwargs) -> DepthAttentionUNet:
+    settings = dict(in_channels=3, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    settings.update(kwargs)
+    return DepthAttentionUNet(**settings)
+
+
+@pytest.mark.parametrize("timesteps", [torch.tensor([7.0]), torch.tensor([3, 9]), torch.tensor(5)])
+def test_output_shape_for_each_timestep_form(timesteps):
+    net = small_unet(out_channels=2)
+    x = torch.randn(2, 3, 8, 12, 5)
+    out = net(x=x, timesteps=timesteps, context=None)
+    assert out.shape == (2, 2, 8, 12, 5)
+    assert torch.isfinite(out).all()
+
+
+def test_timestep_changes_prediction():
+    net = small_unet()
+    x = torch.randn(1, 3, 8, 8, 4)
+    # the output layer starts random, so different timesteps must give different predictions
+    assert not torch.allclose(net(x, torch.tensor([1])), net(x, torch.tensor([200])))
+
+
+@pytest.mark.parametrize("scheduler", [DDPMScheduler(num_train_timesteps=20), DDIMScheduler(num_train_timesteps=20)])
+def test_samples_inside_monai_diffusion_inferer(scheduler):
+    net = small_unet().eval()
+    scheduler.set_timesteps(20 if isinstance(scheduler, DDPMScheduler) else 5)
+    inferer = DiffusionInferer(scheduler)
+    noise = torch.randn(2, 3, 8, 8, 4)
+    sample = inferer.sample(input_noise=noise, diffusion_model=net, scheduler=scheduler, verbose=False)
+    assert sample.shape == noise.shape and torch.isfinite(sample).all()
+    # the training forward of the inferer calls the network with keyword x and per-sample timesteps
+    pred = inferer(inputs=noise, diffusion_model=net, noise=torch.randn_like(noise), timesteps=torch.tensor([1, 15]))
+    assert pred.shape == noise.shape
+
+
+def test_samples_inside_latent_diffusion_inferer_with_wrapper():
+    vqgan = tiny_vqgan().eval()
+    autoencoder = CodebookRangeAutoencoder(vqgan)
+    net = small_unet(in_channels=4).eval()
+    scheduler = DDIMScheduler(num_train_timesteps=30)
+    scheduler.set_timesteps(4)
+    inferer = LatentDiffusionInferer(scheduler, scale_factor=1.0)
+    images = inferer.sample(
+        input_noise=torch.randn(1, 4, 8, 8, 6), autoencoder_model=autoencoder, diffusion_model=net, verbose=False
+    )
+    assert images.shape == (1, 1, 16, 16, 12)
+    # and its training forward: images are encoded by the wrapper, the denoiser predicts latent noise
+    x = torch.randn(1, 1, 16, 16, 12)
+    latent_noise = torch.randn(1, 4, 8, 8, 6)
+    pred = inferer(x, autoencoder, net, noise=latent_noise, timesteps=torch.tensor([3]))
+    assert pred.shape == latent_noise.shape
+
+
+def _depth_influence(net: DepthAttentionUNet, k: int) -> torch.Tensor:
+    """Per output slice, how much it changes when only input slice k changes."""
+    x = torch.randn(1, 3, 8, 8, 6)
+    x2 = x.clone()
+    x2[..., k] += torch.randn_like(x2[..., k])
+    with torch.no_grad():
+        diff = (net(x2, torch.tensor([4])) - net(x, torch.tensor([4]))).abs()
+    return diff.amax(dim=(0, 1, 2, 3))
+
+
+def test_without_depth_attention_slices_are_independent():
+    net = small_unet(depth_attention=False, spatial_attention=True).eval()
+    influence = _depth_influence(net, k=2)
+    assert influence[2] > 1e-3
+    others = torch.cat([influence[:2], influence[3:]])
+    assert torch.all(others == 0), f"slices other than 2 changed: {influence.tolist()}"
+
+
+def test_depth_attention_mixes_slices():
+    net = small_unet(depth_attention=True).eval()
+    for module in net.modules():  # the relative bias starts at zero; give it values so the test is generic
+        if isinstance(module, DepthAttention):
+            torch.nn.init.normal_(module.relative_bias.weight)
+    influence = _depth_influence(net, k=2)
+    assert torch.all(influence > 1e-6), f"depth attention should spread slice 2 everywhere: {influence.tolist()}"
+
+
+def test_fused_attention_matches_reference_softmax_attention():
+    torch.manual_seed(1)
+    for attention in (SpatialAttention(8, 2, 4, 4), DepthAttention(8, 2, 4, 4)):
+        torch.nn.init.normal_(attention.to_out.weight)
+        x = torch.randn(2 * 5, 8, 4, 3)  # (B * D, C, H, W) with B = 2, D = 5
+        out = attention(x) if isinstance(attention, SpatialAttention) else attention(x, depth=5)
+        qkv = attention.to_qkv(attention.norm(x))
+        if isinstance(attention, SpatialAttention):
+            q, k, v = qkv.view(10, 3, 2, 4, 12).unbind(1)
+            q, k, v = (t.transpose(-1, -2) for t in (q, k, v))
+            weights = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
+            ref = (weights @ v).transpose(-1, -2).reshape(10, 8, 4, 3)
+        else:
+            q, k, v = qkv.view(2, 5, 3, 2, 4, 4, 3).permute(2, 0, 5, 6, 3, 1, 4).reshape(3, 24, 2, 5, 4)
+            bias = attention.position_bias(5, x.device, x.dtype)
+            weights = torch.softmax(q @ k.transpose(-1, -2) / 2.0 + bias, dim=-1)
+            ref = (weights @ v).view(2, 4, 3, 2, 5, 4).permute(0, 4, 3, 5, 1, 2).reshape(10, 8, 4, 3)
+        ref = x + attention.to_out(ref)
+        assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_overfits_one_batch():
+    net = small_unet()
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    x, t, target = torch.randn(2, 3, 8, 8, 4), torch.tensor([5, 50]), torch.randn(2, 3, 8, 8, 4)
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = F.l1_loss(net(x, t), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_argument_and_input_errors():
+    with pytest.raises(ValueError, match="norm_groups"):
+        DepthAttentionUNet(4, channels=(12, 24), norm_groups=8)
+    with pytest.raises(ValueError, match="one entry per level"):
+        DepthAttentionUNet(4, channels=(8, 16), spatial_attention=(True,))
+    net = small_unet()
+    with pytest.raises(ValueError, match="divisible by 2"):
+        net(torch.randn(1, 3, 7, 8, 4), torch.tensor([1]))
+    with pytest.raises(ValueError, match="input channels"):
+        net(torch.randn(1, 5, 8, 8, 4), torch.tensor([1]))
+    with pytest.raises(ValueError, match="context must be None"):
+        net(torch.randn(1, 3, 8, 8, 4), torch.tensor([1]), context=torch.randn(1, 2, 4))
+    with pytest.raises(ValueError, match="timesteps"):
+        net(torch.randn(2, 3, 8, 8, 4), torch.tensor([1, 2, 3]))

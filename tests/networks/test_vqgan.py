@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.networks import VQGAN, CodebookQuantizer
+
+
+@pytest.mark.parametrize(
+    "factor, image, latent",
+    [(2, (1, 1, 16, 16, 16), (1, 8, 8, 8, 8)), (4, (1, 1, 32, 32, 8), (1, 8, 8, 8, 2))],
+)
+def test_latent_shape_follows_the_compression(factor, image, latent):
+    net = VQGAN(downsample_factor=factor, base_channels=4, num_embeddings=32)
+    x = torch.randn(image)
+    assert net.encode(x).shape == latent
+    recon, commitment = net(x)
+    assert recon.shape == image and commitment.ndim == 0
+
+
+def test_paper_layout_and_codebook():
+    net = VQGAN(downsample_factor=4)
+    assert net.channels == (16, 32, 64)
+    assert isinstance(net.codebook, CodebookQuantizer)
+    assert net.codebook.embedding.weight.shape == (16384, 8)
+    assert net.codebook.decay == 0.99 and net.codebook.commitment_cost == 0.25
+
+
+def test_rejects_a_compression_that_is_not_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        VQGAN(downsample_factor=3)

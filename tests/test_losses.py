@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from monai.networks.nets import PatchDiscriminator
+
+from common import losses
+from common.losses import VQGANLoss, build_perceptual_loss, depth_slices, feature_matching_loss
+
+
+def _loss(**kwargs) -> VQGANLoss:
+    image_d = PatchDiscriminator(spatial_dims=2, in_channels=1, channels=4, num_layers_d=2)
+    volume_d = PatchDiscriminator(spatial_dims=3, in_channels=1, channels=4, num_layers_d=2)
+    settings = dict(perceptual_weight=0.0, adversarial_start=5)
+    settings.update(kwargs)
+    return VQGANLoss(image_d, volume_d, **settings)
+
+
+def test_depth_slices_takes_each_volumes_own_slice():
+    volumes = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 1, 3, 4, 5)
+    out = depth_slices(volumes, torch.tensor([1, 4]))
+    assert torch.equal(out[0, 0], volumes[0, 0, :, :, 1])
+    assert torch.equal(out[1, 0], volumes[1, 0, :, :, 4])
+
+
+def test_feature_matching_is_zero_for_identical_features_and_ignores_logits():
+    feats = [torch.ones(1, 2, 3), torch.zeros(1, 1, 2)]
+    other_logits = [torch.ones(1, 2, 3), torch.full((1, 1, 2), 9.0)]
+    assert feature_matching_loss(feats, other_logits) == 0
+    assert feature_matching_loss([torch.zeros(1, 2, 3), feats[1]], feats) == 1
+
+
+def test_adversarial_terms_start_after_the_configured_iteration():
+    loss = _loss()
+    real, fake = torch.rand(2, 1, 16, 16, 16), torch.rand(2, 1, 16, 16, 16, requires_grad=True)
+    index = torch.tensor([0, 3])
+    early = loss.generator_loss(real, fake, torch.tensor(0.1), index, iteration=5)
+    assert set(early) == {"l1", "commitment", "loss"}
+    assert torch.isclose(early["loss"], 4 * early["l1"] + 0.1)
+    late = loss.generator_loss(real, fake, torch.tensor(0.1), index, iteration=6)
+    assert {"image_gan", "volume_gan", "feature_matching"} <= set(late)
+    expected = 4 * late["l1"] + 0.1 + late["image_gan"] + late["volume_gan"] + 4 * late["feature_matching"]
+    assert torch.isclose(late["loss"], expected)
+    late["loss"].backward()
+    assert fake.grad is not None
+    disc = loss.discriminator_loss(real, fake, index)
+    assert disc["loss"] > 0 and torch.isclose(disc["loss"], disc["image_disc"] + disc["volume_disc"])
+
+
+def test_perceptual_weight_needs_a_perceptual_loss():
+    with pytest.raises(ValueError, match="perceptual_weight to 0"):
+        _loss(perceptual_weight=4.0, perceptual_loss=None)
+
+
+def test_perceptual_term_is_weighted_on_the_slice():
+    class MeanGap(torch.nn.Module):
+        def forward(self, x, y):
+            assert x.ndim == 4  # a 2D slice batch
+            return (x - y).mean().abs()
+
+    loss = _loss(perceptual_weight=2.0, perceptual_loss=MeanGap())
+    real, fake = torch.zeros(1, 1, 8, 8, 4), torch.ones(1, 1, 8, 8, 4)
+    terms = loss.generator_loss(real, fake, torch.tensor(0.0), torch.tensor([1]), iteration=1)
+    assert torch.isclose(terms["perceptual"], torch.tensor(1.0))
+    assert torch.isclose(terms["loss"], torch.tensor(4.0 + 2.0))
+
+
+def test_perceptual_loss_errors_are_plain(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="network_type"):
+        build_perceptual_loss("resnet9")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(losses.importlib.util, "find_spec", lambda name: None if name == "lpips" else real_find_spec(name))
+    with pytest.raises(ImportError, match="perceptual_weight to 0"):
+        build_perceptual_loss("alex")
+    monkeypatch.setattr(losses.importlib.util, "find_spec", lambda name: object())
+    with pytest.raises(FileNotFoundError, match="alexnet-owt-7be5be79.pth"):
+        build_perceptual_loss("alex", cache_dir=str(tmp_path))
