@@ -73,6 +73,20 @@ def feature_matching_loss(fake_features: list[torch.Tensor], real_features: list
     return torch.stack([F.l1_loss(fake, real.detach()) for fake, real in pairs]).mean()
 
 
+def _discriminate(discriminator: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Run a patch discriminator; an input too small for its depth gets a message saying what to change."""
+    try:
+        return discriminator(x)
+    except RuntimeError as error:
+        if "Kernel size can't be greater than actual input size" not in str(error):
+            raise
+        layers = getattr(discriminator, "num_layers_d", "its")
+        raise ValueError(
+            f"input of spatial size {tuple(x.shape[2:])} is too small for a {x.ndim - 2}D patch discriminator with "
+            f"{layers} layers (each halves the size); use a larger image_size or fewer num_layers_d."
+        ) from error
+
+
 class VQGANLoss(nn.Module):
     """Generator and discriminator objectives of the Medical Diffusion VQ-GAN.
 
@@ -141,11 +155,11 @@ class VQGANLoss(nn.Module):
             terms["perceptual"] = self.perceptual_loss(fake_slice.float(), real_slice.float())
             total = total + self.perceptual_weight * terms["perceptual"]
         if self.adversarial_active(iteration):
-            fake_image_out = self.image_discriminator(fake_slice)
-            fake_volume_out = self.volume_discriminator(fake)
+            fake_image_out = _discriminate(self.image_discriminator, fake_slice)
+            fake_volume_out = _discriminate(self.volume_discriminator, fake)
             with torch.no_grad():
-                real_image_out = self.image_discriminator(real_slice)
-                real_volume_out = self.volume_discriminator(real)
+                real_image_out = _discriminate(self.image_discriminator, real_slice)
+                real_volume_out = _discriminate(self.volume_discriminator, real)
             terms["image_gan"] = self.adversarial(fake_image_out[-1], target_is_real=True, for_discriminator=False)
             terms["volume_gan"] = self.adversarial(fake_volume_out[-1], target_is_real=True, for_discriminator=False)
             terms["feature_matching"] = feature_matching_loss(fake_image_out, real_image_out) + feature_matching_loss(
@@ -175,8 +189,8 @@ class VQGANLoss(nn.Module):
         }
 
     def _hinge(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        real_logits = discriminator(real.contiguous())[-1]
-        fake_logits = discriminator(fake.contiguous())[-1]
+        real_logits = _discriminate(discriminator, real.contiguous())[-1]
+        fake_logits = _discriminate(discriminator, fake.contiguous())[-1]
         real_loss = self.adversarial(real_logits, target_is_real=True, for_discriminator=True)
         fake_loss = self.adversarial(fake_logits, target_is_real=False, for_discriminator=True)
         return 0.5 * (real_loss + fake_loss)

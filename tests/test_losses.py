@@ -77,3 +77,10 @@ def test_perceptual_loss_errors_are_plain(monkeypatch, tmp_path):
     monkeypatch.setattr(losses.importlib.util, "find_spec", lambda name: object())
     with pytest.raises(FileNotFoundError, match="alexnet-owt-7be5be79.pth"):
         build_perceptual_loss("alex", cache_dir=str(tmp_path))
+
+
+def test_too_small_input_for_the_discriminator_says_what_to_change():
+    loss = _loss(adversarial_start=0)
+    real = torch.rand(2, 1, 4, 4, 4)
+    with pytest.raises(ValueError, match="too small for a 2D patch discriminator with 2 layers"):
+        loss.generator_loss(real, real.clone(), torch.tensor(0.0), torch.tensor([0, 1]), iteration=1)

@@ -162,6 +162,11 @@ class DepthAttentionUNet(nn.Module):
         head_channels: channels per attention head.
         norm_groups: GroupNorm groups; must divide every width.
         max_distance: largest slice offset with its own relative position bias.
+        depth_position_embedding: add a sinusoidal embedding of each slice's index to that slice's timestep
+            embedding. Not in the paper: without it, nothing but the depth attention's relative bias tells the
+            network where a slice lies in the volume, and short training can place anatomy shifted or wrapped
+            along depth. Slices still do not mix outside the depth attention. Its projection starts at zero, so
+            an untrained network is the paper's.
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class DepthAttentionUNet(nn.Module):
         head_channels: int = 32,
         norm_groups: int = 8,
         max_distance: int = 32,
+        depth_position_embedding: bool = False,
     ) -> None:
         super().__init__()
         levels = len(channels)
@@ -199,6 +205,11 @@ class DepthAttentionUNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(channels[0], time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
         )
+        self.depth_position = None
+        if depth_position_embedding:
+            self.depth_position = nn.Linear(channels[0], time_dim)
+            nn.init.zeros_(self.depth_position.weight)
+            nn.init.zeros_(self.depth_position.bias)
         attn_args = dict(num_heads=num_heads, head_channels=head_channels, norm_groups=norm_groups, max_distance=max_distance)
 
         self.init_conv = nn.Conv2d(in_channels, channels[0], 7, padding=3)
@@ -243,7 +254,12 @@ class DepthAttentionUNet(nn.Module):
     def _per_level(value: Sequence[bool] | bool, levels: int, name: str) -> tuple[bool, ...]:
         if isinstance(value, bool):
             return (value,) * levels
-        value = tuple(bool(v) for v in value)
+        value = tuple(value)
+        if not all(isinstance(v, bool) for v in value):
+            raise ValueError(
+                f"{name} must hold True/False per level, got {value!r} "
+                "(on the command line write [False,True], which fire reads as booleans)."
+            )
         if len(value) != levels:
             raise ValueError(f"{name} needs one entry per level ({levels}), got {len(value)}.")
         return value
@@ -274,6 +290,9 @@ class DepthAttentionUNet(nn.Module):
         # one time embedding per slice: (B, T) -> (B * D, T)
         t = self.time_mlp(timestep_embedding(timesteps, self.channels[0]).to(x.dtype))
         t = t.repeat_interleave(depth, dim=0)
+        if self.depth_position is not None:
+            slices = timestep_embedding(torch.arange(depth, device=x.device), self.channels[0]).to(x.dtype)
+            t = t + self.depth_position(slices).repeat(b, 1)
 
         hidden = x.permute(0, 4, 1, 2, 3).reshape(b * depth, self.in_channels, h, w)
         hidden = self.init_attention(self.init_conv(hidden), depth)

@@ -75,8 +75,11 @@ def _depth_influence(net: DepthAttentionUNet, k: int) -> torch.Tensor:
     return diff.amax(dim=(0, 1, 2, 3))
 
 
-def test_without_depth_attention_slices_are_independent():
-    net = small_unet(depth_attention=False, spatial_attention=True).eval()
+@pytest.mark.parametrize("position", [False, True])
+def test_without_depth_attention_slices_are_independent(position):
+    net = small_unet(depth_attention=False, spatial_attention=True, depth_position_embedding=position).eval()
+    if position:
+        torch.nn.init.normal_(net.depth_position.weight)
     influence = _depth_influence(net, k=2)
     assert influence[2] > 1e-3
     others = torch.cat([influence[:2], influence[3:]])
@@ -113,6 +116,16 @@ def test_fused_attention_matches_reference_softmax_attention():
         assert torch.allclose(out, ref, atol=1e-5)
 
 
+def test_depth_position_embedding_tells_slices_apart():
+    net = small_unet(depth_attention=False, depth_position_embedding=True).eval()
+    x = torch.randn(1, 3, 8, 8, 1).expand(1, 3, 8, 8, 4).contiguous()  # four identical slices
+    with torch.no_grad():
+        assert torch.allclose(net(x, torch.tensor([3]))[..., 0], net(x, torch.tensor([3]))[..., 3])  # starts at zero
+        torch.nn.init.normal_(net.depth_position.weight)
+        out = net(x, torch.tensor([3]))
+    assert not torch.allclose(out[..., 0], out[..., 3])
+
+
 def test_overfits_one_batch():
     net = small_unet()
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -132,6 +145,8 @@ def test_argument_and_input_errors():
         DepthAttentionUNet(4, channels=(12, 24), norm_groups=8)
     with pytest.raises(ValueError, match="one entry per level"):
         DepthAttentionUNet(4, channels=(8, 16), spatial_attention=(True,))
+    with pytest.raises(ValueError, match="True/False per level"):
+        DepthAttentionUNet(4, channels=(8, 16), spatial_attention=["false", "true"])
     net = small_unet()
     with pytest.raises(ValueError, match="divisible by 2"):
         net(torch.randn(1, 3, 7, 8, 4), torch.tensor([1]))
