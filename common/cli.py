@@ -16,7 +16,8 @@ __all__ = ["DEMO_SETTINGS", "bundle_dir", "demo", "pipeline"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Small models that train in minutes on 2 CPU cores (per stage; the ids are the bundle's documented ones).
+# Small models that train in minutes on 2 CPU cores, by stage: "shared" goes to every stage, "denoiser" to the
+# diffusion training and inference (the network must match its checkpoint). The ids are the bundle's documented ones.
 DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "brain_mri": {
         "shared": {
@@ -36,11 +37,13 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "save_interval": 0,
             "log_interval": 40,
         },
-        "diffusion": {
+        "denoiser": {
             "network_def#channels": [32, 64],
             "network_def#spatial_attention": [True, True],
             "network_def#num_heads": 4,
             "network_def#head_channels": 16,
+        },
+        "diffusion": {
             "batch_size": 8,
             "lr": 0.001,
             "num_workers": 0,
@@ -53,10 +56,6 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "log_interval": 40,
         },
         "inference": {
-            "network_def#channels": [32, 64],
-            "network_def#spatial_attention": [True, True],
-            "network_def#num_heads": 4,
-            "network_def#head_channels": 16,
             "num_samples": 4,
             "num_inference_steps": 100,
             "spacing": [5.25, 5.25, 5.25],
@@ -129,7 +128,8 @@ def _run_stages(
     for stage in ("autoencoder", "diffusion", "inference"):
         if stage not in chosen:
             continue
-        stage_overrides = {**paths, **settings.get("shared", {}), **settings.get(stage, {}), **overrides}
+        denoiser = settings.get("denoiser", {}) if stage != "autoencoder" else {}
+        stage_overrides = {**paths, **settings.get("shared", {}), **denoiser, **settings.get(stage, {}), **overrides}
         if stage == "inference":
             stage_overrides["output_dir"] = str(out / "samples")
         else:

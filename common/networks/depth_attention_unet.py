@@ -67,7 +67,8 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         qkv = self.to_qkv(self.norm(x)).view(n, 3, self.num_heads, self.head_channels, h * w)
-        q, k, v = (t.transpose(-1, -2) for t in qkv.unbind(1))  # each (n, heads, h*w, head_channels)
+        # one copy to (3, n, heads, h*w, head_channels): the fused kernels need the channel axis last and dense
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(n, self.num_heads * self.head_channels, h, w)
         return x + self.to_out(out)

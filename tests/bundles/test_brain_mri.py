@@ -147,8 +147,8 @@ def test_demo_settings_name_existing_config_ids():
     inference.read_config(str(CONFIGS / "inference.json"))
     stages = DEMO_SETTINGS["brain_mri"]
     for stage, ids in stages.items():
-        target = inference if stage == "inference" else parser
-        for config_id in ids:
+        targets = {"inference": [inference], "denoiser": [inference, parser]}.get(stage, [parser])
+        for config_id, target in ((i, t) for i in ids for t in targets):
             if stage == "autoencoder" and config_id.startswith("train#trainer"):
                 continue  # replaced by train_diffusion.json in the merged parser; checked below
             assert config_id in target, f"{stage}: {config_id}"
