@@ -84,3 +84,15 @@ def test_too_small_input_for_the_discriminator_says_what_to_change():
     real = torch.rand(2, 1, 4, 4, 4)
     with pytest.raises(ValueError, match="too small for a 2D patch discriminator with 2 layers"):
         loss.generator_loss(real, real.clone(), torch.tensor(0.0), torch.tensor([0, 1]), iteration=1)
+
+
+def test_lpips_from_a_local_weights_folder(tmp_path):
+    """Runs where lpips and torchvision are installed (not in the default test install): a weights file in the
+    torch-hub layout is used offline. The weights here are random; only the loading path is under test."""
+    torchvision = pytest.importorskip("torchvision")
+    pytest.importorskip("lpips")
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    loss = build_perceptual_loss("alex", cache_dir=str(tmp_path))
+    x, y = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    assert float(loss(x, x)) == 0.0 and float(loss(x, y)) > 0.0
