@@ -3,7 +3,7 @@
 Bundle configs ``import common`` and refer to ``common.<module>.<name>``, so the submodules are imported here.
 """
 
-from . import checkpoints, data, demo_data, engines, handlers, latent, losses, networks, sampling, transforms, visualize
+from . import checkpoints, data, demo_data, engines, handlers, latent, losses, networks, sampling, visualize
 
 __all__ = [
     "checkpoints",
@@ -15,6 +15,5 @@ __all__ = [
     "losses",
     "networks",
     "sampling",
-    "transforms",
     "visualize",
 ]

@@ -48,7 +48,7 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "lr": 0.001,
             "num_workers": 0,
             "train#trainer#max_epochs": 400,
-            "train#trainer#accumulation_steps": 1,
+            "accumulation_steps": 1,
             "ema#start_iteration": 400,
             "ema#every": 1,
             "ema#decay": 0.99,

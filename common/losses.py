@@ -1,9 +1,9 @@
 """The Medical Diffusion VQ-GAN objective, built from MONAI's losses and discriminators.
 
 Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + commitment``, and from
-``adversarial_start`` on, the hinge losses of a 2D discriminator on that slice and of a 3D discriminator on the
-volume, plus ``feature_matching_weight`` times the L1 distance between their intermediate features on real and
-reconstructed input. Discriminators: hinge loss on real versus reconstructed slice / volume.
+``adversarial_start`` on, the generator hinge losses -mean(D(fake)) of a 2D discriminator on that slice and of a
+3D discriminator on the volume, plus ``feature_matching_weight`` times the L1 distance between their intermediate
+features on real and reconstructed input. Discriminators: hinge loss on real versus reconstructed slice / volume.
 """
 
 from __future__ import annotations
@@ -99,7 +99,9 @@ class VQGANLoss(nn.Module):
         perceptual_weight: weight of the perceptual loss on the slice (the paper: 4; 0 switches it off).
         image_gan_weight: weight of the 2D discriminator's adversarial loss (the paper: 1).
         volume_gan_weight: weight of the 3D discriminator's adversarial loss (the paper: 1).
-        feature_matching_weight: weight of the feature-matching loss of both discriminators (the paper: 4).
+        feature_matching_weight: weight of the feature-matching loss (mean L1 over each discriminator's
+            intermediate feature maps, summed over both discriminators). 16 matches the authors' code, which weights
+            4 x (4 / (layers + 1)) x the sum over the layers + 1 feature maps.
         adversarial_start: iteration from which the adversarial and feature-matching terms count and the
             discriminators train (the paper: 10000).
     """
@@ -113,7 +115,7 @@ class VQGANLoss(nn.Module):
         perceptual_weight: float = 4.0,
         image_gan_weight: float = 1.0,
         volume_gan_weight: float = 1.0,
-        feature_matching_weight: float = 4.0,
+        feature_matching_weight: float = 16.0,
         adversarial_start: int = 10000,
     ) -> None:
         super().__init__()
@@ -134,6 +136,14 @@ class VQGANLoss(nn.Module):
         self.feature_matching_weight = feature_matching_weight
         self.adversarial_start = adversarial_start
         self.adversarial = PatchAdversarialLoss(criterion="hinge")
+
+    def train(self, mode: bool = True) -> VQGANLoss:
+        """Train mode for the discriminators only; the pretrained perceptual network always stays in eval mode
+        (LPIPS has dropout in its heads)."""
+        super().train(mode)
+        if self.perceptual_loss is not None:
+            self.perceptual_loss.eval()
+        return self
 
     def adversarial_active(self, iteration: int) -> bool:
         """Whether the adversarial terms count at this (1-based) iteration."""
@@ -160,8 +170,9 @@ class VQGANLoss(nn.Module):
             with torch.no_grad():
                 real_image_out = _discriminate(self.image_discriminator, real_slice)
                 real_volume_out = _discriminate(self.volume_discriminator, real)
-            terms["image_gan"] = self.adversarial(fake_image_out[-1], target_is_real=True, for_discriminator=False)
-            terms["volume_gan"] = self.adversarial(fake_volume_out[-1], target_is_real=True, for_discriminator=False)
+            # the generator side of the hinge GAN, as in the paper's code: -mean(D(fake))
+            terms["image_gan"] = -fake_image_out[-1].mean()
+            terms["volume_gan"] = -fake_volume_out[-1].mean()
             terms["feature_matching"] = feature_matching_loss(fake_image_out, real_image_out) + feature_matching_loss(
                 fake_volume_out, real_volume_out
             )

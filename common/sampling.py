@@ -67,8 +67,11 @@ def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike) 
 class LatentSampler:
     """Draw synthetic volumes with ``LatentDiffusionInferer`` and write them as NIfTI plus a PNG montage.
 
-    Sample ``i`` starts from noise drawn with seed ``seed + i``, so any one sample can be regenerated alone;
-    the seed is in its file name and in ``samples.json``.
+    Sample ``i`` starts from noise drawn with seed ``seed + i``, and the random draws of the sampler's steps
+    (DDPM adds noise at every step) come from the global generator seeded with the first seed of each batch.
+    So with ``batch_size`` 1 (the default) any sample is regenerated exactly, on the same device, by sampling its
+    seed alone; with larger batches, by repeating the same seed, ``num_samples`` and ``batch_size``. The seed is
+    in each file name and in ``samples.json``.
 
     Args:
         autoencoder: the VQ-GAN wrapped for codebook-range latents.
@@ -126,9 +129,12 @@ class LatentSampler:
         """Volumes (N, C, H, W, D) in [-1, 1] for the given seeds."""
         noise = torch.stack([self.noise(s) for s in seeds]).to(self.device)
         self.network.eval()
-        images = self.inferer.sample(
-            input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.network, verbose=self.verbose
-        )
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # leave the caller's random state alone
+            torch.manual_seed(seeds[0])
+            images = self.inferer.sample(
+                input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.network, verbose=self.verbose
+            )
         return images.clamp(-1, 1).cpu()
 
     def run(self) -> list[str]:

@@ -41,7 +41,7 @@ def test_adversarial_terms_start_after_the_configured_iteration():
     assert torch.isclose(early["loss"], 4 * early["l1"] + 0.1)
     late = loss.generator_loss(real, fake, torch.tensor(0.1), index, iteration=6)
     assert {"image_gan", "volume_gan", "feature_matching"} <= set(late)
-    expected = 4 * late["l1"] + 0.1 + late["image_gan"] + late["volume_gan"] + 4 * late["feature_matching"]
+    expected = 4 * late["l1"] + 0.1 + late["image_gan"] + late["volume_gan"] + 16 * late["feature_matching"]
     assert torch.isclose(late["loss"], expected)
     late["loss"].backward()
     assert fake.grad is not None
@@ -56,11 +56,16 @@ def test_perceptual_weight_needs_a_perceptual_loss():
 
 def test_perceptual_term_is_weighted_on_the_slice():
     class MeanGap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dropout = torch.nn.Dropout(0.5)  # LPIPS heads have dropout: must stay off during VQ-GAN training
+
         def forward(self, x, y):
             assert x.ndim == 4  # a 2D slice batch
             return (x - y).mean().abs()
 
-    loss = _loss(perceptual_weight=2.0, perceptual_loss=MeanGap())
+    loss = _loss(perceptual_weight=2.0, perceptual_loss=MeanGap()).train()
+    assert loss.image_discriminator.training and not loss.perceptual_loss.training
     real, fake = torch.zeros(1, 1, 8, 8, 4), torch.ones(1, 1, 8, 8, 4)
     terms = loss.generator_loss(real, fake, torch.tensor(0.0), torch.tensor([1]), iteration=1)
     assert torch.isclose(terms["perceptual"], torch.tensor(1.0))

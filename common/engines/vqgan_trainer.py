@@ -116,10 +116,15 @@ class VQGANTrainer(Trainer):
         engine.network.train()
         losses.train()
         engine.optimizer.zero_grad(set_to_none=True)
+        discriminators = (losses.image_discriminator, losses.volume_discriminator)
+        for discriminator in discriminators:  # the generator step needs no discriminator gradients
+            discriminator.requires_grad_(False)
         with torch.autocast(**engine.amp_kwargs, enabled=engine.amp):
             reconstruction, commitment = engine.network(images)
             terms = losses.generator_loss(images, reconstruction, commitment, slice_index, iteration)
         engine._step(terms["loss"], engine.optimizer, engine.scaler)
+        for discriminator in discriminators:
+            discriminator.requires_grad_(True)
 
         if losses.adversarial_active(iteration):
             engine.discriminator_optimizer.zero_grad(set_to_none=True)
@@ -129,7 +134,7 @@ class VQGANTrainer(Trainer):
             terms.update({k: v for k, v in disc_terms.items() if k != "loss"})
             terms["disc_loss"] = disc_terms["loss"]
 
-        codebook = engine.network.quantizer
+        codebook = getattr(engine.network, "module", engine.network).quantizer  # unwrap DistributedDataParallel
         logged = {key: float(value.detach()) for key, value in terms.items()}
         logged["perplexity"] = float(codebook.perplexity)
         logged["codebook_usage"] = float(getattr(codebook.quantizer, "last_usage", float("nan")))

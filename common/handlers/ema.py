@@ -8,15 +8,17 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-__all__ = ["EMAHandler"]
+__all__ = ["DelayedEMAHandler"]
 
 
-class EMAHandler:
+class DelayedEMAHandler:
     """Keep ``ema_network``, an EMA copy of ``network``, during training.
 
     Before ``start_iteration`` the copy simply follows the network; from then on, every ``every`` iterations,
-    ``ema = decay * ema + (1 - decay) * weights`` (the paper: decay 0.995, every 10, from iteration 2000).
-    Buffers are copied as they are. Sample from ``ema_network``.
+    ``ema = decay * ema + (1 - decay) * weights`` (the paper: decay 0.995, every 10 optimizer steps, from step
+    2000). Buffers are copied as they are. Sample from ``ema_network``. Iterations are the engine's: with gradient
+    accumulation over k batches, multiply the paper's step counts by k. Unlike ignite's ``EMAHandler`` the copy
+    simply follows the network until ``start_iteration``, as in the paper's code.
 
     Args:
         network: the network being trained.
@@ -30,11 +32,11 @@ class EMAHandler:
             raise ValueError(f"decay must be in (0, 1), got {decay}.")
         if every < 1 or start_iteration < 0:
             raise ValueError(f"need every >= 1 and start_iteration >= 0, got {every} and {start_iteration}.")
-        self.network = network
+        self.network = getattr(network, "module", network)  # unwrap DistributedDataParallel
         self.decay = decay
         self.every = every
         self.start_iteration = start_iteration
-        self.ema_network = copy.deepcopy(network).eval().requires_grad_(False)
+        self.ema_network = copy.deepcopy(self.network).eval().requires_grad_(False)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)

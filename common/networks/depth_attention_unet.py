@@ -11,25 +11,14 @@ Internally the tensor is kept as a stack of 2D slices, (B * D, C, H, W), so the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
 __all__ = ["DepthAttentionUNet"]
-
-
-def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, shape (B,) -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device, dtype=torch.float32) / half)
-    args = timesteps.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
 
 
 class ResidualBlock(nn.Module):
@@ -152,7 +141,8 @@ class DepthAttentionUNet(nn.Module):
         out_channels: channels of the predicted noise; defaults to ``in_channels``.
         channels: widths of the resolution levels; the paper uses ``base * (1, 2, 4, 8)`` with base 32 or 64.
             Each level after the first halves H and W.
-        num_res_blocks: residual blocks per level on the way down (the way up has one more for the skip).
+        num_res_blocks: residual blocks per level, on the way down and on the way up (where the first of them
+            also takes the skip connection).
         spatial_attention: per level, whether to attend within each slice. The paper uses linear attention at
             every level; exact softmax attention at the full-resolution level costs several times the rest of
             the network (H*W tokens per slice), so the default (``None``) attends at every level but the first.
@@ -289,10 +279,10 @@ class DepthAttentionUNet(nn.Module):
         timesteps = self._check_input(x, timesteps, context)
         b, _, h, w, depth = x.shape
         # one time embedding per slice: (B, T) -> (B * D, T)
-        t = self.time_mlp(timestep_embedding(timesteps, self.channels[0]).to(x.dtype))
+        t = self.time_mlp(get_timestep_embedding(timesteps, self.channels[0]).to(x.dtype))
         t = t.repeat_interleave(depth, dim=0)
         if self.depth_position is not None:
-            slices = timestep_embedding(torch.arange(depth, device=x.device), self.channels[0]).to(x.dtype)
+            slices = get_timestep_embedding(torch.arange(depth, device=x.device), self.channels[0]).to(x.dtype)
             t = t + self.depth_position(slices).repeat(b, 1)
 
         hidden = x.permute(0, 4, 1, 2, 3).reshape(b * depth, self.in_channels, h, w)

@@ -37,6 +37,8 @@ class VQGAN(VQVAE):
         dead_code_threshold: see ``CodebookQuantizer``.
         act: activation of the encoder and decoder (the paper: SiLU, called SWISH in MONAI).
         use_checkpointing: gradient checkpointing of encoder and decoder to save memory.
+        max_distances: memory bound of the nearest-code search, see ``CodebookQuantizer``.
+        ddp_sync: keep the codebook identical across ``torch.distributed`` ranks (set False for TorchScript).
     """
 
     def __init__(
@@ -54,6 +56,8 @@ class VQGAN(VQVAE):
         dead_code_threshold: float = 1.0,
         act: str = "SWISH",
         use_checkpointing: bool = False,
+        max_distances: int = 2**24,
+        ddp_sync: bool = True,
     ) -> None:
         if downsample_factor < 1 or downsample_factor & (downsample_factor - 1):
             raise ValueError(f"downsample_factor must be a power of two, got {downsample_factor}.")
@@ -76,6 +80,7 @@ class VQGAN(VQVAE):
             decay=decay,
             act=act,
             use_checkpointing=use_checkpointing,
+            ddp_sync=ddp_sync,
         )
         self.downsample_factor = downsample_factor
         self.quantizer = VectorQuantizer(
@@ -86,6 +91,8 @@ class VQGAN(VQVAE):
                 commitment_cost=commitment_cost,
                 decay=decay,
                 dead_code_threshold=dead_code_threshold,
+                max_distances=max_distances,
+                ddp_sync=ddp_sync,
             )
         )
 

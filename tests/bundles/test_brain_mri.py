@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.networks.schedulers import DDPMScheduler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,7 +123,11 @@ def test_full_size_defaults_build_and_match_the_paper():
     assert parser.get_parsed_content("num_train_timesteps") == 300
     scheduler = parser.get_parsed_content("noise_scheduler")
     assert scheduler.num_train_timesteps == 300 and scheduler.clip_sample
-    assert parser["lr"] == 1e-4 and parser["batch_size"] == 10 and parser["ema"]["decay"] == 0.995
+    assert torch.allclose(scheduler.betas, DDPMScheduler(num_train_timesteps=300, schedule="cosine").betas)
+    # EMA every 10 optimizer steps from step 2000, counted in iterations of 2 accumulated batches
+    ema = parser.get_parsed_content("ema")
+    assert parser.get_parsed_content("accumulation_steps") == 2 and (ema.every, ema.start_iteration) == (20, 4000)
+    assert parser["lr"] == 1e-4 and parser["batch_size"] == 10 and ema.decay == 0.995
     parser_ae = ConfigParser()
     parser_ae.read_config(str(CONFIGS / "train_autoencoder.json"))
     assert parser_ae["lr"] == 3e-4 and parser_ae["batch_size"] == 2 and parser_ae["adversarial_start"] == 10000
@@ -134,7 +139,7 @@ def test_metadata_has_the_model_zoo_keys():
                 "authors", "copyright", "data_source", "intended_use", "network_data_format"):
         assert meta.get(key), key
     assert meta["version"] in meta["changelog"]
-    latent = meta["network_data_format"]["inputs"]["latent"]
+    latent = meta["network_data_format"]["inputs"]["image"]
     assert latent["num_channels"] == 8 and latent["spatial_shape"] == [32, 32, 32]
 
 

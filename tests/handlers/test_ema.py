@@ -3,13 +3,13 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine
 
-from common.handlers import EMAHandler
+from common.handlers import DelayedEMAHandler
 
 
 def test_ema_follows_then_averages():
     net = torch.nn.Linear(1, 1, bias=False)
     net.weight.data.fill_(0.0)
-    ema = EMAHandler(net, decay=0.5, every=2, start_iteration=3)
+    ema = DelayedEMAHandler(net, decay=0.5, every=2, start_iteration=3)
 
     def step(engine, batch):
         net.weight.data.fill_(float(engine.state.iteration))
