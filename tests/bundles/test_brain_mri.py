@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,35 +13,15 @@ from monai.bundle import ConfigParser
 from monai.networks.schedulers import DDPMScheduler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle
+
 CONFIGS = REPO / "bundles" / "brain_mri" / "configs"
-
-# the small-model overrides documented in bundles/brain_mri/docs/README.md
-SMALL_SHARED = [
-    "--image_size", "[16,16,16]",
-    "--autoencoder_def#base_channels", "4",
-    "--autoencoder_def#num_embeddings", "64",
-]
-SMALL_AUTOENCODER = [
-    "--image_discriminator#channels", "4", "--volume_discriminator#channels", "4",
-    "--image_discriminator#num_layers_d", "2", "--volume_discriminator#num_layers_d", "2",
-    "--perceptual_weight", "0", "--adversarial_start", "2", "--num_workers", "0",
-    "--train#trainer#max_epochs", "2", "--save_interval", "2", "--log_interval", "1",
-]
-SMALL_DENOISER = [
-    "--network_def#channels", "[8,16]", "--network_def#num_heads", "2", "--network_def#head_channels", "4",
-    "--network_def#spatial_attention", "[False,True]",
-]
-
-
-def run_bundle(config: str, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+SHARED = ["--image_size", "[16,16,16]", *SMALL_SHARED]
 
 
 def test_train_autoencoder_then_diffusion_then_inference(brain_folder, tmp_path):
     models, logs, samples = tmp_path / "models", tmp_path / "logs", tmp_path / "samples"
-    common = ["--ckpt_dir", str(models), *SMALL_SHARED]
+    common = ["--ckpt_dir", str(models), *SHARED]
     ae_config = "bundles/brain_mri/configs/train_autoencoder.json"
     result = run_bundle(ae_config, "--dataset_dir", str(brain_folder), "--log_dir", str(logs), *common, *SMALL_AUTOENCODER)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -94,7 +71,7 @@ def test_wrong_dataset_dir_stops_before_training(tmp_path, brain_folder, problem
         (folder / "sub-00" / "t1.nii").write_bytes(b"not nifti")
     result = run_bundle(
         "bundles/brain_mri/configs/train_autoencoder.json", "--dataset_dir", str(folder),
-        "--ckpt_dir", str(tmp_path / "models"), "--log_dir", str(tmp_path / "logs"), *SMALL_SHARED, *SMALL_AUTOENCODER,
+        "--ckpt_dir", str(tmp_path / "models"), "--log_dir", str(tmp_path / "logs"), *SHARED, *SMALL_AUTOENCODER,
     )
     assert result.returncode != 0
     expected = {"missing": "does not exist", "empty": "is empty", "no_nifti": "no NIfTI", "corrupt": "cannot be read as NIfTI"}

@@ -1,0 +1,134 @@
+"""The knee_mri bundle on data in MRNet's released layout, and its preprocessing against hand-computed values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from common.data import DatasetError, mrnet_datalist
+from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle
+
+CONFIGS = REPO / "bundles" / "knee_mri" / "configs"
+SHARED = ["--image_size", "[64,64,16]", *SMALL_SHARED]
+
+
+@pytest.fixture
+def mrnet_folder(tmp_path: Path) -> Path:
+    """MRNet-v1.0-like release: train/ and valid/ with sagittal (and axial) exams of varying slice counts."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "MRNet-v1.0"
+    for split, count in (("train", 3), ("valid", 1)):
+        for plane in ("sagittal", "axial"):
+            folder = root / split / plane
+            folder.mkdir(parents=True)
+            for index in range(count):
+                exam = rng.integers(0, 256, size=(int(rng.integers(20, 44)), 256, 256), dtype=np.uint8)
+                np.save(folder / f"{index + (1130 if split == 'valid' else 0):04d}.npy", exam)
+    return root
+
+
+def _preprocessing():
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train_autoencoder.json"))
+    return parser.get_parsed_content("train#preprocessing")
+
+
+@pytest.mark.parametrize("slices", [40, 24])
+def test_preprocessing_centre_crops_and_pads_depth_to_32(tmp_path, slices):
+    """Slice s of an exam holds the value s, plus a marker of 1000 at row 100, column 7: the output keeps rows
+    and columns in place, takes the middle 32 slices (or pads 4 empty slices on each side of 24) and scales the
+    cropped exam's range [min, 1000] to [-1, 1]."""
+    exam = np.broadcast_to(np.arange(slices, dtype=np.float32)[:, None, None], (slices, 256, 256)).copy()
+    exam[:, 100, 7] = 1000.0
+    np.save(tmp_path / "exam.npy", exam)
+    data = {"image": str(tmp_path / "exam.npy")}
+    transforms = _preprocessing().transforms
+    assert [type(t).__name__ for t in transforms[-2:]] == ["RandFlipd", "EnsureTyped"]
+    for transform in transforms[:-2]:  # everything but the random flip
+        data = transform(data)
+    result = np.asarray(data["image"])
+    assert result.shape == (1, 256, 256, 32)
+    exam_slices = slice(0, 32) if slices == 40 else slice(4, 28)
+    assert np.all(result[0, 100, 7, exam_slices] == 1.0)
+    slice_values = np.arange(4, 36) if slices == 40 else np.concatenate([np.zeros(4), np.arange(24), np.zeros(4)])
+    low = slice_values.min()
+    assert np.allclose(result[0, 0, 0, :], 2 * (slice_values - low) / (1000 - low) - 1, atol=1e-5)
+
+
+def test_mrnet_reader_takes_one_plane_of_both_splits(mrnet_folder):
+    datalist = mrnet_datalist(mrnet_folder)
+    assert [Path(d["image"]).parent.name for d in datalist] == ["sagittal"] * 4
+    assert sorted(Path(d["image"]).parts[-3] for d in datalist) == ["train", "train", "train", "valid"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (np.zeros((30, 128, 128), np.uint8) + np.eye(128, dtype=np.uint8), "expected an MRNet exam of shape"),
+        (np.arange(256 * 256, dtype=np.float32).reshape(256, 256), "expected an MRNet exam of shape"),
+        (np.full((30, 256, 256), 7, np.uint8), "constant volume"),
+        (b"not numpy", "cannot be read as a NumPy array"),
+    ],
+)
+def test_bad_exams_are_named(mrnet_folder, content, message):
+    bad = mrnet_folder / "train" / "sagittal" / "0999.npy"
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        np.save(bad, content)
+    with pytest.raises(DatasetError, match=message) as info:
+        mrnet_datalist(mrnet_folder)
+    assert "0999.npy" in str(info.value) and "1 of 5 files" in str(info.value)
+
+
+def test_a_folder_that_is_not_mrnet(tmp_path):
+    (tmp_path / "scans").mkdir()
+    with pytest.raises(DatasetError, match="is not an MRNet folder: expected .*train/sagittal/\\*.npy"):
+        mrnet_datalist(tmp_path)
+    (tmp_path / "train" / "sagittal").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no .npy exams"):
+        mrnet_datalist(tmp_path)
+
+
+def test_train_autoencoder_then_diffusion_then_inference(mrnet_folder, tmp_path):
+    models, logs, samples = tmp_path / "models", tmp_path / "logs", tmp_path / "samples"
+    common = ["--ckpt_dir", str(models), *SHARED]
+    result = run_bundle(
+        "bundles/knee_mri/configs/train_autoencoder.json", "--dataset_dir", str(mrnet_folder), "--log_dir", str(logs),
+        *common, *SMALL_AUTOENCODER,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (models / "autoencoder.pt").is_file()
+    result = run_bundle(
+        "['bundles/knee_mri/configs/train_autoencoder.json','bundles/knee_mri/configs/train_diffusion.json']",
+        "--dataset_dir", str(mrnet_folder), "--log_dir", str(logs), *common, *SMALL_DENOISER,
+        "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "1", "--ema#start_iteration", "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"network", "ema_network"} <= set(torch.load(models / "diffusion.pt", weights_only=True))
+    result = run_bundle(
+        "bundles/knee_mri/configs/inference.json", *common, *SMALL_DENOISER, "--output_dir", str(samples),
+        "--num_samples", "1", "--num_inference_steps", "3",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    image = nib.load(str(samples / "sample_0000_seed0.nii.gz"))
+    assert image.shape == (64, 64, 16) and np.allclose(image.header.get_zooms(), (0.6, 0.6, 3.0))
+
+
+def test_full_size_defaults_match_the_paper():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train_autoencoder.json"), str(CONFIGS / "train_diffusion.json")])
+    autoencoder = parser.get_parsed_content("autoencoder_def")
+    with torch.no_grad():
+        latent = autoencoder.encode(torch.zeros(1, 1, 256, 256, 32))
+    assert latent.shape == (1, 8, 64, 64, 8)
+    assert parser.get_parsed_content("network_def").channels == (64, 128, 256, 512)
+    assert parser["batch_size"] == 40 and parser["image_size"] == [256, 256, 32]
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [64, 64, 8]
