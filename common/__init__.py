@@ -3,12 +3,13 @@
 Bundle configs ``import common`` and refer to ``common.<module>.<name>``, so the submodules are imported here.
 """
 
-from . import checkpoints, data, demo_data, engines, handlers, latent, losses, networks, sampling, visualize
+from . import checkpoints, data, demo_data, dicom, engines, handlers, latent, losses, networks, sampling, visualize
 
 __all__ = [
     "checkpoints",
     "data",
     "demo_data",
+    "dicom",
     "engines",
     "handlers",
     "latent",

@@ -4,7 +4,8 @@ They let every bundle command run on a fresh machine with no download. Brains: a
 folded cortical rim (grey matter), white matter inside, two lateral ventricles, smooth texture and a zero
 background, as skull-stripped NIfTI. Knees: sagittal fat-suppressed-T2-like exams in the MRNet layout
 (``train/sagittal/NNNN.npy``, uint8, slices x 256 x 256) with femur, tibia, patella, cartilage, joint fluid and
-soft tissue. Each subject has its own shape, size and contrast. They are not anatomy; they exercise the real
+soft tissue. Chest CTs: DICOM series (int16 with rescale slope and intercept) of a body with lungs, heart, spine
+and ribs in Hounsfield units. Each subject has its own shape, size and contrast. They are not anatomy; they exercise the real
 readers and preprocessing end to end.
 """
 
@@ -17,7 +18,15 @@ import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-__all__ = ["brain_demo_datalist", "knee_demo_datalist", "make_brain_phantom", "make_knee_phantom"]
+__all__ = [
+    "brain_demo_datalist",
+    "chest_demo_datalist",
+    "knee_demo_datalist",
+    "make_brain_phantom",
+    "make_chest_phantom",
+    "make_knee_phantom",
+    "write_dicom_series",
+]
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -103,4 +112,88 @@ def knee_demo_datalist(folder: str | os.PathLike, count: int = 12, seed: int = 0
             np.save(tmp, exam)
             os.replace(tmp, path)
         datalist.append({"image": str(path)})
+    return datalist
+
+
+def make_chest_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (64, 64, 48)) -> np.ndarray:
+    """One synthetic chest CT in Hounsfield units, float32 of ``shape`` (rows, columns, slices)."""
+    r, c, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")  # r: anterior-posterior
+    body = (c / rng.uniform(0.8, 0.92)) ** 2 + (r / rng.uniform(0.55, 0.7)) ** 2 < 1
+    lung_size = rng.uniform(0.25, 0.33)
+    lungs = np.zeros(shape, dtype=bool)
+    for side in (-1, 1):
+        lungs |= ((c - side * 0.4) / lung_size) ** 2 + (r / 0.42) ** 2 + ((z - 0.1) / 1.1) ** 2 < 1
+    heart = ((c - 0.08) / 0.22) ** 2 + ((r + 0.15) / 0.25) ** 2 + ((z + 0.3) / 0.45) ** 2 < 1
+    spine = (c / 0.09) ** 2 + ((r - 0.45) / 0.09) ** 2 < 1
+    ribs = body & ~((c / 0.82) ** 2 + (r / 0.58) ** 2 < 0.9) & (np.sin(z * rng.uniform(14, 18)) > 0.6)
+    hu = np.where(body, 40.0, -1000.0)
+    hu = np.where(lungs & ~heart, -850.0, hu)
+    hu = np.where(spine | ribs, 700.0, hu)
+    hu = hu + 25 * _smooth_noise(rng, shape, 1.5) * body + 10 * rng.standard_normal(shape)
+    return hu.astype(np.float32)
+
+
+def write_dicom_series(
+    hu: np.ndarray,
+    folder: str | os.PathLike,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    modality: str = "CT",
+    series_uid: str | None = None,
+) -> list[str]:
+    """Write a (rows, columns, slices) volume as an axial DICOM series, one file per slice.
+
+    Stored values are ``(hu - intercept) / slope`` as int16 with ``RescaleSlope``/``RescaleIntercept``, so a
+    reader that applies them gets ``hu`` back (to the rounding of the stored integers).
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    stored = np.round((hu - intercept) / slope).astype(np.int16)
+    paths = []
+    for index in range(hu.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID = modality, "DEMO"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.InstanceNumber = index + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(index * spacing[2])]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = hu.shape[0], hu.shape[1]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = float(slope), float(intercept)
+        ds.PixelData = np.ascontiguousarray(stored[:, :, index]).tobytes()
+        path = folder / f"{index + 1:04d}.dcm"
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+        paths.append(str(path))
+    return paths
+
+
+def chest_demo_datalist(folder: str | os.PathLike, count: int = 8, seed: int = 0) -> list[dict[str, str]]:
+    """Datalist of ``count`` demo chest CT series (one folder each, LIDC-like nesting), written first if missing."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    datalist = []
+    for index in range(count):
+        series = folder / f"DEMO-{index:04d}" / "study" / "series"
+        hu = make_chest_phantom(rng)
+        spacing = (5.0, 5.0, float(rng.choice([5.0, 6.0, 7.0])))  # 320 mm field of view, varying slice distance
+        if not series.is_dir():
+            tmp = folder / f".DEMO-{index:04d}.tmp"
+            write_dicom_series(hu, tmp / "study" / "series", spacing=spacing)
+            os.replace(tmp, folder / f"DEMO-{index:04d}")
+        datalist.append({"image": str(series)})
     return datalist

@@ -1,0 +1,145 @@
+"""The chest_ct bundle on DICOM series written with pydicom, and its preprocessing against hand-computed values."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from common.data import DatasetError
+from common.demo_data import make_chest_phantom, write_dicom_series
+from common.dicom import dicom_series_datalist, read_series
+from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle
+
+CONFIGS = REPO / "bundles" / "chest_ct" / "configs"
+# small volumes: 4 mm resampling, an 80 mm crop, 32^3 output
+SHARED = ["--image_size", "[32,32,32]", "--resample_spacing", "[4.0,4.0,4.0]", "--crop_size", "[80,80,80]", *SMALL_SHARED]
+
+
+def _preprocessing(**overrides):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train_autoencoder.json"))
+    parser.update(overrides)
+    return parser.get_parsed_content("train#preprocessing").transforms
+
+
+def _apply(transforms, folder):
+    data = {"image": str(folder)}
+    for transform in transforms:
+        data = transform(data)
+    return data["image"]
+
+
+@pytest.fixture
+def lidc_folder(tmp_path: Path) -> Path:
+    """LIDC-IDRI-like download: per patient a CT series and, for one patient, a 2-image radiograph series."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "LIDC-IDRI"
+    for index in range(3):
+        hu = make_chest_phantom(rng, shape=(48, 48, 12))
+        write_dicom_series(hu, root / f"LIDC-IDRI-{index:04d}" / "01-01-2000-CT" / "3000-series", spacing=(2.0, 2.0, 5.0))
+    write_dicom_series(rng.normal(size=(32, 32, 2)) * 100, root / "LIDC-IDRI-0000" / "01-01-2000-DX" / "1-dx", modality="DX")
+    return root
+
+
+def test_hounsfield_units_from_raw_values_with_each_files_slope_and_intercept(tmp_path):
+    raw_hu = np.arange(-1000, -1000 + 16 * 16 * 4, dtype=np.float32).reshape(16, 16, 4)
+    write_dicom_series(raw_hu, tmp_path / "s", spacing=(1.0, 1.0, 1.0), slope=2.0, intercept=-1024.0)
+    stored = np.round((raw_hu + 1024.0) / 2.0)
+    loaded = np.asarray(_preprocessing()[0]({"image": str(tmp_path / "s")})["image"])
+    # PydicomReader swaps rows and columns into (x, y); compare after undoing that
+    assert np.allclose(np.swapaxes(loaded, 0, 1), stored * 2.0 - 1024.0)
+
+
+def test_resampling_gives_1mm_voxels_over_the_same_extent(tmp_path):
+    write_dicom_series(np.zeros((40, 30, 10), np.float32) + 50, tmp_path / "s", spacing=(2.0, 2.5, 5.0))
+    resampled = _apply(_preprocessing()[:4], tmp_path / "s")  # load, channel, RAS, 1 mm
+    assert np.allclose(np.sqrt((np.asarray(resampled.affine)[:3, :3] ** 2).sum(0)), 1.0)
+    extent = np.array([30 * 2.5, 40 * 2.0, 10 * 5.0])  # columns are x after the reader's swap
+    assert np.all(np.abs(np.array(resampled.shape[1:]) - extent) <= 5), resampled.shape
+
+
+def test_crop_keeps_the_centre_and_window_scales_hu(tmp_path):
+    hu = np.full((48, 48, 24), -1000.0, np.float32)
+    hu[22:26, 22:26, 10:14] = 1000.0  # a bright cube at the centre of the volume
+    write_dicom_series(hu, tmp_path / "s", spacing=(1.0, 1.0, 1.0))
+    transforms = _preprocessing(crop_size=[16, 16, 32])
+    cropped = np.asarray(_apply(transforms[:6], tmp_path / "s"))  # up to the crop (no resize)
+    assert cropped.shape == (1, 16, 16, 32)
+    assert cropped.min() == -1.0 and cropped.max() == 1.0  # -1000 HU -> -1, 1000 HU -> 1, padding is air
+    bright = np.argwhere(cropped[0] > 0.9)
+    assert np.allclose(bright.mean(0), np.array([7.5, 7.5, 15.5]), atol=0.6)
+
+
+def test_series_reader_finds_ct_and_skips_other_modalities(lidc_folder, caplog):
+    with caplog.at_level(logging.WARNING):
+        datalist = dicom_series_datalist(lidc_folder)
+    assert len(datalist) == 3 and all(d["image"].endswith("3000-series") for d in datalist)
+    assert "skipped 1 series that are not CT" in caplog.text and "1-dx (DX)" in caplog.text
+    series = read_series(datalist[0]["image"])
+    assert (series.num_slices, series.rows, series.columns, series.spacing) == (12, 48, 48, (2.0, 2.0, 5.0))
+
+
+def test_two_series_in_one_folder(lidc_folder):
+    folder = lidc_folder / "LIDC-IDRI-0001" / "01-01-2000-CT" / "3000-series"
+    write_dicom_series(np.zeros((48, 48, 3)), folder / "other")
+    for path in (folder / "other").iterdir():
+        shutil.move(str(path), folder / f"x{path.name}")
+    with pytest.raises(DatasetError, match="holds 2 DICOM series") as info:
+        dicom_series_datalist(lidc_folder)
+    assert str(folder) in str(info.value)
+
+
+def test_missing_slices(lidc_folder):
+    folder = lidc_folder / "LIDC-IDRI-0002" / "01-01-2000-CT" / "3000-series"
+    (folder / "0006.dcm").unlink()
+    with pytest.raises(DatasetError, match="slices missing between positions 20.00 and 30.00 mm"):
+        dicom_series_datalist(lidc_folder)
+
+
+def test_a_lone_2d_ct_image_and_an_empty_folder(tmp_path):
+    write_dicom_series(np.zeros((16, 16, 1)), tmp_path / "one")
+    with pytest.raises(DatasetError, match="a single 2D image"):
+        dicom_series_datalist(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no DICOM"):
+        dicom_series_datalist(tmp_path / "empty")
+
+
+def test_train_autoencoder_then_diffusion_then_inference(lidc_folder, tmp_path):
+    models, logs, samples = tmp_path / "models", tmp_path / "logs", tmp_path / "samples"
+    common = ["--ckpt_dir", str(models), *SHARED]
+    result = run_bundle(
+        "bundles/chest_ct/configs/train_autoencoder.json", "--dataset_dir", str(lidc_folder), "--log_dir", str(logs),
+        *common, *SMALL_AUTOENCODER,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_bundle(
+        "['bundles/chest_ct/configs/train_autoencoder.json','bundles/chest_ct/configs/train_diffusion.json']",
+        "--dataset_dir", str(lidc_folder), "--log_dir", str(logs), *common, *SMALL_DENOISER,
+        "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "1", "--ema#start_iteration", "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_bundle(
+        "bundles/chest_ct/configs/inference.json", *common, *SMALL_DENOISER, "--output_dir", str(samples),
+        "--num_samples", "1", "--num_inference_steps", "3",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    image = nib.load(str(samples / "sample_0000_seed0.nii.gz"))
+    assert image.shape == (32, 32, 32) and np.allclose(image.header.get_zooms(), 2.5)
+
+
+def test_full_size_defaults_match_the_paper():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train_autoencoder.json"), str(CONFIGS / "train_diffusion.json")])
+    autoencoder = parser.get_parsed_content("autoencoder_def")
+    with torch.no_grad():
+        assert autoencoder.encode(torch.zeros(1, 1, 128, 128, 128)).shape == (1, 8, 32, 32, 32)
+    assert parser["batch_size"] == 50 and parser["resample_spacing"] == [1.0, 1.0, 1.0]
+    assert parser["crop_size"] == [320, 320, 320] and parser["image_size"] == [128, 128, 128]
