@@ -27,6 +27,9 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "autoencoder_def#base_channels": 16,
             "autoencoder_def#num_embeddings": 512,
             "autoencoder_def#downsample_factor": 4,
+            # codes used early and then abandoned keep stretching the codebook range for about
+            # ln(count) / (1 - decay) steps; with 400 iterations the paper's 0.99 leaves them in place
+            "autoencoder_def#decay": 0.9,
         },
         "autoencoder": {
             "perceptual_weight": 0.0,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
@@ -47,3 +49,19 @@ def test_supervised_trainer_fits_the_noise_on_latents():
     # L1 of a zero prediction of unit Gaussian noise is about 0.8; the denoiser must do better than that
     assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6
     assert sum(losses[-6:]) / 6 < 0.75
+
+
+def test_a_sliver_of_the_codebook_range_is_reported_once(caplog):
+    autoencoder = _autoencoder()
+    prepare = LatentDiffusionPrepareBatch(autoencoder, num_train_timesteps=300)
+    codebook = autoencoder.autoencoder.codebook.embedding.weight
+    codebook.data[0] = 100.0  # one stale code far away stretches the range
+    with caplog.at_level(logging.WARNING):
+        prepare({"image": torch.randn(2, 1, 16, 16, 8)})
+        prepare({"image": torch.randn(2, 1, 16, 16, 8)})
+    assert caplog.text.count("stretch the codebook range") == 1
+    caplog.clear()
+    healthy = LatentDiffusionPrepareBatch(_autoencoder(), num_train_timesteps=300)
+    with caplog.at_level(logging.WARNING):
+        healthy({"image": torch.randn(2, 1, 16, 16, 8)})
+    assert "stretch the codebook range" not in caplog.text
