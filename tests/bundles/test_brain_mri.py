@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,18 +12,15 @@ from monai.bundle import ConfigParser
 from monai.networks.schedulers import DDPMScheduler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle
+from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_SHARED, full_size_parser, run_bundle, run_pipeline
 
 CONFIGS = REPO / "bundles" / "brain_mri" / "configs"
 SHARED = ["--image_size", "[16,16,16]", *SMALL_SHARED]
 
 
 def test_train_autoencoder_then_diffusion_then_inference(brain_folder, tmp_path):
-    models, logs, samples = tmp_path / "models", tmp_path / "logs", tmp_path / "samples"
-    common = ["--ckpt_dir", str(models), *SHARED]
-    ae_config = "bundles/brain_mri/configs/train_autoencoder.json"
-    result = run_bundle(ae_config, "--dataset_dir", str(brain_folder), "--log_dir", str(logs), *common, *SMALL_AUTOENCODER)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run = run_pipeline("brain_mri", brain_folder, tmp_path, SHARED, epochs=2, samples=2)
+    models, logs, samples = run["models"], run["logs"], run["samples"]
     assert {"autoencoder.pt", "autoencoder_iteration=2.pt", "autoencoder_iteration=4.pt"} <= {p.name for p in models.iterdir()}
     checkpoint = torch.load(models / "autoencoder.pt", weights_only=True)
     assert {"autoencoder", "optimizer", "image_discriminator", "volume_discriminator"} <= set(checkpoint)
@@ -32,22 +28,10 @@ def test_train_autoencoder_then_diffusion_then_inference(brain_folder, tmp_path)
     events.Reload()
     assert {"perplexity", "codebook_usage", "codebook_restarts", "l1", "image_gan", "disc_loss"} <= set(events.Tags()["scalars"])
     assert len(events.Scalars("codebook_usage")) == 4
-    assert "codebook_usage" in result.stdout
-
-    diffusion_configs = "['bundles/brain_mri/configs/train_autoencoder.json','bundles/brain_mri/configs/train_diffusion.json']"
-    result = run_bundle(
-        diffusion_configs, "--dataset_dir", str(brain_folder), "--log_dir", str(logs), *common, *SMALL_DENOISER,
-        "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "2", "--ema#start_iteration", "2",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert "codebook_usage" in run["autoencoder_stdout"]
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     assert {"network", "ema_network", "optimizer"} <= set(checkpoint)
 
-    result = run_bundle(
-        "bundles/brain_mri/configs/inference.json", *common, *SMALL_DENOISER, "--output_dir", str(samples),
-        "--num_samples", "2", "--num_inference_steps", "5",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(samples.glob("*.nii.gz"))
     assert [f.name for f in files] == ["sample_0000_seed0.nii.gz", "sample_0001_seed1.nii.gz"]
     image = nib.load(str(files[0]))
@@ -88,12 +72,8 @@ def test_missing_autoencoder_weights_are_reported(tmp_path):
 
 
 def test_full_size_defaults_build_and_match_the_paper():
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train_autoencoder.json"), str(CONFIGS / "train_diffusion.json")])
-    autoencoder = parser.get_parsed_content("autoencoder_def")
-    with torch.no_grad():
-        latent = autoencoder.encode(torch.zeros(1, 1, 64, 64, 64))
-    assert latent.shape == (1, 8, 32, 32, 32)
+    parser, latent_shape, autoencoder = full_size_parser("brain_mri", (64, 64, 64))
+    assert latent_shape == (1, 8, 32, 32, 32)
     assert autoencoder.codebook.embedding.weight.shape == (16384, 8)
     network = parser.get_parsed_content("network_def")
     assert network.channels == (32, 64, 128, 256)

@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser
 from common.data import DatasetError
 from common.demo_data import make_chest_phantom, write_dicom_series
 from common.dicom import dicom_series_datalist, read_series
-from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle
+from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
 
 CONFIGS = REPO / "bundles" / "chest_ct" / "configs"
 # small volumes: 4 mm resampling, an 80 mm crop, 32^3 output
@@ -113,33 +113,15 @@ def test_a_lone_2d_ct_image_and_an_empty_folder(tmp_path):
 
 
 def test_train_autoencoder_then_diffusion_then_inference(lidc_folder, tmp_path):
-    models, logs, samples = tmp_path / "models", tmp_path / "logs", tmp_path / "samples"
-    common = ["--ckpt_dir", str(models), *SHARED]
-    result = run_bundle(
-        "bundles/chest_ct/configs/train_autoencoder.json", "--dataset_dir", str(lidc_folder), "--log_dir", str(logs),
-        *common, *SMALL_AUTOENCODER,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = run_bundle(
-        "['bundles/chest_ct/configs/train_autoencoder.json','bundles/chest_ct/configs/train_diffusion.json']",
-        "--dataset_dir", str(lidc_folder), "--log_dir", str(logs), *common, *SMALL_DENOISER,
-        "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "1", "--ema#start_iteration", "1",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = run_bundle(
-        "bundles/chest_ct/configs/inference.json", *common, *SMALL_DENOISER, "--output_dir", str(samples),
-        "--num_samples", "1", "--num_inference_steps", "3",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    image = nib.load(str(samples / "sample_0000_seed0.nii.gz"))
+    run = run_pipeline("chest_ct", lidc_folder, tmp_path, SHARED)
+    assert (run["models"] / "autoencoder.pt").is_file()
+    assert {"network", "ema_network"} <= set(torch.load(run["models"] / "diffusion.pt", weights_only=True))
+    image = nib.load(str(run["samples"] / "sample_0000_seed0.nii.gz"))
     assert image.shape == (32, 32, 32) and np.allclose(image.header.get_zooms(), 2.5)
 
 
 def test_full_size_defaults_match_the_paper():
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train_autoencoder.json"), str(CONFIGS / "train_diffusion.json")])
-    autoencoder = parser.get_parsed_content("autoencoder_def")
-    with torch.no_grad():
-        assert autoencoder.encode(torch.zeros(1, 1, 128, 128, 128)).shape == (1, 8, 32, 32, 32)
+    parser, latent_shape, _ = full_size_parser("chest_ct", (128, 128, 128))
+    assert latent_shape == (1, 8, 32, 32, 32)
     assert parser["batch_size"] == 50 and parser["resample_spacing"] == [1.0, 1.0, 1.0]
     assert parser["crop_size"] == [320, 320, 320] and parser["image_size"] == [128, 128, 128]

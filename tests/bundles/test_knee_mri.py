@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.data import DatasetError, mrnet_datalist
-from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle
+from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
 
 CONFIGS = REPO / "bundles" / "knee_mri" / "configs"
 SHARED = ["--image_size", "[64,64,16]", *SMALL_SHARED]
@@ -97,37 +97,16 @@ def test_a_folder_that_is_not_mrnet(tmp_path):
 
 
 def test_train_autoencoder_then_diffusion_then_inference(mrnet_folder, tmp_path):
-    models, logs, samples = tmp_path / "models", tmp_path / "logs", tmp_path / "samples"
-    common = ["--ckpt_dir", str(models), *SHARED]
-    result = run_bundle(
-        "bundles/knee_mri/configs/train_autoencoder.json", "--dataset_dir", str(mrnet_folder), "--log_dir", str(logs),
-        *common, *SMALL_AUTOENCODER,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (models / "autoencoder.pt").is_file()
-    result = run_bundle(
-        "['bundles/knee_mri/configs/train_autoencoder.json','bundles/knee_mri/configs/train_diffusion.json']",
-        "--dataset_dir", str(mrnet_folder), "--log_dir", str(logs), *common, *SMALL_DENOISER,
-        "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "1", "--ema#start_iteration", "1",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert {"network", "ema_network"} <= set(torch.load(models / "diffusion.pt", weights_only=True))
-    result = run_bundle(
-        "bundles/knee_mri/configs/inference.json", *common, *SMALL_DENOISER, "--output_dir", str(samples),
-        "--num_samples", "1", "--num_inference_steps", "3",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    image = nib.load(str(samples / "sample_0000_seed0.nii.gz"))
+    run = run_pipeline("knee_mri", mrnet_folder, tmp_path, SHARED)
+    assert (run["models"] / "autoencoder.pt").is_file()
+    assert {"network", "ema_network"} <= set(torch.load(run["models"] / "diffusion.pt", weights_only=True))
+    image = nib.load(str(run["samples"] / "sample_0000_seed0.nii.gz"))
     assert image.shape == (64, 64, 16) and np.allclose(image.header.get_zooms(), (0.6, 0.6, 3.0))
 
 
 def test_full_size_defaults_match_the_paper():
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train_autoencoder.json"), str(CONFIGS / "train_diffusion.json")])
-    autoencoder = parser.get_parsed_content("autoencoder_def")
-    with torch.no_grad():
-        latent = autoencoder.encode(torch.zeros(1, 1, 256, 256, 32))
-    assert latent.shape == (1, 8, 64, 64, 8)
+    parser, latent_shape, _ = full_size_parser("knee_mri", (256, 256, 32))
+    assert latent_shape == (1, 8, 64, 64, 8)
     assert parser.get_parsed_content("network_def").channels == (64, 128, 256, 512)
     assert parser["batch_size"] == 40 and parser["image_size"] == [256, 256, 32]
     meta = json.loads((CONFIGS / "metadata.json").read_text())
