@@ -12,6 +12,9 @@ readers and preprocessing end to end.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +30,31 @@ __all__ = [
     "make_knee_phantom",
     "write_dicom_series",
 ]
+
+
+def _write_once(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
+    """Write ``path`` through a temporary name unique to this process, then rename it into place.
+
+    Several processes (e.g. torchrun ranks) may make the same demo file at once; each writes its own temporary
+    file or folder, and whichever renames last wins with identical content. A folder that already exists is kept.
+    """
+    if path.exists():
+        return
+    tmp = tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent) if not suffix else None
+    if tmp is None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError:
+        if not path.exists():  # a failure of our own, not another process that got there first
+            raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -66,10 +94,7 @@ def brain_demo_datalist(folder: str | os.PathLike, count: int = 16, seed: int = 
     for index in range(count):
         path = folder / f"demo_brain_{index:03d}.nii.gz"
         volume = make_brain_phantom(rng)  # drawn even when the file exists, so the files do not depend on order
-        if not path.exists():
-            tmp = folder / f".{path.name}.tmp.nii.gz"
-            nib.save(nib.Nifti1Image(volume, affine), tmp)
-            os.replace(tmp, path)
+        _write_once(path, lambda tmp: nib.save(nib.Nifti1Image(volume, affine), tmp), suffix=".nii.gz")
         datalist.append({"image": str(path)})
     return datalist
 
@@ -107,10 +132,7 @@ def knee_demo_datalist(folder: str | os.PathLike, count: int = 12, seed: int = 0
     for index in range(count):
         path = sagittal / f"{index:04d}.npy"
         exam = make_knee_phantom(rng, slices=int(rng.integers(22, 40)))  # MRNet exams vary in slice count
-        if not path.exists():
-            tmp = sagittal / f".{path.name}.tmp.npy"
-            np.save(tmp, exam)
-            os.replace(tmp, path)
+        _write_once(path, lambda tmp: np.save(tmp, exam), suffix=".npy")
         datalist.append({"image": str(path)})
     return datalist
 
@@ -188,12 +210,10 @@ def chest_demo_datalist(folder: str | os.PathLike, count: int = 8, seed: int = 0
     rng = np.random.default_rng(seed)
     datalist = []
     for index in range(count):
-        series = folder / f"DEMO-{index:04d}" / "study" / "series"
+        patient = folder / f"DEMO-{index:04d}"
         hu = make_chest_phantom(rng)
         spacing = (5.0, 5.0, float(rng.choice([5.0, 6.0, 7.0])))  # 320 mm field of view, varying slice distance
-        if not series.is_dir():
-            tmp = folder / f".DEMO-{index:04d}.tmp"
-            write_dicom_series(hu, tmp / "study" / "series", spacing=spacing)
-            os.replace(tmp, folder / f"DEMO-{index:04d}")
-        datalist.append({"image": str(series)})
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_once(patient, lambda tmp: write_dicom_series(hu, Path(tmp) / "study" / "series", spacing=spacing))
+        datalist.append({"image": str(patient / "study" / "series")})
     return datalist

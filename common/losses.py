@@ -165,11 +165,15 @@ class VQGANLoss(nn.Module):
             terms["perceptual"] = self.perceptual_loss(fake_slice.float(), real_slice.float())
             total = total + self.perceptual_weight * terms["perceptual"]
         if self.adversarial_active(iteration):
-            fake_image_out = _discriminate(self.image_discriminator, fake_slice)
-            fake_volume_out = _discriminate(self.volume_discriminator, fake)
+            # the generator step trains no discriminator weights: bypass a DistributedDataParallel wrapper, whose
+            # gradient synchronisation would expect discriminator gradients
+            image_d = getattr(self.image_discriminator, "module", self.image_discriminator)
+            volume_d = getattr(self.volume_discriminator, "module", self.volume_discriminator)
+            fake_image_out = _discriminate(image_d, fake_slice)
+            fake_volume_out = _discriminate(volume_d, fake)
             with torch.no_grad():
-                real_image_out = _discriminate(self.image_discriminator, real_slice)
-                real_volume_out = _discriminate(self.volume_discriminator, real)
+                real_image_out = _discriminate(image_d, real_slice)
+                real_volume_out = _discriminate(volume_d, real)
             # the generator side of the hinge GAN, as in the paper's code: -mean(D(fake))
             terms["image_gan"] = -fake_image_out[-1].mean()
             terms["volume_gan"] = -fake_volume_out[-1].mean()

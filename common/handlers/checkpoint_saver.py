@@ -73,7 +73,9 @@ class AtomicCheckpointSaver:
         engine.add_event_handler(Events.COMPLETED, self.save_final)
 
     def state(self) -> dict[str, Any]:
-        return {key: obj.state_dict() for key, obj in self.save_dict.items()}
+        """State dicts by name; a network wrapped in ``DistributedDataParallel`` is saved unwrapped, so the file
+        loads into the plain network for inference."""
+        return {key: getattr(obj, "module", obj).state_dict() for key, obj in self.save_dict.items()}
 
     def _writes(self) -> bool:
         return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)

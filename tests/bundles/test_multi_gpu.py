@@ -1,0 +1,81 @@
+"""Multi-GPU training configs, run as Model Zoo bundles are: torchrun with 2 processes (gloo on the CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED
+
+CONFIGS = "bundles/brain_mri/configs"
+
+
+def torchrun(configs: list[str], *args: str) -> subprocess.CompletedProcess:
+    files = "[" + ",".join(f"'{CONFIGS}/{name}.json'" for name in configs) + "]"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "--config_file", files, *args,
+    ]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def dump_per_rank(network_id: str, folder: Path) -> list[str]:
+    """A finalize list that saves each rank's weights of ``network_id`` to ``folder/rank<r>.pt``."""
+    return [
+        "--finalize",
+        f"['$torch.save(@{network_id}.module.state_dict(), \\'{folder}/rank\\' + str(dist.get_rank()) + \\'.pt\\')',"
+        " '$dist.destroy_process_group()']",
+    ]
+
+
+def assert_same_on_both_ranks(folder: Path) -> dict:
+    rank0 = torch.load(folder / "rank0.pt", weights_only=True)
+    rank1 = torch.load(folder / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    return rank0
+
+
+@pytest.mark.slow
+def test_two_process_training_keeps_ranks_identical_and_writes_once(tmp_path):
+    models, logs = tmp_path / "models", tmp_path / "logs"
+    (tmp_path / "ae").mkdir()
+    (tmp_path / "dm").mkdir()
+    shared = ["--demo_dir", str(tmp_path / "demo"), "--ckpt_dir", str(models), "--log_dir", str(logs),
+              "--image_size", "[16,16,16]", *SMALL_SHARED]
+    result = torchrun(
+        ["train_autoencoder", "multi_gpu_train_autoencoder"], *shared, *SMALL_AUTOENCODER,
+        *dump_per_rank("autoencoder", tmp_path / "ae"),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    weights = assert_same_on_both_ranks(tmp_path / "ae")
+    assert "quantizer.quantizer.embedding.weight" in weights and "quantizer.quantizer.ema_cluster_size" in weights
+    # 16 demo volumes, 2 ranks, batch 2: 4 iterations per epoch, 2 epochs; one set of files, written by rank 0
+    assert sorted(p.name for p in models.iterdir()) == ["autoencoder.pt", "autoencoder_iteration=6.pt", "autoencoder_iteration=8.pt"]
+    saved = torch.load(models / "autoencoder.pt", weights_only=True)["autoencoder"]
+    assert all(torch.equal(saved[key], weights[key]) for key in weights)  # saved unwrapped, as inference loads it
+    # every rank's TensorBoardStatsHandler opens an event file when the config builds it, but only rank 0's
+    # handler is attached and writes scalars
+    written = []
+    for events_file in logs.glob("events.out.tfevents*"):
+        events = EventAccumulator(str(events_file))
+        events.Reload()
+        written.append(len(events.Tags()["scalars"]) > 0)
+    assert sorted(written) == [False, True]
+
+    result = torchrun(
+        ["train_autoencoder", "train_diffusion", "multi_gpu_train_autoencoder", "multi_gpu_train_diffusion"],
+        *shared, *SMALL_DENOISER, "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "2",
+        "--ema#start_iteration", "2", *dump_per_rank("network", tmp_path / "dm"),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    weights = assert_same_on_both_ranks(tmp_path / "dm")
+    saved = torch.load(models / "diffusion.pt", weights_only=True)
+    assert all(torch.equal(saved["network"][key], weights[key]) for key in weights)
+    assert sorted(p.name for p in models.iterdir() if p.name.startswith("diffusion")) == ["diffusion.pt"]
