@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+import torch.distributed as dist
 from monai.inferers import LatentDiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from torch import nn
@@ -138,19 +139,39 @@ class LatentSampler:
         return images.clamp(-1, 1).cpu()
 
     def run(self) -> list[str]:
-        """Sample ``num_samples`` volumes, write them and the montage; returns the NIfTI paths."""
-        paths, seeds_written, previews = [], [], []
-        seeds = [self.seed + i for i in range(self.num_samples)]
-        for start in range(0, len(seeds), self.batch_size):
-            batch_seeds = seeds[start : start + self.batch_size]
-            for index, (seed, image) in enumerate(zip(batch_seeds, self.sample(batch_seeds)), start=start):
+        """Sample ``num_samples`` volumes, write them and the montage; returns this process's NIfTI paths.
+
+        Under ``torch.distributed`` (e.g. torchrun) sample ``i`` goes to rank ``i % world_size``: every rank draws
+        its own seeds and writes its own files, and rank 0 writes ``samples.json`` for all of them and the montage
+        of its own first samples.
+        """
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        indices = list(range(rank, self.num_samples, world))
+        written: list[tuple[int, int, str]] = []
+        previews = []
+        for start in range(0, len(indices), self.batch_size):
+            batch = indices[start : start + self.batch_size]
+            seeds = [self.seed + i for i in batch]
+            for index, seed, image in zip(batch, seeds, self.sample(seeds)):
                 volume = image[0].numpy()
-                affine = volume_affine(volume.shape, self.spacing)
-                paths.append(save_nifti(volume, affine, self.output_dir / f"sample_{index:04d}_seed{seed}.nii.gz"))
-                seeds_written.append(seed)
+                path = save_nifti(volume, volume_affine(volume.shape, self.spacing), self.output_dir / f"sample_{index:04d}_seed{seed}.nii.gz")
+                written.append((index, seed, path))
                 if len(previews) < 8:
-                    previews.append(volume)
-        save_three_plane_montage(previews, self.output_dir / "samples.png", [f"seed {s}" for s in seeds_written[:8]])
-        record = {"files": [os.path.basename(p) for p in paths], "seeds": seeds_written, "spacing": self.spacing}
-        (self.output_dir / "samples.json").write_text(json.dumps(record, indent=4))
-        return paths
+                    previews.append((seed, volume))
+        everything = [written]
+        if world > 1:
+            everything = [None] * world
+            dist.all_gather_object(everything, written)
+        if rank == 0:
+            records = sorted(item for part in everything for item in part)
+            if previews:
+                save_three_plane_montage(
+                    [v for _, v in previews], self.output_dir / "samples.png", [f"seed {s}" for s, _ in previews]
+                )
+            record = {
+                "files": [os.path.basename(path) for _, _, path in records],
+                "seeds": [seed for _, seed, _ in records],
+                "spacing": self.spacing,
+            }
+            (self.output_dir / "samples.json").write_text(json.dumps(record, indent=4))
+        return [path for _, _, path in written]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED
+from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle, run_pipeline
 
 CONFIGS = "bundles/brain_mri/configs"
 
@@ -79,3 +82,30 @@ def test_two_process_training_keeps_ranks_identical_and_writes_once(tmp_path):
     saved = torch.load(models / "diffusion.pt", weights_only=True)
     assert all(torch.equal(saved["network"][key], weights[key]) for key in weights)
     assert sorted(p.name for p in models.iterdir() if p.name.startswith("diffusion")) == ["diffusion.pt"]
+
+
+@pytest.mark.slow
+def test_two_process_sampling_splits_the_samples_and_records_regenerable_seeds(brain_folder, tmp_path):
+    run = run_pipeline("brain_mri", brain_folder, tmp_path / "train", ["--image_size", "[16,16,16]", *SMALL_SHARED])
+    common = ["--ckpt_dir", str(run["models"]), "--image_size", "[16,16,16]", *SMALL_SHARED, *SMALL_DENOISER]
+    out = tmp_path / "samples"
+    result = torchrun(
+        ["inference", "multi_gpu_inference"], *common, "--output_dir", str(out), "--num_samples", "5",
+        "--seed", "100", "--num_inference_steps", "3",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    names = [f"sample_{i:04d}_seed{100 + i}.nii.gz" for i in range(5)]
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == names
+    record = json.loads((out / "samples.json").read_text())
+    assert record["files"] == names and record["seeds"] == list(range(100, 105))
+    volumes = [np.asanyarray(nib.load(str(out / name)).dataobj) for name in names]
+    assert all(not np.array_equal(volumes[0], other) for other in volumes[1:])
+
+    # sample 3 (written by rank 1) regenerated alone, in one process, from its recorded seed
+    again = tmp_path / "again"
+    result = run_bundle(
+        f"{CONFIGS}/inference.json", *common, "--output_dir", str(again), "--num_samples", "1", "--seed", "103",
+        "--num_inference_steps", "3",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert np.array_equal(np.asanyarray(nib.load(str(again / "sample_0000_seed103.nii.gz")).dataobj), volumes[3])
