@@ -46,6 +46,7 @@ def _write_once(path: Path, write: Callable[[str], None], suffix: str = "") -> N
         os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o755 if os.path.isdir(tmp) else 0o644)  # mkdtemp/mkstemp make them private
         os.replace(tmp, path)
     except OSError:
         if not path.exists():  # a failure of our own, not another process that got there first

@@ -163,6 +163,7 @@ class LatentSampler:
             everything = [None] * world
             dist.all_gather_object(everything, written)
         if rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
             records = sorted(item for part in everything for item in part)
             if previews:
                 save_three_plane_montage(
@@ -172,6 +173,10 @@ class LatentSampler:
                 "files": [os.path.basename(path) for _, _, path in records],
                 "seeds": [seed for _, seed, _ in records],
                 "spacing": self.spacing,
+                # what else fixes a sample: each batch's random draws are seeded with its first sample's seed
+                "batch_size": self.batch_size,
+                "processes": world,
+                "num_inference_steps": len(self.inferer.scheduler.timesteps),
             }
             (self.output_dir / "samples.json").write_text(json.dumps(record, indent=4))
         return [path for _, _, path in written]

@@ -16,8 +16,9 @@ def test_demo_data_passes_each_bundles_own_reader(tmp_path):
     chests = chest_demo_datalist(tmp_path / "chest", count=2)
     assert dicom_series_datalist(tmp_path / "chest") == chests
     assert read_series(chests[0]["image"]).num_slices == 48
-    # no temporary files or folders are left behind
+    # no temporary files or folders are left behind, and the data are readable by others
     assert not [p for p in tmp_path.rglob(".*")]
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in tmp_path.rglob("*"))
 
 
 def test_demo_data_is_the_same_when_made_again(tmp_path):

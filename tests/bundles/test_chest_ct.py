@@ -45,6 +45,7 @@ def lidc_folder(tmp_path: Path) -> Path:
         hu = make_chest_phantom(rng, shape=(48, 48, 12))
         write_dicom_series(hu, root / f"LIDC-IDRI-{index:04d}" / "01-01-2000-CT" / "3000-series", spacing=(2.0, 2.0, 5.0))
     write_dicom_series(rng.normal(size=(32, 32, 2)) * 100, root / "LIDC-IDRI-0000" / "01-01-2000-DX" / "1-dx", modality="DX")
+    (root / "LIDC-IDRI-0001" / "01-01-2000-CT" / "3000-series" / "069.xml").write_text("<LidcReadMessage/>")
     return root
 
 
