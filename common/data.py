@@ -23,6 +23,8 @@ __all__ = [
     "find_nifti_files",
     "mrnet_datalist",
     "nifti_datalist",
+    "raise_if_problems",
+    "require_folder",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -34,7 +36,8 @@ class DatasetError(ValueError):
     """A dataset folder or file that cannot be used, with the path and the problem in the message."""
 
 
-def _existing_folder(dataset_dir: str | os.PathLike) -> Path:
+def require_folder(dataset_dir: str | os.PathLike) -> Path:
+    """``dataset_dir`` as a Path; ``DatasetError`` unless it is an existing, readable folder."""
     folder = Path(dataset_dir).expanduser()
     if not folder.exists():
         raise DatasetError(f"dataset_dir {folder} does not exist.")
@@ -59,15 +62,20 @@ def _check_all(files: Sequence[str], check: Callable[[str], None], dataset_dir: 
             check(path)
         except DatasetError as error:
             problems.append(str(error))
+    raise_if_problems(problems, f"{len(files)} files in {dataset_dir}")
+
+
+def raise_if_problems(problems: Sequence[str], what: str) -> None:
+    """One ``DatasetError`` listing every problem found (the first 20) in ``what``, e.g. "998 files in DIR"."""
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DatasetError(f"{len(problems)} of {len(files)} files in {dataset_dir} are unusable:\n  {shown}{more}")
+        raise DatasetError(f"{len(problems)} of {what} are unusable:\n  {shown}{more}")
 
 
 def find_nifti_files(dataset_dir: str | os.PathLike) -> list[str]:
     """Sorted NIfTI files under ``dataset_dir`` (recursively); errors name the folder and the problem."""
-    folder = _existing_folder(dataset_dir)
+    folder = require_folder(dataset_dir)
     files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
     if not files:
         others = sum(1 for p in folder.rglob("*") if p.is_file())
@@ -125,7 +133,7 @@ def mrnet_datalist(
     """
     if plane not in MRNET_PLANES:
         raise ValueError(f"plane must be one of {MRNET_PLANES}, got {plane!r}.")
-    root = _existing_folder(dataset_dir)
+    root = require_folder(dataset_dir)
     folders = [root / split / plane for split in splits]
     present = [folder for folder in folders if folder.is_dir()]
     if not present:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import DatasetError, _existing_folder
+from common.data import DatasetError, raise_if_problems, require_folder
 
 __all__ = ["DicomSeries", "dicom_series_datalist", "read_series"]
 
@@ -118,7 +118,7 @@ def dicom_series_datalist(dataset_dir: str | os.PathLike, modality: str = "CT", 
     modality (e.g. the chest radiographs among LIDC-IDRI's CT series) are skipped with a logged warning and a
     count; a broken series of the wanted modality stops the run with every problem listed.
     """
-    root = _existing_folder(dataset_dir)
+    root = require_folder(dataset_dir)
     folders: dict[Path, int] = defaultdict(int)
     for path in root.rglob("*"):
         if path.is_file() and path.suffix.lower() == ".dcm":
@@ -139,10 +139,7 @@ def dicom_series_datalist(dataset_dir: str | os.PathLike, modality: str = "CT", 
         usable.append({key: str(folder)})
     if skipped:
         logger.warning("skipped %d series that are not %s: %s", len(skipped), modality, "; ".join(skipped[:10]))
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DatasetError(f"{len(problems)} of {len(folders)} DICOM folders in {root} are unusable:\n  {shown}{more}")
+    raise_if_problems(problems, f"{len(folders)} DICOM folders in {root}")
     if not usable:
         raise DatasetError(f"dataset_dir {root} holds no {modality} series ({len(skipped)} of other modalities skipped).")
     return usable

@@ -71,8 +71,8 @@ class LatentSampler:
     Sample ``i`` starts from noise drawn with seed ``seed + i``, and the random draws of the sampler's steps
     (DDPM adds noise at every step) come from the global generator seeded with the first seed of each batch.
     So with ``batch_size`` 1 (the default) any sample is regenerated exactly, on the same device, by sampling its
-    seed alone; with larger batches, by repeating the same seed, ``num_samples`` and ``batch_size``. The seed is
-    in each file name and in ``samples.json``.
+    seed alone; with larger batches, by repeating the same seed, ``num_samples``, ``batch_size`` and number of
+    processes. The seed is in each file name and in ``samples.json``.
 
     Args:
         autoencoder: the VQ-GAN wrapped for codebook-range latents.
