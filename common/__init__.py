@@ -3,9 +3,10 @@
 Bundle configs ``import common`` and refer to ``common.<module>.<name>``, so the submodules are imported here.
 """
 
-from . import checkpoints, data, demo_data, dicom, engines, handlers, latent, losses, networks, sampling, visualize
+from . import breast, checkpoints, data, demo_data, dicom, engines, handlers, latent, losses, networks, sampling, transforms, visualize
 
 __all__ = [
+    "breast",
     "checkpoints",
     "data",
     "demo_data",
@@ -16,5 +17,6 @@ __all__ = [
     "losses",
     "networks",
     "sampling",
+    "transforms",
     "visualize",
 ]

@@ -5,7 +5,8 @@ folded cortical rim (grey matter), white matter inside, two lateral ventricles, 
 background, as skull-stripped NIfTI. Knees: sagittal fat-suppressed-T2-like exams in the MRNet layout
 (``train/sagittal/NNNN.npy``, uint8, slices x 256 x 256) with femur, tibia, patella, cartilage, joint fluid and
 soft tissue. Chest CTs: DICOM series (int16 with rescale slope and intercept) of a body with lungs, heart, spine
-and ribs in Hounsfield units. Each subject has its own shape, size and contrast. They are not anatomy; they exercise the real
+and ribs in Hounsfield units. Breast MRIs: axial non-fat-saturated T1 MR series (bright fat, darker glandular
+tissue, dark pectoral muscle) with NIfTI breast masks, as the Duke layout. Each subject has its own shape, size and contrast. They are not anatomy; they exercise the real
 readers and preprocessing end to end.
 """
 
@@ -23,11 +24,14 @@ from scipy.ndimage import gaussian_filter
 
 __all__ = [
     "brain_demo_datalist",
+    "breast_demo_datalist",
     "chest_demo_datalist",
     "knee_demo_datalist",
     "make_brain_phantom",
+    "make_breast_phantom",
     "make_chest_phantom",
     "make_knee_phantom",
+    "write_breast_mask",
     "write_dicom_series",
 ]
 
@@ -164,30 +168,33 @@ def write_dicom_series(
     intercept: float = -1024.0,
     modality: str = "CT",
     series_uid: str | None = None,
+    series_description: str = "",
+    patient_id: str = "DEMO",
 ) -> list[str]:
-    """Write a (rows, columns, slices) volume as an axial DICOM series, one file per slice.
+    """Write a (rows, columns, slices) volume as an axial DICOM series, one file per slice (CT or MR storage).
 
     Stored values are ``(hu - intercept) / slope`` as int16 with ``RescaleSlope``/``RescaleIntercept``, so a
     reader that applies them gets ``hu`` back (to the rounding of the stored integers).
     """
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
     study_uid = generate_uid()
     stored = np.round((hu - intercept) / slope).astype(np.int16)
+    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
     paths = []
     for index in range(hu.shape[2]):
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID = modality, "DEMO"
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.SeriesDescription = modality, patient_id, series_description
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.InstanceNumber = index + 1
         ds.ImagePositionPatient = [0.0, 0.0, float(index * spacing[2])]
@@ -218,3 +225,66 @@ def chest_demo_datalist(folder: str | os.PathLike, count: int = 8, seed: int = 0
         _write_once(patient, lambda tmp: write_dicom_series(hu, Path(tmp) / "study" / "series", spacing=spacing))
         datalist.append({"image": str(patient / "study" / "series")})
     return datalist
+
+
+def make_breast_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (48, 96, 16)) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic axial breast T1 MRI and its breast mask, (rows, columns, slices) as a DICOM series stores them.
+
+    Rows run from anterior to posterior and columns from the patient's right to left (DICOM's default axial
+    orientation). Two breasts hang in front of the chest wall; fat is bright and glandular tissue darker, as in a
+    non-fat-saturated T1 image. Returns the intensities (float32, 0 to about 1000) and the mask (uint8).
+    """
+    r, c, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")  # r: anterior (-1) to posterior
+    wall = rng.uniform(-0.05, 0.15)  # chest wall position along the rows
+    breasts = np.zeros(shape, dtype=bool)
+    for side in (-1, 1):
+        radius = rng.uniform(0.3, 0.42)
+        breasts |= ((c - side * 0.45) / radius) ** 2 + ((r - wall) / rng.uniform(0.7, 0.95)) ** 2 + (z / 1.2) ** 2 < 1
+    breasts &= r < wall
+    thorax = ((c / 0.95) ** 2 + ((r - wall - 0.6) / 0.6) ** 2 < 1) & (r >= wall)
+    muscle = thorax & (r < wall + 0.12)
+    glandular = breasts & (_smooth_noise(rng, shape, 3.0) > rng.uniform(0.2, 0.8))
+    image = np.where(breasts | thorax, 850.0, 0.0)  # fat
+    image = np.where(glandular, 380.0, image)
+    image = np.where(muscle, 250.0, image)
+    image = np.where(thorax & ~muscle & ((c / 0.5) ** 2 + ((r - wall - 0.55) / 0.35) ** 2 < 1), 120.0, image)  # heart/lungs
+    image = image * (1 + 0.05 * _smooth_noise(rng, shape, 2.0)) + 15 * np.abs(rng.standard_normal(shape))
+    return image.astype(np.float32), breasts.astype(np.uint8)
+
+
+def write_breast_mask(mask: np.ndarray, path: str | os.PathLike, spacing: tuple[float, float, float]) -> None:
+    """Write a (rows, columns, slices) mask of a series from ``write_dicom_series`` as NIfTI in the same space.
+
+    The series' pixel (row i, column j, slice k) lies at LPS (j * column spacing, i * row spacing, k * slice
+    distance), which is RAS (-j * column spacing, -i * row spacing, k * slice distance).
+    """
+    affine = np.diag([-spacing[1], -spacing[0], spacing[2], 1.0])
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(mask.transpose(1, 0, 2)), affine), str(path))
+
+
+def breast_demo_datalist(folder: str | os.PathLike, count: int = 6, seed: int = 0) -> list[dict[str, str]]:
+    """Datalist of ``count`` demo breast MRI series (Duke-like nesting) with NIfTI breast masks.
+
+    Written to ``folder/dicom`` and ``folder/masks`` first if missing. When there are several patients the last
+    has no mask, so the crop fallback for a series without one runs too.
+    """
+    from common.breast import breast_datalist
+
+    folder = Path(folder)
+    (folder / "dicom").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    spacing = (2.0, 2.0, 6.0)
+    for index in range(count):
+        patient = f"DEMO_{index:03d}"
+        image, mask = make_breast_phantom(rng)
+        _write_once(
+            folder / "dicom" / patient,
+            lambda tmp: write_dicom_series(
+                image, Path(tmp) / "study" / "3-ax t1", spacing=spacing, slope=1.0, intercept=0.0, modality="MR",
+                series_description="ax t1", patient_id=patient,
+            ),
+        )
+        if index < count - 1 or count == 1:
+            _write_once(folder / "masks" / f"{patient}.nii.gz", lambda tmp: write_breast_mask(mask, tmp, spacing), suffix=".nii.gz")
+    return breast_datalist(folder / "dicom", folder / "masks")

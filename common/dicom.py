@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,25 +100,30 @@ def read_series(folder: str | os.PathLike) -> DicomSeries:
     )
 
 
-def _first_modality(folder: Path) -> str | None:
-    """Modality of the folder's first readable file, or None when none can be read (``read_series`` says why)."""
+def _first_header(folder: Path):
+    """Header of the folder's first readable file, or None when none can be read (``read_series`` says why)."""
     import pydicom
 
     for path in _dicom_files(folder):
         try:
-            return str(getattr(pydicom.dcmread(str(path), stop_before_pixels=True), "Modality", ""))
+            return pydicom.dcmread(str(path), stop_before_pixels=True)
         except Exception:
             continue
     return None
 
 
-def dicom_series_datalist(dataset_dir: str | os.PathLike, modality: str = "CT", key: str = "image") -> list[dict[str, str]]:
+def dicom_series_datalist(
+    dataset_dir: str | os.PathLike, modality: str = "CT", key: str = "image", series_description: str | None = None
+) -> list[dict[str, str]]:
     """MONAI datalist ``[{key: series_folder}, ...]`` of the DICOM series of one modality under ``dataset_dir``.
 
     Every folder holding ``.dcm`` files is one series (as TCIA/NBIA downloads are laid out). Series of another
-    modality (e.g. the chest radiographs among LIDC-IDRI's CT series) are skipped with a logged warning and a
-    count; a broken series of the wanted modality stops the run with every problem listed.
+    modality (e.g. the chest radiographs among LIDC-IDRI's CT series), or whose SeriesDescription does not match
+    the regular expression ``series_description`` (case-insensitive ``re.search``; e.g. to keep the T1 series of
+    a multi-sequence MRI study), are skipped with a logged warning and a count; a broken series that is wanted
+    stops the run with every problem listed.
     """
+    wanted_description = re.compile(series_description, re.IGNORECASE) if series_description else None
     root = require_folder(dataset_dir)
     folders: dict[Path, int] = defaultdict(int)
     for path in root.rglob("*"):
@@ -127,19 +133,26 @@ def dicom_series_datalist(dataset_dir: str | os.PathLike, modality: str = "CT", 
         raise DatasetError(f"dataset_dir {root} holds no DICOM (.dcm) files.")
     usable, problems, skipped = [], [], []
     for folder in sorted(folders):
-        found = _first_modality(folder)
-        if found is not None and found.upper() != modality.upper():
-            skipped.append(f"{folder} ({found or 'no modality'})")
-            continue
+        header = _first_header(folder)
+        if header is not None:
+            found = str(getattr(header, "Modality", ""))
+            description = str(getattr(header, "SeriesDescription", ""))
+            if found.upper() != modality.upper():
+                skipped.append(f"{folder} ({found or 'no modality'})")
+                continue
+            if wanted_description is not None and not wanted_description.search(description):
+                skipped.append(f"{folder} ({description or 'no description'})")
+                continue
         try:
             read_series(folder)
         except DatasetError as error:
             problems.append(str(error))
             continue
         usable.append({key: str(folder)})
+    wanted = f"{modality} series" + (f" whose SeriesDescription matches {series_description!r}" if series_description else "")
     if skipped:
-        logger.warning("skipped %d series that are not %s: %s", len(skipped), modality, "; ".join(skipped[:10]))
+        logger.warning("skipped %d series that are not %s: %s", len(skipped), wanted, "; ".join(skipped[:10]))
     raise_if_problems(problems, f"{len(folders)} DICOM folders in {root}")
     if not usable:
-        raise DatasetError(f"dataset_dir {root} holds no {modality} series ({len(skipped)} of other modalities skipped).")
+        raise DatasetError(f"dataset_dir {root} holds no {wanted} ({len(skipped)} others skipped).")
     return usable

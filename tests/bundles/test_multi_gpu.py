@@ -109,3 +109,10 @@ def test_two_process_sampling_splits_the_samples_and_records_regenerable_seeds(b
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert np.array_equal(np.asanyarray(nib.load(str(again / "sample_0000_seed103.nii.gz")).dataobj), volumes[3])
+
+
+@pytest.mark.parametrize("bundle", ["knee_mri", "breast_mri", "chest_ct"])
+def test_every_bundle_has_the_multi_gpu_configs_tested_above(bundle):
+    """The torchrun tests run brain_mri's files; every bundle ships the same ones, so they cover all bundles."""
+    for name in ("multi_gpu_train_autoencoder.json", "multi_gpu_train_diffusion.json", "multi_gpu_inference.json"):
+        assert (REPO / "bundles" / bundle / "configs" / name).read_text() == (REPO / CONFIGS / name).read_text(), name
