@@ -111,7 +111,8 @@ def main() -> None:
         "# One full-size training step per bundle (batch 1, CPU)",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/full_size_steps.py --steps {args.steps}`. Median of "
-        f"{args.steps - 1} steps after a warm-up; peak resident memory of a fresh process per case.",
+        f"{args.steps - 1} steps after a warm-up; peak resident memory of a fresh process per case. Parameters: the "
+        "VQ-GAN's or the denoiser's (the VQ-GAN step also updates both discriminators, not counted).",
         "",
         "| bundle | network | input | parameters | step time | peak memory |",
         "|---|---|---|---|---|---|",
