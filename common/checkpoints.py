@@ -1,46 +1,99 @@
-"""Loading trained weights with safe unpickling and errors that say which file and what is wrong."""
+"""Reading checkpoints with safe unpickling and errors that say which file and what is wrong.
+
+Every load goes through ``read_checkpoint``, which uses ``torch.load(weights_only=True)``: a weights file can
+hold tensors, numbers, strings and containers of them, never arbitrary pickled objects that would run code.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "load_weights"]
+__all__ = [
+    "CheckpointError",
+    "find_latest_checkpoint",
+    "load_state",
+    "load_weights",
+    "periodic_iteration",
+    "read_checkpoint",
+]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit the network."""
 
 
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """The content of the checkpoint file ``path``, loaded to the CPU with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train the model first or point to its weights.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, not a torch file, or disallowed pickled objects
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}).") from error
+
+
+def load_state(target: Any, state: Any, path: str | os.PathLike, key: str | None = None) -> None:
+    """``target.load_state_dict(state)`` (a network wrapped in DDP is loaded unwrapped), with a clear error when
+    the state does not fit, e.g. a checkpoint of another bundle or of other network settings."""
+    target = getattr(target, "module", target) if isinstance(target, nn.Module) else target
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        summary = " ".join(line.strip() for line in str(error).splitlines()[:4])
+        raise CheckpointError(
+            f"checkpoint {path}{f' [{key}]' if key else ''} does not fit {type(target).__name__} "
+            f"(was it trained with other settings or by another bundle?): {summary}"
+        ) from error
+
+
 def load_weights(network: nn.Module, path: str | os.PathLike, key: str | None = None) -> nn.Module:
-    """Load ``network``'s weights from ``path`` (``torch.load(weights_only=True)``) and return the network.
+    """Load ``network``'s weights from ``path`` and return the network.
 
     Args:
         network: the network to fill.
         path: a checkpoint file: a state dict, or a dict of state dicts as ``AtomicCheckpointSaver`` writes.
         key: which entry of a dict of state dicts to load; ``None`` for a plain state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train the model first or point to its weights.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, not a torch file, or disallowed pickled objects
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}).") from error
+    checkpoint = read_checkpoint(path)
     if key is not None:
         if not isinstance(checkpoint, dict) or key not in checkpoint:
             found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
             raise CheckpointError(f"checkpoint {path} has no entry '{key}' (found: {found}).")
         checkpoint = checkpoint[key]
-    try:
-        network.load_state_dict(checkpoint)
-    except RuntimeError as error:
-        summary = str(error).splitlines()
-        raise CheckpointError(
-            f"checkpoint {path}{f' [{key}]' if key else ''} does not fit {type(network).__name__} "
-            f"(was it trained with other network settings?): {' '.join(s.strip() for s in summary[:4])}"
-        ) from error
+    load_state(network, checkpoint, path, key)
     return network
+
+
+def periodic_iteration(path: str | os.PathLike, name: str) -> int | None:
+    """The iteration in a periodic checkpoint's file name ``<name>_iteration=<n>.pt``, or None for other files."""
+    match = re.fullmatch(rf"{re.escape(name)}_iteration=(\d+)\.pt", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def _iteration(path: Path, name: str) -> int:
+    """Training iteration a checkpoint was written at: from a periodic file's name, or the final file's trainer state."""
+    periodic = periodic_iteration(path, name)
+    if periodic is not None:
+        return periodic
+    trainer = read_checkpoint(path).get("trainer", {}) if path.name == f"{name}.pt" else {}
+    return int(trainer.get("iteration", 0))
+
+
+def find_latest_checkpoint(save_dir: str | os.PathLike, name: str) -> Path | None:
+    """The checkpoint of ``name`` in ``save_dir`` written at the highest training iteration, or None.
+
+    Looks at the periodic files ``<name>_iteration=<n>.pt`` and the final ``<name>.pt`` that
+    ``AtomicCheckpointSaver`` writes; temporary files of an interrupted write are never candidates.
+    """
+    folder = Path(save_dir)
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in folder.glob(f"{name}*.pt") if re.fullmatch(rf"{re.escape(name)}(_iteration=\d+)?\.pt", p.name)]
+    return max(candidates, key=lambda p: _iteration(p, name), default=None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,23 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from common.checkpoints import periodic_iteration
+from common.handlers.nan_guard import NonFiniteLossError
+
 __all__ = ["AtomicCheckpointSaver", "save_atomically"]
+
+
+def _tensors(entries: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, floating-point tensor) pairs anywhere in a nested state dict."""
+    if isinstance(entries, torch.Tensor):
+        if entries.is_floating_point():
+            yield prefix, entries
+    elif isinstance(entries, Mapping):
+        for key, value in entries.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(entries, (list, tuple)):
+        for index, value in enumerate(entries):
+            yield from _tensors(value, f"{prefix}.{index}" if prefix else str(index))
 
 
 def save_atomically(obj: Any, path: str | os.PathLike) -> None:
@@ -57,6 +73,8 @@ class AtomicCheckpointSaver:
     ) -> None:
         if save_interval < 0 or n_saved < 1:
             raise ValueError(f"need save_interval >= 0 and n_saved >= 1, got {save_interval} and {n_saved}.")
+        if "trainer" in save_dict:
+            raise ValueError("save_dict must not have a 'trainer' entry: the engine's state is saved under that name.")
         for key, obj in save_dict.items():
             if not callable(getattr(obj, "state_dict", None)):
                 raise TypeError(f"save_dict['{key}'] has no state_dict().")
@@ -68,14 +86,30 @@ class AtomicCheckpointSaver:
         self._periodic: list[Path] = []
 
     def attach(self, engine: Engine) -> None:
+        if self._writes() and self.save_dir.is_dir():
+            for stale in self.save_dir.glob(f".{self.name}*.tmp"):  # left by a process killed while writing
+                stale.unlink(missing_ok=True)
+            periodic = [p for p in self.save_dir.glob(f"{self.name}_iteration=*.pt") if periodic_iteration(p, self.name) is not None]
+            self._periodic = sorted(periodic, key=lambda p: periodic_iteration(p, self.name))
         if self.save_interval:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.save_periodic)
         engine.add_event_handler(Events.COMPLETED, self.save_final)
 
-    def state(self) -> dict[str, Any]:
-        """State dicts by name; a network wrapped in ``DistributedDataParallel`` is saved unwrapped, so the file
-        loads into the plain network for inference."""
-        return {key: getattr(obj, "module", obj).state_dict() for key, obj in self.save_dict.items()}
+    def state(self, engine: Engine) -> dict[str, Any]:
+        """State dicts by name, plus the engine's (iteration, epoch) as ``"trainer"`` for ``CheckpointResumer``.
+
+        A network wrapped in ``DistributedDataParallel`` is saved unwrapped, so the file loads into the plain
+        network for inference. Raises ``NonFiniteLossError`` rather than return NaN or
+        infinite weights, so the newest checkpoint on disk stays the last good one."""
+        state = {key: getattr(obj, "module", obj).state_dict() for key, obj in self.save_dict.items()}
+        state["trainer"] = dict(engine.state_dict())
+        broken = [f"{key}/{name}" for key, entries in state.items() for name, value in _tensors(entries) if not torch.isfinite(value).all()]
+        if broken:
+            raise NonFiniteLossError(
+                f"not writing a checkpoint of {self.name}: non-finite values in {', '.join(broken[:5])}"
+                f"{' and more' if len(broken) > 5 else ''}. The newest checkpoint in {self.save_dir} is the last good one."
+            )
+        return state
 
     def _writes(self) -> bool:
         return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
@@ -84,11 +118,11 @@ class AtomicCheckpointSaver:
         if not self._writes():
             return
         path = self.save_dir / f"{self.name}_iteration={engine.state.iteration}.pt"
-        save_atomically(self.state(), path)
+        save_atomically(self.state(engine), path)
         self._periodic.append(path)
         while len(self._periodic) > self.n_saved:
             self._periodic.pop(0).unlink(missing_ok=True)
 
     def save_final(self, engine: Engine) -> None:
         if self._writes():
-            save_atomically(self.state(), self.save_dir / f"{self.name}.pt")
+            save_atomically(self.state(engine), self.save_dir / f"{self.name}.pt")

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
-from common.handlers import AtomicCheckpointSaver
+from common.handlers import AtomicCheckpointSaver, NonFiniteLossError
 
 
 def _engine(fail_at: int | None = None) -> tuple[Engine, torch.nn.Module]:
@@ -40,3 +40,33 @@ def test_no_final_checkpoint_after_a_crash(tmp_path):
 def test_rejects_objects_without_state(tmp_path):
     with pytest.raises(TypeError, match="save_dict\\['x'\\]"):
         AtomicCheckpointSaver(str(tmp_path), {"x": 3}, name="m")
+
+
+def test_the_engine_state_is_saved_for_resuming(tmp_path):
+    engine, net = _engine()
+    AtomicCheckpointSaver(str(tmp_path), {"network": net}, name="m", save_interval=3).attach(engine)
+    engine.run(range(4), max_epochs=2)
+    assert torch.load(tmp_path / "m_iteration=6.pt", weights_only=True)["trainer"] == {"iteration": 6, "epoch_length": 4, "max_epochs": 2}
+    with pytest.raises(ValueError, match="must not have a 'trainer' entry"):
+        AtomicCheckpointSaver(str(tmp_path), {"trainer": net}, name="m")
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    engine, net = _engine()
+    saver = AtomicCheckpointSaver(str(tmp_path), {"network": net}, name="m", save_interval=2)
+    saver.attach(engine)
+    engine.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda _: net.weight.data.fill_(float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite values in network/weight\. The newest checkpoint .* is the last good one"):
+        engine.run(range(6), max_epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_iteration=2.pt"]
+
+
+def test_a_new_run_cleans_up_after_a_killed_one(tmp_path):
+    for name in ("m_iteration=2.pt", "m_iteration=4.pt", ".m_iteration=6.pt.x1y2.tmp"):
+        (tmp_path / name).write_bytes(b"")
+    engine, net = _engine()
+    AtomicCheckpointSaver(str(tmp_path), {"network": net}, name="m", save_interval=10, n_saved=2).attach(engine)
+    assert not (tmp_path / ".m_iteration=6.pt.x1y2.tmp").exists()  # the half-written file of the killed run
+    engine.run(range(10), max_epochs=1)
+    # the older files count towards n_saved, so they are rotated out like this run's own
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m_iteration=10.pt", "m_iteration=4.pt"]

@@ -1,0 +1,76 @@
+"""Continuing a training run that was killed, from the newest checkpoint ``AtomicCheckpointSaver`` wrote."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+from common.checkpoints import CheckpointError, find_latest_checkpoint, load_state, read_checkpoint
+
+__all__ = ["CheckpointResumer"]
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointResumer:
+    """At the start of training, load the newest checkpoint of ``name`` in ``save_dir`` into ``load_dict``.
+
+    With ``resume`` the networks, optimizers and EMA copy in ``load_dict``, and the iteration and epoch of the
+    engine this handler is attached to, come back from the checkpoint, so training continues where the killed run stopped and ends at the same total iteration count
+    (an LR scheduler given in ``load_dict`` continues its schedule too). The trainer's ``max_epochs`` stays the
+    one configured, so a longer run can be asked for. Without ``resume`` nothing is loaded, and a warning says
+    when ``save_dir`` already holds checkpoints of an earlier run that this run will overwrite.
+
+    Args:
+        save_dir: folder of the checkpoints (the saver's ``save_dir``).
+        name: checkpoint name stem (the saver's ``name``).
+        load_dict: objects with ``load_state_dict`` to restore, by their key in the checkpoint.
+        resume: whether to continue from the newest checkpoint (also "true"/"false", as typed after ``--resume``).
+    """
+
+    def __init__(
+        self, save_dir: str | os.PathLike, name: str, load_dict: Mapping[str, Any], resume: bool | str = False
+    ) -> None:
+        if isinstance(resume, str) and resume.lower() in ("true", "false"):  # as typed on the command line
+            resume = resume.lower() == "true"
+        if not isinstance(resume, bool):
+            raise TypeError(f"resume must be true or false, got {resume!r}.")
+        if "trainer" in load_dict:
+            raise ValueError("load_dict must not have a 'trainer' entry: the engine's state is restored under that name.")
+        for key, obj in load_dict.items():
+            if not callable(getattr(obj, "load_state_dict", None)):
+                raise TypeError(f"load_dict['{key}'] has no load_state_dict().")
+        self.save_dir = save_dir
+        self.name = name
+        self.load_dict = dict(load_dict)
+        self.resume = resume
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        latest = find_latest_checkpoint(self.save_dir, self.name)
+        if not self.resume:
+            if latest is not None:
+                logger.warning(
+                    "%s holds checkpoints of an earlier run (newest: %s); this run starts from scratch and replaces "
+                    "them. To continue that run instead, add --resume true.", self.save_dir, latest.name,
+                )
+            return
+        if latest is None:
+            raise CheckpointError(f"resume is true but {self.save_dir} holds no '{self.name}' checkpoint to resume from.")
+        checkpoint = read_checkpoint(latest)
+        missing = sorted(set(self.load_dict) - set(checkpoint) | {"trainer"} - set(checkpoint))
+        if missing:
+            raise CheckpointError(f"checkpoint {latest} has no {missing} to resume from (found: {sorted(checkpoint)}).")
+        max_epochs = engine.state.max_epochs
+        for key, obj in self.load_dict.items():
+            load_state(obj, checkpoint[key], latest, key)
+        load_state(engine, checkpoint["trainer"], latest, "trainer")
+        if engine.state.max_epochs != max_epochs:  # the trainer's state brings the old run's length
+            engine.state.max_epochs = max_epochs
+        logger.info("resumed from %s at iteration %d, epoch %d.", latest, engine.state.iteration, engine.state.epoch)
