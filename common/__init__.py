@@ -3,7 +3,7 @@
 Bundle configs ``import common`` and refer to ``common.<module>.<name>``, so the submodules are imported here.
 """
 
-from . import breast, checkpoints, data, demo_data, dicom, engines, handlers, latent, losses, networks, sampling, transforms, visualize
+from . import breast, checkpoints, data, demo_data, dicom, engines, handlers, latent, losses, networks, packaging, sampling, transforms, visualize
 
 __all__ = [
     "breast",
@@ -16,6 +16,7 @@ __all__ = [
     "latent",
     "losses",
     "networks",
+    "packaging",
     "sampling",
     "transforms",
     "visualize",

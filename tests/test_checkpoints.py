@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.checkpoints import CheckpointError, load_weights
+from common.checkpoints import CheckpointError, find_latest_checkpoint, load_weights
+from tests.conftest import tiny_vqgan
 
 
 def test_loads_a_named_entry(tmp_path):
@@ -38,3 +39,25 @@ def test_missing_entry_and_wrong_shapes(tmp_path):
         load_weights(torch.nn.Linear(3, 2), tmp_path / "c.pt", "ema_network")
     with pytest.raises(CheckpointError, match="does not fit Linear"):
         load_weights(torch.nn.Linear(4, 2), tmp_path / "c.pt", "network")
+
+
+def test_a_checkpoint_of_another_bundle_is_named_not_a_torch_trace(tmp_path):
+    """A brain VQ-GAN (compression 2) checkpoint given to a knee/chest one (compression 4): a one-line error."""
+    torch.save({"autoencoder": tiny_vqgan(downsample_factor=2).state_dict()}, tmp_path / "autoencoder.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_weights(tiny_vqgan(downsample_factor=4), tmp_path / "autoencoder.pt", "autoencoder")
+    message = str(info.value)
+    assert message.startswith(f"checkpoint {tmp_path / 'autoencoder.pt'} [autoencoder] does not fit VQGAN")
+    assert "trained with other settings or by another bundle" in message and "\n" not in message
+
+
+def test_find_latest_checkpoint_goes_by_iteration_not_by_name(tmp_path):
+    assert find_latest_checkpoint(tmp_path / "none", "m") is None
+    for iteration in (8, 10, 12):
+        torch.save({"trainer": {"iteration": iteration}}, tmp_path / f"m_iteration={iteration}.pt")
+    torch.save({"trainer": {"iteration": 10}}, tmp_path / "m.pt")  # final file of a shorter, earlier run
+    (tmp_path / ".m_iteration=14.pt.abc.tmp").write_bytes(b"half")  # an interrupted write is never a candidate
+    (tmp_path / "m_old.pt").write_bytes(b"")
+    assert find_latest_checkpoint(tmp_path, "m").name == "m_iteration=12.pt"
+    torch.save({"trainer": {"iteration": 20}}, tmp_path / "m.pt")
+    assert find_latest_checkpoint(tmp_path, "m").name == "m.pt"

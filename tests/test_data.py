@@ -75,3 +75,10 @@ def test_datalist_lists_every_bad_file_at_once(brain_folder):
     with pytest.raises(DatasetError, match="2 of 6 files") as info:
         nifti_datalist(brain_folder)
     assert "broken.nii" in str(info.value) and "flat.nii.gz" in str(info.value)
+
+
+def test_unreadable_folder(tmp_path, monkeypatch):
+    # the tests may run as root, who can read anything: make the permission check fail as for another user
+    monkeypatch.setattr("common.data.os.access", lambda path, mode: False)
+    with pytest.raises(DatasetError, match=f"dataset_dir {tmp_path} cannot be read \\(permission denied\\)"):
+        find_nifti_files(tmp_path)
