@@ -30,6 +30,9 @@ __all__ = ["SyntheticDataEvaluator", "volume_name"]
 
 logger = logging.getLogger(__name__)
 
+AUDIT_CHUNK = 16  # real volumes compared with all samples at once
+IDENTICAL = 1e-4  # root mean square difference below which two volumes in [-1, 1] are the same volume
+
 
 def volume_name(item: Any, index: int) -> str:
     """A readable name of a datalist item: its image path, and the breast side when there is one."""
@@ -140,11 +143,10 @@ class SyntheticDataEvaluator:
     def scan_real(self, samples: torch.Tensor) -> dict[str, Any]:
         """One pass over the real volumes: keep the first ``reference_volumes``, and find the nearest real volume
         of every sample (also flipped) over all of them."""
-        scan: dict[str, Any] = {
-            "reference": [], "names": [], "nearest": [metrics.NearestNeighbour(-1, float("inf"), False)] * len(samples),
-            "nearest_volumes": [None] * len(samples),
-        }
-        for index, (name, volume) in enumerate(self._real_items(self.real_dataset)):
+        scan: dict[str, Any] = {"reference": [], "names": []}
+        search = metrics.NearestNeighbourSearch(samples, self.flip_axis)
+        chunk: list[torch.Tensor] = []
+        for name, volume in self._real_items(self.real_dataset):
             if volume.shape[2:] != samples.shape[2:]:
                 raise ValueError(
                     f"samples are {tuple(samples.shape[2:])} but the real volume {name} is {tuple(volume.shape[2:])}: "
@@ -153,10 +155,13 @@ class SyntheticDataEvaluator:
             scan["names"].append(name)
             if len(scan["reference"]) < self.reference_volumes:
                 scan["reference"].append((name, volume))
-            for i, found in enumerate(metrics.nearest_neighbours(samples, volume, self.flip_axis)):
-                if found.distance < scan["nearest"][i].distance:
-                    scan["nearest"][i] = metrics.NearestNeighbour(index, found.distance, found.flipped)
-                    scan["nearest_volumes"][i] = volume[0, 0].flip(self.flip_axis) if found.flipped else volume[0, 0]
+            chunk.append(volume)
+            if len(chunk) == AUDIT_CHUNK:
+                search.add(torch.cat(chunk))
+                chunk.clear()
+        if chunk:
+            search.add(torch.cat(chunk))
+        scan["nearest"], scan["nearest_volumes"] = search.result(), search.volumes
         if len(scan["reference"]) < 2:
             raise ValueError(f"the evaluation needs at least 2 real volumes, got {len(scan['reference'])}.")
         return scan
@@ -165,18 +170,30 @@ class SyntheticDataEvaluator:
         """Every sample's nearest real volume, its distance against the real-to-real nearest-neighbour distances
         of the reference volumes, and whether it is flagged as a near copy."""
         real_to_real = [n.distance for n in metrics.nearest_neighbours(reference, reference, self.flip_axis, exclude_self=True)]
-        typical = statistics.median(real_to_real)
+        distinct = [d for d in real_to_real if d > IDENTICAL]
+        duplicates = len(real_to_real) - len(distinct)
+        if duplicates:
+            logger.warning(
+                "%d of %d reference real volumes have an identical or mirror-image twin among the real volumes; the "
+                "typical real-to-real distance is taken over the others.", duplicates, len(real_to_real),
+            )
+        typical = statistics.median(distinct) if distinct else 0.0
         per_sample = []
         for file, found in zip(sample_files, scan["nearest"]):
-            ratio = found.distance / typical if typical > 0 else float("inf")
+            if typical > 0:
+                ratio = found.distance / typical
+            else:  # every real volume has a twin: only identical samples can be judged
+                ratio = 0.0 if found.distance <= IDENTICAL else float("inf")
             per_sample.append({
                 "sample": file, "nearest_real": scan["names"][found.index], "distance": found.distance,
-                "flipped": found.flipped, "ratio_to_real_median": ratio, "near_copy": ratio < self.copy_threshold,
+                "flipped": found.flipped, "ratio_to_real_median": ratio,
+                "near_copy": found.distance <= IDENTICAL or ratio < self.copy_threshold,
             })
         return {
             "distance": "root mean square voxel difference in [-1, 1], also against each real volume flipped",
             "real_nearest_neighbour_median": typical,
-            "real_nearest_neighbour_min": min(real_to_real),
+            "real_nearest_neighbour_min": min(distinct) if distinct else None,
+            "real_duplicates": duplicates,
             "copy_threshold": self.copy_threshold,
             "real_volumes_searched": len(scan["names"]),
             "near_copies": [entry["sample"] for entry in per_sample if entry["near_copy"]],

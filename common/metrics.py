@@ -23,6 +23,7 @@ __all__ = [
     "MS_SSIM_KERNEL",
     "MS_SSIM_WEIGHTS",
     "NearestNeighbour",
+    "NearestNeighbourSearch",
     "fid",
     "histogram_distances",
     "load_medicalnet",
@@ -136,35 +137,64 @@ class NearestNeighbour:
     flipped: bool
 
 
-def _rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Root mean square differences of every a[i] to every b[j], as an (len(a), len(b)) matrix."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    squared = (a.square().sum(1, keepdim=True) + b.square().sum(1) - 2 * a @ b.T).clamp_min(0)
-    return (squared / a.shape[1]).sqrt()
+class NearestNeighbourSearch:
+    """Nearest reference volume of every query volume, with references given in chunks (streamed from a dataset).
+
+    Distances are root mean square voxel differences. Candidates are ranked with one float32 matrix product per
+    chunk against the queries' norms computed once; the winner's distance is then computed exactly. With
+    ``flip_axis`` (a spatial axis, as the training augmentation flips) every reference also counts flipped, so a
+    memorised mirror image is found too.
+    """
+
+    def __init__(self, queries: torch.Tensor, flip_axis: int | None = 0) -> None:
+        _check_volumes(queries, "queries")
+        self.queries = queries
+        self.flip_axis = flip_axis
+        self._flat = queries.flatten(1).float()
+        self._norms = torch.linalg.vector_norm(self._flat, dim=1, dtype=torch.float64).square()
+        self._best = torch.full((len(queries),), float("inf"), dtype=torch.float64)
+        self.found = [NearestNeighbour(-1, float("inf"), False)] * len(queries)
+        self.volumes: list[torch.Tensor | None] = [None] * len(queries)  # the winning (flipped) reference volumes
+        self.count = 0
+
+    def add(self, references: torch.Tensor, skip: Sequence[int] | None = None) -> None:
+        """Compare the queries with the next ``references``; query i ignores reference number ``skip[i]``."""
+        _check_volumes(references, "references")
+        if references.shape[2:] != self.queries.shape[2:]:
+            raise ValueError(f"queries {tuple(self.queries.shape[2:])} and references {tuple(references.shape[2:])} differ in size.")
+        candidates = [references] + ([references.flip(2 + self.flip_axis)] if self.flip_axis is not None else [])
+        for flipped, chunk in enumerate(candidates):
+            flat = chunk.flatten(1).float()
+            norms = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64).square()
+            squared = (self._norms[:, None] + norms[None] - 2 * (self._flat @ flat.T).double()).clamp_min(0)
+            if skip is not None:
+                for i, index in enumerate(skip):
+                    if self.count <= index < self.count + len(references):
+                        squared[i, index - self.count] = float("inf")
+            best, where = squared.min(1)
+            for i in torch.nonzero(best < self._best).flatten().tolist():
+                self._best[i] = best[i]
+                self.found[i] = NearestNeighbour(self.count + int(where[i]), float("nan"), bool(flipped))
+                self.volumes[i] = chunk[int(where[i]), 0]
+        self.count += len(references)
+
+    def result(self) -> list[NearestNeighbour]:
+        """Every query's nearest reference, with the exact distance."""
+        exact = []
+        for query, found, volume in zip(self.queries, self.found, self.volumes):
+            distance = float((query[0].double() - volume.double()).square().mean().sqrt()) if volume is not None else float("inf")
+            exact.append(NearestNeighbour(found.index, distance, found.flipped))
+        return exact
 
 
 def nearest_neighbours(queries: torch.Tensor, references: torch.Tensor, flip_axis: int | None = 0, exclude_self: bool = False) -> list[NearestNeighbour]:
-    """For every query volume, the nearest reference volume by root mean square difference.
-
-    With ``flip_axis`` (a spatial axis, as the training augmentation flips) each reference also counts flipped,
-    so a memorised mirror image is found too. ``exclude_self`` skips reference i for query i (real-to-real
-    distances within one set).
-    """
-    _check_volumes(queries, "queries")
-    _check_volumes(references, "references")
-    if queries.shape[2:] != references.shape[2:]:
-        raise ValueError(f"queries {tuple(queries.shape[2:])} and references {tuple(references.shape[2:])} differ in size.")
-    distances = [_rmse(queries, references)]
-    if flip_axis is not None:
-        distances.append(_rmse(queries, references.flip(2 + flip_axis)))
-    stacked = torch.stack(distances)  # (flips, queries, references)
-    if exclude_self:
-        if len(queries) != len(references):
-            raise ValueError("exclude_self needs the queries to be the references.")
-        stacked[:, torch.arange(len(queries)), torch.arange(len(queries))] = float("inf")
-    best, flat = stacked.permute(1, 0, 2).flatten(1).min(1)
-    count = references.shape[0]
-    return [NearestNeighbour(int(i % count), float(d), bool(i // count)) for d, i in zip(best, flat)]
+    """For every query volume, the nearest of ``references`` (see ``NearestNeighbourSearch``). ``exclude_self``
+    skips reference i for query i (real-to-real distances within one set)."""
+    if exclude_self and len(queries) != len(references):
+        raise ValueError("exclude_self needs the queries to be the references.")
+    search = NearestNeighbourSearch(queries, flip_axis)
+    search.add(references, skip=range(len(queries)) if exclude_self else None)
+    return search.result()
 
 
 def load_medicalnet(weights_path: str | os.PathLike, depth: int = 10) -> torch.nn.Module:

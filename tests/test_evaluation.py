@@ -56,7 +56,7 @@ def test_training_volumes_given_as_samples_are_flagged_as_copies(tmp_path):
     audit = result["memorisation_audit"]
     assert audit["near_copies"] == ["sample_0000_seed0.nii.gz", "sample_0001_seed1.nii.gz"]
     assert [(e["nearest_real"], e["flipped"]) for e in audit["samples"]] == [("real volume 4", False), ("real volume 1", True)]
-    assert all(e["distance"] < 1e-6 for e in audit["samples"]) and audit["real_nearest_neighbour_median"] > 0.05
+    assert all(e["distance"] < 1e-3 for e in audit["samples"]) and audit["real_nearest_neighbour_median"] > 0.05
     assert result["diversity_ms_ssim"]["synthetic"] < 1.0
 
 
@@ -94,3 +94,13 @@ def test_clear_errors(tmp_path):
         evaluator.run()
     with pytest.raises(ValueError, match="copy_threshold"):
         _evaluator(tmp_path / "x", small, copy_threshold=1.5)
+
+
+def test_duplicated_real_volumes_do_not_hide_copies(tmp_path):
+    evaluator = _evaluator(tmp_path, [_real_volumes()[2], _real_volumes()[5]])
+    real = _real_volumes()
+    real[1] = real[0].flip(1)  # a mirror-image twin in the real data
+    evaluator.real_dataset = Dataset([{"image": v} for v in real])
+    audit = evaluator.run()["memorisation_audit"]
+    assert audit["real_duplicates"] == 2 and audit["real_nearest_neighbour_median"] > 0.05
+    assert len(audit["near_copies"]) == 2

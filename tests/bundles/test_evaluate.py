@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pytest
+from monai.transforms import Randomizable
 from monai.bundle import ConfigParser
 
 from common.sampling import save_nifti, volume_affine
+from tests.conftest import ANATOMICAL
 from tests.bundles.bundle_runs import REPO, SMALL_DENOISER, SMALL_SHARED, run_bundle, run_pipeline
 
 CONFIGS = "bundles/brain_mri/configs"
@@ -15,28 +20,45 @@ EVALUATE = f"['{CONFIGS}/train_autoencoder.json','{CONFIGS}/inference.json','{CO
 SHARED = ["--image_size", "[32,32,32]", *SMALL_SHARED]  # 3D MS-SSIM at 3 scales needs 25 voxels per axis
 
 
-def test_evaluate_writes_every_metric_and_flags_training_volumes(brain_folder, tmp_path):
-    run = run_pipeline("brain_mri", brain_folder, tmp_path, SHARED)
+@pytest.fixture
+def brains(tmp_path: Path) -> Path:
+    """5 NIfTI brains made from nibabel's real T1 crop: different positions in the field of view and smooth
+    intensity bias fields, so no two are the same volume after min-max scaling."""
+    data = np.clip(np.asanyarray(nib.load(str(ANATOMICAL)).dataobj).astype(np.float32), 0, None)
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "brains"
+    folder.mkdir()
+    for index in range(5):
+        before = rng.integers(0, 9, size=3)
+        volume = np.pad(data, [(int(b), int(8 - b)) for b in before])
+        grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in volume.shape], indexing="ij")
+        bias = 1 + 0.3 * sum(rng.uniform(-1, 1) * g for g in grid)
+        nib.save(nib.Nifti1Image(volume * bias, np.eye(4)), str(folder / f"brain_{index}.nii.gz"))
+    return folder
+
+
+def test_evaluate_writes_every_metric_and_flags_training_volumes(brains, tmp_path):
+    run = run_pipeline("brain_mri", brains, tmp_path, SHARED)
     common = [
-        "--dataset_dir", str(brain_folder), "--ckpt_dir", str(run["models"]), "--log_dir", str(run["logs"]),
+        "--dataset_dir", str(brains), "--ckpt_dir", str(run["models"]), "--log_dir", str(run["logs"]),
         *SHARED, *SMALL_DENOISER, "--num_workers", "0",
     ]
     out = tmp_path / "evaluated"
     result = run_bundle(EVALUATE, *common, "--output_dir", str(out), "--num_samples", "3", "--num_inference_steps", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
-    assert (metrics["samples"], metrics["real_volumes"], metrics["image_size"]) == (3, 4, [32, 32, 32])
+    assert (metrics["samples"], metrics["real_volumes"], metrics["image_size"]) == (3, 5, [32, 32, 32])
     assert 0 <= metrics["diversity_ms_ssim"]["synthetic"] <= 1 and 0 <= metrics["diversity_ms_ssim"]["real"] < 1
     assert {"synthetic_vs_real", "real_half_vs_half"} <= set(metrics["intensity_histogram"]) and "skipped" in metrics["fid"]
-    assert metrics["reconstruction"]["psnr_db"]["mean"] > 0 and metrics["memorisation_audit"]["real_volumes_searched"] == 4
-    assert all(entry["nearest_real"].startswith(str(brain_folder)) for entry in metrics["memorisation_audit"]["samples"])
+    assert metrics["reconstruction"]["psnr_db"]["mean"] > 0 and metrics["memorisation_audit"]["real_volumes_searched"] == 5
+    assert all(entry["nearest_real"].startswith(str(brains)) for entry in metrics["memorisation_audit"]["samples"])
     for picture in ("samples_and_real", "adjacent_slices", "nearest_neighbours", "training_curves"):
         assert (out / "evaluation" / f"{picture}.png").is_file(), picture
 
     # the training volumes themselves, preprocessed as the model sees them, given as "samples": all are copies
     parser = ConfigParser()
     parser.read_config([str(REPO / CONFIGS / name) for name in ("train_autoencoder.json", "evaluate.json")])
-    parser.update({"dataset_dir": str(brain_folder), "image_size": [32, 32, 32]})
+    parser.update({"dataset_dir": str(brains), "image_size": [32, 32, 32]})
     dataset = parser.get_parsed_content("real_dataset")
     copies = tmp_path / "copies"
     copies.mkdir()
@@ -47,5 +69,18 @@ def test_evaluate_writes_every_metric_and_flags_training_volumes(brain_folder, t
     result = run_bundle(EVALUATE, *common, "--output_dir", str(copies), "--run", "['$@evaluator.run()']")
     assert result.returncode == 0, result.stderr[-3000:]
     audit = json.loads((copies / "evaluation" / "metrics.json").read_text())["memorisation_audit"]
-    assert audit["near_copies"] == files
+    assert audit["near_copies"] == files and audit["real_duplicates"] == 0
     assert [e["nearest_real"] for e in audit["samples"]] == [item["image"] for item in parser.get_parsed_content("datalist")]
+
+
+@pytest.mark.parametrize("bundle", ["brain_mri", "knee_mri", "breast_mri", "chest_ct"])
+def test_every_bundle_evaluates_with_its_training_preprocessing_minus_the_random_flip(bundle, tmp_path):
+    configs = REPO / "bundles" / bundle / "configs"
+    assert (configs / "evaluate.json").read_text() == (REPO / CONFIGS / "evaluate.json").read_text()
+    parser = ConfigParser()
+    parser.read_config([str(configs / name) for name in ("train_autoencoder.json", "inference.json", "evaluate.json")])
+    parser.update({"demo_dir": str(tmp_path)})
+    training = parser.get_parsed_content("train#preprocessing").transforms
+    evaluation = parser.get_parsed_content("evaluation_preprocessing").transforms
+    assert [type(t).__name__ for t in training if not isinstance(t, Randomizable)] == [type(t).__name__ for t in evaluation]
+    assert any(isinstance(t, Randomizable) for t in training) and parser["run"][-1] == "$@evaluator.run()"
