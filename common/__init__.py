@@ -3,7 +3,25 @@
 Bundle configs ``import common`` and refer to ``common.<module>.<name>``, so the submodules are imported here.
 """
 
-from . import breast, checkpoints, data, demo_data, dicom, engines, handlers, latent, losses, networks, packaging, sampling, transforms, visualize
+from . import (
+    breast,
+    checkpoints,
+    data,
+    demo_data,
+    dicom,
+    engines,
+    evaluation,
+    export,
+    handlers,
+    latent,
+    losses,
+    metrics,
+    networks,
+    packaging,
+    sampling,
+    transforms,
+    visualize,
+)
 
 __all__ = [
     "breast",
@@ -12,9 +30,12 @@ __all__ = [
     "demo_data",
     "dicom",
     "engines",
+    "evaluation",
+    "export",
     "handlers",
     "latent",
     "losses",
+    "metrics",
     "networks",
     "packaging",
     "sampling",

@@ -1,6 +1,12 @@
-"""Unpacking a bundle archive someone else made, without letting it write outside the chosen folder.
+"""Bundle archives: packaging a trained bundle as the Model Zoo distributes one, and unpacking one safely.
 
-An archive member named ``../../.bashrc`` or ``/etc/cron.d/x``, or a symbolic link that points out of the folder
+``package_bundle`` writes ``<name>/`` (configs with the training overrides applied, docs, LICENSE, the trained
+weights, their TorchScript exports, ``large_files.yml`` with hashes, and a copy of ``common``) and the zip
+``<name>_v<version>.zip`` holding it, the layout ``python -m monai.bundle download`` extracts, from a URL or a
+GitHub release. The packaged bundle runs ``python -m monai.bundle run --config_file configs/inference.json`` from
+its own folder, without this repository.
+
+Unpacking: an archive member named ``../../.bashrc`` or ``/etc/cron.d/x``, or a symbolic link that points out of the folder
 followed by a member written through it, would otherwise overwrite files anywhere the user can write. Every
 member is checked before anything is written; the archive is extracted into a temporary folder next to the
 target and renamed into place, so a refused or broken archive leaves nothing behind.
@@ -8,15 +14,28 @@ target and renamed into place, so a refused or broken archive leaves nothing beh
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-__all__ = ["UnsafeArchiveError", "unpack_bundle"]
+import torch
+
+__all__ = ["PackagingError", "UnsafeArchiveError", "package_bundle", "unpack_bundle"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+INFERENCE_WEIGHTS = {"autoencoder.pt": "autoencoder", "diffusion.pt": "ema_network"}  # file -> entry inference reads
+
+
+class PackagingError(RuntimeError):
+    """A trained bundle that cannot be packaged: missing weights, unknown overrides."""
 
 
 class UnsafeArchiveError(ValueError):
@@ -79,3 +98,147 @@ def unpack_bundle(archive: str | os.PathLike, target_dir: str | os.PathLike) -> 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _configs_with_overrides(configs: Path, overrides: Mapping[str, Any]) -> dict[str, dict]:
+    """Every JSON config of a bundle with each override applied where its id exists in that file."""
+    from monai.bundle import ConfigParser
+
+    result, used = {}, set()
+    for path in sorted(configs.glob("*.json")):
+        parser = ConfigParser(ConfigParser.load_config_file(str(path)))
+        for key, value in overrides.items():
+            if key in parser:
+                parser[key] = value
+                used.add(key)
+        result[path.name] = parser.get()
+    unknown = sorted(set(overrides) - used)
+    if unknown:
+        raise PackagingError(f"overrides {unknown} are not ids of any config in {configs}.")
+    return result
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _inference_weights(ckpt_dir: Path, models: Path) -> None:
+    """Copy the entries inference reads (VQ-GAN, EMA denoiser) of the final checkpoints, without optimizer state."""
+    from common.checkpoints import CheckpointError, read_checkpoint
+
+    for name, key in INFERENCE_WEIGHTS.items():
+        try:
+            checkpoint = read_checkpoint(ckpt_dir / name)
+        except CheckpointError as error:
+            raise PackagingError(f"cannot package: {error}") from error
+        if key not in checkpoint:
+            raise PackagingError(f"cannot package: checkpoint {ckpt_dir / name} has no '{key}' entry.")
+        torch.save({key: checkpoint[key]}, models / name)
+
+
+def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
+    """TorchScript exports of the packaged VQ-GAN and denoiser, traced at the bundle's sizes, configs embedded."""
+    from monai.bundle import ConfigParser
+
+    from common.export import export_torchscript
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle_dir / "configs" / "inference.json")])
+    parser.update({"bundle_root": str(bundle_dir), "device": "$torch.device('cpu')"})
+    embedded = {"inference": configs["inference.json"], "metadata": configs["metadata.json"]}
+    autoencoder = parser.get_parsed_content("latent_autoencoder").autoencoder
+    image = torch.rand(1, 1, *parser["image_size"]) * 2 - 1
+    export_torchscript(autoencoder, (image,), bundle_dir / "models" / "autoencoder.ts", embedded)
+    latent = torch.randn(1, *parser.get_parsed_content("latent_shape"))
+    export_torchscript(parser.get_parsed_content("network"), (latent, torch.tensor([1])), bundle_dir / "models" / "diffusion.ts", embedded)
+
+
+def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict:
+    """The metadata with its shapes matching the packaged networks and eval_metrics from an evaluation run."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(inference)
+    image_size = list(parser["image_size"])
+    embedding = parser["autoencoder_def"]["embedding_dim"]
+    factor = parser["autoencoder_def"]["downsample_factor"]
+    latent_shape = [s // factor for s in image_size]
+    for part in ("inputs", "outputs"):
+        for entry in metadata["autoencoder_data_format"][part].values():
+            entry["spatial_shape"] = image_size
+        for entry in metadata["network_data_format"][part].values():
+            if entry["spatial_shape"]:
+                entry["spatial_shape"], entry["num_channels"] = latent_shape, embedding
+    if metrics_file is not None:
+        metrics = json.loads(Path(metrics_file).read_text())
+        metadata["eval_metrics"] = {
+            "samples": metrics["samples"],
+            "diversity_ms_ssim_synthetic": metrics["diversity_ms_ssim"]["synthetic"],
+            "diversity_ms_ssim_real": metrics["diversity_ms_ssim"]["real"],
+            "mmd_synthetic_vs_real": metrics["mmd"]["synthetic_vs_real"],
+            "slice_consistency_ssim_synthetic": metrics["slice_consistency_ssim"]["synthetic"],
+            "slice_consistency_ssim_real": metrics["slice_consistency_ssim"]["real"],
+            "reconstruction_psnr_db": metrics["reconstruction"]["psnr_db"]["mean"],
+            "near_copies": len(metrics["memorisation_audit"]["near_copies"]),
+        }
+    return metadata
+
+
+def package_bundle(
+    bundle: str,
+    ckpt_dir: str | os.PathLike,
+    output_dir: str | os.PathLike = "dist",
+    overrides: Mapping[str, Any] | None = None,
+    metrics_file: str | os.PathLike | None = None,
+) -> Path:
+    """Package a trained bundle of this repository; returns the zip's path.
+
+    Args:
+        bundle: bundle name under ``bundles/``.
+        ckpt_dir: folder with the final ``autoencoder.pt`` and ``diffusion.pt`` of training.
+        output_dir: where ``<bundle>/`` and ``<bundle>_v<version>.zip`` are written (replacing earlier ones).
+        overrides: the config overrides the models were trained with (e.g. ``{"image_size": [32, 32, 32]}``),
+            written into the packaged configs so their networks fit the weights.
+        metrics_file: a ``metrics.json`` of ``evaluate.json`` whose main values go into ``eval_metrics``.
+    """
+    from common.cli import bundle_dir
+
+    source = bundle_dir(bundle)
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    configs = _configs_with_overrides(source / "configs", dict(overrides or {}))
+    configs["metadata.json"] = _metadata(configs["metadata.json"], configs["inference.json"], metrics_file)
+    version = configs["metadata.json"]["version"]
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle}.", dir=output))
+    try:
+        folder = staging / bundle
+        shutil.copytree(source / "docs", folder / "docs")
+        shutil.copy2(source / "LICENSE", folder / "LICENSE")
+        (folder / "configs").mkdir()
+        shutil.copy2(source / "configs" / "logging.conf", folder / "configs" / "logging.conf")
+        for name, config in configs.items():
+            (folder / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
+        shutil.copytree(REPO_ROOT / "common", folder / "common", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (folder / "models").mkdir()
+        _inference_weights(Path(ckpt_dir), folder / "models")
+        _export_networks(folder, configs)
+        entries = [
+            f'  - path: "models/{p.name}"\n    url: ""\n    hash_val: "{_sha256(p)}"\n    hash_type: "sha256"'
+            for p in sorted((folder / "models").iterdir())
+        ]
+        (folder / "large_files.yml").write_text("large_files:\n" + "\n".join(entries) + "\n")
+        archive = staging / f"{bundle}_v{version}.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for path in sorted(folder.rglob("*")):
+                zipped.write(path, path.relative_to(staging))
+        for name in (bundle, archive.name):
+            target = output / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output / archive.name

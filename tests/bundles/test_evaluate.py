@@ -3,49 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from monai.transforms import Randomizable
 from monai.bundle import ConfigParser
 
 from common.sampling import save_nifti, volume_affine
-from tests.conftest import ANATOMICAL
-from tests.bundles.bundle_runs import REPO, SMALL_DENOISER, SMALL_SHARED, run_bundle, run_pipeline
-
-CONFIGS = "bundles/brain_mri/configs"
-EVALUATE = f"['{CONFIGS}/train_autoencoder.json','{CONFIGS}/inference.json','{CONFIGS}/evaluate.json']"
-SHARED = ["--image_size", "[32,32,32]", *SMALL_SHARED]  # 3D MS-SSIM at 3 scales needs 25 voxels per axis
+from tests.bundles.bundle_runs import REPO, run_bundle
+from tests.bundles.conftest import CONFIGS, EVALUATE
 
 
-@pytest.fixture
-def brains(tmp_path: Path) -> Path:
-    """5 NIfTI brains made from nibabel's real T1 crop: different positions in the field of view and smooth
-    intensity bias fields, so no two are the same volume after min-max scaling."""
-    data = np.clip(np.asanyarray(nib.load(str(ANATOMICAL)).dataobj).astype(np.float32), 0, None)
-    rng = np.random.default_rng(3)
-    folder = tmp_path / "brains"
-    folder.mkdir()
-    for index in range(5):
-        before = rng.integers(0, 9, size=3)
-        volume = np.pad(data, [(int(b), int(8 - b)) for b in before])
-        grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in volume.shape], indexing="ij")
-        bias = 1 + 0.3 * sum(rng.uniform(-1, 1) * g for g in grid)
-        nib.save(nib.Nifti1Image(volume * bias, np.eye(4)), str(folder / f"brain_{index}.nii.gz"))
-    return folder
-
-
-def test_evaluate_writes_every_metric_and_flags_training_volumes(brains, tmp_path):
-    run = run_pipeline("brain_mri", brains, tmp_path, SHARED)
-    common = [
-        "--dataset_dir", str(brains), "--ckpt_dir", str(run["models"]), "--log_dir", str(run["logs"]),
-        *SHARED, *SMALL_DENOISER, "--num_workers", "0",
-    ]
-    out = tmp_path / "evaluated"
-    result = run_bundle(EVALUATE, *common, "--output_dir", str(out), "--num_samples", "3", "--num_inference_steps", "3")
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_evaluate_writes_every_metric_and_flags_training_volumes(evaluated_brain_model, tmp_path):
+    brains, common, out = evaluated_brain_model["brains"], evaluated_brain_model["args"], evaluated_brain_model["evaluated"]
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert (metrics["samples"], metrics["real_volumes"], metrics["image_size"]) == (3, 5, [32, 32, 32])
     assert 0 <= metrics["diversity_ms_ssim"]["synthetic"] <= 1 and 0 <= metrics["diversity_ms_ssim"]["real"] < 1

@@ -1,0 +1,117 @@
+"""A trained bundle packaged, fetched with MONAI's own download command from a local server, and run from its
+own folder in a fresh process that cannot import this repository's code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import load_net_with_metadata
+
+from common.packaging import PackagingError, package_bundle
+from tests.bundles.bundle_runs import REPO
+from tests.bundles.conftest import SIZE_32_OVERRIDES
+
+# run `monai.bundle` with this repository's code out of reach: no editable-install finder, no repository path
+WITHOUT_REPOSITORY = (
+    "import runpy, sys; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+    f"sys.path[:] = [p for p in sys.path if not p.startswith({str(REPO)!r})]; "
+    "sys.argv = ['monai.bundle'] + sys.argv[1:]; "
+    "runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
+)
+
+
+@pytest.fixture(scope="module")
+def packaged(evaluated_brain_model, tmp_path_factory):
+    output = tmp_path_factory.mktemp("dist")
+    metrics = evaluated_brain_model["evaluated"] / "evaluation" / "metrics.json"
+    archive = package_bundle("brain_mri", evaluated_brain_model["models"], output, SIZE_32_OVERRIDES, metrics)
+    return archive
+
+
+def test_the_archive_has_the_model_zoo_layout_hashes_and_metrics(packaged):
+    assert packaged.name == "brain_mri_v0.1.0.zip"  # what --source github --version 0.1.0 asks a release for
+    names = set(zipfile.ZipFile(packaged).namelist())
+    for name in ("configs/inference.json", "configs/metadata.json", "docs/README.md", "LICENSE", "large_files.yml",
+                 "models/autoencoder.pt", "models/diffusion.pt", "models/autoencoder.ts", "models/diffusion.ts",
+                 "common/__init__.py", "common/networks/depth_attention_unet.py"):
+        assert f"brain_mri/{name}" in names, name
+    folder = packaged.parent / "brain_mri"
+    large_files = (folder / "large_files.yml").read_text()
+    import hashlib
+
+    for model in sorted((folder / "models").iterdir()):
+        assert f'path: "models/{model.name}"' in large_files and hashlib.sha256(model.read_bytes()).hexdigest() in large_files
+    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"]["samples"] == 3 and 0 <= metadata["eval_metrics"]["diversity_ms_ssim_real"] <= 1
+    assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == [16, 16, 16]  # 32^3 at compression 2
+    assert metadata["autoencoder_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32, 32]
+    inference = json.loads((folder / "configs" / "inference.json").read_text())
+    assert inference["image_size"] == [32, 32, 32] and inference["network_def"]["channels"] == [8, 16]
+    assert set(torch.load(folder / "models" / "diffusion.pt", weights_only=True)) == {"ema_network"}  # no optimizer
+
+
+def test_torchscript_exports_match_the_eager_networks(packaged):
+    folder = packaged.parent / "brain_mri"
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(folder)})
+    network = parser.get_parsed_content("network").eval()
+    traced, _, extra = load_net_with_metadata(str(folder / "models" / "diffusion.ts"), more_extra_files=("inference.json",))
+    assert json.loads(extra["inference.json"])["image_size"] == [32, 32, 32]  # the configs are embedded
+    latent, timesteps = torch.randn(2, 8, 16, 16, 16), torch.tensor([3, 250])  # another batch size than traced with
+    with torch.no_grad():
+        assert torch.allclose(traced(latent, timesteps), network(latent, timesteps), atol=1e-4)
+        autoencoder = parser.get_parsed_content("latent_autoencoder").autoencoder
+        image = torch.rand(1, 1, 32, 32, 32) * 2 - 1
+        assert torch.allclose(torch.jit.load(str(folder / "models" / "autoencoder.ts"))(image)[0], autoencoder(image)[0], atol=1e-4)
+
+
+def test_monai_download_fetches_it_and_it_samples_without_this_repository(packaged, tmp_path):
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(packaged.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    environment = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{packaged.name}"
+        downloads = tmp_path / "downloads"
+        downloads.mkdir()
+        result = subprocess.run(
+            [sys.executable, "-m", "monai.bundle", "download", "--name", "brain_mri", "--url", url, "--bundle_dir", str(downloads)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    finally:
+        server.shutdown()
+    bundle = downloads / "brain_mri"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_REPOSITORY, "run", "--config_file", "configs/inference.json",
+         "--num_samples", "2", "--num_inference_steps", "3",
+         "--finalize", "['$print(\"COMMON FROM\", common.__file__)']"],
+        cwd=bundle, capture_output=True, text=True, timeout=300, env=environment,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"COMMON FROM {bundle / 'common' / '__init__.py'}" in result.stdout
+    samples = sorted((bundle / "output").glob("*.nii.gz"))
+    assert [p.name for p in samples] == ["sample_0000_seed0.nii.gz", "sample_0001_seed1.nii.gz"]
+    assert nib.load(str(samples[0])).shape == (32, 32, 32) and np.isfinite(np.asanyarray(nib.load(str(samples[0])).dataobj)).all()
+
+
+def test_packaging_errors_are_clear(tmp_path):
+    with pytest.raises(PackagingError, match="autoencoder.pt does not exist"):
+        package_bundle("brain_mri", tmp_path / "no_models", tmp_path / "dist")
+    with pytest.raises(PackagingError, match=r"overrides \['not_an_id'\] are not ids"):
+        package_bundle("brain_mri", tmp_path, tmp_path / "dist", {"not_an_id": 1})
+    assert [p.name for p in (tmp_path / "dist").iterdir()] == []  # nothing half-made left behind
