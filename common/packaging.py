@@ -193,6 +193,7 @@ def package_bundle(
     output_dir: str | os.PathLike = "dist",
     overrides: Mapping[str, Any] | None = None,
     metrics_file: str | os.PathLike | None = None,
+    demo: bool = False,
 ) -> Path:
     """Package a trained bundle of this repository; returns the zip's path.
 
@@ -203,8 +204,16 @@ def package_bundle(
         overrides: the config overrides the models were trained with (e.g. ``{"image_size": [32, 32, 32]}``),
             written into the packaged configs so their networks fit the weights.
         metrics_file: a ``metrics.json`` of ``evaluate.json`` whose main values go into ``eval_metrics``.
+        demo: the models are the demo's (``python -m common demo``): its settings are the overrides (``overrides``
+            still win).
     """
-    from common.cli import bundle_dir
+    from common.cli import DEMO_SETTINGS, bundle_dir
+
+    if demo:
+        if bundle not in DEMO_SETTINGS:
+            raise PackagingError(f"no demo settings for bundle '{bundle}' (have: {', '.join(DEMO_SETTINGS)}).")
+        settings = DEMO_SETTINGS[bundle]
+        overrides = {**settings["shared"], **settings["denoiser"], **settings["inference"], **dict(overrides or {})}
 
     source = bundle_dir(bundle)
     output = Path(output_dir)

@@ -90,14 +90,28 @@ def test_full_size_defaults_build_and_match_the_paper():
     assert parser_ae["lr"] == 3e-4 and parser_ae["batch_size"] == 2 and parser_ae["adversarial_start"] == 10000
 
 
-def test_metadata_has_the_model_zoo_keys():
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
-                "authors", "copyright", "data_source", "intended_use", "network_data_format"):
+@pytest.mark.parametrize(
+    "bundle, latent, image",
+    [("brain_mri", [32, 32, 32], [64, 64, 64]), ("knee_mri", [64, 64, 8], [256, 256, 32]),
+     ("breast_mri", [64, 64, 8], [256, 256, 32]), ("chest_ct", [32, 32, 32], [128, 128, 128])],
+)
+def test_metadata_has_the_model_zoo_keys(bundle, latent, image):
+    configs = REPO / "bundles" / bundle / "configs"
+    meta = json.loads((configs / "metadata.json").read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+                "name", "task", "description", "authors", "copyright", "data_source", "data_type", "image_classes",
+                "intended_use", "references", "network_data_format", "autoencoder_data_format"):
         assert meta.get(key), key
+    assert "eval_metrics" in meta and "optional_packages_version" not in meta  # MONAI renames that one over the required
     assert meta["version"] in meta["changelog"]
-    latent = meta["network_data_format"]["inputs"]["image"]
-    assert latent["num_channels"] == 8 and latent["spatial_shape"] == [32, 32, 32]
+    denoiser, autoencoder = meta["network_data_format"], meta["autoencoder_data_format"]
+    assert set(denoiser["inputs"]) == {"image", "timesteps"} and set(denoiser["outputs"]) == {"pred"}
+    assert denoiser["inputs"]["image"]["num_channels"] == 8 and denoiser["inputs"]["image"]["spatial_shape"] == latent
+    assert denoiser["outputs"]["pred"]["spatial_shape"] == latent
+    assert autoencoder["inputs"]["image"]["spatial_shape"] == autoencoder["outputs"]["pred"]["spatial_shape"] == image
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    assert parser["image_size"] == image and parser.get_parsed_content("latent_shape") == [8, *latent]
 
 
 def test_demo_settings_name_existing_config_ids():

@@ -115,3 +115,10 @@ def test_packaging_errors_are_clear(tmp_path):
     with pytest.raises(PackagingError, match=r"overrides \['not_an_id'\] are not ids"):
         package_bundle("brain_mri", tmp_path, tmp_path / "dist", {"not_an_id": 1})
     assert [p.name for p in (tmp_path / "dist").iterdir()] == []  # nothing half-made left behind
+
+
+def test_demo_settings_are_the_overrides_of_a_demo_package(tmp_path):
+    with pytest.raises(PackagingError, match="no demo settings for bundle 'knee_mri'"):
+        package_bundle("knee_mri", tmp_path, tmp_path / "dist", demo=True)
+    with pytest.raises(PackagingError, match="autoencoder.pt does not exist"):  # the settings themselves are valid ids
+        package_bundle("brain_mri", tmp_path, tmp_path / "dist", demo=True)
