@@ -12,7 +12,9 @@ from typing import Any
 
 from monai.bundle import run as run_bundle
 
-__all__ = ["DEMO_SETTINGS", "bundle_dir", "demo", "pipeline"]
+__all__ = ["DEMO_SETTINGS", "STAGES", "bundle_dir", "demo", "pipeline"]
+
+STAGES = ("autoencoder", "diffusion", "inference", "evaluation")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,13 +84,14 @@ def pipeline(
     stages: str = "autoencoder,diffusion,inference",
     **overrides: Any,
 ) -> str:
-    """Train the VQ-GAN, train the diffusion model, and sample, with the bundle's configs.
+    """Train the VQ-GAN, train the diffusion model, sample, and (stage ``evaluation``) evaluate the samples.
 
     Args:
         bundle: bundle name under ``bundles/``.
         output_dir: folder for models (``models/``), logs (``logs/``), demo data and samples (``samples/``).
         dataset_dir: the dataset; ``None`` uses the bundle's embedded demo data.
-        stages: comma-separated subset of ``autoencoder,diffusion,inference`` to run.
+        stages: comma-separated subset of ``autoencoder,diffusion,inference,evaluation`` to run; ``evaluation``
+            evaluates the samples of ``inference`` against the training data into ``samples/evaluation/``.
         overrides: further config overrides for every stage, e.g. ``--num_samples 8``.
 
     Returns the samples folder.
@@ -97,10 +100,11 @@ def pipeline(
 
 
 def demo(output_dir: str = "demo_output", bundle: str = "brain_mri") -> str:
-    """Train tiny models on the embedded demo data, sample, and write NIfTI volumes plus ``samples.png``."""
+    """Train tiny models on the embedded demo data, sample, write NIfTI volumes plus ``samples.png``, and evaluate
+    the samples (``samples/evaluation/metrics.json`` and pictures)."""
     if bundle not in DEMO_SETTINGS:
         raise ValueError(f"no demo settings for bundle '{bundle}' (have: {', '.join(DEMO_SETTINGS)}).")
-    return _run_stages(bundle, output_dir, None, "autoencoder,diffusion,inference", DEMO_SETTINGS[bundle], {})
+    return _run_stages(bundle, output_dir, None, "autoencoder,diffusion,inference,evaluation", DEMO_SETTINGS[bundle], {})
 
 
 def _run_stages(
@@ -113,9 +117,9 @@ def _run_stages(
 ) -> str:
     configs = bundle_dir(bundle) / "configs"
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if isinstance(stages, str) else list(stages)
-    unknown = set(chosen) - {"autoencoder", "diffusion", "inference"}
+    unknown = set(chosen) - set(STAGES)
     if unknown:
-        raise ValueError(f"unknown stages {sorted(unknown)}; choose from autoencoder, diffusion, inference.")
+        raise ValueError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}.")
     out = Path(output_dir).resolve()
     paths = {
         "bundle_root": str(bundle_dir(bundle)),
@@ -126,15 +130,18 @@ def _run_stages(
         "autoencoder": [str(configs / "train_autoencoder.json")],
         "diffusion": [str(configs / "train_autoencoder.json"), str(configs / "train_diffusion.json")],
         "inference": [str(configs / "inference.json")],
+        "evaluation": [str(configs / name) for name in ("train_autoencoder.json", "inference.json", "evaluate.json")],
     }
-    for stage in ("autoencoder", "diffusion", "inference"):
+    for stage in STAGES:
         if stage not in chosen:
             continue
         denoiser = settings.get("denoiser", {}) if stage != "autoencoder" else {}
-        stage_overrides = {**paths, **settings.get("shared", {}), **denoiser, **settings.get(stage, {}), **overrides}
-        if stage == "inference":
+        # evaluation reads the samples of inference, so it takes inference's settings and does not sample again
+        own = {**settings.get("inference", {}), "run": ["$@evaluator.run()"]} if stage == "evaluation" else settings.get(stage, {})
+        stage_overrides = {**paths, **settings.get("shared", {}), **denoiser, **own, **overrides}
+        if stage in ("inference", "evaluation"):
             stage_overrides["output_dir"] = str(out / "samples")
-        else:
+        if stage != "inference":
             stage_overrides.update(training)
         start = time.time()
         print(f"[{bundle}] stage '{stage}' starting", flush=True)
@@ -146,5 +153,6 @@ def _run_stages(
         )
         print(f"[{bundle}] stage '{stage}' done in {time.time() - start:.0f} s", flush=True)
     samples = out / "samples"
-    print(f"[{bundle}] models: {out / 'models'}; samples and samples.png: {samples}", flush=True)
+    evaluated = f"; evaluation: {samples / 'evaluation' / 'metrics.json'}" if "evaluation" in chosen else ""
+    print(f"[{bundle}] models: {out / 'models'}; samples and samples.png: {samples}{evaluated}", flush=True)
     return str(samples)
