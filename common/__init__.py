@@ -19,6 +19,7 @@ from . import (
     networks,
     packaging,
     sampling,
+    semantic,
     transforms,
     visualize,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "networks",
     "packaging",
     "sampling",
+    "semantic",
     "transforms",
     "visualize",
 ]

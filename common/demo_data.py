@@ -6,7 +6,8 @@ background, as skull-stripped NIfTI. Knees: sagittal fat-suppressed-T2-like exam
 (``train/sagittal/NNNN.npy``, uint8, slices x 256 x 256) with femur, tibia, patella, cartilage, joint fluid and
 soft tissue. Chest CTs: DICOM series (int16 with rescale slope and intercept) of a body with lungs, heart, spine
 and ribs in Hounsfield units. Breast MRIs: axial non-fat-saturated T1 MR series (bright fat, darker glandular
-tissue, dark pectoral muscle) with NIfTI breast masks, as the Duke layout. Each subject has its own shape, size and contrast. They are not anatomy; they exercise the real
+tissue, dark pectoral muscle) with NIfTI breast masks, as the Duke layout. Heads with tumours: T1c-like whole-head
+volumes with a ring-enhancing tumour and their label masks (0 background, 1 head, 2 tumour) as image/label pairs. Each subject has its own shape, size and contrast. They are not anatomy; they exercise the real
 readers and preprocessing end to end.
 """
 
@@ -27,9 +28,11 @@ __all__ = [
     "breast_demo_datalist",
     "chest_demo_datalist",
     "knee_demo_datalist",
+    "tumor_demo_datalist",
     "make_brain_phantom",
     "make_breast_phantom",
     "make_chest_phantom",
+    "make_tumor_phantom",
     "make_knee_phantom",
     "write_breast_mask",
     "write_dicom_series",
@@ -288,3 +291,42 @@ def breast_demo_datalist(folder: str | os.PathLike, count: int = 6, seed: int = 
         if index < count - 1 or count == 1:
             _write_once(folder / "masks" / f"{patient}.nii.gz", lambda tmp: write_breast_mask(mask, tmp, spacing), suffix=".nii.gz")
     return breast_datalist(folder / "dicom", folder / "masks")
+
+
+def make_tumor_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (48, 48, 48)) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic contrast-enhanced T1 whole head with a ring-enhancing tumour, and its label mask.
+
+    Returns the image (float32, 0 to about 1) and the labels (uint8: 0 background, 1 head, 2 tumour).
+    """
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    radii = rng.uniform(0.75, 0.9, size=3)
+    head = (x / radii[0]) ** 2 + (y / radii[1]) ** 2 + (z / radii[2]) ** 2 < 1
+    brain = (x / (radii[0] - 0.12)) ** 2 + (y / (radii[1] - 0.12)) ** 2 + (z / (radii[2] - 0.12)) ** 2 < 1
+    centre = rng.uniform(-0.35, 0.35, size=3)
+    distance = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+    radius = rng.uniform(0.12, 0.22)
+    tumour = brain & (distance < radius)
+    image = np.where(head, 0.55, 0.0)  # scalp and skull
+    image = np.where(brain, 0.4 + 0.06 * _smooth_noise(rng, shape, 2.0), image)
+    image = np.where(tumour, np.where(distance > 0.7 * radius, 0.95, 0.25), image)  # enhancing rim, necrotic core
+    image = image + 0.02 * rng.standard_normal(shape) * head
+    labels = np.where(tumour, 2, np.where(head, 1, 0)).astype(np.uint8)
+    return np.clip(image, 0, None).astype(np.float32), labels
+
+
+def tumor_demo_datalist(folder: str | os.PathLike, count: int = 8, seed: int = 0) -> list[dict[str, str]]:
+    """Datalist of ``count`` demo head/tumour image/label pairs in ``folder/images`` and ``folder/labels``
+    (1.5 mm voxels), written first if missing, read back by ``common.semantic.paired_datalist``."""
+    from common.semantic import paired_datalist
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    for index in range(count):
+        image, labels = make_tumor_phantom(rng)
+        name = f"head_{index:03d}.nii.gz"
+        _write_once(folder / "images" / name, lambda tmp: nib.save(nib.Nifti1Image(image, affine), tmp), suffix=".nii.gz")
+        _write_once(folder / "labels" / name, lambda tmp: nib.save(nib.Nifti1Image(labels, affine), tmp), suffix=".nii.gz")
+    return paired_datalist(folder)

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from common import metrics, visualize
 
-__all__ = ["SyntheticDataEvaluator", "volume_name"]
+__all__ = ["SyntheticDataEvaluator", "memorisation_audit", "volume_name", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,62 @@ def volume_name(item: Any, index: int) -> str:
 def _summary(values: torch.Tensor) -> dict[str, float]:
     values = values.double().flatten()
     return {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0}
+
+
+def memorisation_audit(
+    sample_names: Sequence[str],
+    nearest: Sequence[metrics.NearestNeighbour],
+    real_names: Sequence[str],
+    reference: torch.Tensor,
+    flip_axis: int | None,
+    copy_threshold: float,
+) -> dict[str, Any]:
+    """The audit part of ``metrics.json``: each sample's nearest real volume and distance, its ratio to the median
+    real-to-real nearest-neighbour distance of ``reference``, and whether that flags it as a near copy.
+
+    Real volumes identical to (or mirror images of) another real volume are counted as duplicates and left out of
+    the median, with a warning; a sample identical to a real volume is always flagged.
+    """
+    real_to_real = [n.distance for n in metrics.nearest_neighbours(reference, reference, flip_axis, exclude_self=True)]
+    distinct = [d for d in real_to_real if d > IDENTICAL]
+    duplicates = len(real_to_real) - len(distinct)
+    if duplicates:
+        logger.warning(
+            "%d of %d reference real volumes have an identical or mirror-image twin among the real volumes; the "
+            "typical real-to-real distance is taken over the others.", duplicates, len(real_to_real),
+        )
+    typical = statistics.median(distinct) if distinct else 0.0
+    per_sample = []
+    for name, found in zip(sample_names, nearest):
+        if typical > 0:
+            ratio = found.distance / typical
+        else:  # every real volume has a twin: only identical samples can be judged
+            ratio = 0.0 if found.distance <= IDENTICAL else float("inf")
+        per_sample.append({
+            "sample": name, "nearest_real": real_names[found.index], "distance": found.distance,
+            "flipped": found.flipped, "ratio_to_real_median": ratio,
+            "near_copy": found.distance <= IDENTICAL or ratio < copy_threshold,
+        })
+    return {
+        "distance": "root mean square voxel difference in [-1, 1]" + (", also against each real volume flipped" if flip_axis is not None else ""),
+        "real_nearest_neighbour_median": typical,
+        "real_nearest_neighbour_min": min(distinct) if distinct else None,
+        "real_duplicates": duplicates,
+        "copy_threshold": copy_threshold,
+        "real_volumes_searched": len(real_names),
+        "near_copies": [entry["sample"] for entry in per_sample if entry["near_copy"]],
+        "samples": per_sample,
+    }
+
+
+def write_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON through a temporary file, so a crash never leaves a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 class SyntheticDataEvaluator:
@@ -167,38 +223,8 @@ class SyntheticDataEvaluator:
         return scan
 
     def audit(self, sample_files: Sequence[str], scan: dict[str, Any], reference: torch.Tensor) -> dict[str, Any]:
-        """Every sample's nearest real volume, its distance against the real-to-real nearest-neighbour distances
-        of the reference volumes, and whether it is flagged as a near copy."""
-        real_to_real = [n.distance for n in metrics.nearest_neighbours(reference, reference, self.flip_axis, exclude_self=True)]
-        distinct = [d for d in real_to_real if d > IDENTICAL]
-        duplicates = len(real_to_real) - len(distinct)
-        if duplicates:
-            logger.warning(
-                "%d of %d reference real volumes have an identical or mirror-image twin among the real volumes; the "
-                "typical real-to-real distance is taken over the others.", duplicates, len(real_to_real),
-            )
-        typical = statistics.median(distinct) if distinct else 0.0
-        per_sample = []
-        for file, found in zip(sample_files, scan["nearest"]):
-            if typical > 0:
-                ratio = found.distance / typical
-            else:  # every real volume has a twin: only identical samples can be judged
-                ratio = 0.0 if found.distance <= IDENTICAL else float("inf")
-            per_sample.append({
-                "sample": file, "nearest_real": scan["names"][found.index], "distance": found.distance,
-                "flipped": found.flipped, "ratio_to_real_median": ratio,
-                "near_copy": found.distance <= IDENTICAL or ratio < self.copy_threshold,
-            })
-        return {
-            "distance": "root mean square voxel difference in [-1, 1], also against each real volume flipped",
-            "real_nearest_neighbour_median": typical,
-            "real_nearest_neighbour_min": min(distinct) if distinct else None,
-            "real_duplicates": duplicates,
-            "copy_threshold": self.copy_threshold,
-            "real_volumes_searched": len(scan["names"]),
-            "near_copies": [entry["sample"] for entry in per_sample if entry["near_copy"]],
-            "samples": per_sample,
-        }
+        """Every sample's nearest real volume, judged against the real-to-real distances of the reference volumes."""
+        return memorisation_audit(sample_files, scan["nearest"], scan["names"], reference, self.flip_axis, self.copy_threshold)
 
     @torch.no_grad()
     def reconstruction(self, reference: torch.Tensor) -> dict[str, Any]:
@@ -269,11 +295,7 @@ class SyntheticDataEvaluator:
             lambda: self.pictures(samples, sample_files, reference_items, results["memorisation_audit"], scan["nearest_volumes"]),
         )
         results["seconds"] = self.seconds
-        self.evaluation_dir.mkdir(parents=True, exist_ok=True)
-        path = self.evaluation_dir / "metrics.json"
-        tmp = path.with_name(".metrics.json.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, path)
+        path = write_json(results, self.evaluation_dir / "metrics.json")
         flagged = results["memorisation_audit"]["near_copies"]
         logger.info("wrote %s; %d of %d samples flagged as near copies%s", path, len(flagged), len(samples), f": {flagged}" if flagged else "")
         return results

@@ -19,7 +19,24 @@ from torch import nn
 from common.latent import CodebookRangeAutoencoder
 from common.visualize import save_three_plane_montage
 
-__all__ = ["LatentSampler", "make_sampling_scheduler", "save_nifti", "volume_affine"]
+__all__ = ["LatentSampler", "gather", "make_sampling_scheduler", "process_rank", "save_nifti", "volume_affine"]
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under ``torch.distributed`` (e.g. torchrun), else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather(items: list) -> list:
+    """Every process's ``items`` concatenated, on every process (``all_gather_object``; just ``items`` alone)."""
+    rank, world = process_rank()
+    if world == 1:
+        return list(items)
+    everything: list = [None] * world
+    dist.all_gather_object(everything, items)
+    return [item for part in everything for item in part]
 
 
 def make_sampling_scheduler(
@@ -47,11 +64,11 @@ def volume_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     return affine
 
 
-def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> str:
+def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype = np.float32) -> str:
     """Write a NIfTI file atomically (temporary file, then rename), so a crash never leaves a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
+    image = nib.Nifti1Image(np.asarray(volume, dtype=dtype), affine)
     image.header.set_xyzt_units("mm")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz" if path.name.endswith(".gz") else ".nii", dir=path.parent)
     os.close(fd)
@@ -145,7 +162,7 @@ class LatentSampler:
         its own seeds and writes its own files, and rank 0 writes ``samples.json`` for all of them and the montage
         of its own first samples.
         """
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        rank, world = process_rank()
         indices = list(range(rank, self.num_samples, world))
         written: list[tuple[int, int, str]] = []
         previews = []
@@ -158,13 +175,10 @@ class LatentSampler:
                 written.append((index, seed, path))
                 if len(previews) < 8:
                     previews.append((seed, volume))
-        everything = [written]
-        if world > 1:
-            everything = [None] * world
-            dist.all_gather_object(everything, written)
+        everything = gather(written)
         if rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            records = sorted(item for part in everything for item in part)
+            records = sorted(everything)
             if previews:
                 save_three_plane_montage(
                     [v for _, v in previews], self.output_dir / "samples.png", [f"seed {s}" for s, _ in previews]

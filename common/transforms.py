@@ -12,7 +12,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 
 from common.data import DatasetError
 
-__all__ = ["CropBreastSided"]
+__all__ = ["CropBreastSided", "RemapLabelsd"]
 
 SIDES = ("left", "right")
 
@@ -98,4 +98,58 @@ class CropBreastSided(MapTransform):
         crop = SpatialCrop(roi_start=start, roi_end=end)
         for key in self.key_iterator(d):
             d[key] = crop(d[key])
+        return d
+
+
+class RemapLabelsd(MapTransform):
+    """Map a label volume's values to the classes 0..``num_classes`` a mask-conditioned model is trained on.
+
+    ``mapping`` sends each source label value to a class (values not listed and not 0 are an error naming the
+    file, so a mask with an unexpected label set never trains or conditions silently). With ``foreground_class``,
+    background voxels of the image brighter than ``foreground_threshold`` times its 99th percentile become that
+    class: how Med-DDPM adds the head (or brain area) label to tumour-only annotations.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mapping: Mapping[int | str, int],
+        num_classes: int,
+        image_key: str = "image",
+        foreground_class: int | None = None,
+        foreground_threshold: float = 0.1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mapping = {int(k): int(v) for k, v in mapping.items()}
+        targets = set(self.mapping.values()) | ({foreground_class} if foreground_class is not None else set())
+        if num_classes < 1 or not targets <= set(range(1, num_classes + 1)):
+            raise ValueError(f"mapping and foreground_class must send labels to classes 1..{num_classes}, got {sorted(targets)}.")
+        if 0 in self.mapping:
+            raise ValueError("label 0 is the background and cannot be mapped.")
+        self.num_classes = num_classes
+        self.image_key = image_key
+        self.foreground_class = foreground_class
+        self.foreground_threshold = foreground_threshold
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            label = torch.as_tensor(label)
+            values = torch.unique(label)
+            unexpected = [float(v) for v in values if float(v) != 0 and (float(v) != int(v) or int(v) not in self.mapping)]
+            if unexpected:
+                raise DatasetError(
+                    f"{_source(label)}: label values {unexpected} are not in the expected label set "
+                    f"{sorted(self.mapping)} (and 0 for background); set label_mapping to map them."
+                )
+            classes = torch.zeros_like(label)
+            for source, target in self.mapping.items():
+                classes[label == source] = target
+            if self.foreground_class is not None:
+                image = torch.as_tensor(d[self.image_key], dtype=torch.float32)[:1]
+                level = self.foreground_threshold * torch.quantile(image.flatten()[:: max(1, image.numel() // 1_000_000)], 0.99)
+                classes[(classes == 0) & (image > level)] = self.foreground_class
+            d[key] = classes  # a MetaTensor keeps the label's affine and file name
         return d

@@ -1,0 +1,228 @@
+"""The mask-conditioned (Med-DDPM) bundle: training on image/label pairs, sampling that follows the masks, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from common.data import DatasetError
+from common.semantic import paired_datalist
+from tests.bundles.bundle_runs import REPO, run_bundle
+
+CONFIGS = "bundles/brain_tumor_semantic/configs"
+SIZE = 16
+# a small U-Net: two levels, attention at the 8^3 level and in the middle, one head each
+SMALL = [
+    "--image_size", f"[{SIZE},{SIZE},{SIZE}]", "--crop_size", f"[{SIZE},{SIZE},{SIZE}]", "--spacing", "[1.0,1.0,1.0]",
+    "--network_def#channels", "[16,32]", "--network_def#attention_levels", "[False,True]",
+    "--network_def#num_head_channels", "[16,32]", "--network_def#norm_num_groups", "8",
+]
+
+
+def _head(tumour_centre: tuple[int, int, int] | None, radius: int = 3) -> np.ndarray:
+    """Labels of a 16^3 head: 0 outside a ball, 1 head, 2 a tumour ball."""
+    grid = np.stack(np.meshgrid(*[np.arange(SIZE)] * 3, indexing="ij"))
+    labels = (np.sqrt(((grid - 7.5) ** 2).sum(0)) < 7).astype(np.uint8)
+    if tumour_centre is not None:
+        labels[np.sqrt(((grid - np.reshape(tumour_centre, (3, 1, 1, 1))) ** 2).sum(0)) < radius] = 2
+    return labels
+
+
+def _write_pairs(folder: Path, count: int, seed: int = 0) -> Path:
+    """Image/label pairs where the label decides the intensity: background 0, head 1, tumour 2 (plus noise)."""
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for index in range(count):
+        labels = _head(tuple(int(v) for v in rng.integers(4, 12, size=3)))
+        image = labels.astype(np.float32) + 0.05 * rng.standard_normal(labels.shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(folder / "images" / f"case_{index}.nii.gz"))
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), str(folder / "labels" / f"case_{index}.nii.gz"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("semantic")
+    data = _write_pairs(root / "data", 8)
+    models = root / "models"
+    result = run_bundle(
+        f"{CONFIGS}/train.json", "--dataset_dir", str(data), "--ckpt_dir", str(models), "--log_dir", str(root / "logs"),
+        *SMALL, "--num_workers", "0", "--batch_size", "4", "--lr", "0.002", "--train#trainer#max_epochs", "150",
+        "--ema#start_iteration", "300", "--save_interval", "0", "--log_interval", "50",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"root": root, "data": data, "models": models}
+
+
+def test_samples_follow_their_masks(trained, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    centres = {"left": (4, 8, 8), "right": (11, 8, 8)}
+    for name, centre in centres.items():
+        nib.save(nib.Nifti1Image(_head(centre), np.eye(4)), str(masks / f"{name}.nii.gz"))
+    out = tmp_path / "out"
+    result = run_bundle(
+        f"{CONFIGS}/inference.json", "--ckpt_dir", str(trained["models"]), *SMALL, "--mask_dir", str(masks),
+        "--output_dir", str(out), "--num_inference_steps", "50", "--samples_per_mask", "2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "samples.json").read_text())["samples"]
+    assert [r["seed"] for r in record] == [0, 1, 2, 3] and len(record) == 4
+    # every image sits next to its mask, with the mask's affine: a training pair for segmentation
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(p.name for p in (out / "labels").iterdir())
+    images = {}
+    for name in centres:
+        for seed in {"left": (0, 1), "right": (2, 3)}[name]:
+            image = nib.load(str(out / "images" / f"{name}_seed{seed}.nii.gz"))
+            label = nib.load(str(out / "labels" / f"{name}_seed{seed}.nii.gz"))
+            assert np.allclose(image.affine, label.affine) and np.array_equal(np.asanyarray(label.dataobj), _head(centres[name]))
+            images[seed] = np.asanyarray(image.dataobj)
+    for seed, name in ((0, "left"), (2, "right")):
+        labels = _head(centres[name])
+        mean = [images[seed][labels == c].mean() for c in (0, 1, 2)]
+        assert mean[0] < mean[1] < mean[2], mean  # each sample follows its own mask's classes
+    # where the masks differ, so do the samples: the tumour is bright in its own sample, not in the other
+    only_left = (_head(centres["left"]) == 2) & (_head(centres["right"]) != 2)
+    only_right = (_head(centres["right"]) == 2) & (_head(centres["left"]) != 2)
+    assert images[0][only_left].mean() > images[2][only_left].mean() + 0.3
+    assert images[2][only_right].mean() > images[0][only_right].mean() + 0.3
+    assert not np.allclose(images[0], images[1])  # two seeds, two different images for one mask
+
+
+def test_masks_that_do_not_fit_are_named(trained, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    cases = {
+        "labels.nii.gz": (np.where(_head((8, 8, 8)) == 2, 5, _head((8, 8, 8))).astype(np.uint8), np.eye(4), "label values \\[5.0\\] are not in the expected label set"),
+        "shape.nii.gz": (np.zeros((SIZE, SIZE, 8), np.uint8), np.eye(4), "mask of shape \\(16, 16, 8\\), but the model makes images of \\(16, 16, 16\\)"),
+        "spacing.nii.gz": (_head(None), np.diag([2.0, 2.0, 2.0, 1.0]), "voxels of \\(2.0, 2.0, 2.0\\) mm, but the model was trained at \\(1.0, 1.0, 1.0\\) mm"),
+    }
+    for name, (labels, affine, message) in cases.items():
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        nib.save(nib.Nifti1Image(labels, affine), str(folder / name))
+        result = run_bundle(
+            f"{CONFIGS}/inference.json", "--ckpt_dir", str(trained["models"]), *SMALL, "--mask_dir", str(folder),
+            "--output_dir", str(tmp_path / "out"), "--num_inference_steps", "2",
+        )
+        assert result.returncode != 0
+        assert str(folder / name) in result.stderr, result.stderr[-2000:]
+        assert re.search(message, result.stderr), (name, result.stderr[-2000:])
+    assert not (tmp_path / "out").exists()  # every mask is checked before anything is sampled
+
+
+def test_pairs_are_checked_before_training(tmp_path):
+    data = _write_pairs(tmp_path / "data", 3)
+    (data / "labels" / "case_1.nii.gz").unlink()
+    nib.save(nib.Nifti1Image(np.zeros((SIZE, SIZE, 12), np.uint8), np.eye(4)), str(data / "labels" / "case_2.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((SIZE,) * 3, np.uint8), np.eye(4) * 2), str(data / "labels" / "case_0.nii.gz"))
+    with pytest.raises(DatasetError) as info:
+        paired_datalist(data)
+    message = str(info.value)
+    assert "3 of 3 image/label pairs" in message
+    assert f"{data / 'images' / 'case_1.nii.gz'}: has no label" in message
+    assert f"{data / 'labels' / 'case_2.nii.gz'}: label mask of shape (16, 16, 12) does not match its image" in message
+    assert f"{data / 'labels' / 'case_0.nii.gz'}: its affine" in message
+    with pytest.raises(DatasetError, match="needs images/ and labels/ folders"):
+        paired_datalist(tmp_path)
+
+
+def test_full_size_defaults_match_the_paper():
+    parser = ConfigParser()
+    parser.read_config(str(REPO / CONFIGS / "train.json"))
+    network = parser.get_parsed_content("network_def")
+    assert (network.in_channels, network.out_channels) == (3, 1)  # image + head + tumour channels in, image out
+    assert parser["network_def"]["channels"] == [64, 64, 128, 192, 256] and parser["network_def"]["num_res_blocks"] == 1
+    assert parser["network_def"]["attention_levels"] == [False, False, False, True, False]  # 16^3 of 128^3
+    assert parser["num_train_timesteps"] == 250 and parser["lr"] == 1e-5 and parser["image_size"] == [128, 128, 128]
+    assert parser["noise_scheduler"]["schedule"] == "cosine" and parser["ema"]["decay"] == 0.995
+    meta = json.loads((REPO / CONFIGS / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"] and "einops" in meta["required_packages_version"]
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert (image["num_channels"], image["spatial_shape"]) == (network.in_channels, parser["image_size"])
+
+
+def test_evaluate_writes_the_metrics_that_apply(trained, tmp_path):
+    out = tmp_path / "evaluated"
+    result = run_bundle(
+        f"['{CONFIGS}/train.json','{CONFIGS}/inference.json','{CONFIGS}/evaluate.json']",
+        "--dataset_dir", str(trained["data"]), "--ckpt_dir", str(trained["models"]), *SMALL, "--num_workers", "0",
+        "--output_dir", str(out), "--num_inference_steps", "10", "--num_masks", "5", "--samples_for_one_mask", "2",
+        "--heldout_fraction", "0.25", "--utility_epochs", "3",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert (metrics["masks"], metrics["test_pairs"]) == (5, 2)
+    assert "at least 25 voxels per axis" in metrics["diversity_ms_ssim"]["synthetic_one_mask"]["skipped"]  # 16^3
+    synthetic, real = metrics["class_mean_intensity"]["synthetic"], metrics["class_mean_intensity"]["real"]
+    assert real[0] < real[1] < real[2] and synthetic[0] < synthetic[2]  # the samples follow the masks' classes
+    assert metrics["memorisation_audit"]["real_volumes_searched"] == 8
+    assert set(metrics["segmentation_utility"]) >= {"trained_on_synthetic", "trained_on_real"}
+    assert (out / "evaluation" / "masks_real_synthetic.png").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_training_and_sampling(trained, tmp_path):
+    models = tmp_path / "models"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
+    result = subprocess.run(
+        [*command, "--config_file", f"['{CONFIGS}/train.json','{CONFIGS}/multi_gpu_train.json']",
+         "--dataset_dir", str(trained["data"]), "--ckpt_dir", str(models), "--log_dir", str(tmp_path / "logs"), *SMALL,
+         "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "2", "--save_interval", "0",
+         "--finalize", f"['$torch.save(@network.module.state_dict(), \\'{tmp_path}/rank\\' + str(dist.get_rank()) + \\'.pt\\')', '$dist.destroy_process_group()']"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert sorted(p.name for p in models.iterdir()) == ["diffusion.pt"]  # written once, by rank 0
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name, centre in (("a", (5, 8, 8)), ("b", (10, 8, 8)), ("c", (8, 5, 8))):
+        nib.save(nib.Nifti1Image(_head(centre), np.eye(4)), str(masks / f"{name}.nii.gz"))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [*command, "--config_file", f"['{CONFIGS}/inference.json','{CONFIGS}/multi_gpu_inference.json']",
+         "--ckpt_dir", str(trained["models"]), *SMALL, "--mask_dir", str(masks), "--output_dir", str(out),
+         "--num_inference_steps", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "samples.json").read_text())["samples"]
+    assert [r["seed"] for r in record] == [0, 1, 2] and sorted(p.name for p in (out / "images").iterdir()) == [
+        "a_seed0.nii.gz", "b_seed1.nii.gz", "c_seed2.nii.gz"]
+
+
+def test_the_brats_variant_reads_four_modalities_and_adds_the_brain_area(tmp_path):
+    rng = np.random.default_rng(0)
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    labels = np.zeros((24, 24, 20), np.uint8)
+    labels[8:14, 8:14, 6:12] = 2
+    labels[10:12, 10:12, 8:10] = 4  # BraTS: 1, 2, 4 are tumour parts
+    brain = np.zeros_like(labels, dtype=np.float32)
+    brain[4:20, 4:20, 3:17] = 1.0
+    modalities = np.stack([brain * (k + 1) + 0.01 * rng.standard_normal(labels.shape) for k in range(4)], -1).astype(np.float32)
+    nib.save(nib.Nifti1Image(modalities, np.eye(4)), str(tmp_path / "images" / "brats_001.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / "labels" / "brats_001.nii.gz"))
+    parser = ConfigParser()
+    parser.read_config([str(REPO / CONFIGS / "train.json"), str(REPO / CONFIGS / "brats_multimodal.json")])
+    parser.update({"dataset_dir": str(tmp_path), "crop_size": [24, 24, 20], "image_size": [24, 24, 20], "num_workers": 0, "cache_rate": 0.0})
+    item = parser.get_parsed_content("train#dataset")[0]
+    assert item["image"].shape == (4, 24, 24, 20) and item["label"].shape == (4, 24, 24, 20)
+    classes = item["label"].argmax(0) + 1
+    inside = item["label"].sum(0) > 0
+    assert torch.equal(inside, torch.as_tensor(brain > 0) | torch.as_tensor(labels > 0))  # brain area added from T1
+    assert set(classes[inside].unique().tolist()) == {2, 3, 4}  # 2 -> 2, 4 -> 3, brain area -> 4
+    network = parser.get_parsed_content("network_def")
+    assert (network.in_channels, network.out_channels) == (8, 4)
