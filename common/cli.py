@@ -116,6 +116,11 @@ def _run_stages(
     overrides: dict[str, Any],
 ) -> str:
     configs = bundle_dir(bundle) / "configs"
+    if not (configs / "train_autoencoder.json").is_file():
+        raise ValueError(
+            f"'{bundle}' is not a latent-diffusion bundle (no train_autoencoder.json); run its own configs with "
+            f"python -m monai.bundle run, as its docs/README.md shows."
+        )
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if isinstance(stages, str) else list(stages)
     unknown = set(chosen) - set(STAGES)
     if unknown:

@@ -31,7 +31,11 @@ import torch
 __all__ = ["PackagingError", "UnsafeArchiveError", "package_bundle", "unpack_bundle"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-INFERENCE_WEIGHTS = {"autoencoder.pt": "autoencoder", "diffusion.pt": "ema_network"}  # file -> entry inference reads
+# per kind of bundle: checkpoint file -> the entry inference reads
+INFERENCE_WEIGHTS = {
+    "latent": {"autoencoder.pt": "autoencoder", "diffusion.pt": "ema_network"},
+    "mask_conditioned": {"diffusion.pt": "ema_network"},
+}
 
 
 class PackagingError(RuntimeError):
@@ -126,11 +130,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _inference_weights(ckpt_dir: Path, models: Path) -> None:
+def _kind(configs: Path) -> str:
+    """"latent" (VQ-GAN + latent DDPM, Medical Diffusion) or "mask_conditioned" (pixel-space DDPM, Med-DDPM)."""
+    return "latent" if (configs / "train_autoencoder.json").is_file() else "mask_conditioned"
+
+
+def _inference_weights(ckpt_dir: Path, models: Path, kind: str) -> None:
     """Copy the entries inference reads (VQ-GAN, EMA denoiser) of the final checkpoints, without optimizer state."""
     from common.checkpoints import CheckpointError, read_checkpoint
 
-    for name, key in INFERENCE_WEIGHTS.items():
+    for name, key in INFERENCE_WEIGHTS[kind].items():
         try:
             checkpoint = read_checkpoint(ckpt_dir / name)
         except CheckpointError as error:
@@ -150,11 +159,16 @@ def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
     parser.read_config([str(bundle_dir / "configs" / "inference.json")])
     parser.update({"bundle_root": str(bundle_dir), "device": "$torch.device('cpu')"})
     embedded = {"inference": configs["inference.json"], "metadata": configs["metadata.json"]}
-    autoencoder = parser.get_parsed_content("latent_autoencoder").autoencoder
-    image = torch.rand(1, 1, *parser["image_size"]) * 2 - 1
-    export_torchscript(autoencoder, (image,), bundle_dir / "models" / "autoencoder.ts", embedded)
-    latent = torch.randn(1, *parser.get_parsed_content("latent_shape"))
-    export_torchscript(parser.get_parsed_content("network"), (latent, torch.tensor([1])), bundle_dir / "models" / "diffusion.ts", embedded)
+    models = bundle_dir / "models"
+    if _kind(bundle_dir / "configs") == "latent":
+        autoencoder = parser.get_parsed_content("latent_autoencoder").autoencoder
+        image = torch.rand(1, 1, *parser["image_size"]) * 2 - 1
+        export_torchscript(autoencoder, (image,), models / "autoencoder.ts", embedded)
+        noisy = torch.randn(1, *parser.get_parsed_content("latent_shape"))
+    else:  # the noisy image with the one-hot mask channels
+        channels = parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes")
+        noisy = torch.randn(1, channels, *parser["image_size"])
+    export_torchscript(parser.get_parsed_content("network"), (noisy, torch.tensor([1])), models / "diffusion.ts", embedded)
 
 
 def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict:
@@ -163,28 +177,48 @@ def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict
 
     parser = ConfigParser(inference)
     image_size = list(parser["image_size"])
-    embedding = parser["autoencoder_def"]["embedding_dim"]
-    factor = parser["autoencoder_def"]["downsample_factor"]
-    latent_shape = [s // factor for s in image_size]
-    for part in ("inputs", "outputs"):
-        for entry in metadata["autoencoder_data_format"][part].values():
-            entry["spatial_shape"] = image_size
-        for entry in metadata["network_data_format"][part].values():
-            if entry["spatial_shape"]:
-                entry["spatial_shape"], entry["num_channels"] = latent_shape, embedding
+    if "autoencoder_data_format" in metadata:  # latent: the denoiser sees the VQ-GAN's latents
+        embedding = parser["autoencoder_def"]["embedding_dim"]
+        latent_shape = [s // parser["autoencoder_def"]["downsample_factor"] for s in image_size]
+        for part in ("inputs", "outputs"):
+            for entry in metadata["autoencoder_data_format"][part].values():
+                entry["spatial_shape"] = image_size
+            for entry in metadata["network_data_format"][part].values():
+                if entry["spatial_shape"]:
+                    entry["spatial_shape"], entry["num_channels"] = latent_shape, embedding
+    else:  # mask-conditioned: image + mask channels in, image channels out
+        channels = {"inputs": parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes"),
+                    "outputs": parser.get_parsed_content("image_channels")}
+        for part in ("inputs", "outputs"):
+            for entry in metadata["network_data_format"][part].values():
+                if entry["spatial_shape"]:
+                    entry["spatial_shape"], entry["num_channels"] = image_size, channels[part]
     if metrics_file is not None:
-        metrics = json.loads(Path(metrics_file).read_text())
-        metadata["eval_metrics"] = {
-            "samples": metrics["samples"],
-            "diversity_ms_ssim_synthetic": metrics["diversity_ms_ssim"]["synthetic"],
-            "diversity_ms_ssim_real": metrics["diversity_ms_ssim"]["real"],
-            "mmd_synthetic_vs_real": metrics["mmd"]["synthetic_vs_real"],
-            "slice_consistency_ssim_synthetic": metrics["slice_consistency_ssim"]["synthetic"],
-            "slice_consistency_ssim_real": metrics["slice_consistency_ssim"]["real"],
-            "reconstruction_psnr_db": metrics["reconstruction"]["psnr_db"]["mean"],
+        metadata["eval_metrics"] = _eval_metrics(json.loads(Path(metrics_file).read_text()))
+    return metadata
+
+
+def _eval_metrics(metrics: dict) -> dict[str, Any]:
+    """The headline numbers of an ``evaluate.json`` run for ``eval_metrics``."""
+    if "segmentation_utility" in metrics:  # mask-conditioned
+        utility = metrics["segmentation_utility"]
+        return {
+            "masks": metrics["masks"],
+            "dice_per_class_trained_on_synthetic": utility["trained_on_synthetic"]["dice_per_class"],
+            "dice_per_class_trained_on_real": utility["trained_on_real"]["dice_per_class"],
+            "mmd_synthetic_vs_real_same_masks": metrics["mmd"]["synthetic_vs_real_same_masks"],
             "near_copies": len(metrics["memorisation_audit"]["near_copies"]),
         }
-    return metadata
+    return {
+        "samples": metrics["samples"],
+        "diversity_ms_ssim_synthetic": metrics["diversity_ms_ssim"]["synthetic"],
+        "diversity_ms_ssim_real": metrics["diversity_ms_ssim"]["real"],
+        "mmd_synthetic_vs_real": metrics["mmd"]["synthetic_vs_real"],
+        "slice_consistency_ssim_synthetic": metrics["slice_consistency_ssim"]["synthetic"],
+        "slice_consistency_ssim_real": metrics["slice_consistency_ssim"]["real"],
+        "reconstruction_psnr_db": metrics["reconstruction"]["psnr_db"]["mean"],
+        "near_copies": len(metrics["memorisation_audit"]["near_copies"]),
+    }
 
 
 def package_bundle(
@@ -199,7 +233,7 @@ def package_bundle(
 
     Args:
         bundle: bundle name under ``bundles/``.
-        ckpt_dir: folder with the final ``autoencoder.pt`` and ``diffusion.pt`` of training.
+        ckpt_dir: folder with the final ``autoencoder.pt`` (latent bundles) and ``diffusion.pt`` of training.
         output_dir: where ``<bundle>/`` and ``<bundle>_v<version>.zip`` are written (replacing earlier ones).
         overrides: the config overrides the models were trained with (e.g. ``{"image_size": [32, 32, 32]}``),
             written into the packaged configs so their networks fit the weights.
@@ -232,7 +266,7 @@ def package_bundle(
             (folder / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
         shutil.copytree(REPO_ROOT / "common", folder / "common", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (folder / "models").mkdir()
-        _inference_weights(Path(ckpt_dir), folder / "models")
+        _inference_weights(Path(ckpt_dir), folder / "models", _kind(source / "configs"))
         _export_networks(folder, configs)
         entries = [
             f'  - path: "models/{p.name}"\n    url: ""\n    hash_val: "{_sha256(p)}"\n    hash_type: "sha256"'

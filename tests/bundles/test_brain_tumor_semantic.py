@@ -15,6 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.data import DatasetError
+from common.packaging import package_bundle
 from common.semantic import paired_datalist
 from tests.bundles.bundle_runs import REPO, run_bundle
 
@@ -226,3 +227,31 @@ def test_the_brats_variant_reads_four_modalities_and_adds_the_brain_area(tmp_pat
     assert set(classes[inside].unique().tolist()) == {2, 3, 4}  # 2 -> 2, 4 -> 3, brain area -> 4
     network = parser.get_parsed_content("network_def")
     assert (network.in_channels, network.out_channels) == (8, 4)
+
+
+def test_packaged_with_a_torchscript_denoiser_that_matches(trained, tmp_path):
+    overrides = {
+        "image_size": [SIZE] * 3, "crop_size": [SIZE] * 3, "spacing": [1.0] * 3, "network_def#channels": [16, 32],
+        "network_def#attention_levels": [False, True], "network_def#num_head_channels": [16, 32], "network_def#norm_num_groups": 8,
+    }
+    archive = package_bundle("brain_tumor_semantic", trained["models"], tmp_path, overrides)
+    folder = tmp_path / "brain_tumor_semantic"
+    assert archive.name == "brain_tumor_semantic_v0.1.0.zip"
+    assert sorted(p.name for p in (folder / "models").iterdir()) == ["diffusion.pt", "diffusion.ts"]
+    image = json.loads((folder / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
+    assert (image["num_channels"], image["spatial_shape"]) == (3, [SIZE] * 3)
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(folder)})
+    network = parser.get_parsed_content("network").eval()
+    traced = torch.jit.load(str(folder / "models" / "diffusion.ts"))
+    noisy, timesteps = torch.randn(2, 3, SIZE, SIZE, SIZE), torch.tensor([5, 200])
+    with torch.no_grad():
+        assert torch.allclose(traced(noisy, timesteps), network(noisy, timesteps), atol=1e-4)
+
+
+def test_the_latent_pipeline_command_says_it_does_not_run_this_bundle(tmp_path):
+    from common.cli import pipeline
+
+    with pytest.raises(ValueError, match="'brain_tumor_semantic' is not a latent-diffusion bundle"):
+        pipeline("brain_tumor_semantic", str(tmp_path))
