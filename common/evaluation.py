@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from common import metrics, visualize
 
-__all__ = ["SyntheticDataEvaluator", "memorisation_audit", "volume_name", "write_json"]
+__all__ = ["SyntheticDataEvaluator", "TimedParts", "memorisation_audit", "volume_name", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,19 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-class SyntheticDataEvaluator:
+class TimedParts:
+    """Records the seconds each named part of an evaluation takes, for the ``seconds`` of ``metrics.json``."""
+
+    seconds: dict[str, float]
+
+    def timed(self, name: str, compute: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        result = compute()
+        self.seconds[name] = round(time.perf_counter() - started, 3)
+        return result
+
+
+class SyntheticDataEvaluator(TimedParts):
     """Compare the samples in ``samples_dir`` with the real volumes of ``real_dataset``.
 
     Args:
@@ -190,12 +202,6 @@ class SyntheticDataEvaluator:
             yield volume_name(data[index] if data is not None else None, index), torch.as_tensor(image, dtype=torch.float32)
 
     # ----- the parts of metrics.json
-    def timed(self, name: str, compute: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
-        result = compute()
-        self.seconds[name] = round(time.perf_counter() - started, 3)
-        return result
-
     def scan_real(self, samples: torch.Tensor) -> dict[str, Any]:
         """One pass over the real volumes: keep the first ``reference_volumes``, and find the nearest real volume
         of every sample (also flipped) over all of them."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from monai.data import DataLoader
 from torch.utils.data import Dataset
 
 from common import metrics, utility, visualize
-from common.evaluation import memorisation_audit, volume_name, write_json
+from common.evaluation import TimedParts, memorisation_audit, volume_name, write_json
 from common.semantic import MaskConditionedSampler
 
 __all__ = ["MaskConditionedEvaluator", "classes_of"]
@@ -28,7 +26,7 @@ def classes_of(onehot: torch.Tensor) -> torch.Tensor:
     return torch.where(onehot.sum(0, keepdim=True) > 0, onehot.argmax(0, keepdim=True) + 1, 0).long()
 
 
-class MaskConditionedEvaluator:
+class MaskConditionedEvaluator(TimedParts):
     """Sample for the masks of real pairs and compare, writing ``metrics.json`` and pictures to ``evaluation_dir``.
 
     Args:
@@ -97,12 +95,6 @@ class MaskConditionedEvaluator:
             name = volume_name(data[index] if data is not None else None, index)
             found.append((name, torch.as_tensor(item["image"][0]).float(), classes_of(torch.as_tensor(item["label"][0]))))
         return found
-
-    def timed(self, name: str, compute: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
-        result = compute()
-        self.seconds[name] = round(time.perf_counter() - started, 3)
-        return result
 
     def _diversity(self, volumes: torch.Tensor) -> float | dict[str, str]:
         try:
