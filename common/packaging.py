@@ -162,6 +162,8 @@ def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
     models = bundle_dir / "models"
     if _kind(bundle_dir / "configs") == "latent":
         autoencoder = parser.get_parsed_content("latent_autoencoder").autoencoder
+        if hasattr(autoencoder, "codebook"):  # faiss runs outside torch: a trace would freeze its answers
+            autoencoder.codebook.search_backend = "torch"
         image = torch.rand(1, 1, *parser["image_size"]) * 2 - 1
         export_torchscript(autoencoder, (image,), models / "autoencoder.ts", embedded)
         noisy = torch.randn(1, *parser.get_parsed_content("latent_shape"))

@@ -3,8 +3,8 @@
 MONAI's ``EMAQuantizer`` is the base: same buffers, same EMA update and commitment loss, so state dicts stay
 compatible with ``monai.networks.nets.VQVAE``. What it adds is what the Medical Diffusion VQ-GAN needs at
 16384 codes: the codebook is initialised from the first training batch's encoder outputs, codes that fall out
-of use are re-seeded from current encoder outputs (usage must not collapse), and the nearest-code search works
-on chunks of vectors with no (vectors x codes) distance or one-hot matrix held at once.
+of use are re-seeded from current encoder outputs (usage must not collapse), and the nearest-code search holds
+no (vectors x codes) distance or one-hot matrix at once (``common.networks.nearest_code``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from monai.networks.layers.vector_quantizer import EMAQuantizer
+
+from common.networks.nearest_code import BACKENDS, nearest_code
 
 __all__ = ["CodebookQuantizer"]
 
@@ -29,7 +31,10 @@ class CodebookQuantizer(EMAQuantizer):
         epsilon: Laplace smoothing of the EMA cluster sizes.
         dead_code_threshold: a code whose EMA cluster size (its smoothed use per step) falls below this is
             re-seeded from a random encoder output of the current batch; 0 disables restarts.
-        max_distances: how many vector-code distances one search chunk may hold (memory bound of the search).
+        max_distances: how many vector-code distances one search chunk of the torch backend may hold (its memory
+            bound).
+        search_backend: "auto" (faiss on the CPU when ``faiss-cpu`` is installed, else chunked torch), "faiss" or
+            "torch"; see ``common.networks.nearest_code``. All give the same codes.
         ddp_sync: under ``torch.distributed``, sum the EMA statistics over ranks and take initial and
             restarted codes from rank 0 so every rank keeps the same codebook.
     """
@@ -43,7 +48,8 @@ class CodebookQuantizer(EMAQuantizer):
         decay: float = 0.99,
         epsilon: float = 1e-5,
         dead_code_threshold: float = 1.0,
-        max_distances: int = 2**24,
+        max_distances: int = 2**20,
+        search_backend: str = "auto",
         ddp_sync: bool = True,
     ) -> None:
         super().__init__(
@@ -61,25 +67,19 @@ class CodebookQuantizer(EMAQuantizer):
             raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold}.")
         if max_distances < num_embeddings:
             raise ValueError(f"max_distances ({max_distances}) must hold at least one row of {num_embeddings} codes.")
+        if search_backend not in BACKENDS:
+            raise ValueError(f"search_backend must be one of {BACKENDS}, got {search_backend!r}.")
         self.dead_code_threshold = dead_code_threshold
         self.max_distances = max_distances
+        self.search_backend = search_backend
         self.register_buffer("initialized", torch.tensor(False))
         self.initialized: torch.Tensor
         self.last_usage = 0.0
         self.last_restarts = 0
 
     def search(self, flat_inputs: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code for every row of ``flat_inputs`` (N, embedding_dim), chunk by chunk."""
-        codes = self.embedding.weight.float()
-        codes_sq = (codes**2).sum(dim=1)
-        chunk = max(1, self.max_distances // self.num_embeddings)
-        indices = torch.empty(flat_inputs.shape[0], dtype=torch.long, device=flat_inputs.device)
-        for start in range(0, flat_inputs.shape[0], chunk):
-            part = flat_inputs[start : start + chunk].float()
-            # |x|^2 + |e|^2 - 2 x.e, as in EMAQuantizer.quantize, so ties break the same way
-            distances = (part**2).sum(dim=1, keepdim=True) + codes_sq[None] - 2 * part @ codes.t()
-            indices[start : start + chunk] = distances.argmin(dim=1)
-        return indices
+        """Index of the nearest code for every row of ``flat_inputs`` (N, embedding_dim)."""
+        return nearest_code(flat_inputs, self.embedding.weight, self.max_distances, self.search_backend)
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Quantize ``inputs`` (B, C, spatial...); in training mode also update the codebook."""

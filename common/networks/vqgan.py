@@ -37,7 +37,8 @@ class VQGAN(VQVAE):
         dead_code_threshold: see ``CodebookQuantizer``.
         act: activation of the encoder and decoder (the paper: SiLU, called SWISH in MONAI).
         use_checkpointing: gradient checkpointing of encoder and decoder to save memory.
-        max_distances: memory bound of the nearest-code search, see ``CodebookQuantizer``.
+        max_distances: memory bound of the torch nearest-code search, see ``CodebookQuantizer``.
+        search_backend: "auto", "faiss" or "torch" nearest-code search, see ``CodebookQuantizer``.
         ddp_sync: keep the codebook identical across ``torch.distributed`` ranks (set False for TorchScript).
     """
 
@@ -56,7 +57,8 @@ class VQGAN(VQVAE):
         dead_code_threshold: float = 1.0,
         act: str = "SWISH",
         use_checkpointing: bool = False,
-        max_distances: int = 2**24,
+        max_distances: int = 2**20,
+        search_backend: str = "auto",
         ddp_sync: bool = True,
     ) -> None:
         if downsample_factor < 1 or downsample_factor & (downsample_factor - 1):
@@ -92,6 +94,7 @@ class VQGAN(VQVAE):
                 decay=decay,
                 dead_code_threshold=dead_code_threshold,
                 max_distances=max_distances,
+                search_backend=search_backend,
                 ddp_sync=ddp_sync,
             )
         )

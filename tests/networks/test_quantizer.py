@@ -5,14 +5,29 @@ import torch
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 
 from common.networks import CodebookQuantizer
+from common.networks.nearest_code import nearest_code
 
 
-def test_chunked_search_picks_the_same_codes_as_the_full_matrix():
-    quantizer = CodebookQuantizer(3, num_embeddings=512, embedding_dim=8, max_distances=512 * 37)
+@pytest.mark.parametrize("backend", ["torch", "faiss", "auto"])
+def test_every_search_backend_picks_the_same_codes_as_the_full_matrix(backend):
+    quantizer = CodebookQuantizer(3, num_embeddings=512, embedding_dim=8, max_distances=512 * 37, search_backend=backend)
     latents = torch.randn(2, 8, 6, 7, 5)
     reference = EMAQuantizer.quantize(quantizer, latents)[2]  # MONAI's full (vectors x codes) matrix
     flat = latents.movedim(1, -1).reshape(-1, 8)
     assert torch.equal(quantizer.search(flat).view(reference.shape), reference)
+    many, codes = torch.randn(20000, 8), torch.randn(4096, 8)
+    full = torch.cdist(many.double(), codes.double()).argmin(1)
+    assert torch.equal(nearest_code(many, codes, max_distances=4096 * 100, backend=backend), full)
+
+
+def test_without_faiss_auto_falls_back_and_faiss_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr("common.networks.nearest_code.faiss_available", lambda: False)
+    vectors, codes = torch.randn(300, 4), torch.randn(50, 4)
+    assert torch.equal(nearest_code(vectors, codes, backend="auto"), torch.cdist(vectors, codes).argmin(1))
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        nearest_code(vectors, codes, backend="faiss")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nearest_code(vectors, codes, backend="gpu")
 
 
 def test_ema_update_matches_monai_one_hot_update():
