@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["DepthAttentionUNet"]
 
@@ -158,6 +159,9 @@ class DepthAttentionUNet(nn.Module):
             network where a slice lies in the volume, and short training can place anatomy shifted or wrapped
             along depth. Slices still do not mix outside the depth attention. Its projection starts at zero, so
             an untrained network is the paper's.
+        use_checkpointing: recompute each residual block and attention pair in the backward pass instead of
+            keeping its activations (``torch.utils.checkpoint``): less memory for about a third more time in
+            training; the results are the same.
     """
 
     def __init__(
@@ -173,6 +177,7 @@ class DepthAttentionUNet(nn.Module):
         norm_groups: int = 8,
         max_distance: int = 32,
         depth_position_embedding: bool = False,
+        use_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         levels = len(channels)
@@ -191,6 +196,7 @@ class DepthAttentionUNet(nn.Module):
         self.out_channels = out_channels or in_channels
         self.channels = tuple(channels)
         self.spatial_factor = 2 ** (levels - 1)
+        self.use_checkpointing = use_checkpointing
 
         time_dim = channels[0] * 4
         self.time_mlp = nn.Sequential(
@@ -274,6 +280,12 @@ class DepthAttentionUNet(nn.Module):
             raise ValueError(f"timesteps must have shape (1,) or (B,)=({x.shape[0]},), got {tuple(timesteps.shape)}.")
         return timesteps.expand(x.shape[0])
 
+    def _run(self, module: nn.Module, *args) -> torch.Tensor:
+        """``module(*args)``, recomputed in the backward pass when checkpointing in training."""
+        if self.use_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise in ``x`` (B, C, H, W, D) at ``timesteps`` (shape (1,) or (B,))."""
         timesteps = self._check_input(x, timesteps, context)
@@ -291,20 +303,20 @@ class DepthAttentionUNet(nn.Module):
         skips = []
         for blocks, attention, down in zip(self.down_blocks, self.down_attention, self.downsamplers):
             for block in blocks:
-                hidden = block(hidden, t)
-            hidden = attention(hidden, depth)
+                hidden = self._run(block, hidden, t)
+            hidden = self._run(attention, hidden, depth)
             skips.append(hidden)
             hidden = down(hidden)
 
-        hidden = self.mid_block1(hidden, t)
-        hidden = self.mid_attention(hidden, depth)
-        hidden = self.mid_block2(hidden, t)
+        hidden = self._run(self.mid_block1, hidden, t)
+        hidden = self._run(self.mid_attention, hidden, depth)
+        hidden = self._run(self.mid_block2, hidden, t)
 
         for blocks, attention, up in zip(self.up_blocks, self.up_attention, self.upsamplers):
             hidden = torch.cat([hidden, skips.pop()], dim=1)
             for block in blocks:
-                hidden = block(hidden, t)
-            hidden = up(attention(hidden, depth))
+                hidden = self._run(block, hidden, t)
+            hidden = up(self._run(attention, hidden, depth))
 
         hidden = self.final_block(torch.cat([hidden, stem], dim=1), t)
         out = self.final_conv(hidden)

@@ -156,3 +156,30 @@ def test_argument_and_input_errors():
         net(torch.randn(1, 3, 8, 8, 4), torch.tensor([1]), context=torch.randn(1, 2, 4))
     with pytest.raises(ValueError, match="timesteps"):
         net(torch.randn(2, 3, 8, 8, 4), torch.tensor([1, 2, 3]))
+
+
+def test_checkpointing_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    checkpointed = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4, use_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    x, t = torch.randn(2, 4, 8, 8, 4), torch.tensor([3, 40])
+    outputs = []
+    for network in (plain, checkpointed):
+        out = network(x, t)
+        out.square().mean().backward()
+        outputs.append((out.detach(), [p.grad.clone() for p in network.parameters()]))
+    assert torch.allclose(outputs[0][0], outputs[1][0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outputs[0][1], outputs[1][1]))
+
+
+def test_bfloat16_autocast_runs_and_stays_close():
+    torch.manual_seed(0)
+    network = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    x, t = torch.randn(1, 4, 8, 8, 4), torch.tensor([10])
+    reference = network(x, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = network(x, t)
+        low.float().square().mean().backward()
+    assert torch.isfinite(low).all() and all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
+    assert (low.float() - reference).abs().mean() < 0.05 * reference.abs().mean() + 1e-3
