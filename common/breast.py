@@ -45,7 +45,7 @@ def _check_mask_header(path: Path) -> str | None:
         shape = nib.load(str(path)).shape
     except Exception as error:
         return f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})."
-    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
+    if len(shape) != 3:
         return f"{path}: a breast mask must be 3D, got shape {tuple(shape)}."
     return None
 

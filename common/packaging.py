@@ -38,6 +38,9 @@ INFERENCE_WEIGHTS = {
 }
 
 
+VARIANT_CONFIGS = ("brats_multimodal.json",)  # overlays merged by users on top of the others
+
+
 class PackagingError(RuntimeError):
     """A trained bundle that cannot be packaged: missing weights, unknown overrides."""
 
@@ -90,7 +93,10 @@ def unpack_bundle(archive: str | os.PathLike, target_dir: str | os.PathLike) -> 
             elif tarfile.is_tarfile(archive):
                 with tarfile.open(archive) as bundle:
                     _check_tar(archive, bundle)
-                    bundle.extractall(staging, filter="data")
+                    try:
+                        bundle.extractall(staging, filter="data")  # Python >= 3.10.12 / 3.11.4: a second guard
+                    except TypeError:  # older patch releases: the member checks above are the guard
+                        bundle.extractall(staging)
             else:
                 raise ValueError(f"{archive} is not a .zip or .tar(.gz) archive.")
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
@@ -111,6 +117,9 @@ def _configs_with_overrides(configs: Path, overrides: Mapping[str, Any]) -> dict
     result, used = {}, set()
     for path in sorted(configs.glob("*.json")):
         parser = ConfigParser(ConfigParser.load_config_file(str(path)))
+        if path.name in VARIANT_CONFIGS:  # a variant's own settings are its point: copied as they are
+            result[path.name] = parser.get()
+            continue
         for key, value in overrides.items():
             if key in parser:
                 parser[key] = value
@@ -162,8 +171,8 @@ def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
     models = bundle_dir / "models"
     if _kind(bundle_dir / "configs") == "latent":
         autoencoder = parser.get_parsed_content("latent_autoencoder").autoencoder
-        if hasattr(autoencoder, "codebook"):  # faiss runs outside torch: a trace would freeze its answers
-            autoencoder.codebook.search_backend = "torch"
+        if hasattr(autoencoder, "codebook"):  # faiss runs outside torch: a trace would freeze its answers;
+            autoencoder.codebook.search_backend = "torch"  # the torch search traces as one addmm + argmin
         image = torch.rand(1, 1, *parser["image_size"]) * 2 - 1
         export_torchscript(autoencoder, (image,), models / "autoencoder.ts", embedded)
         noisy = torch.randn(1, *parser.get_parsed_content("latent_shape"))
@@ -191,10 +200,16 @@ def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict
     else:  # mask-conditioned: image + mask channels in, image channels out
         channels = {"inputs": parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes"),
                     "outputs": parser.get_parsed_content("image_channels")}
+        image_channels = parser.get_parsed_content("image_channels")
+        names = {
+            "inputs": [f"noisy image {k}" for k in range(image_channels)] + [f"mask class {c} (one-hot)" for c in range(1, channels["inputs"] - image_channels + 1)],
+            "outputs": [f"predicted noise {k}" for k in range(image_channels)],
+        }
         for part in ("inputs", "outputs"):
             for entry in metadata["network_data_format"][part].values():
                 if entry["spatial_shape"]:
                     entry["spatial_shape"], entry["num_channels"] = image_size, channels[part]
+                    entry["channel_def"] = {str(k): name for k, name in enumerate(names[part])}
     if metrics_file is not None:
         metadata["eval_metrics"] = _eval_metrics(json.loads(Path(metrics_file).read_text()))
     return metadata

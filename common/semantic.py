@@ -51,8 +51,9 @@ def check_pair(image: str | os.PathLike, label: str | os.PathLike, image_channel
     image_header, label_header = headers[image], headers[label]
     if len(label_header.shape) != 3:
         raise DatasetError(f"{label}: a label mask must be 3D, got shape {tuple(label_header.shape)}.")
+    expected = 3 if image_channels == 1 else 4  # several modalities: channels last
     channels = image_header.shape[3] if len(image_header.shape) == 4 else 1
-    if len(image_header.shape) not in (3, 4) or channels != image_channels:
+    if len(image_header.shape) != expected or channels != image_channels:
         raise DatasetError(f"{image}: expected {image_channels} 3D volume(s), got shape {tuple(image_header.shape)}.")
     if tuple(image_header.shape[:3]) != tuple(label_header.shape):
         raise DatasetError(
@@ -64,15 +65,15 @@ def check_pair(image: str | os.PathLike, label: str | os.PathLike, image_channel
 
 
 def paired_datalist(dataset_dir: str | os.PathLike, image_channels: int = 1) -> list[dict[str, str]]:
-    """``[{"image", "label"}, ...]`` of ``dataset_dir/images`` and ``dataset_dir/labels`` (same file names),
+    """``[{"image", "label"}, ...]`` of ``dataset_dir/images`` and ``dataset_dir/labels`` (the same relative paths),
     every pair checked first (``check_pair``); all problems are listed at once."""
     root = require_folder(dataset_dir)
     folders = {name: root / name for name in ("images", "labels")}
     missing = [str(folder) for folder in folders.values() if not folder.is_dir()]
     if missing:
         raise DatasetError(f"dataset_dir {root} needs images/ and labels/ folders with the same file names; missing {', '.join(missing)}.")
-    images = {Path(p).name: p for p in find_nifti_files(folders["images"])}
-    labels = {Path(p).name: p for p in find_nifti_files(folders["labels"])}
+    images = {str(Path(p).relative_to(folders["images"])): p for p in find_nifti_files(folders["images"])}
+    labels = {str(Path(p).relative_to(folders["labels"])): p for p in find_nifti_files(folders["labels"])}
     problems = [f"{images[name]}: has no label {folders['labels'] / name}." for name in sorted(set(images) - set(labels))]
     problems += [f"{labels[name]}: has no image {folders['images'] / name}." for name in sorted(set(labels) - set(images))]
     for name in sorted(set(images) & set(labels)):

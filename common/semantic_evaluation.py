@@ -152,8 +152,12 @@ class MaskConditionedEvaluator(TimedParts):
         return means
 
     def audit(self, synthetic: torch.Tensor, names: list[str], real: list) -> dict[str, Any]:
+        """Nearest real image of every sample, leaving out the real image whose mask the sample was made from
+        (it shares the anatomy of that mask by construction, so it would look like a copy)."""
         references = torch.stack([image[:1] for _, image, _ in real])
-        found = metrics.nearest_neighbours(synthetic[:, :1], references, flip_axis=None)
+        search = metrics.NearestNeighbourSearch(synthetic[:, :1], flip_axis=None)
+        search.add(references, skip=range(len(synthetic)))  # sample i was made from the mask of real pair i
+        found = search.result()
         return memorisation_audit(names, found, [name for name, _, _ in real], references, None, self.copy_threshold)
 
     def utility(self, synthetic: torch.Tensor, training: list, test: list) -> dict[str, Any]:

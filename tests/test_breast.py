@@ -61,6 +61,9 @@ def test_mask_problems_are_named(duke_folder, tmp_path):
     nib.save(nib.Nifti1Image(np.ones((8, 8), np.uint8), np.eye(4)), str(masks / "Breast_MRI_002.nii.gz"))
     with pytest.raises(DatasetError, match=r"Breast_MRI_002.nii.gz: a breast mask must be 3D, got shape \(8, 8\)"):
         breast_datalist(duke_folder, masks)
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 1), np.uint8), np.eye(4)), str(masks / "Breast_MRI_002.nii.gz"))
+    with pytest.raises(DatasetError, match=r"Breast_MRI_002.nii.gz: a breast mask must be 3D, got shape \(8, 8, 8, 1\)"):
+        breast_datalist(duke_folder, masks)
     with pytest.raises(DatasetError, match="is inside dataset_dir"):
         breast_datalist(duke_folder, duke_folder / "Breast_MRI_001")
 

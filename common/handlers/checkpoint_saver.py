@@ -83,14 +83,12 @@ class AtomicCheckpointSaver:
         self.name = name
         self.save_interval = save_interval
         self.n_saved = n_saved
-        self._periodic: list[Path] = []
+        self._periodic: list[Path] | None = None  # read from disk at the first save, after a resume or move
 
     def attach(self, engine: Engine) -> None:
         if self._writes() and self.save_dir.is_dir():
             for stale in self.save_dir.glob(f".{self.name}*.tmp"):  # left by a process killed while writing
                 stale.unlink(missing_ok=True)
-            periodic = [p for p in self.save_dir.glob(f"{self.name}_iteration=*.pt") if periodic_iteration(p, self.name) is not None]
-            self._periodic = sorted(periodic, key=lambda p: periodic_iteration(p, self.name))
         if self.save_interval:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.save_periodic)
         engine.add_event_handler(Events.COMPLETED, self.save_final)
@@ -119,7 +117,11 @@ class AtomicCheckpointSaver:
             return
         path = self.save_dir / f"{self.name}_iteration={engine.state.iteration}.pt"
         save_atomically(self.state(engine), path)
-        self._periodic.append(path)
+        if self._periodic is None:  # a resumed run's earlier periodic files count towards n_saved
+            found = [p for p in self.save_dir.glob(f"{self.name}_iteration=*.pt") if periodic_iteration(p, self.name) is not None]
+            self._periodic = sorted(found, key=lambda p: periodic_iteration(p, self.name))
+        else:
+            self._periodic = [p for p in self._periodic if p != path] + [path]
         while len(self._periodic) > self.n_saved:
             self._periodic.pop(0).unlink(missing_ok=True)
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from common.checkpoints import CheckpointError, find_latest_checkpoint, load_state, read_checkpoint
+from common.checkpoints import CheckpointError, find_latest_checkpoint, load_state, periodic_iteration, read_checkpoint
 
 __all__ = ["CheckpointResumer"]
 
@@ -22,8 +25,8 @@ class CheckpointResumer:
     With ``resume`` the networks, optimizers and EMA copy in ``load_dict``, and the iteration and epoch of the
     engine this handler is attached to, come back from the checkpoint, so training continues where the killed run stopped and ends at the same total iteration count
     (an LR scheduler given in ``load_dict`` continues its schedule too). The trainer's ``max_epochs`` stays the
-    one configured, so a longer run can be asked for. Without ``resume`` nothing is loaded, and a warning says
-    when ``save_dir`` already holds checkpoints of an earlier run that this run will overwrite.
+    one configured, so a longer run can be asked for. Without ``resume`` nothing is loaded, and checkpoints of an
+    earlier run found in ``save_dir`` are moved to ``save_dir/earlier_runs/`` with a warning.
 
     Args:
         save_dir: folder of the checkpoints (the saver's ``save_dir``).
@@ -53,14 +56,10 @@ class CheckpointResumer:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        latest = find_latest_checkpoint(self.save_dir, self.name)
         if not self.resume:
-            if latest is not None:
-                logger.warning(
-                    "%s holds checkpoints of an earlier run (newest: %s); this run starts from scratch and replaces "
-                    "them. To continue that run instead, add --resume true.", self.save_dir, latest.name,
-                )
+            self.move_earlier_run()
             return
+        latest = find_latest_checkpoint(self.save_dir, self.name)
         if latest is None:
             raise CheckpointError(f"resume is true but {self.save_dir} holds no '{self.name}' checkpoint to resume from.")
         checkpoint = read_checkpoint(latest)
@@ -74,3 +73,19 @@ class CheckpointResumer:
         if engine.state.max_epochs != max_epochs:  # the trainer's state brings the old run's length
             engine.state.max_epochs = max_epochs
         logger.info("resumed from %s at iteration %d, epoch %d.", latest, engine.state.iteration, engine.state.epoch)
+
+    def move_earlier_run(self) -> None:
+        """Move an earlier run's checkpoints of ``name`` to ``save_dir/earlier_runs/<name>_<time>/`` (rank 0),
+        so this run's files are never mixed with them, deleted by its rotation, or resumed by mistake."""
+        folder = Path(self.save_dir)
+        earlier = [p for p in folder.glob(f"{self.name}*.pt") if p.name == f"{self.name}.pt" or periodic_iteration(p, self.name) is not None]
+        if not earlier or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+            return
+        target = folder / "earlier_runs" / f"{self.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in earlier:
+            path.rename(target / path.name)
+        logger.warning(
+            "%s held checkpoints of an earlier run; this run starts from scratch, so they were moved to %s. To continue "
+            "that run instead, move them back and add --resume true.", folder, target,
+        )

@@ -4,7 +4,9 @@ The VQ-GAN looks up, for every latent vector, the nearest of 16384 codes: 65,536
 batch, 4 GiB as one matrix. ``faiss`` (``faiss-cpu``, optional) does it on the CPU with a fused kernel that never
 holds the matrix; otherwise chunks of at most ``max_distances`` distances are computed with one ``addmm`` each
 (the vectors' own norms are left out: they do not change which code is nearest) and reduced by ``argmin``.
-Both give the code a full distance matrix's ``argmin`` gives.
+Both give the code a full distance matrix's ``argmin`` gives. Under ``torch.jit.trace`` the torch search is one
+unchunked ``addmm`` (a chunk loop would be frozen to the tracing input's size), so traced exports hold the full
+matrix of their input.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def faiss_available() -> bool:
 
 def _torch_search(vectors: torch.Tensor, codes: torch.Tensor, max_distances: int) -> torch.Tensor:
     codes_sq = codes.square().sum(1)
+    if torch.jit.is_tracing():  # a traced chunk loop would be unrolled for the tracing input's size only
+        return torch.addmm(codes_sq, vectors, codes.t(), alpha=-2).argmin(dim=1)
     chunk = max(1, max_distances // codes.shape[0])
     indices = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)
     for start in range(0, vectors.shape[0], chunk):

@@ -239,7 +239,9 @@ def test_packaged_with_a_torchscript_denoiser_that_matches(trained, tmp_path):
     assert archive.name == "brain_tumor_semantic_v0.1.0.zip"
     assert sorted(p.name for p in (folder / "models").iterdir()) == ["diffusion.pt", "diffusion.ts"]
     image = json.loads((folder / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
-    assert (image["num_channels"], image["spatial_shape"]) == (3, [SIZE] * 3)
+    assert (image["num_channels"], image["spatial_shape"], len(image["channel_def"])) == (3, [SIZE] * 3, 3)
+    # the BraTS overlay keeps its own settings: the overrides of this model are not written into it
+    assert (folder / "configs" / "brats_multimodal.json").read_text() == (REPO / CONFIGS / "brats_multimodal.json").read_text()
     parser = ConfigParser()
     parser.read_config(str(folder / "configs" / "inference.json"))
     parser.update({"bundle_root": str(folder)})
@@ -255,3 +257,16 @@ def test_the_latent_pipeline_command_says_it_does_not_run_this_bundle(tmp_path):
 
     with pytest.raises(ValueError, match="'brain_tumor_semantic' is not a latent-diffusion bundle"):
         pipeline("brain_tumor_semantic", str(tmp_path))
+
+
+def test_pairs_in_subfolders_are_matched_by_their_relative_path(tmp_path):
+    for folder, value in (("site_a", 1.0), ("site_b", 2.0)):
+        for sub in ("images", "labels"):
+            (tmp_path / sub / folder).mkdir(parents=True)
+        nib.save(nib.Nifti1Image(np.full((SIZE,) * 3, value, np.float32), np.eye(4)), str(tmp_path / "images" / folder / "case.nii.gz"))
+        nib.save(nib.Nifti1Image(_head(None), np.eye(4)), str(tmp_path / "labels" / folder / "case.nii.gz"))
+    pairs = paired_datalist(tmp_path)
+    assert [(Path(p["image"]).parent.name, Path(p["label"]).parent.name) for p in pairs] == [("site_a", "site_a"), ("site_b", "site_b")]
+    nib.save(nib.Nifti1Image(np.zeros((SIZE, SIZE, SIZE, 1), np.float32), np.eye(4)), str(tmp_path / "images" / "site_a" / "case.nii.gz"))
+    with pytest.raises(DatasetError, match=r"expected 1 3D volume\(s\), got shape \(16, 16, 16, 1\)"):
+        paired_datalist(tmp_path)

@@ -53,13 +53,17 @@ def test_a_crashed_run_resumes_and_ends_at_the_same_iteration(tmp_path):
     assert all(state["step"] == 15 for state in optimizer.state.values())  # Adam's own counters continued
 
 
-def test_without_resume_a_warning_names_the_earlier_run(tmp_path, caplog):
+def test_without_resume_an_earlier_run_is_moved_aside_not_mixed_in(tmp_path, caplog):
     engine, _, _ = _training(tmp_path)
-    engine.run(range(5), max_epochs=1)
+    engine.run(range(5), max_epochs=2)  # writes m_iteration=8, m_iteration=10 and m.pt
     engine, _, iterations = _training(tmp_path)
     with caplog.at_level(logging.WARNING):
-        engine.run(range(5), max_epochs=1)
-    assert iterations[0] == 1 and "holds checkpoints of an earlier run (newest: m" in caplog.text and "--resume true" in caplog.text
+        engine.run(range(5), max_epochs=1)  # a new, shorter run: m_iteration=2, 4 and m.pt
+    assert iterations[0] == 1 and "moved to" in caplog.text and "--resume true" in caplog.text
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["m.pt", "m_iteration=2.pt", "m_iteration=4.pt"]
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["trainer"]["iteration"] == 5
+    (moved,) = (tmp_path / "earlier_runs").iterdir()
+    assert sorted(p.name for p in moved.iterdir()) == ["m.pt", "m_iteration=10.pt", "m_iteration=8.pt"]
 
 
 def test_resume_errors_are_clear(tmp_path):
