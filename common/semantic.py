@@ -152,9 +152,12 @@ class MaskConditionedSampler:
         """A mask's classes (1, H, W, D); ``DatasetError`` naming the file for the wrong shape, spacing or labels."""
         try:
             classes = self.read_mask(path)
-        except DatasetError:
-            raise
-        except Exception as error:  # unreadable files: MONAI's reader errors, wrapped to name the file plainly
+        except Exception as error:
+            cause: BaseException | None = error  # MONAI's Compose wraps a transform's error in "applying transform"
+            while cause is not None and not isinstance(cause, DatasetError):
+                cause = cause.__cause__
+            if cause is not None:
+                raise cause from None
             raise DatasetError(f"{path}: cannot be read as a label mask ({type(error).__name__}: {error}).") from error
         if tuple(classes.shape) != (1, *self.image_size):
             raise DatasetError(

@@ -101,25 +101,32 @@ def test_samples_follow_their_masks(trained, tmp_path):
 
 
 def test_masks_that_do_not_fit_are_named(trained, tmp_path):
-    masks = tmp_path / "masks"
-    masks.mkdir()
     cases = {
         "labels.nii.gz": (np.where(_head((8, 8, 8)) == 2, 5, _head((8, 8, 8))).astype(np.uint8), np.eye(4), "label values \\[5.0\\] are not in the expected label set"),
         "shape.nii.gz": (np.zeros((SIZE, SIZE, 8), np.uint8), np.eye(4), "mask of shape \\(16, 16, 8\\), but the model makes images of \\(16, 16, 16\\)"),
         "spacing.nii.gz": (_head(None), np.diag([2.0, 2.0, 2.0, 1.0]), "voxels of \\(2.0, 2.0, 2.0\\) mm, but the model was trained at \\(1.0, 1.0, 1.0\\) mm"),
     }
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    nib.save(nib.Nifti1Image(_head((8, 8, 8)), np.eye(4)), str(masks / "a_good_one.nii.gz"))
     for name, (labels, affine, message) in cases.items():
-        folder = tmp_path / name.split(".")[0]
-        folder.mkdir()
-        nib.save(nib.Nifti1Image(labels, affine), str(folder / name))
-        result = run_bundle(
-            f"{CONFIGS}/inference.json", "--ckpt_dir", str(trained["models"]), *SMALL, "--mask_dir", str(folder),
-            "--output_dir", str(tmp_path / "out"), "--num_inference_steps", "2",
-        )
-        assert result.returncode != 0
-        assert str(folder / name) in result.stderr, result.stderr[-2000:]
-        assert re.search(message, result.stderr), (name, result.stderr[-2000:])
-    assert not (tmp_path / "out").exists()  # every mask is checked before anything is sampled
+        nib.save(nib.Nifti1Image(labels, affine), str(masks / name))
+    # every mask is checked before anything is sampled; the run names each bad file (the first it meets here)
+    result = run_bundle(
+        f"{CONFIGS}/inference.json", "--ckpt_dir", str(trained["models"]), *SMALL, "--mask_dir", str(masks),
+        "--output_dir", str(tmp_path / "out"), "--num_inference_steps", "2",
+    )
+    assert result.returncode != 0 and f"{masks / 'labels.nii.gz'}: label values [5.0]" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+    parser = ConfigParser()
+    parser.read_config(str(REPO / CONFIGS / "inference.json"))
+    parser.update({"ckpt_dir": str(trained["models"]), "image_size": [SIZE] * 3, "spacing": [1.0] * 3, "mask_dir": str(masks),
+                   "network_def#channels": [16, 32], "network_def#attention_levels": [False, True],
+                   "network_def#num_head_channels": [16, 32], "network_def#norm_num_groups": 8})
+    sampler = parser.get_parsed_content("sampler")
+    for name, (_, _, message) in cases.items():
+        with pytest.raises(DatasetError, match=re.escape(str(masks / name)) + ": " + message):
+            sampler.load(str(masks / name))
 
 
 def test_pairs_are_checked_before_training(tmp_path):
