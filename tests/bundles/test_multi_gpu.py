@@ -13,7 +13,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle, run_pipeline
+from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle
+from tests.bundles.conftest import SIZE_32
 
 CONFIGS = "bundles/brain_mri/configs"
 
@@ -85,9 +86,8 @@ def test_two_process_training_keeps_ranks_identical_and_writes_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_sampling_splits_the_samples_and_records_regenerable_seeds(brain_folder, tmp_path):
-    run = run_pipeline("brain_mri", brain_folder, tmp_path / "train", ["--image_size", "[16,16,16]", *SMALL_SHARED])
-    common = ["--ckpt_dir", str(run["models"]), "--image_size", "[16,16,16]", *SMALL_SHARED, *SMALL_DENOISER]
+def test_two_process_sampling_splits_the_samples_and_records_regenerable_seeds(evaluated_brain_model, tmp_path):
+    common = ["--ckpt_dir", str(evaluated_brain_model["models"]), *SIZE_32, *SMALL_DENOISER]  # the session's trained model
     out = tmp_path / "samples"
     result = torchrun(
         ["inference", "multi_gpu_inference"], *common, "--output_dir", str(out), "--num_samples", "5",
