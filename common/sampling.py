@@ -31,7 +31,7 @@ def process_rank() -> tuple[int, int]:
 
 def gather(items: list) -> list:
     """Every process's ``items`` concatenated, on every process (``all_gather_object``; just ``items`` alone)."""
-    rank, world = process_rank()
+    _, world = process_rank()
     if world == 1:
         return list(items)
     everything: list = [None] * world

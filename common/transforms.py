@@ -17,6 +17,12 @@ __all__ = ["CropBreastSided", "RemapLabelsd"]
 SIDES = ("left", "right")
 
 
+def foreground_level(image: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``fraction`` of the image's 99th percentile (on at most about a million voxels): the body/foreground cut."""
+    values = torch.as_tensor(image, dtype=torch.float32).flatten()
+    return fraction * torch.quantile(values[:: max(1, values.numel() // 1_000_000)], 0.99)
+
+
 def _source(image: torch.Tensor) -> str:
     """The file an image was read from, for error messages."""
     if isinstance(image, MetaTensor):
@@ -73,7 +79,7 @@ class CropBreastSided(MapTransform):
                 raise DatasetError(f"{_source(mask)}: the breast mask is empty (no voxel above 0).")
             return start, end
         values = torch.as_tensor(image, dtype=torch.float32)
-        level = self.foreground_threshold * torch.quantile(values.flatten()[:: max(1, values.numel() // 1_000_000)], 0.99)
+        level = foreground_level(values, self.foreground_threshold)
         start, end = generate_spatial_bounding_box(values, lambda x: x > level)
         if any(e <= s for s, e in zip(start, end)):
             raise DatasetError(f"{_source(image)}: no body found (no voxel above {float(level):.4g}).")
@@ -149,7 +155,7 @@ class RemapLabelsd(MapTransform):
                 classes[label == source] = target
             if self.foreground_class is not None:
                 image = torch.as_tensor(d[self.image_key], dtype=torch.float32)[:1]
-                level = self.foreground_threshold * torch.quantile(image.flatten()[:: max(1, image.numel() // 1_000_000)], 0.99)
+                level = foreground_level(image, self.foreground_threshold)
                 classes[(classes == 0) & (image > level)] = self.foreground_class
             d[key] = classes  # a MetaTensor keeps the label's affine and file name
         return d
