@@ -95,25 +95,50 @@ def test_depth_attention_mixes_slices():
     assert torch.all(influence > 1e-6), f"depth attention should spread slice 2 everywhere: {influence.tolist()}"
 
 
-def test_fused_attention_matches_reference_softmax_attention():
+def _reference_attention(attention: SpatialAttention | DepthAttention, x: torch.Tensor, depth: int | None) -> torch.Tensor:
+    """Softmax attention written out with einsum on a depth-major slice stack (slice index d * B + b)."""
+    n, _, h, w = x.shape
+    heads, e = attention.num_heads, attention.head_channels
+    qkv = torch.einsum("nchw,oc->nhwo", attention.norm(x), attention.to_qkv.weight).reshape(n, h, w, 3, heads, e)
+    q, k, v = qkv.unbind(3)  # each (n, h, w, heads, e)
+    if depth is None:  # tokens are the in-plane positions of one slice
+        q, k, v = (t.reshape(n, h * w, heads, e) for t in (q, k, v))
+        weights = torch.softmax(torch.einsum("nihe,njhe->nhij", q, k) / e**0.5, dim=-1)
+        out = torch.einsum("nhij,njhe->nihe", weights, v)
+    else:  # tokens are the slices at one in-plane position of one volume
+        q, k, v = (t.reshape(depth, n // depth, h, w, heads, e) for t in (q, k, v))
+        offsets = torch.arange(depth)[None, :] - torch.arange(depth)[:, None]
+        index = offsets.clamp(-attention.max_distance, attention.max_distance) + attention.max_distance
+        bias = attention.relative_bias.weight[index].permute(2, 0, 1)  # (heads, i, j)
+        weights = torch.softmax(torch.einsum("ibxyhe,jbxyhe->bxyhij", q, k) / e**0.5 + bias, dim=-1)
+        out = torch.einsum("bxyhij,jbxyhe->ibxyhe", weights, v)
+    out = out.reshape(n, h, w, heads * e)
+    return x + torch.einsum("nhwi,ci->nchw", out, attention.to_out.weight) + attention.to_out.bias[:, None, None]
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_attention_matches_reference_softmax_attention(memory_format):
     torch.manual_seed(1)
-    for attention in (SpatialAttention(8, 2, 4, 4), DepthAttention(8, 2, 4, 4)):
+    for attention, depth in ((SpatialAttention(8, 2, 4, 4), None), (DepthAttention(8, 2, 4, 4, max_distance=3), 5)):
         torch.nn.init.normal_(attention.to_out.weight)
-        x = torch.randn(2 * 5, 8, 4, 3)  # (B * D, C, H, W) with B = 2, D = 5
-        out = attention(x) if isinstance(attention, SpatialAttention) else attention(x, depth=5)
-        qkv = attention.to_qkv(attention.norm(x))
-        if isinstance(attention, SpatialAttention):
-            q, k, v = qkv.view(10, 3, 2, 4, 12).unbind(1)
-            q, k, v = (t.transpose(-1, -2) for t in (q, k, v))
-            weights = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
-            ref = (weights @ v).transpose(-1, -2).reshape(10, 8, 4, 3)
-        else:
-            q, k, v = qkv.view(2, 5, 3, 2, 4, 4, 3).permute(2, 0, 5, 6, 3, 1, 4).reshape(3, 24, 2, 5, 4)
-            bias = attention.position_bias(5, x.device, x.dtype)
-            weights = torch.softmax(q @ k.transpose(-1, -2) / 2.0 + bias, dim=-1)
-            ref = (weights @ v).view(2, 4, 3, 2, 5, 4).permute(0, 4, 3, 5, 1, 2).reshape(10, 8, 4, 3)
-        ref = x + attention.to_out(ref)
-        assert torch.allclose(out, ref, atol=1e-5)
+        if depth is not None:  # the bias starts at zero; clipped offsets (5 slices, max_distance 3) get tested too
+            torch.nn.init.normal_(attention.relative_bias.weight)
+        x = torch.randn(5 * 2, 8, 4, 3).contiguous(memory_format=memory_format)  # (D * B, C, H, W), B = 2, D = 5
+        out = attention(x) if depth is None else attention(x, depth=depth)
+        assert torch.allclose(out, _reference_attention(attention, x, depth), atol=1e-5)
+
+
+def test_volumes_of_a_batch_stay_apart():
+    net = small_unet(depth_position_embedding=True).eval()
+    torch.nn.init.normal_(net.depth_position.weight)
+    for module in net.modules():
+        if isinstance(module, DepthAttention):
+            torch.nn.init.normal_(module.relative_bias.weight)
+    x, t = torch.randn(2, 3, 8, 8, 4), torch.tensor([5, 200])
+    with torch.no_grad():
+        together = net(x, t)
+        apart = torch.cat([net(x[:1], t[:1]), net(x[1:], t[1:])])
+    assert torch.allclose(together, apart, atol=1e-5)
 
 
 def test_depth_position_embedding_tells_slices_apart():
