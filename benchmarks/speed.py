@@ -3,15 +3,16 @@
 Every case runs in a fresh process (so its peak resident memory is its own) and reports the median of
 ``--repeats`` runs after a warm-up. Writes ``benchmarks/speed.md`` and prints the ratios.
 
-    python benchmarks/speed.py                   # everything, about 12 minutes on a 2-core CPU
+    python benchmarks/speed.py                   # everything, about 14 minutes on a 2-core CPU
     python benchmarks/speed.py --repeats 2 --out /tmp/speed.md
 
 Cases:
 - matmul: this machine's float32 (and bfloat16) matrix-multiply rate, the yardstick of achieved FLOP/s;
 - denoiser: one training step (forward, L1 loss, backward, Adam step) and one sampling step of
   ``DepthAttentionUNet`` at the paper's configurations (brain latent 8x32x32x32, widths 32-256; knee latent
-  8x64x64x8, widths 64-512) and of MONAI's ``DiffusionModelUNet`` at a matched parameter count, batch 1 and 2,
-  with FLOPs counted by ``torch.utils.flop_counter``;
+  8x64x64x8, widths 64-512), also with its bfloat16 autocast option and (at batch 2) gradient checkpointing,
+  and of MONAI's ``DiffusionModelUNet`` at a matched parameter count, batch 1 and 2, with FLOPs counted by
+  ``torch.utils.flop_counter``; the authors' U-Net figures from issue 6 are set beside ours (not rerun);
 - sampler: DDPM over 300 steps against DDIM over 50 and 25 (per-step time times steps, brain latent);
 - codebook: nearest-code search of 65,536 vectors among 16,384 codes (knee, batch 2) with faiss and with the
   chunked torch search, against MONAI's full-matrix ``EMAQuantizer`` (at 16,384 vectors: its 65,536-vector run
@@ -38,6 +39,18 @@ OURS = {  # the bundles' network_def
     "knee": dict(channels=(64, 128, 256, 512), num_res_blocks=2, spatial_attention=(False, True, True, True), num_heads=8, head_channels=32, depth_position_embedding=True),
 }
 MONAI_MATCHED = {"brain": (32, 64, 96, 128), "knee": (64, 128, 192, 224)}  # 14.6 M and 50.5 M against 14.1 M and 51.6 M
+VARIANTS = {  # DepthAttentionUNet options measured beside the plain network
+    "ours": {},
+    "ours_bf16": dict(autocast_dtype="bfloat16"),
+    "ours_checkpointing": dict(use_checkpointing=True),
+}
+NAMES = {"ours": "DepthAttentionUNet", "ours_bf16": "DepthAttentionUNet, bfloat16 autocast", "ours_checkpointing": "DepthAttentionUNet, checkpointing", "monai": "DiffusionModelUNet"}
+# The authors' released denoiser at the same configuration, as measured on this machine for issue 6 (not rerun
+# here: their code is not part of this repository): training step and peak memory at batch 1 and 2, sampling step.
+AUTHORS = {
+    "brain": {"train_step_s": {1: 5.4, 2: 12.3}, "peak_gib": {1: 2.3, 2: 4.0}, "sample_step_s": 2.4},
+    "knee": {"train_step_s": {1: 8.8, 2: 17.7}, "peak_gib": {1: 3.1, 2: 5.3}, "sample_step_s": 2.9},
+}
 
 
 def _peak_gib() -> float:
@@ -71,8 +84,8 @@ def _network(kind: str, shape_name: str):
     from common.networks import DepthAttentionUNet
 
     torch.manual_seed(0)
-    if kind == "ours":
-        return DepthAttentionUNet(8, **OURS[shape_name])
+    if kind in VARIANTS:
+        return DepthAttentionUNet(8, **OURS[shape_name], **VARIANTS[kind])
     return DiffusionModelUNet(3, 8, 8, channels=MONAI_MATCHED[shape_name], attention_levels=(False, True, True, True), num_res_blocks=2, num_head_channels=32, norm_num_groups=16)
 
 
@@ -193,11 +206,16 @@ def run_case(name: str, repeats: int) -> dict:
     raise ValueError(f"unknown case {name}")
 
 
+def _denoiser_networks(batch: int) -> tuple[str, ...]:
+    """The networks measured at this batch size: checkpointing only at batch 2, where memory matters more."""
+    return ("ours", "ours_bf16", "monai") + (("ours_checkpointing",) if batch == 2 else ())
+
+
 CASES = (
     ["matmul"]
-    + [f"denoiser:{net}:{shape}:{batch}" for shape in ("brain", "knee") for batch in (1, 2) for net in ("ours", "monai")]
+    + [f"denoiser:{net}:{shape}:{batch}" for shape in ("brain", "knee") for batch in (1, 2) for net in _denoiser_networks(batch)]
     + ["sampler", "codebook:faiss", "codebook:torch", "codebook:naive"]
-    + [f"scaling:{size}" for size in (16, 24, 32)]
+    + [f"scaling:{size}" for size in (16, 24)]  # 8x32^3 is the brain denoiser case
 )
 
 
@@ -222,14 +240,21 @@ def report(results: dict, repeats: int) -> str:
     ]
     for shape in ("brain", "knee"):
         for batch in (1, 2):
-            for net in ("ours", "monai"):
+            for net in _denoiser_networks(batch):
                 r = results[f"denoiser:{net}:{shape}:{batch}"]
+                rate = results["matmul"]["bf16_gflops"] if net == "ours_bf16" else matmul
                 lines.append(
-                    f"| {shape} {'x'.join(map(str, SHAPES[shape]))} | {batch} | {'DepthAttentionUNet' if net == 'ours' else 'DiffusionModelUNet'} "
+                    f"| {shape} {'x'.join(map(str, SHAPES[shape]))} | {batch} | {NAMES[net]} "
                     f"| {r['parameters_m']:.1f} M | {r['train_step_s']:.2f} s | {r['train_gflop']:.0f} | {r['train_gflops_per_s']:.1f} "
-                    f"| {r['train_gflops_per_s'] / matmul:.0%} | {r['sample_step_s']:.2f} s | {r['peak_gib']:.2f} GiB |"
+                    f"| {r['train_gflops_per_s'] / rate:.0%} | {r['sample_step_s']:.2f} s | {r['peak_gib']:.2f} GiB |"
                 )
-    lines += ["", "Ratios (DepthAttentionUNet / DiffusionModelUNet; above 1 means ours does more FLOP per second, takes longer, or needs more memory):", ""]
+    lines += [
+        "",
+        "\"of matmul\" divides by the float32 matmul rate, and for bfloat16 autocast by the bfloat16 rate.",
+        "",
+        "Ratios (DepthAttentionUNet / DiffusionModelUNet; above 1 means ours does more FLOP per second, takes longer, or needs more memory):",
+        "",
+    ]
     for shape in ("brain", "knee"):
         for batch in (1, 2):
             ours, base = results[f"denoiser:ours:{shape}:{batch}"], results[f"denoiser:monai:{shape}:{batch}"]
@@ -237,6 +262,43 @@ def report(results: dict, repeats: int) -> str:
                 f"- {shape}, batch {batch}: achieved FLOP/s {ours['train_gflops_per_s'] / base['train_gflops_per_s']:.2f}x, "
                 f"step time {ours['train_step_s'] / base['train_step_s']:.2f}x, sampling step {ours['sample_step_s'] / base['sample_step_s']:.2f}x, "
                 f"peak memory {ours['peak_gib'] / base['peak_gib']:.2f}x"
+            )
+    lines += [
+        "",
+        "Options against the plain DepthAttentionUNet (same run): bfloat16 autocast's training step and peak memory, "
+        "and at batch 2 gradient checkpointing's:",
+        "",
+    ]
+    for shape in ("brain", "knee"):
+        for batch in (1, 2):
+            plain = results[f"denoiser:ours:{shape}:{batch}"]
+            parts = []
+            for net in _denoiser_networks(batch)[1:]:
+                if net == "monai":
+                    continue
+                r = results[f"denoiser:{net}:{shape}:{batch}"]
+                parts.append(
+                    f"{NAMES[net].split(', ')[1]}: step {r['train_step_s'] / plain['train_step_s']:.2f}x, "
+                    f"sampling step {r['sample_step_s'] / plain['sample_step_s']:.2f}x, peak memory {r['peak_gib'] / plain['peak_gib']:.2f}x"
+                )
+            lines.append(f"- {shape}, batch {batch}: " + "; ".join(parts))
+    lines += [
+        "",
+        "Speed-up against the authors' released U-Net at the same configuration, from the figures measured on this "
+        "machine for issue 6 (not rerun here, so not side by side; the machine varies by about 20%). Speed-ups above 1 "
+        "mean ours is faster; a peak ratio below 1 means ours needs less memory:",
+        "",
+        "| latent | batch | authors' step | ours float32 | speed-up | ours bfloat16 | speed-up | authors' peak | ours peak (float32) | peak, ours / authors' | sampling step speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for shape in ("brain", "knee"):
+        for batch in (1, 2):
+            a, ours, low = AUTHORS[shape], results[f"denoiser:ours:{shape}:{batch}"], results[f"denoiser:ours_bf16:{shape}:{batch}"]
+            sampling = f"{a['sample_step_s'] / ours['sample_step_s']:.1f}x" if batch == 1 else "not measured by the issue"
+            lines.append(
+                f"| {shape} | {batch} | {a['train_step_s'][batch]:.1f} s | {ours['train_step_s']:.2f} s | {a['train_step_s'][batch] / ours['train_step_s']:.1f}x "
+                f"| {low['train_step_s']:.2f} s | {a['train_step_s'][batch] / low['train_step_s']:.1f}x | {a['peak_gib'][batch]:.1f} GiB "
+                f"| {ours['peak_gib']:.2f} GiB | {ours['peak_gib'] / a['peak_gib'][batch]:.2f} | {sampling} |"
             )
     s = results["sampler"]
     lines += [
@@ -260,7 +322,7 @@ def report(results: dict, repeats: int) -> str:
         "| latent | train step | peak memory |", "|---|---|---|",
     ]
     for size in (16, 24, 32):
-        r = results[f"scaling:{size}"]
+        r = results[f"scaling:{size}"] if size < 32 else results["denoiser:ours:brain:1"]
         lines.append(f"| 8x{size}^3 | {r['train_step_s']:.2f} s | {r['peak_gib']:.2f} GiB |")
     return "\n".join(lines) + "\n"
 

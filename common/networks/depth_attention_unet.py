@@ -174,6 +174,10 @@ class DepthAttentionUNet(nn.Module):
         use_checkpointing: recompute each residual block and attention pair in the backward pass instead of
             keeping its activations (``torch.utils.checkpoint``): less memory for about a third more time in
             training; the results are the same.
+        autocast_dtype: run the forward pass under ``torch.autocast`` with this dtype (``"bfloat16"`` or
+            ``"float16"``) on the input's device, and return the input's dtype. MONAI's trainers autocast on CUDA
+            only; this also gives bfloat16 on CPUs, where it made a training step about twice as fast here.
+            Changes results by rounding, so it is off (``None``) by default.
     """
 
     def __init__(
@@ -190,6 +194,7 @@ class DepthAttentionUNet(nn.Module):
         max_distance: int = 32,
         depth_position_embedding: bool = False,
         use_checkpointing: bool = False,
+        autocast_dtype: str | torch.dtype | None = None,
     ) -> None:
         super().__init__()
         levels = len(channels)
@@ -201,6 +206,10 @@ class DepthAttentionUNet(nn.Module):
             raise ValueError(f"num_res_blocks must be at least 1, got {num_res_blocks}.")
         if spatial_attention is None:
             spatial_attention = [level > 0 for level in range(levels)]
+        if isinstance(autocast_dtype, str):
+            autocast_dtype = getattr(torch, autocast_dtype, autocast_dtype)
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, 'bfloat16' or 'float16', got {autocast_dtype!r}.")
         spatial = self._per_level(spatial_attention, levels, "spatial_attention")
         depth = self._per_level(depth_attention, levels, "depth_attention")
         use_depth = any(depth)
@@ -209,6 +218,7 @@ class DepthAttentionUNet(nn.Module):
         self.channels = tuple(channels)
         self.spatial_factor = 2 ** (levels - 1)
         self.use_checkpointing = use_checkpointing
+        self.autocast_dtype = autocast_dtype
 
         time_dim = channels[0] * 4
         self.time_mlp = nn.Sequential(
@@ -301,6 +311,12 @@ class DepthAttentionUNet(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise in ``x`` (B, C, H, W, D) at ``timesteps`` (shape (1,) or (B,))."""
         timesteps = self._check_input(x, timesteps, context)
+        if self.autocast_dtype is None:
+            return self._denoise(x, timesteps)
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            return self._denoise(x, timesteps).to(x.dtype)
+
+    def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         b, _, h, w, depth = x.shape
         # slices are stacked depth-major, (D * B, C, H, W) with index d * B + b, in channels-last memory format:
         # the 3x3x1 convolutions run as 2D ones and both attentions read their sequences as strided views

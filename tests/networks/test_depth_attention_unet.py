@@ -198,13 +198,19 @@ def test_checkpointing_gives_the_same_outputs_and_gradients():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outputs[0][1], outputs[1][1]))
 
 
-def test_bfloat16_autocast_runs_and_stays_close():
+@pytest.mark.parametrize("use_checkpointing", [False, True])
+def test_bfloat16_autocast_option_runs_and_stays_close(use_checkpointing):
     torch.manual_seed(0)
-    network = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    settings = dict(channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    reference = DepthAttentionUNet(4, **settings)
+    network = DepthAttentionUNet(4, **settings, autocast_dtype="bfloat16", use_checkpointing=use_checkpointing)
+    network.load_state_dict(reference.state_dict())
     x, t = torch.randn(1, 4, 8, 8, 4), torch.tensor([10])
-    reference = network(x, t)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = network(x, t)
-        low.float().square().mean().backward()
+    expected = reference(x, t)
+    low = network(x, t)
+    low.square().mean().backward()
+    assert low.dtype == torch.float32
     assert torch.isfinite(low).all() and all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
-    assert (low.float() - reference).abs().mean() < 0.05 * reference.abs().mean() + 1e-3
+    assert 0 < (low - expected).abs().mean() < 0.05 * expected.abs().mean()
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        DepthAttentionUNet(4, **settings, autocast_dtype="float64")
