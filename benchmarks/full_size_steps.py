@@ -1,5 +1,8 @@
 """One training step of each bundle's full-size networks at its full input size, batch 1, on this machine.
 
+Also the knee VQ-GAN at batch 2 (the paper's), beside the training step of its codebook quantizer alone on the
+same 65,536 latent vectors, to show how much of the step's memory the codebook takes.
+
 Each case runs in a fresh process: the bundle's own training config (perceptual loss off: LPIPS weights are a
 download; adversarial terms on from the first step, as after ``adversarial_start``) trains on random volumes of
 the bundle's ``image_size`` for ``--steps`` iterations. The first is a warm-up; the table gives the median time
@@ -25,13 +28,46 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = ("brain_mri", "knee_mri", "breast_mri", "chest_ct")
 STAGES = ("autoencoder", "denoiser")
+CODEBOOK_CASES = ("knee_mri:autoencoder:2", "knee_mri:quantizer:2")
 
 
-def run_case(bundle: str, stage: str, steps: int) -> dict:
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_quantizer(bundle: str, steps: int, batch: int) -> dict:
+    """Training steps (search, EMA update, dead-code restart) of the bundle's codebook alone, at its latent size."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train_autoencoder.json"))
+    parser.update({"bundle_root": str(REPO / "bundles" / bundle), "device": "$torch.device('cpu')"})
+    autoencoder = parser.get_parsed_content("autoencoder_def").train()
+    quantizer, codebook = autoencoder.quantizer, autoencoder.codebook  # MONAI's wrapper, as in the training step
+    latent_shape = [s // autoencoder.downsample_factor for s in parser["image_size"]]
+    latents = torch.randn(batch, codebook.embedding_dim, *latent_shape)
+    baseline = _peak_gib()
+    durations = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        quantizer(latents)
+        durations.append(time.perf_counter() - started)
+    return {
+        "bundle": bundle, "stage": "quantizer", "batch": batch, "image_size": list(parser["image_size"]),
+        "vectors": latents.numel() // codebook.embedding_dim, "codes": codebook.num_embeddings,
+        "parameters": 0, "step_seconds": statistics.median(durations[1:]), "baseline_gib": baseline, "peak_gib": _peak_gib(),
+    }
+
+
+def run_case(bundle: str, stage: str, steps: int, batch: int = 1) -> dict:
     """Build the bundle's trainer for ``stage``, run ``steps`` iterations, return what was measured."""
     import torch
     from ignite.engine import Events
     from monai.bundle import ConfigParser
+
+    if stage == "quantizer":
+        return run_quantizer(bundle, steps, batch)
 
     configs = REPO / "bundles" / bundle / "configs"
     files = [configs / "train_autoencoder.json"] + ([configs / "train_diffusion.json"] if stage == "denoiser" else [])
@@ -45,7 +81,7 @@ def run_case(bundle: str, stage: str, steps: int) -> dict:
         "accumulation_steps": 1,
         "train#handlers": [],
         "train#trainer#max_epochs": 1,
-        "train#trainer#train_data_loader": f"$[{{'image': torch.rand(1, 1, *@image_size) * 2 - 1}} for _ in range({steps})]",
+        "train#trainer#train_data_loader": f"$[{{'image': torch.rand({batch}, 1, *@image_size) * 2 - 1}} for _ in range({steps})]",
     })
     if stage == "denoiser":
         parser["latent_autoencoder"] = "$common.latent.CodebookRangeAutoencoder(@autoencoder_def)"
@@ -62,14 +98,17 @@ def run_case(bundle: str, stage: str, steps: int) -> dict:
         durations.append(time.perf_counter() - engine.state.started)
 
     torch.manual_seed(0)
+    baseline = _peak_gib()
     trainer.run()
     return {
         "bundle": bundle,
         "stage": stage,
+        "batch": batch,
         "image_size": list(parser["image_size"]),
         "parameters": sum(p.numel() for p in network.parameters()),
         "step_seconds": statistics.median(durations[1:]),
-        "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "baseline_gib": baseline,
+        "peak_gib": _peak_gib(),
     }
 
 
@@ -88,25 +127,26 @@ def main() -> None:
     parser.add_argument("--bundles", nargs="+", default=list(BUNDLES), choices=BUNDLES)
     parser.add_argument("--steps", type=int, default=3, help="iterations per case, the first a warm-up (at least 2)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "full_size_steps.md")
-    parser.add_argument("--case", help=argparse.SUPPRESS)  # bundle:stage, run in this process (the child)
+    parser.add_argument("--no-codebook", dest="codebook", action="store_false", help="skip the knee batch-2 codebook cases")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # bundle:stage[:batch], run in this process (the child)
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first iteration is a warm-up")
     if args.case:
-        print(json.dumps(run_case(*args.case.split(":"), steps=args.steps)))
+        bundle, stage, *batch = args.case.split(":")
+        print(json.dumps(run_case(bundle, stage, steps=args.steps, batch=int(batch[0]) if batch else 1)))
         return
-    rows = []
-    for bundle in args.bundles:
-        for stage in STAGES:
-            child = subprocess.run(
-                [sys.executable, __file__, "--case", f"{bundle}:{stage}", "--steps", str(args.steps)],
-                capture_output=True, text=True, cwd=REPO,
-            )
-            if child.returncode != 0:
-                raise SystemExit(f"{bundle} {stage} failed:\n{child.stderr[-3000:]}")
-            result = json.loads(child.stdout.strip().splitlines()[-1])
-            print(result, flush=True)
-            rows.append(result)
+    cases = [f"{bundle}:{stage}" for bundle in args.bundles for stage in STAGES]
+    rows, codebook_rows = [], []
+    for case in cases + (list(CODEBOOK_CASES) if args.codebook else []):
+        child = subprocess.run(
+            [sys.executable, __file__, "--case", case, "--steps", str(args.steps)], capture_output=True, text=True, cwd=REPO
+        )
+        if child.returncode != 0:
+            raise SystemExit(f"{case} failed:\n{child.stderr[-3000:]}")
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        print(result, flush=True)
+        (rows if case in cases else codebook_rows).append(result)
     lines = [
         "# One full-size training step per bundle (batch 1, CPU)",
         "",
@@ -123,6 +163,21 @@ def main() -> None:
             f"| {row['bundle']} | {network} | 1x{'x'.join(map(str, row['image_size']))} | {row['parameters'] / 1e6:.2f} M "
             f"| {row['step_seconds']:.1f} s | {row['peak_gib']:.2f} GiB |"
         )
+    if codebook_rows:
+        step, quantizer = codebook_rows
+        lines += [
+            "",
+            "## The codebook's share of the knee VQ-GAN's training memory (batch 2)",
+            "",
+            "Memory above the process's peak just before the first step (model, optimizers and libraries loaded):",
+            "",
+            "| case | step time | peak memory | above the loaded process |",
+            "|---|---|---|---|",
+            f"| VQ-GAN + discriminators (G and D update), 2x{'x'.join(map(str, step['image_size']))} | {step['step_seconds']:.1f} s "
+            f"| {step['peak_gib']:.2f} GiB | {step['peak_gib'] - step['baseline_gib']:.2f} GiB |",
+            f"| its codebook quantizer alone ({quantizer['vectors']:,} vectors, {quantizer['codes']:,} codes; search, EMA update, "
+            f"dead-code restart) | {quantizer['step_seconds']:.2f} s | {quantizer['peak_gib']:.2f} GiB | {quantizer['peak_gib'] - quantizer['baseline_gib']:.2f} GiB |",
+        ]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

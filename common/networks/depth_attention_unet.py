@@ -42,9 +42,23 @@ class ResidualBlock(nn.Module):
         return h + self.skip(x)
 
 
+CPU_CHUNK_BYTES = 4 * 2**20  # projections computed at once by an attention layer on the CPU
+
+
 def _tokens(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) as (N, H, W, C): a view, no copy, when ``x`` is in channels-last memory format."""
     return x.permute(0, 2, 3, 1)
+
+
+def _cpu_chunk(x: torch.Tensor, count: int, bytes_each: int) -> int:
+    """How many of ``count`` items to process at once: all on GPUs; on the CPU about ``CPU_CHUNK_BYTES`` worth.
+
+    The attention layers are memory-bound on the CPU (short sequences, heads wider than the channels at the first
+    level); chunks whose projections stay in cache made them about twice as fast on this project's CPU.
+    """
+    if x.device.type != "cpu":
+        return count
+    return max(1, min(count, CPU_CHUNK_BYTES // max(1, bytes_each)))
 
 
 class SpatialAttention(nn.Module):
@@ -52,6 +66,7 @@ class SpatialAttention(nn.Module):
 
     Works on channels-last slices: the projections are matrix multiplies over the channel axis, and queries,
     keys and values reach the fused kernel (``scaled_dot_product_attention``) as strided views, without copies.
+    On the CPU the slices are processed a few at a time (see ``_cpu_chunk``).
     """
 
     def __init__(self, channels: int, num_heads: int, head_channels: int, norm_groups: int) -> None:
@@ -65,11 +80,18 @@ class SpatialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
-        qkv = self.to_qkv(_tokens(self.norm(x))).view(n, h * w, 3, self.num_heads, self.head_channels)
+        tokens = _tokens(self.norm(x))
+        chunk = _cpu_chunk(x, n, h * w * self.to_qkv.out_features * x.element_size())
+        out = torch.cat([self._attend(tokens[i : i + chunk]) for i in range(0, n, chunk)])
+        return x + out.permute(0, 3, 1, 2)
+
+    def _attend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention within each slice of ``tokens`` (slices, H, W, channels), projections included."""
+        n, h, w, _ = tokens.shape
+        qkv = self.to_qkv(tokens).view(n, h * w, 3, self.num_heads, self.head_channels)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, h*w, head_channels)
         out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(n, h, w, self.num_heads * self.head_channels)
-        return x + self.to_out(out).permute(0, 3, 1, 2)
+        return self.to_out(out.transpose(1, 2).reshape(n, h, w, self.num_heads * self.head_channels))
 
 
 class DepthAttention(nn.Module):
@@ -82,6 +104,8 @@ class DepthAttention(nn.Module):
     strided views of the projection's output. The attention itself is written out (two batched matrix
     multiplies and a softmax) rather than fused: the learned bias needs its gradient, which PyTorch's fused
     kernels do not return, and at the paper's depths (8 to 32 slices) the fused CPU kernel measured no faster.
+    On the CPU the in-plane positions are processed a chunk at a time (see ``_cpu_chunk``): at the brain's full
+    resolution that made this layer about 2.5 times as fast here.
     """
 
     def __init__(
@@ -105,15 +129,22 @@ class DepthAttention(nn.Module):
         return self.relative_bias(offset).permute(2, 0, 1).to(dtype)
 
     def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
-        nd, _, h, w = x.shape
+        nd, channels, h, w = x.shape
         positions = nd // depth * h * w  # B * H * W sequences of slices
-        qkv = self.to_qkv(_tokens(self.norm(x))).view(depth, positions, 3, self.num_heads, self.head_channels)
+        tokens = _tokens(self.norm(x)).reshape(depth, positions, channels)
+        bias = self.position_bias(depth, x.device, x.dtype)
+        chunk = _cpu_chunk(x, positions, depth * self.to_qkv.out_features * x.element_size())
+        out = torch.cat([self._attend(tokens[:, i : i + chunk], bias) for i in range(0, positions, chunk)], dim=1)
+        return x + out.view(nd, h, w, channels).permute(0, 3, 1, 2)
+
+    def _attend(self, tokens: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Attention along the first axis of ``tokens`` (depth, positions, channels), projections included."""
+        depth, positions, _ = tokens.shape
+        qkv = self.to_qkv(tokens).view(depth, positions, 3, self.num_heads, self.head_channels)
         q, k, v = qkv.permute(2, 1, 3, 0, 4).unbind(0)  # each (positions, heads, depth, head_channels)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_channels**-0.5
-        scores = scores + self.position_bias(depth, x.device, scores.dtype)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_channels**-0.5 + bias.to(q.dtype)
         out = torch.matmul(scores.softmax(dim=-1), v)
-        out = out.permute(2, 0, 1, 3).reshape(nd, h, w, self.num_heads * self.head_channels)
-        return x + self.to_out(out).permute(0, 3, 1, 2)
+        return self.to_out(out.permute(2, 0, 1, 3).reshape(depth, positions, self.num_heads * self.head_channels))
 
 
 class AttentionPair(nn.Module):
@@ -327,7 +358,7 @@ class DepthAttentionUNet(nn.Module):
 
         hidden = x.permute(4, 0, 1, 2, 3).reshape(depth * b, self.in_channels, h, w)
         hidden = hidden.contiguous(memory_format=torch.channels_last)
-        hidden = self.init_attention(self.init_conv(hidden), depth)
+        hidden = self._run(self.init_attention, self.init_conv(hidden), depth)
         stem = hidden
         skips = []
         for blocks, attention, down in zip(self.down_blocks, self.down_attention, self.downsamplers):

@@ -8,6 +8,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from common.latent import CodebookRangeAutoencoder
 from common.networks import DepthAttentionUNet
+from common.networks import depth_attention_unet
 from common.networks.depth_attention_unet import DepthAttention, SpatialAttention
 from tests.conftest import tiny_vqgan
 
@@ -116,8 +117,11 @@ def _reference_attention(attention: SpatialAttention | DepthAttention, x: torch.
     return x + torch.einsum("nhwi,ci->nchw", out, attention.to_out.weight) + attention.to_out.bias[:, None, None]
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1, 3000])  # one piece; one slice or position at a time; a few
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_attention_matches_reference_softmax_attention(memory_format):
+def test_attention_matches_reference_softmax_attention(memory_format, chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:  # the CPU processes slices (spatial) or positions (depth) in chunks of this size
+        monkeypatch.setattr(depth_attention_unet, "CPU_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(1)
     for attention, depth in ((SpatialAttention(8, 2, 4, 4), None), (DepthAttention(8, 2, 4, 4, max_distance=3), 5)):
         torch.nn.init.normal_(attention.to_out.weight)
