@@ -43,8 +43,9 @@ VARIANTS = {  # DepthAttentionUNet options measured beside the plain network
     "ours": {},
     "ours_bf16": dict(autocast_dtype="bfloat16"),
     "ours_checkpointing": dict(use_checkpointing=True),
+    "ours_bf16_checkpointing": dict(autocast_dtype="bfloat16", use_checkpointing=True),
 }
-NAMES = {"ours": "DepthAttentionUNet", "ours_bf16": "DepthAttentionUNet, bfloat16 autocast", "ours_checkpointing": "DepthAttentionUNet, checkpointing", "monai": "DiffusionModelUNet"}
+NAMES = {"ours": "DepthAttentionUNet", "ours_bf16": "DepthAttentionUNet, bfloat16 autocast", "ours_checkpointing": "DepthAttentionUNet, checkpointing", "ours_bf16_checkpointing": "DepthAttentionUNet, bfloat16 autocast and checkpointing", "monai": "DiffusionModelUNet"}
 # The authors' released denoiser at the same configuration, as measured on this machine for issue 6 (not rerun
 # here: their code is not part of this repository): training step and peak memory at batch 1 and 2, sampling step.
 AUTHORS = {
@@ -57,8 +58,9 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _median_time(run, repeats: int) -> float:
-    run()  # warm-up
+def _median_time(run, repeats: int, warm_up: bool = True) -> float:
+    if warm_up:
+        run()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -104,11 +106,11 @@ def case_denoiser(kind: str, shape_name: str, batch: int, repeats: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    step = _median_time(train_step, repeats)
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter:  # the warm-up step, counted
         train_step()
     flops = counter.get_total_flops()
+    step = _median_time(train_step, repeats, warm_up=False)
 
     @torch.no_grad()
     def sample_step():
@@ -208,7 +210,7 @@ def run_case(name: str, repeats: int) -> dict:
 
 def _denoiser_networks(batch: int) -> tuple[str, ...]:
     """The networks measured at this batch size: checkpointing only at batch 2, where memory matters more."""
-    return ("ours", "ours_bf16", "monai") + (("ours_checkpointing",) if batch == 2 else ())
+    return ("ours", "ours_bf16", "monai") + (("ours_checkpointing", "ours_bf16_checkpointing") if batch == 2 else ())
 
 
 CASES = (
@@ -242,7 +244,7 @@ def report(results: dict, repeats: int) -> str:
         for batch in (1, 2):
             for net in _denoiser_networks(batch):
                 r = results[f"denoiser:{net}:{shape}:{batch}"]
-                rate = results["matmul"]["bf16_gflops"] if net == "ours_bf16" else matmul
+                rate = results["matmul"]["bf16_gflops"] if "bf16" in net else matmul
                 lines.append(
                     f"| {shape} {'x'.join(map(str, SHAPES[shape]))} | {batch} | {NAMES[net]} "
                     f"| {r['parameters_m']:.1f} M | {r['train_step_s']:.2f} s | {r['train_gflop']:.0f} | {r['train_gflops_per_s']:.1f} "
@@ -265,8 +267,9 @@ def report(results: dict, repeats: int) -> str:
             )
     lines += [
         "",
-        "Options against the plain DepthAttentionUNet (same run): bfloat16 autocast's training step and peak memory, "
-        "and at batch 2 gradient checkpointing's:",
+        "Options against the plain DepthAttentionUNet (same run): bfloat16 autocast's training step, sampling step and "
+        "peak memory, and at batch 2 gradient checkpointing's, alone and with bfloat16 (checkpointing does not act in "
+        "sampling, so its sampling ratios are noise):",
         "",
     ]
     for shape in ("brain", "knee"):
@@ -278,28 +281,47 @@ def report(results: dict, repeats: int) -> str:
                     continue
                 r = results[f"denoiser:{net}:{shape}:{batch}"]
                 parts.append(
-                    f"{NAMES[net].split(', ')[1]}: step {r['train_step_s'] / plain['train_step_s']:.2f}x, "
+                    f"{NAMES[net].split(', ', 1)[1]}: step {r['train_step_s'] / plain['train_step_s']:.2f}x, "
                     f"sampling step {r['sample_step_s'] / plain['sample_step_s']:.2f}x, peak memory {r['peak_gib'] / plain['peak_gib']:.2f}x"
                 )
             lines.append(f"- {shape}, batch {batch}: " + "; ".join(parts))
     lines += [
         "",
-        "Speed-up against the authors' released U-Net at the same configuration, from the figures measured on this "
-        "machine for issue 6 (not rerun here, so not side by side; the machine varies by about 20%). Speed-ups above 1 "
-        "mean ours is faster; a peak ratio below 1 means ours needs less memory:",
+        "## Against the authors' released U-Net at the same configuration",
         "",
-        "| latent | batch | authors' step | ours float32 | speed-up | ours bfloat16 | speed-up | authors' peak | ours peak (float32) | peak, ours / authors' | sampling step speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Their figures are those measured on this machine for issue 6: not rerun here, so not side by side, and the "
+        "machine varies by about 20%. Training step, peak memory (as a fraction of theirs) and one sampling step:",
+        "",
+        "| latent | batch | authors' step | ours float32 | ours bfloat16 | authors' peak | ours peak float32 | ours peak bfloat16 "
+        "| ours peak bfloat16 + checkpointing | authors' sampling step | ours float32 | ours bfloat16 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def versus(authors: float, ours: float, unit: str, speed: bool) -> str:
+        """Our figure with its speed-up over, or its fraction of, the authors'."""
+        ratio = f"{authors / ours:.1f}x faster" if speed else f"{ours / authors:.2f} of it"
+        return f"{ours:.2f} {unit} ({ratio})"
+
     for shape in ("brain", "knee"):
         for batch in (1, 2):
-            a, ours, low = AUTHORS[shape], results[f"denoiser:ours:{shape}:{batch}"], results[f"denoiser:ours_bf16:{shape}:{batch}"]
-            sampling = f"{a['sample_step_s'] / ours['sample_step_s']:.1f}x" if batch == 1 else "not measured by the issue"
-            lines.append(
-                f"| {shape} | {batch} | {a['train_step_s'][batch]:.1f} s | {ours['train_step_s']:.2f} s | {a['train_step_s'][batch] / ours['train_step_s']:.1f}x "
-                f"| {low['train_step_s']:.2f} s | {a['train_step_s'][batch] / low['train_step_s']:.1f}x | {a['peak_gib'][batch]:.1f} GiB "
-                f"| {ours['peak_gib']:.2f} GiB | {ours['peak_gib'] / a['peak_gib'][batch]:.2f} | {sampling} |"
-            )
+            a = AUTHORS[shape]
+            ours, low = results[f"denoiser:ours:{shape}:{batch}"], results[f"denoiser:ours_bf16:{shape}:{batch}"]
+            both = results.get(f"denoiser:ours_bf16_checkpointing:{shape}:{batch}")
+            row = [
+                shape, str(batch), f"{a['train_step_s'][batch]:.1f} s",
+                versus(a["train_step_s"][batch], ours["train_step_s"], "s", True),
+                versus(a["train_step_s"][batch], low["train_step_s"], "s", True),
+                f"{a['peak_gib'][batch]:.1f} GiB",
+                versus(a["peak_gib"][batch], ours["peak_gib"], "GiB", False),
+                versus(a["peak_gib"][batch], low["peak_gib"], "GiB", False),
+                versus(a["peak_gib"][batch], both["peak_gib"], "GiB", False) if both else "not run at batch 1",
+            ]
+            if batch == 1:
+                row += [f"{a['sample_step_s']:.1f} s", versus(a["sample_step_s"], ours["sample_step_s"], "s", True),
+                        versus(a["sample_step_s"], low["sample_step_s"], "s", True)]
+            else:
+                row += ["not measured by the issue", "", ""]
+            lines.append("| " + " | ".join(row) + " |")
     s = results["sampler"]
     lines += [
         "", "## Sampler (brain latent, DepthAttentionUNet, batch 1): per-step time times steps", "",
