@@ -5,8 +5,10 @@ depth folded into the batch), and information moves along the depth axis only th
 layers, one sequence of slices per in-plane position. Down- and up-sampling are in-plane; depth is never
 resampled. This is the video-diffusion layout the paper adopts, in MONAI's (B, C, H, W, D) convention.
 
-Internally the tensor is kept as a stack of 2D slices, (B * D, C, H, W), so the 3x3x1 convolutions run as
-2D convolutions and only the depth attention reorders memory.
+Internally the tensor is kept as a depth-major stack of 2D slices, (D * B, C, H, W) with slice d of volume b
+at index d * B + b, in channels-last memory format. The 3x3x1 convolutions then run as 2D convolutions, the
+attention projections read the feature maps in place as (tokens, channels) matrices, and both attentions find
+their sequences (the positions of one slice; the slices at one position) as strided views of the projections.
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ def _cpu_chunk(x: torch.Tensor, count: int, bytes_each: int) -> int:
     """How many of ``count`` items to process at once: all on GPUs; on the CPU about ``CPU_CHUNK_BYTES`` worth.
 
     The attention layers are memory-bound on the CPU (short sequences, heads wider than the channels at the first
-    level); chunks whose projections stay in cache made them about twice as fast on this project's CPU.
+    level); chunks whose projections stay in cache made them about twice as fast on this project's CPU. Under
+    ``torch.jit.trace`` everything goes in one piece, so the exported graph does not bake in the example's chunks.
     """
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.jit.is_tracing():
         return count
     return max(1, min(count, CPU_CHUNK_BYTES // max(1, bytes_each)))
 
