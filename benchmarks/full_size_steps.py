@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--bundles", nargs="+", default=list(BUNDLES), choices=BUNDLES)
     parser.add_argument("--steps", type=int, default=3, help="iterations per case, the first a warm-up (at least 2)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "full_size_steps.md")
-    parser.add_argument("--no-codebook", dest="codebook", action="store_false", help="skip the knee batch-2 codebook cases")
+    parser.add_argument("--no-codebook", dest="codebook", action="store_false", help="skip the knee batch-2 codebook cases (also skipped without knee_mri)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # bundle:stage[:batch], run in this process (the child)
     args = parser.parse_args()
     if args.steps < 2:
@@ -138,7 +138,8 @@ def main() -> None:
         return
     cases = [f"{bundle}:{stage}" for bundle in args.bundles for stage in STAGES]
     rows, codebook_rows = [], []
-    for case in cases + (list(CODEBOOK_CASES) if args.codebook else []):
+    codebook_cases = list(CODEBOOK_CASES) if args.codebook and "knee_mri" in args.bundles else []
+    for case in cases + codebook_cases:
         child = subprocess.run(
             [sys.executable, __file__, "--case", case, "--steps", str(args.steps)], capture_output=True, text=True, cwd=REPO
         )
@@ -148,7 +149,7 @@ def main() -> None:
         print(result, flush=True)
         (rows if case in cases else codebook_rows).append(result)
     lines = [
-        "# One full-size training step per bundle (batch 1, CPU)",
+        "# One full-size training step per bundle (CPU)",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/full_size_steps.py --steps {args.steps}`. Median of "
         f"{args.steps - 1} steps after a warm-up; peak resident memory of a fresh process per case. Parameters: the "
@@ -169,7 +170,8 @@ def main() -> None:
             "",
             "## The codebook's share of the knee VQ-GAN's training memory (batch 2)",
             "",
-            "Memory above the process's peak just before the first step (model, optimizers and libraries loaded):",
+            "How much each raised the process's peak above its peak just before the first step (model, optimizers and "
+            "libraries loaded):",
             "",
             "| case | step time | peak memory | above the loaded process |",
             "|---|---|---|---|",

@@ -3,7 +3,7 @@
 Every case runs in a fresh process (so its peak resident memory is its own) and reports the median of
 ``--repeats`` runs after a warm-up. Writes ``benchmarks/speed.md`` and prints the ratios.
 
-    python benchmarks/speed.py                   # everything, about 14 minutes on a 2-core CPU
+    python benchmarks/speed.py                   # everything, about 13 minutes on a 2-core CPU
     python benchmarks/speed.py --repeats 2 --out /tmp/speed.md
 
 Cases:
@@ -91,6 +91,21 @@ def _network(kind: str, shape_name: str):
     return DiffusionModelUNet(3, 8, 8, channels=MONAI_MATCHED[shape_name], attention_levels=(False, True, True, True), num_res_blocks=2, num_head_channels=32, norm_num_groups=16)
 
 
+def _cpu_attention_flops() -> dict:
+    """FLOP formulas for PyTorch's CPU fused attention, which ``FlopCounterMode`` would otherwise count as zero."""
+    import torch
+    from torch.utils import flop_counter
+
+    def forward(query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    ops = torch.ops.aten
+    return {ops._scaled_dot_product_flash_attention_for_cpu: forward, ops._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+
+
 def case_denoiser(kind: str, shape_name: str, batch: int, repeats: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -106,7 +121,7 @@ def case_denoiser(kind: str, shape_name: str, batch: int, repeats: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops())
     with counter:  # the warm-up step, counted
         train_step()
     flops = counter.get_total_flops()
@@ -252,7 +267,9 @@ def report(results: dict, repeats: int) -> str:
                 )
     lines += [
         "",
-        "\"of matmul\" divides by the float32 matmul rate, and for bfloat16 autocast by the bfloat16 rate.",
+        "\"of matmul\" divides by the float32 matmul rate, and for bfloat16 autocast by the bfloat16 rate. FLOPs of "
+        "PyTorch's fused CPU attention (our spatial attention), which `FlopCounterMode` leaves at zero, are counted "
+        "with PyTorch's own attention formulas (its backward includes recomputing the scores).",
         "",
         "Ratios (DepthAttentionUNet / DiffusionModelUNet; above 1 means ours does more FLOP per second, takes longer, or needs more memory):",
         "",

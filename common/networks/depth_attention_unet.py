@@ -57,11 +57,24 @@ def _cpu_chunk(x: torch.Tensor, count: int, bytes_each: int) -> int:
 
     The attention layers are memory-bound on the CPU (short sequences, heads wider than the channels at the first
     level); chunks whose projections stay in cache made them about twice as fast on this project's CPU. Under
-    ``torch.jit.trace`` everything goes in one piece, so the exported graph does not bake in the example's chunks.
+    ``torch.jit.trace`` and ``torch.compile`` everything goes in one piece, so a graph does not bake in chunks.
     """
-    if x.device.type != "cpu" or torch.jit.is_tracing():
+    if x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return count
     return max(1, min(count, CPU_CHUNK_BYTES // max(1, bytes_each)))
+
+
+def _joined(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """The chunks' results as one tensor, without a copy when there was one chunk."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+def _accept_conv_projections(state_dict: dict, prefix: str, *args) -> None:
+    """Load-state hook: take the (out, in, 1, 1) weights of 1x1-convolution projections, as saved by earlier versions."""
+    for name in ("to_qkv.weight", "to_out.weight"):
+        weight = state_dict.get(prefix + name)
+        if weight is not None and weight.ndim == 4 and weight.shape[2:] == (1, 1):
+            state_dict[prefix + name] = weight.flatten(1)
 
 
 class SpatialAttention(nn.Module):
@@ -80,12 +93,13 @@ class SpatialAttention(nn.Module):
         self.norm = nn.GroupNorm(norm_groups, channels)
         self.to_qkv = nn.Linear(channels, inner * 3, bias=False)
         self.to_out = nn.Linear(inner, channels)
+        self._register_load_state_dict_pre_hook(_accept_conv_projections)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         tokens = _tokens(self.norm(x))
         chunk = _cpu_chunk(x, n, h * w * self.to_qkv.out_features * x.element_size())
-        out = torch.cat([self._attend(tokens[i : i + chunk]) for i in range(0, n, chunk)])
+        out = _joined([self._attend(tokens[i : i + chunk]) for i in range(0, n, chunk)], dim=0)
         return x + out.permute(0, 3, 1, 2)
 
     def _attend(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -122,6 +136,7 @@ class DepthAttention(nn.Module):
         self.norm = nn.GroupNorm(norm_groups, channels)
         self.to_qkv = nn.Linear(channels, inner * 3, bias=False)
         self.to_out = nn.Linear(inner, channels)
+        self._register_load_state_dict_pre_hook(_accept_conv_projections)
         self.relative_bias = nn.Embedding(2 * max_distance + 1, num_heads)
         nn.init.zeros_(self.relative_bias.weight)
 
@@ -137,7 +152,7 @@ class DepthAttention(nn.Module):
         tokens = _tokens(self.norm(x)).reshape(depth, positions, channels)
         bias = self.position_bias(depth, x.device, x.dtype)
         chunk = _cpu_chunk(x, positions, depth * self.to_qkv.out_features * x.element_size())
-        out = torch.cat([self._attend(tokens[:, i : i + chunk], bias) for i in range(0, positions, chunk)], dim=1)
+        out = _joined([self._attend(tokens[:, i : i + chunk], bias) for i in range(0, positions, chunk)], dim=1)
         return x + out.view(nd, h, w, channels).permute(0, 3, 1, 2)
 
     def _attend(self, tokens: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -146,7 +161,7 @@ class DepthAttention(nn.Module):
         qkv = self.to_qkv(tokens).view(depth, positions, 3, self.num_heads, self.head_channels)
         q, k, v = qkv.permute(2, 1, 3, 0, 4).unbind(0)  # each (positions, heads, depth, head_channels)
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_channels**-0.5 + bias.to(q.dtype)
-        out = torch.matmul(scores.softmax(dim=-1), v)
+        out = torch.matmul(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), v)  # float32 under autocast too
         return self.to_out(out.permute(2, 0, 1, 3).reshape(depth, positions, self.num_heads * self.head_channels))
 
 
@@ -210,8 +225,8 @@ class DepthAttentionUNet(nn.Module):
             training; the results are the same.
         autocast_dtype: run the forward pass under ``torch.autocast`` with this dtype (``"bfloat16"`` or
             ``"float16"``) on the input's device, and return the input's dtype. MONAI's trainers autocast on CUDA
-            only; this also gives bfloat16 on CPUs, where it made a training step about twice as fast here.
-            Changes results by rounding, so it is off (``None``) by default.
+            only; this also gives bfloat16 on CPUs, where it made a training step 15-40% faster and needed 0.6-0.8
+            of the memory here. Changes results by rounding, so it is off (``None``) by default.
     """
 
     def __init__(

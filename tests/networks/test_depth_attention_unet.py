@@ -117,7 +117,7 @@ def _reference_attention(attention: SpatialAttention | DepthAttention, x: torch.
     return x + torch.einsum("nhwi,ci->nchw", out, attention.to_out.weight) + attention.to_out.bias[:, None, None]
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 1, 3000])  # one piece; one slice or position at a time; a few
+@pytest.mark.parametrize("chunk_bytes", [None, 1, 5000])  # one piece; one at a time; uneven chunks (4+4+2, 10+10+4)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_attention_matches_reference_softmax_attention(memory_format, chunk_bytes, monkeypatch):
     if chunk_bytes is not None:  # the CPU processes slices (spatial) or positions (depth) in chunks of this size
@@ -132,7 +132,10 @@ def test_attention_matches_reference_softmax_attention(memory_format, chunk_byte
         assert torch.allclose(out, _reference_attention(attention, x, depth), atol=1e-5)
 
 
-def test_volumes_of_a_batch_stay_apart():
+@pytest.mark.parametrize("chunk_bytes", [None, 700])
+def test_volumes_of_a_batch_stay_apart(chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(depth_attention_unet, "CPU_CHUNK_BYTES", chunk_bytes)
     net = small_unet(depth_position_embedding=True).eval()
     torch.nn.init.normal_(net.depth_position.weight)
     for module in net.modules():
@@ -187,7 +190,8 @@ def test_argument_and_input_errors():
         net(torch.randn(2, 3, 8, 8, 4), torch.tensor([1, 2, 3]))
 
 
-def test_checkpointing_gives_the_same_outputs_and_gradients():
+def test_checkpointing_gives_the_same_outputs_and_gradients(monkeypatch):
+    monkeypatch.setattr(depth_attention_unet, "CPU_CHUNK_BYTES", 700)  # attention in uneven chunks too
     torch.manual_seed(0)
     plain = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
     checkpointed = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4, use_checkpointing=True)
@@ -218,3 +222,16 @@ def test_bfloat16_autocast_option_runs_and_stays_close(use_checkpointing):
     assert 0 < (low - expected).abs().mean() < 0.05 * expected.abs().mean()
     with pytest.raises(ValueError, match="autocast_dtype"):
         DepthAttentionUNet(4, **settings, autocast_dtype="float64")
+
+
+def test_loads_weights_saved_with_1x1_convolution_projections():
+    """Earlier versions projected with 1x1 Conv2d layers: their (out, in, 1, 1) weights still load, same outputs."""
+    torch.manual_seed(0)
+    net = small_unet(depth_position_embedding=True).eval()
+    old_format = {k: v[:, :, None, None] if k.endswith(("to_qkv.weight", "to_out.weight")) else v for k, v in net.state_dict().items()}
+    assert any(v.ndim == 4 and "to_qkv" in k for k, v in old_format.items())
+    reloaded = small_unet(depth_position_embedding=True).eval()
+    reloaded.load_state_dict(old_format)
+    x, t = torch.randn(1, 3, 8, 8, 4), torch.tensor([9])
+    with torch.no_grad():
+        assert torch.equal(reloaded(x, t), net(x, t))
