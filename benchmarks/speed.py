@@ -293,9 +293,7 @@ def report(results: dict, repeats: int) -> str:
         for batch in (1, 2):
             plain = results[f"denoiser:ours:{shape}:{batch}"]
             parts = []
-            for net in _denoiser_networks(batch)[1:]:
-                if net == "monai":
-                    continue
+            for net in (n for n in _denoiser_networks(batch) if n not in ("ours", "monai")):
                 r = results[f"denoiser:{net}:{shape}:{batch}"]
                 parts.append(
                     f"{NAMES[net].split(', ', 1)[1]}: step {r['train_step_s'] / plain['train_step_s']:.2f}x, "

@@ -77,12 +77,10 @@ def _accept_conv_projections(state_dict: dict, prefix: str, *args) -> None:
             state_dict[prefix + name] = weight.flatten(1)
 
 
-class SpatialAttention(nn.Module):
-    """Multi-head self-attention over the in-plane positions of each depth slice (pre-norm, residual).
+class _Attention(nn.Module):
+    """Pre-norm, query/key/value and output projections over the channel axis, shared by both attentions.
 
-    Works on channels-last slices: the projections are matrix multiplies over the channel axis, and queries,
-    keys and values reach the fused kernel (``scaled_dot_product_attention``) as strided views, without copies.
-    On the CPU the slices are processed a few at a time (see ``_cpu_chunk``).
+    Weights saved by earlier versions, whose projections were 1x1 convolutions, load too.
     """
 
     def __init__(self, channels: int, num_heads: int, head_channels: int, norm_groups: int) -> None:
@@ -94,6 +92,15 @@ class SpatialAttention(nn.Module):
         self.to_qkv = nn.Linear(channels, inner * 3, bias=False)
         self.to_out = nn.Linear(inner, channels)
         self._register_load_state_dict_pre_hook(_accept_conv_projections)
+
+
+class SpatialAttention(_Attention):
+    """Multi-head self-attention over the in-plane positions of each depth slice (pre-norm, residual).
+
+    Works on channels-last slices: the projections are matrix multiplies over the channel axis, and queries,
+    keys and values reach the fused kernel (``scaled_dot_product_attention``) as strided views, without copies.
+    On the CPU the slices are processed a few at a time (see ``_cpu_chunk``).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -111,7 +118,7 @@ class SpatialAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(n, h, w, self.num_heads * self.head_channels))
 
 
-class DepthAttention(nn.Module):
+class DepthAttention(_Attention):
     """Multi-head self-attention along the depth axis at every in-plane position, with a relative position bias.
 
     The bias is a learned value per head and per slice offset, offsets clipped to ``max_distance``, so one
@@ -121,22 +128,14 @@ class DepthAttention(nn.Module):
     strided views of the projection's output. The attention itself is written out (two batched matrix
     multiplies and a softmax) rather than fused: the learned bias needs its gradient, which PyTorch's fused
     kernels do not return, and at the paper's depths (8 to 32 slices) the fused CPU kernel measured no faster.
-    On the CPU the in-plane positions are processed a chunk at a time (see ``_cpu_chunk``): at the brain's full
-    resolution that made this layer about 2.5 times as fast here.
+    On the CPU the in-plane positions are processed a chunk at a time (see ``_cpu_chunk``).
     """
 
     def __init__(
         self, channels: int, num_heads: int, head_channels: int, norm_groups: int, max_distance: int = 32
     ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_channels = head_channels
+        super().__init__(channels, num_heads, head_channels, norm_groups)
         self.max_distance = max_distance
-        inner = num_heads * head_channels
-        self.norm = nn.GroupNorm(norm_groups, channels)
-        self.to_qkv = nn.Linear(channels, inner * 3, bias=False)
-        self.to_out = nn.Linear(inner, channels)
-        self._register_load_state_dict_pre_hook(_accept_conv_projections)
         self.relative_bias = nn.Embedding(2 * max_distance + 1, num_heads)
         nn.init.zeros_(self.relative_bias.weight)
 
