@@ -1,46 +1,51 @@
-"""Shared components of the Medical Diffusion bundles: what MONAI lacks to reproduce the paper.
+"""Shared components of the Medical Diffusion bundles: what MONAI lacks to reproduce the papers.
 
-Bundle configs ``import common`` and refer to ``common.<module>.<name>``, so the submodules are imported here.
+The layers, lowest first (a module imports only from layers below its own; ``tests/test_layout.py`` checks it):
+
+- ``io``: writing files atomically under the user's umask, process ranks, the repository root;
+- ``checkpoints``: reading weights safely, with errors that name the file;
+- ``networks``, ``losses``, ``data``: the method's networks and objective, dataset readers and demo data;
+- ``engines``, ``handlers``, ``evaluation``: the training stages, ignite handlers, metrics and evaluators;
+- ``sampling``: sampling a trained latent bundle;
+- ``med_ddpm``: mask-conditioned synthesis (Med-DDPM);
+- ``pipeline``: the stages of a bundle chained, and the demo;
+- ``deploy``: TorchScript exports, Model Zoo packages, safe unpacking;
+- ``cli``: ``python -m common``.
+
+Bundle configs ``import common`` and refer to ``common.<package>.<name>``, so the packages are imported here.
 """
 
+import sys
+
 from . import (
-    breast,
     checkpoints,
     data,
-    demo_data,
-    dicom,
+    deploy,
     engines,
     evaluation,
-    export,
     handlers,
-    latent,
+    io,
     losses,
-    metrics,
+    med_ddpm,
     networks,
-    packaging,
+    pipeline,
     sampling,
-    semantic,
-    transforms,
-    visualize,
 )
+from ._deprecated import install as _install_moved_modules
 
 __all__ = [
-    "breast",
     "checkpoints",
     "data",
-    "demo_data",
-    "dicom",
+    "deploy",
     "engines",
     "evaluation",
-    "export",
     "handlers",
-    "latent",
+    "io",
     "losses",
-    "metrics",
+    "med_ddpm",
     "networks",
-    "packaging",
+    "pipeline",
     "sampling",
-    "semantic",
-    "transforms",
-    "visualize",
 ]
+
+_install_moved_modules(sys.modules[__name__])

@@ -1,9 +1,6 @@
-"""``python -m common <command>``: see ``common.cli`` (demo, pipeline) and ``common.packaging`` (package, unpack)."""
+"""``python -m common <command>``: see ``common.cli``."""
 
-import fire
-
-from common.cli import demo, pipeline
-from common.packaging import package_bundle, unpack_bundle
+from common.cli import main
 
 if __name__ == "__main__":
-    fire.Fire({"demo": demo, "pipeline": pipeline, "package": package_bundle, "unpack": unpack_bundle})
+    main()

@@ -1,163 +1,18 @@
-"""Command line for whole pipelines: ``python -m common demo`` and ``python -m common pipeline``.
-
-Each stage is the bundle's own config run by ``monai.bundle.run``, exactly as a user would run it, with
-overrides; this module only chains the three stages and chooses small settings for the demo.
-"""
+"""The command line, ``python -m common <command>``: ``demo`` and ``pipeline`` (``common.pipeline``), ``package``
+and ``unpack`` (``common.deploy``). Each command's help: ``python -m common <command> --help``."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-from typing import Any
+import fire
 
-from monai.bundle import run as run_bundle
+from common.deploy import package_bundle, unpack_bundle
+from common.pipeline import demo, pipeline
 
-__all__ = ["DEMO_SETTINGS", "STAGES", "bundle_dir", "demo", "pipeline"]
+__all__ = ["COMMANDS", "main"]
 
-STAGES = ("autoencoder", "diffusion", "inference", "evaluation")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-# Small models that train in minutes on 2 CPU cores. The VQ-GAN's adversarial phase keeps the paper's start
-# (iteration 10,000), which the demo's 400 iterations never reach: a few dozen adversarial steps only add
-# checkerboard artefacts (the tests exercise that phase). By stage: "shared" goes to every stage, "denoiser" to the
-# diffusion training and inference (the network must match its checkpoint). The ids are the bundle's documented ones.
-DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
-    "brain_mri": {
-        "shared": {
-            "image_size": [32, 32, 32],
-            "autoencoder_def#base_channels": 16,
-            "autoencoder_def#num_embeddings": 512,
-            "autoencoder_def#downsample_factor": 4,
-            # codes used early and then abandoned keep stretching the codebook range for about
-            # ln(count) / (1 - decay) steps; with 400 iterations the paper's 0.99 leaves them in place
-            "autoencoder_def#decay": 0.9,
-        },
-        "autoencoder": {
-            "perceptual_weight": 0.0,
-            "lr": 0.001,
-            "num_workers": 0,
-            "train#trainer#max_epochs": 50,
-            "save_interval": 0,
-            "log_interval": 40,
-        },
-        "denoiser": {
-            "network_def#channels": [32, 64],
-            "network_def#spatial_attention": [True, True],
-            "network_def#num_heads": 4,
-            "network_def#head_channels": 16,
-        },
-        "diffusion": {
-            "batch_size": 8,
-            "lr": 0.001,
-            "num_workers": 0,
-            "train#trainer#max_epochs": 400,
-            "accumulation_steps": 1,
-            "ema#start_iteration": 400,
-            "ema#every": 1,
-            "ema#decay": 0.99,
-            "save_interval": 0,
-            "log_interval": 40,
-        },
-        "inference": {
-            "num_samples": 4,
-            "num_inference_steps": 100,
-            "spacing": [5.25, 5.25, 5.25],
-        },
-    }
-}
+COMMANDS = {"demo": demo, "pipeline": pipeline, "package": package_bundle, "unpack": unpack_bundle}
 
 
-def bundle_dir(bundle: str) -> Path:
-    """Folder of a bundle of this repository."""
-    path = REPO_ROOT / "bundles" / bundle
-    if not (path / "configs" / "metadata.json").is_file():
-        known = sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs").is_dir())
-        raise ValueError(f"no bundle '{bundle}' in {REPO_ROOT / 'bundles'} (known: {', '.join(known)}).")
-    return path
-
-
-def pipeline(
-    bundle: str = "brain_mri",
-    output_dir: str = "pipeline_output",
-    dataset_dir: str | None = None,
-    stages: str = "autoencoder,diffusion,inference",
-    **overrides: Any,
-) -> str:
-    """Train the VQ-GAN, train the diffusion model, sample, and (stage ``evaluation``) evaluate the samples.
-
-    Args:
-        bundle: bundle name under ``bundles/``.
-        output_dir: folder for models (``models/``), logs (``logs/``), demo data and samples (``samples/``).
-        dataset_dir: the dataset; ``None`` uses the bundle's embedded demo data.
-        stages: comma-separated subset of ``autoencoder,diffusion,inference,evaluation`` to run; ``evaluation``
-            evaluates the samples of ``inference`` against the training data into ``samples/evaluation/``.
-        overrides: further config overrides for every stage, e.g. ``--num_samples 8``.
-
-    Returns the samples folder.
-    """
-    return _run_stages(bundle, output_dir, dataset_dir, stages, {}, overrides)
-
-
-def demo(output_dir: str = "demo_output", bundle: str = "brain_mri") -> str:
-    """Train tiny models on the embedded demo data, sample, write NIfTI volumes plus ``samples.png``, and evaluate
-    the samples (``samples/evaluation/metrics.json`` and pictures)."""
-    if bundle not in DEMO_SETTINGS:
-        raise ValueError(f"no demo settings for bundle '{bundle}' (have: {', '.join(DEMO_SETTINGS)}).")
-    return _run_stages(bundle, output_dir, None, "autoencoder,diffusion,inference,evaluation", DEMO_SETTINGS[bundle], {})
-
-
-def _run_stages(
-    bundle: str,
-    output_dir: str,
-    dataset_dir: str | None,
-    stages: str,
-    settings: dict[str, dict[str, Any]],
-    overrides: dict[str, Any],
-) -> str:
-    configs = bundle_dir(bundle) / "configs"
-    if not (configs / "train_autoencoder.json").is_file():
-        raise ValueError(
-            f"'{bundle}' is not a latent-diffusion bundle (no train_autoencoder.json); run its own configs with "
-            f"python -m monai.bundle run, as its docs/README.md shows."
-        )
-    chosen = [s.strip() for s in stages.split(",") if s.strip()] if isinstance(stages, str) else list(stages)
-    unknown = set(chosen) - set(STAGES)
-    if unknown:
-        raise ValueError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}.")
-    out = Path(output_dir).resolve()
-    paths = {
-        "bundle_root": str(bundle_dir(bundle)),
-        "ckpt_dir": str(out / "models"),
-    }
-    training = {"log_dir": str(out / "logs"), "demo_dir": str(out / "demo_data"), "dataset_dir": dataset_dir}
-    config_files = {
-        "autoencoder": [str(configs / "train_autoencoder.json")],
-        "diffusion": [str(configs / "train_autoencoder.json"), str(configs / "train_diffusion.json")],
-        "inference": [str(configs / "inference.json")],
-        "evaluation": [str(configs / name) for name in ("train_autoencoder.json", "inference.json", "evaluate.json")],
-    }
-    for stage in STAGES:
-        if stage not in chosen:
-            continue
-        denoiser = settings.get("denoiser", {}) if stage != "autoencoder" else {}
-        # evaluation reads the samples of inference, so it takes inference's settings and does not sample again
-        own = {**settings.get("inference", {}), "run": ["$@evaluator.run()"]} if stage == "evaluation" else settings.get(stage, {})
-        stage_overrides = {**paths, **settings.get("shared", {}), **denoiser, **own, **overrides}
-        if stage in ("inference", "evaluation"):
-            stage_overrides["output_dir"] = str(out / "samples")
-        if stage != "inference":
-            stage_overrides.update(training)
-        start = time.time()
-        print(f"[{bundle}] stage '{stage}' starting", flush=True)
-        run_bundle(
-            config_file=config_files[stage],
-            meta_file=str(configs / "metadata.json"),
-            logging_file=str(configs / "logging.conf"),
-            **stage_overrides,
-        )
-        print(f"[{bundle}] stage '{stage}' done in {time.time() - start:.0f} s", flush=True)
-    samples = out / "samples"
-    evaluated = f"; evaluation: {samples / 'evaluation' / 'metrics.json'}" if "evaluation" in chosen else ""
-    print(f"[{bundle}] models: {out / 'models'}; samples and samples.png: {samples}{evaluated}", flush=True)
-    return str(samples)
+def main() -> None:
+    """Run the command named on the command line."""
+    fire.Fire(COMMANDS)

@@ -4,6 +4,9 @@ Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + commi
 ``adversarial_start`` on, the generator hinge losses -mean(D(fake)) of a 2D discriminator on that slice and of a
 3D discriminator on the volume, plus ``feature_matching_weight`` times the L1 distance between their intermediate
 features on real and reconstructed input. Discriminators: hinge loss on real versus reconstructed slice / volume.
+
+Khader et al., Sci Rep 2023, Sec. 2.3 "VQ-GAN": a slice-wise 2D and a whole-volume 3D discriminator with
+feature matching (after Ge et al.), reconstruction, perceptual and commitment losses.
 """
 
 from __future__ import annotations

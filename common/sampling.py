@@ -1,42 +1,27 @@
-"""Sampling synthetic volumes: scheduler choice, the sampling loop, and writing NIfTI files and a picture."""
+"""Sampling synthetic volumes from a trained latent bundle: scheduler choice, the sampling loop, NIfTI files and a picture.
+
+Khader et al., Sci Rep 2023, Sec. 2.3 "Putting It All Together": reverse diffusion from Gaussian noise in the
+codebook-range latent space, then quantisation to the codebook and decoding. Besides the paper's ancestral DDPM
+over all T steps, DDIM (Song et al., ICLR 2021) samples in fewer steps.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
-import torch.distributed as dist
 from monai.inferers import LatentDiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from torch import nn
 
-from common.latent import CodebookRangeAutoencoder
-from common.visualize import save_three_plane_montage
+from common.evaluation.pictures import save_three_plane_montage
+from common.io import gather, process_rank, save_nifti, write_json
+from common.networks import CodebookRangeAutoencoder
 
-__all__ = ["LatentSampler", "gather", "make_sampling_scheduler", "process_rank", "save_nifti", "volume_affine"]
-
-
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) under ``torch.distributed`` (e.g. torchrun), else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather(items: list) -> list:
-    """Every process's ``items`` concatenated, on every process (``all_gather_object``; just ``items`` alone)."""
-    _, world = process_rank()
-    if world == 1:
-        return list(items)
-    everything: list = [None] * world
-    dist.all_gather_object(everything, items)
-    return [item for part in everything for item in part]
+__all__ = ["LatentSampler", "make_sampling_scheduler", "volume_affine"]
 
 
 def make_sampling_scheduler(
@@ -62,24 +47,6 @@ def volume_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     affine = np.diag([*map(float, spacing), 1.0])
     affine[:3, 3] = -(np.asarray(shape[:3], dtype=float) - 1) / 2 * np.asarray(spacing, dtype=float)
     return affine
-
-
-def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype = np.float32) -> str:
-    """Write a NIfTI file atomically (temporary file, then rename), so a crash never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = nib.Nifti1Image(np.asarray(volume, dtype=dtype), affine)
-    image.header.set_xyzt_units("mm")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz" if path.name.endswith(".gz") else ".nii", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return str(path)
 
 
 class LatentSampler:
@@ -177,7 +144,6 @@ class LatentSampler:
                     previews.append((seed, volume))
         everything = gather(written)
         if rank == 0:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
             records = sorted(everything)
             if previews:
                 save_three_plane_montage(
@@ -192,5 +158,12 @@ class LatentSampler:
                 "processes": world,
                 "num_inference_steps": len(self.inferer.scheduler.timesteps),
             }
-            (self.output_dir / "samples.json").write_text(json.dumps(record, indent=4))
+            write_json(record, self.output_dir / "samples.json", indent=4)
         return [path for _, _, path in written]
+
+
+def __getattr__(name: str):
+    """Names that moved out of this module in release 0.2 still resolve, with a ``FutureWarning``."""
+    from common._deprecated import moved_attribute
+
+    return moved_attribute(__name__, name)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from common.latent import CodebookRangeAutoencoder
+from common.networks import CodebookRangeAutoencoder
 from common.networks import DepthAttentionUNet
-from common.sampling import LatentSampler, make_sampling_scheduler, save_nifti, volume_affine
+from common.io import save_nifti
+from common.sampling import LatentSampler, make_sampling_scheduler, volume_affine
 from tests.conftest import tiny_vqgan
 
 

@@ -1,7 +1,15 @@
-"""The training stages on MONAI's ignite engines: VQ-GAN, latent diffusion, and mask-conditioned diffusion."""
+"""The two training stages of Medical Diffusion on MONAI's ignite engines: the VQ-GAN (``VQGANTrainer``) and the
+latent DDPM (MONAI's ``SupervisedTrainer`` with ``LatentDiffusionPrepareBatch``). Med-DDPM's batches are in
+``common.med_ddpm``."""
 
-from .conditional_diffusion import ConcatConditionPrepareBatch
 from .latent_diffusion import LatentDiffusionPrepareBatch
 from .vqgan_trainer import VQGANTrainer
 
-__all__ = ["ConcatConditionPrepareBatch", "LatentDiffusionPrepareBatch", "VQGANTrainer"]
+__all__ = ["LatentDiffusionPrepareBatch", "VQGANTrainer"]
+
+
+def __getattr__(name: str):
+    """Names that moved out of this module in release 0.2 still resolve, with a ``FutureWarning``."""
+    from common._deprecated import moved_attribute
+
+    return moved_attribute(__name__, name)

@@ -1,4 +1,8 @@
-"""Batches for the diffusion stage: images encoded to codebook-range latents, then noised as MONAI does it."""
+"""Batches for the diffusion stage: images encoded to codebook-range latents, then noised as MONAI does it.
+
+Khader et al., Sci Rep 2023, Sec. 2.3 "Putting It All Together": the DDPM learns the VQ-GAN's unquantized,
+codebook-range normalised latents.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import torch
 from monai.engines.utils import DiffusionPrepareBatch, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
-from common.latent import CodebookRangeAutoencoder
+from common.networks import CodebookRangeAutoencoder
 
 __all__ = ["LatentDiffusionPrepareBatch"]
 

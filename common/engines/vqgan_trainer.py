@@ -3,7 +3,8 @@
 MONAI's ``AdversarialTrainer`` trains one generator against one discriminator with a reconstruction loss. The
 Medical Diffusion VQ-GAN needs more: the autoencoder returns a commitment loss besides the reconstruction, two
 discriminators (a random depth slice and the whole volume) with feature matching, adversarial terms that start
-after a given iteration, and gradient clipping. The objective itself lives in ``common.losses.VQGANLoss``.
+after a given iteration, and gradient clipping (Khader et al., Sci Rep 2023, Sec. 2.3 "VQ-GAN"; the settings of
+Supplementary Table 1). The objective itself lives in ``common.losses.VQGANLoss``.
 """
 
 from __future__ import annotations

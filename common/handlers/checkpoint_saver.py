@@ -8,20 +8,19 @@ file only when training completes.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from common.checkpoints import periodic_iteration
-from common.handlers.nan_guard import NonFiniteLossError
+from common.io import is_main_process, save_torch
 
-__all__ = ["AtomicCheckpointSaver", "save_atomically"]
+from .nan_guard import NonFiniteLossError
+
+__all__ = ["AtomicCheckpointSaver"]
 
 
 def _tensors(entries: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -35,23 +34,6 @@ def _tensors(entries: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor
     elif isinstance(entries, (list, tuple)):
         for index, value in enumerate(entries):
             yield from _tensors(value, f"{prefix}.{index}" if prefix else str(index))
-
-
-def save_atomically(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class AtomicCheckpointSaver:
@@ -86,8 +68,8 @@ class AtomicCheckpointSaver:
         self._periodic: list[Path] | None = None  # read from disk at the first save, after a resume or move
 
     def attach(self, engine: Engine) -> None:
-        if self._writes() and self.save_dir.is_dir():
-            for stale in self.save_dir.glob(f".{self.name}*.tmp"):  # left by a process killed while writing
+        if is_main_process() and self.save_dir.is_dir():
+            for stale in self.save_dir.glob(f".{self.name}*.tmp*"):  # left by a process killed while writing
                 stale.unlink(missing_ok=True)
         if self.save_interval:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.save_periodic)
@@ -109,14 +91,11 @@ class AtomicCheckpointSaver:
             )
         return state
 
-    def _writes(self) -> bool:
-        return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
-
     def save_periodic(self, engine: Engine) -> None:
-        if not self._writes():
+        if not is_main_process():
             return
         path = self.save_dir / f"{self.name}_iteration={engine.state.iteration}.pt"
-        save_atomically(self.state(engine), path)
+        save_torch(self.state(engine), path)
         if self._periodic is None:  # a resumed run's earlier periodic files count towards n_saved
             found = [p for p in self.save_dir.glob(f"{self.name}_iteration=*.pt") if periodic_iteration(p, self.name) is not None]
             self._periodic = sorted(found, key=lambda p: periodic_iteration(p, self.name))
@@ -126,5 +105,5 @@ class AtomicCheckpointSaver:
             self._periodic.pop(0).unlink(missing_ok=True)
 
     def save_final(self, engine: Engine) -> None:
-        if self._writes():
-            save_atomically(self.state(engine), self.save_dir / f"{self.name}.pt")
+        if is_main_process():
+            save_torch(self.state(engine), self.save_dir / f"{self.name}.pt")

@@ -1,4 +1,5 @@
-"""Exponential moving average of a network's weights, updated as the paper does it."""
+"""Exponential moving average of a network's weights, updated as the papers' code does it (Medical Diffusion and
+Med-DDPM both sample from an EMA copy of the denoiser: decay 0.995, every 10 steps, from step 2000)."""
 
 from __future__ import annotations
 

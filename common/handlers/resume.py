@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from common.checkpoints import CheckpointError, find_latest_checkpoint, load_state, periodic_iteration, read_checkpoint
+from common.io import is_main_process
 
 __all__ = ["CheckpointResumer"]
 
@@ -79,7 +79,7 @@ class CheckpointResumer:
         so this run's files are never mixed with them, deleted by its rotation, or resumed by mistake."""
         folder = Path(self.save_dir)
         earlier = [p for p in folder.glob(f"{self.name}*.pt") if p.name == f"{self.name}.pt" or periodic_iteration(p, self.name) is not None]
-        if not earlier or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+        if not earlier or not is_main_process():
             return
         target = folder / "earlier_runs" / f"{self.name}_{time.strftime('%Y%m%d-%H%M%S')}"
         target.mkdir(parents=True, exist_ok=True)

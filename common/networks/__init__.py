@@ -1,7 +1,9 @@
-"""Networks that MONAI lacks: the depth-attention denoiser, the VQ-GAN and its codebook."""
+"""Networks that MONAI lacks: the depth-attention denoiser, the VQ-GAN with its codebook, and the codebook-range
+latent wrapper that lets MONAI's latent diffusion inferer train and sample on the VQ-GAN's latents."""
 
+from .codebook_range import CodebookRangeAutoencoder
 from .depth_attention_unet import DepthAttentionUNet
 from .quantizer import CodebookQuantizer
 from .vqgan import VQGAN
 
-__all__ = ["CodebookQuantizer", "DepthAttentionUNet", "VQGAN"]
+__all__ = ["CodebookQuantizer", "CodebookRangeAutoencoder", "DepthAttentionUNet", "VQGAN"]

@@ -5,6 +5,9 @@ compatible with ``monai.networks.nets.VQVAE``. What it adds is what the Medical 
 16384 codes: the codebook is initialised from the first training batch's encoder outputs, codes that fall out
 of use are re-seeded from current encoder outputs (usage must not collapse), and the nearest-code search holds
 no (vectors x codes) distance or one-hot matrix at once (``common.networks.nearest_code``).
+
+The EMA codebook is the one of Khader et al., Sci Rep 2023, Sec. 2.3 "VQ-GAN" (after van den Oord et al.,
+VQ-VAE); initialisation from data and dead-code restart are what the authors' code does besides.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from monai.networks.layers.vector_quantizer import EMAQuantizer
 
-from common.networks.nearest_code import BACKENDS, nearest_code
+from .nearest_code import BACKENDS, nearest_code
 
 __all__ = ["CodebookQuantizer"]
 

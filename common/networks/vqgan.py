@@ -1,5 +1,8 @@
 """The Medical Diffusion VQ-GAN generator: MONAI's ``VQVAE`` laid out like the paper's, with our codebook.
 
+Khader et al., Sci Rep 2023, Sec. 2.3 "VQ-GAN" (a 3D VQ-GAN after Esser et al. and Ge et al.) and
+Supplementary Table 1 (compression 2 or 4, 16384 codes of 8 channels).
+
 The paper's encoder is a k3 convolution to 16 channels, then per halving of the resolution a strided k4 s2
 convolution that doubles the channels plus a residual block; the decoder mirrors it with transposed
 convolutions. ``VQVAE`` expresses this with a stride-1 k3 first level followed by one k4 s2 level per halving.

@@ -1,69 +1,135 @@
-"""Running a bundle's commands from the repository root, with small-model overrides, as a user would."""
+"""Running a bundle's configs as a user does, in this process (``monai.bundle.run``, the function behind
+``python -m monai.bundle run``) or, where a fresh process is the point, on the command line."""
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
+from monai.bundle import run as monai_run
 
 REPO = Path(__file__).resolve().parents[2]
 
-# the small-model overrides documented in each bundle's docs/README.md (plus an --image_size of the bundle's)
-SMALL_SHARED = [
-    "--autoencoder_def#base_channels", "4",
-    "--autoencoder_def#num_embeddings", "64",
-]
-SMALL_AUTOENCODER = [
-    "--image_discriminator#channels", "4", "--volume_discriminator#channels", "4",
-    "--image_discriminator#num_layers_d", "2", "--volume_discriminator#num_layers_d", "2",
-    "--perceptual_weight", "0", "--adversarial_start", "2", "--num_workers", "0",
-    "--train#trainer#max_epochs", "2", "--save_interval", "2", "--log_interval", "1",
-]
-SMALL_DENOISER = [
-    "--network_def#channels", "[8,16]", "--network_def#num_heads", "2", "--network_def#head_channels", "4",
-    "--network_def#spatial_attention", "[False,True]",
-]
+# the small-model overrides documented in each bundle's docs/README.md (plus an image_size of the bundle's)
+SMALL_SHARED: dict[str, Any] = {"autoencoder_def#base_channels": 4, "autoencoder_def#num_embeddings": 64}
+SMALL_AUTOENCODER: dict[str, Any] = {
+    "image_discriminator#channels": 4, "volume_discriminator#channels": 4,
+    "image_discriminator#num_layers_d": 2, "volume_discriminator#num_layers_d": 2,
+    "perceptual_weight": 0, "adversarial_start": 2, "num_workers": 0,
+    "train#trainer#max_epochs": 2, "save_interval": 2, "log_interval": 1,
+}
+SMALL_DENOISER: dict[str, Any] = {
+    "network_def#channels": [8, 16], "network_def#num_heads": 2, "network_def#head_channels": 4,
+    "network_def#spatial_attention": [False, True],
+}
 
 
-def run_bundle(config: str, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+def config_files(bundle: str, *names: str) -> list[str]:
+    """Paths of a bundle's config files, as ``--config_file`` takes them."""
+    return [str(REPO / "bundles" / bundle / "configs" / f"{name}.json") for name in names]
 
 
-def run_pipeline(bundle: str, dataset_dir: Path, workdir: Path, shared: list[str], epochs: int = 1, samples: int = 1) -> dict:
-    """Run a bundle's three commands with the small-model overrides; assert each succeeds.
+@contextmanager
+def in_repository() -> Iterator[None]:
+    """Work from the repository root, where the README's commands are run (``bundle_root`` defaults from it)."""
+    before = os.getcwd()
+    os.chdir(REPO)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
-    Returns the folders (``models``, ``logs``, ``samples``) and the autoencoder run's stdout.
-    """
-    configs = f"bundles/{bundle}/configs"
+
+def run_bundle(configs: Sequence[str], **overrides: Any) -> None:
+    """``python -m monai.bundle run --config_file <configs> --<id> <value> ...``, in this process, from the
+    repository root."""
+    with in_repository():
+        monai_run(config_file=list(configs), **overrides)
+
+
+def command_line(configs: Sequence[str], *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """The same command typed in a shell, in a fresh process; ``args`` as a user types them."""
+    files = "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+
+
+def as_arguments(overrides: dict[str, Any]) -> list[str]:
+    """Overrides as command-line arguments: ``{"image_size": [16, 16, 16]}`` -> ``--image_size [16, 16, 16]``."""
+    return [part for key, value in overrides.items() for part in (f"--{key}", value if isinstance(value, str) else repr(value))]
+
+
+def error_chain(error: BaseException) -> str:
+    """Every message of an exception and its causes: a config expression's error is wrapped by MONAI's parser."""
+    messages, seen = [], set()
+    while error is not None and id(error) not in seen:  # a re-raised cause can link back to its wrapper
+        seen.add(id(error))
+        messages.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def run_pipeline(
+    bundle: str, dataset_dir: Path, workdir: Path, shared: dict[str, Any], epochs: int = 1, samples: int = 1
+) -> dict[str, Any]:
+    """A bundle's three commands with the small-model overrides: train the VQ-GAN, train the diffusion model,
+    sample. Returns the folders (``models``, ``logs``, ``samples``) and what the VQ-GAN training logged
+    (``autoencoder_log``)."""
     paths = {name: workdir / name for name in ("models", "logs", "samples")}
-    common = ["--ckpt_dir", str(paths["models"]), *shared]
-    training = ["--dataset_dir", str(dataset_dir), "--log_dir", str(paths["logs"]), *common]
-    autoencoder = run_bundle(f"{configs}/train_autoencoder.json", *training, *SMALL_AUTOENCODER)
-    assert autoencoder.returncode == 0, autoencoder.stderr[-3000:]
-    diffusion = run_bundle(
-        f"['{configs}/train_autoencoder.json','{configs}/train_diffusion.json']", *training, *SMALL_DENOISER,
-        "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", str(epochs),
-        "--ema#start_iteration", str(epochs),
+    common = {"ckpt_dir": str(paths["models"]), **shared}
+    training = {"dataset_dir": str(dataset_dir), "log_dir": str(paths["logs"]), **common}
+    with collect_log("monai.handlers.StatsHandler") as printed:  # the loss lines a user sees
+        run_bundle(config_files(bundle, "train_autoencoder"), **training, **SMALL_AUTOENCODER)
+    run_bundle(
+        config_files(bundle, "train_autoencoder", "train_diffusion"), **training, **SMALL_DENOISER,
+        num_workers=0, batch_size=2, **{"train#trainer#max_epochs": epochs, "ema#start_iteration": epochs},
     )
-    assert diffusion.returncode == 0, diffusion.stderr[-3000:]
-    inference = run_bundle(
-        f"{configs}/inference.json", *common, *SMALL_DENOISER, "--output_dir", str(paths["samples"]),
-        "--num_samples", str(samples), "--num_inference_steps", "3",
+    run_bundle(
+        config_files(bundle, "inference"), **common, **SMALL_DENOISER, output_dir=str(paths["samples"]),
+        num_samples=samples, num_inference_steps=3,
     )
-    assert inference.returncode == 0, inference.stderr[-3000:]
-    return {**paths, "autoencoder_stdout": autoencoder.stdout}
+    return {**paths, "autoencoder_log": "\n".join(printed)}
+
+
+class _Collect(logging.Handler):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def collect_log(name: str) -> Iterator[list[str]]:
+    """The messages logged to logger ``name`` (INFO and above) during the block. Pytest's ``caplog`` listens on
+    the root logger, whose handlers a bundle run replaces with those of its ``logging.conf``."""
+    messages: list[str] = []
+    handler = _Collect(messages)
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def full_size_parser(bundle: str, image_shape: tuple[int, int, int]) -> tuple[ConfigParser, tuple[int, ...], torch.nn.Module]:
     """The merged training configs of a bundle at their defaults, the latent shape the default VQ-GAN gives for
     one image of ``image_shape``, and that VQ-GAN."""
-    configs = REPO / "bundles" / bundle / "configs"
     parser = ConfigParser()
-    parser.read_config([str(configs / "train_autoencoder.json"), str(configs / "train_diffusion.json")])
+    parser.read_config(config_files(bundle, "train_autoencoder", "train_diffusion"))
     autoencoder = parser.get_parsed_content("autoencoder_def")
     with torch.no_grad():
         latent = autoencoder.encode(torch.zeros(1, 1, *image_shape))

@@ -1,4 +1,5 @@
-"""A tiny brain_mri model trained and evaluated once per test session, shared by the evaluation and packaging tests."""
+"""The brain_mri bundle trained once per test session, at 32^3 on five real-anatomy brains, and evaluated: the
+brain tests, the evaluation, packaging and multi-GPU sampling tests all use this one model."""
 
 from __future__ import annotations
 
@@ -8,19 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.bundles.bundle_runs import SMALL_DENOISER, SMALL_SHARED, run_bundle, run_pipeline
+from tests.bundles.bundle_runs import SMALL_DENOISER, SMALL_SHARED, config_files, run_bundle, run_pipeline
 from tests.conftest import ANATOMICAL
 
-CONFIGS = "bundles/brain_mri/configs"
-EVALUATE = f"['{CONFIGS}/train_autoencoder.json','{CONFIGS}/inference.json','{CONFIGS}/evaluate.json']"
 # 32^3: the 3D MS-SSIM at 3 scales needs 25 voxels per axis
-SIZE_32 = ["--image_size", "[32,32,32]", *SMALL_SHARED]
-# the same overrides as a dict, as `python -m common package --overrides` takes them
-SIZE_32_OVERRIDES = {
-    "image_size": [32, 32, 32], "autoencoder_def#base_channels": 4, "autoencoder_def#num_embeddings": 64,
-    "network_def#channels": [8, 16], "network_def#num_heads": 2, "network_def#head_channels": 4,
-    "network_def#spatial_attention": [False, True],
-}
+SIZE_32 = {"image_size": [32, 32, 32], **SMALL_SHARED}
+# the same model's overrides, as `python -m common package --overrides` takes them
+SIZE_32_OVERRIDES = {**SIZE_32, **SMALL_DENOISER}
+EVALUATE = config_files("brain_mri", "train_autoencoder", "inference", "evaluate")
 
 
 def make_brains(folder: Path, count: int = 5) -> Path:
@@ -39,19 +35,19 @@ def make_brains(folder: Path, count: int = 5) -> Path:
 
 
 @pytest.fixture(scope="session")
-def evaluated_brain_model(tmp_path_factory) -> dict:
-    """Train the three stages at 32^3 on 5 brains, then run evaluate.json with 3 samples.
+def brain_model(tmp_path_factory) -> dict:
+    """Train the three stages at 32^3 on 5 brains (2 epochs of each training, 2 samples), then run evaluate.json
+    with 3 samples.
 
-    Returns the folders (``brains``, ``models``, ``logs``, ``samples``, ``evaluated``) and the command-line
-    arguments that point evaluate.json at them (``args``)."""
+    Returns the folders (``brains``, ``models``, ``logs``, ``samples``, ``evaluated``) and the overrides that
+    point evaluate.json at them (``overrides``)."""
     root = tmp_path_factory.mktemp("brain_model")
     brains = make_brains(root / "brains")
-    run = run_pipeline("brain_mri", brains, root, SIZE_32)
-    args = [
-        "--dataset_dir", str(brains), "--ckpt_dir", str(run["models"]), "--log_dir", str(run["logs"]),
-        *SIZE_32, *SMALL_DENOISER, "--num_workers", "0",
-    ]
+    run = run_pipeline("brain_mri", brains, root, SIZE_32, epochs=2, samples=2)
+    overrides = {
+        "dataset_dir": str(brains), "ckpt_dir": str(run["models"]), "log_dir": str(run["logs"]),
+        **SIZE_32, **SMALL_DENOISER, "num_workers": 0,
+    }
     evaluated = root / "evaluated"
-    result = run_bundle(EVALUATE, *args, "--output_dir", str(evaluated), "--num_samples", "3", "--num_inference_steps", "3")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return {**run, "brains": brains, "evaluated": evaluated, "args": args}
+    run_bundle(EVALUATE, **overrides, output_dir=str(evaluated), num_samples=3, num_inference_steps=3)
+    return {**run, "brains": brains, "evaluated": evaluated, "overrides": overrides}

@@ -1,4 +1,4 @@
-"""The brain_mri bundle's three commands, run from the repository root as a user runs them."""
+"""The brain_mri bundle's three commands, run as a user runs them, and its defaults against the paper."""
 
 from __future__ import annotations
 
@@ -12,15 +12,26 @@ from monai.bundle import ConfigParser
 from monai.networks.schedulers import DDPMScheduler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_SHARED, full_size_parser, run_bundle, run_pipeline
+from common.checkpoints import CheckpointError
+from common.data import DatasetError
+from tests.bundles.bundle_runs import (
+    REPO,
+    SMALL_AUTOENCODER,
+    SMALL_SHARED,
+    command_line,
+    config_files,
+    error_chain,
+    full_size_parser,
+    run_bundle,
+)
 
 CONFIGS = REPO / "bundles" / "brain_mri" / "configs"
-SHARED = ["--image_size", "[16,16,16]", *SMALL_SHARED]
+SHARED = {"image_size": [16, 16, 16], **SMALL_SHARED}
 
 
-def test_train_autoencoder_then_diffusion_then_inference(brain_folder, tmp_path):
-    run = run_pipeline("brain_mri", brain_folder, tmp_path, SHARED, epochs=2, samples=2)
-    models, logs, samples = run["models"], run["logs"], run["samples"]
+def test_train_autoencoder_then_diffusion_then_inference(brain_model):
+    models, logs, samples = brain_model["models"], brain_model["logs"], brain_model["samples"]
+    # 5 brains, batch 2 (the last one dropped), 2 epochs: 4 iterations, a checkpoint every 2
     assert {"autoencoder.pt", "autoencoder_iteration=2.pt", "autoencoder_iteration=4.pt"} <= {p.name for p in models.iterdir()}
     checkpoint = torch.load(models / "autoencoder.pt", weights_only=True)
     assert {"autoencoder", "optimizer", "image_discriminator", "volume_discriminator"} <= set(checkpoint)
@@ -28,14 +39,14 @@ def test_train_autoencoder_then_diffusion_then_inference(brain_folder, tmp_path)
     events.Reload()
     assert {"perplexity", "codebook_usage", "codebook_restarts", "l1", "image_gan", "disc_loss"} <= set(events.Tags()["scalars"])
     assert len(events.Scalars("codebook_usage")) == 4
-    assert "codebook_usage" in run["autoencoder_stdout"]
+    assert "codebook_usage" in brain_model["autoencoder_log"]
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     assert {"network", "ema_network", "optimizer"} <= set(checkpoint)
 
     files = sorted(samples.glob("*.nii.gz"))
     assert [f.name for f in files] == ["sample_0000_seed0.nii.gz", "sample_0001_seed1.nii.gz"]
     image = nib.load(str(files[0]))
-    assert image.shape == (16, 16, 16) and np.allclose(image.header.get_zooms(), 2.7)
+    assert image.shape == (32, 32, 32) and np.allclose(image.header.get_zooms(), 2.7)
     data = np.asanyarray(image.dataobj)
     assert np.isfinite(data).all() and data.min() >= -1 and data.max() <= 1
     assert (samples / "samples.png").is_file()
@@ -53,22 +64,33 @@ def test_wrong_dataset_dir_stops_before_training(tmp_path, brain_folder, problem
         (folder / "readme.txt").write_text("no images here")
     if problem == "corrupt":
         (folder / "sub-00" / "t1.nii").write_bytes(b"not nifti")
-    result = run_bundle(
-        "bundles/brain_mri/configs/train_autoencoder.json", "--dataset_dir", str(folder),
-        "--ckpt_dir", str(tmp_path / "models"), "--log_dir", str(tmp_path / "logs"), *SHARED, *SMALL_AUTOENCODER,
+    with pytest.raises(Exception) as info:
+        run_bundle(
+            config_files("brain_mri", "train_autoencoder"), dataset_dir=str(folder), ckpt_dir=str(tmp_path / "models"),
+            log_dir=str(tmp_path / "logs"), **SHARED, **SMALL_AUTOENCODER,
+        )
+    expected = {"missing": "does not exist", "empty": "is empty", "no_nifti": "no NIfTI", "corrupt": "cannot be read as NIfTI"}
+    assert f"DatasetError: " in error_chain(info.value) and expected[problem] in error_chain(info.value)
+    assert str(folder) in error_chain(info.value)
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_mistake_on_the_command_line_exits_with_the_reason(tmp_path):
+    """The one command a user types, in a fresh process: a non-zero exit and the file named on stderr."""
+    result = command_line(
+        config_files("brain_mri", "train_autoencoder"), "--dataset_dir", str(tmp_path / "missing"),
+        "--ckpt_dir", str(tmp_path / "models"),
     )
     assert result.returncode != 0
-    expected = {"missing": "does not exist", "empty": "is empty", "no_nifti": "no NIfTI", "corrupt": "cannot be read as NIfTI"}
-    assert expected[problem] in result.stderr and str(folder) in result.stderr
+    assert f"DatasetError: dataset_dir {tmp_path / 'missing'} does not exist." in result.stderr
     assert not (tmp_path / "models").exists()
 
 
 def test_missing_autoencoder_weights_are_reported(tmp_path):
-    result = run_bundle(
-        "bundles/brain_mri/configs/inference.json", "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"),
-    )
-    assert result.returncode != 0
-    assert f"checkpoint {tmp_path / 'autoencoder.pt'} does not exist" in result.stderr
+    with pytest.raises(Exception) as info:
+        run_bundle(config_files("brain_mri", "inference"), ckpt_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
+    assert isinstance(info.value, CheckpointError) or "CheckpointError" in error_chain(info.value)
+    assert f"checkpoint {tmp_path / 'autoencoder.pt'} does not exist" in error_chain(info.value)
 
 
 def test_full_size_defaults_build_and_match_the_paper():
@@ -115,7 +137,7 @@ def test_metadata_has_the_model_zoo_keys(bundle, latent, image):
 
 
 def test_demo_settings_name_existing_config_ids():
-    from common.cli import DEMO_SETTINGS
+    from common.pipeline import DEMO_SETTINGS
 
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train_autoencoder.json"), str(CONFIGS / "train_diffusion.json")])

@@ -10,12 +10,12 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from common.demo_data import make_breast_phantom, write_breast_mask, write_dicom_series
+from common.data.demo import make_breast_phantom, write_breast_mask, write_dicom_series
 from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
 
 CONFIGS = REPO / "bundles" / "breast_mri" / "configs"
 # small volumes: 2 x 2 x 3 mm resampling, 32x32x16 output
-SHARED = ["--image_size", "[32,32,16]", "--resample_spacing", "[2.0,2.0,3.0]", *SMALL_SHARED]
+SHARED = {"image_size": [32, 32, 16], "resample_spacing": [2.0, 2.0, 3.0], **SMALL_SHARED}
 ROWS, COLUMNS, SLICES = 20, 40, 4
 SPACING = (1.32, 1.32, 6.0)
 
@@ -89,7 +89,7 @@ def duke_folder(tmp_path: Path) -> Path:
 
 
 def test_train_autoencoder_then_diffusion_then_inference(duke_folder, tmp_path):
-    shared = [*SHARED, "--mask_dir", str(duke_folder.parent / "masks")]
+    shared = {**SHARED, "mask_dir": str(duke_folder.parent / "masks")}
     run = run_pipeline("breast_mri", duke_folder, tmp_path, shared)
     assert (run["models"] / "autoencoder.pt").is_file()
     assert {"network", "ema_network"} <= set(torch.load(run["models"] / "diffusion.pt", weights_only=True))

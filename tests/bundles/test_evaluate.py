@@ -9,13 +9,17 @@ import pytest
 from monai.transforms import Randomizable
 from monai.bundle import ConfigParser
 
-from common.sampling import save_nifti, volume_affine
-from tests.bundles.bundle_runs import REPO, run_bundle
-from tests.bundles.conftest import CONFIGS, EVALUATE
+from common.io import save_nifti
+from common.sampling import volume_affine
+from common.io import write_json
+from tests.bundles.bundle_runs import REPO, config_files, run_bundle
+from tests.bundles.conftest import EVALUATE
+
+CONFIGS = REPO / "bundles" / "brain_mri" / "configs"
 
 
-def test_evaluate_writes_every_metric_and_flags_training_volumes(evaluated_brain_model, tmp_path):
-    brains, common, out = evaluated_brain_model["brains"], evaluated_brain_model["args"], evaluated_brain_model["evaluated"]
+def test_evaluate_writes_every_metric_and_flags_training_volumes(brain_model, tmp_path):
+    brains, overrides, out = brain_model["brains"], brain_model["overrides"], brain_model["evaluated"]
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert (metrics["samples"], metrics["real_volumes"], metrics["image_size"]) == (3, 5, [32, 32, 32])
     assert 0 <= metrics["diversity_ms_ssim"]["synthetic"] <= 1 and 0 <= metrics["diversity_ms_ssim"]["real"] < 1
@@ -27,7 +31,7 @@ def test_evaluate_writes_every_metric_and_flags_training_volumes(evaluated_brain
 
     # the training volumes themselves, preprocessed as the model sees them, given as "samples": all are copies
     parser = ConfigParser()
-    parser.read_config([str(REPO / CONFIGS / name) for name in ("train_autoencoder.json", "evaluate.json")])
+    parser.read_config(config_files("brain_mri", "train_autoencoder", "evaluate"))
     parser.update({"dataset_dir": str(brains), "image_size": [32, 32, 32]})
     dataset = parser.get_parsed_content("real_dataset")
     copies = tmp_path / "copies"
@@ -35,9 +39,8 @@ def test_evaluate_writes_every_metric_and_flags_training_volumes(evaluated_brain
     files = [f"copy_{i}.nii.gz" for i in range(len(dataset))]
     for name, item in zip(files, dataset):
         save_nifti(np.asarray(item["image"][0]), volume_affine((32, 32, 32), (2.7,) * 3), copies / name)
-    (copies / "samples.json").write_text(json.dumps({"files": files}))
-    result = run_bundle(EVALUATE, *common, "--output_dir", str(copies), "--run", "['$@evaluator.run()']")
-    assert result.returncode == 0, result.stderr[-3000:]
+    write_json({"files": files}, copies / "samples.json")
+    run_bundle(EVALUATE, **overrides, output_dir=str(copies), run=["$@evaluator.run()"])
     audit = json.loads((copies / "evaluation" / "metrics.json").read_text())["memorisation_audit"]
     assert audit["near_copies"] == files and audit["real_duplicates"] == 0
     assert [e["nearest_real"] for e in audit["samples"]] == [item["image"] for item in parser.get_parsed_content("datalist")]
@@ -45,10 +48,8 @@ def test_evaluate_writes_every_metric_and_flags_training_volumes(evaluated_brain
 
 @pytest.mark.parametrize("bundle", ["brain_mri", "knee_mri", "breast_mri", "chest_ct"])
 def test_every_bundle_evaluates_with_its_training_preprocessing_minus_the_random_flip(bundle, tmp_path):
-    configs = REPO / "bundles" / bundle / "configs"
-    assert (configs / "evaluate.json").read_text() == (REPO / CONFIGS / "evaluate.json").read_text()
     parser = ConfigParser()
-    parser.read_config([str(configs / name) for name in ("train_autoencoder.json", "inference.json", "evaluate.json")])
+    parser.read_config(config_files(bundle, "train_autoencoder", "inference", "evaluate"))
     parser.update({"demo_dir": str(tmp_path)})
     training = parser.get_parsed_content("train#preprocessing").transforms
     evaluation = parser.get_parsed_content("evaluation_preprocessing").transforms

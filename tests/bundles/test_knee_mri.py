@@ -15,7 +15,7 @@ from common.data import DatasetError, mrnet_datalist
 from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
 
 CONFIGS = REPO / "bundles" / "knee_mri" / "configs"
-SHARED = ["--image_size", "[64,64,16]", *SMALL_SHARED]
+SHARED = {"image_size": [64, 64, 16], **SMALL_SHARED}
 
 
 @pytest.fixture

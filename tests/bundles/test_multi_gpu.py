@@ -1,4 +1,8 @@
-"""Multi-GPU training configs, run as Model Zoo bundles are: torchrun with 2 processes (gloo on the CPU)."""
+"""Multi-GPU training configs, run as Model Zoo bundles are: torchrun with 2 processes (gloo on the CPU).
+
+The four latent bundles' multi-GPU configs are rendered from one template each (tests/bundles/test_templates.py),
+so running brain_mri's covers them all.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, run_bundle
+from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, as_arguments, config_files, run_bundle
 from tests.bundles.conftest import SIZE_32
 
 CONFIGS = "bundles/brain_mri/configs"
@@ -25,7 +29,7 @@ def torchrun(configs: list[str], *args: str) -> subprocess.CompletedProcess:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "monai.bundle", "run", "--config_file", files, *args,
     ]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
 
 def dump_per_rank(network_id: str, folder: Path) -> list[str]:
@@ -33,7 +37,7 @@ def dump_per_rank(network_id: str, folder: Path) -> list[str]:
     return [
         "--finalize",
         f"['$torch.save(@{network_id}.module.state_dict(), \\'{folder}/rank\\' + str(dist.get_rank()) + \\'.pt\\')',"
-        " '$dist.destroy_process_group()']",
+        " '$@tensorboard.close()', '$dist.destroy_process_group()']",
     ]
 
 
@@ -52,9 +56,9 @@ def test_two_process_training_keeps_ranks_identical_and_writes_once(tmp_path):
     (tmp_path / "ae").mkdir()
     (tmp_path / "dm").mkdir()
     shared = ["--demo_dir", str(tmp_path / "demo"), "--ckpt_dir", str(models), "--log_dir", str(logs),
-              "--image_size", "[16,16,16]", *SMALL_SHARED]
+              "--image_size", "[16,16,16]", *as_arguments(SMALL_SHARED)]
     result = torchrun(
-        ["train_autoencoder", "multi_gpu_train_autoencoder"], *shared, *SMALL_AUTOENCODER,
+        ["train_autoencoder", "multi_gpu_train_autoencoder"], *shared, *as_arguments(SMALL_AUTOENCODER),
         *dump_per_rank("autoencoder", tmp_path / "ae"),
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -75,7 +79,7 @@ def test_two_process_training_keeps_ranks_identical_and_writes_once(tmp_path):
 
     result = torchrun(
         ["train_autoencoder", "train_diffusion", "multi_gpu_train_autoencoder", "multi_gpu_train_diffusion"],
-        *shared, *SMALL_DENOISER, "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "2",
+        *shared, *as_arguments(SMALL_DENOISER), "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "2",
         "--ema#start_iteration", "2", *dump_per_rank("network", tmp_path / "dm"),
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -86,11 +90,11 @@ def test_two_process_training_keeps_ranks_identical_and_writes_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_sampling_splits_the_samples_and_records_regenerable_seeds(evaluated_brain_model, tmp_path):
-    common = ["--ckpt_dir", str(evaluated_brain_model["models"]), *SIZE_32, *SMALL_DENOISER]  # the session's trained model
+def test_two_process_sampling_splits_the_samples_and_records_regenerable_seeds(brain_model, tmp_path):
+    model = {"ckpt_dir": str(brain_model["models"]), **SIZE_32, **SMALL_DENOISER}  # the session's trained model
     out = tmp_path / "samples"
     result = torchrun(
-        ["inference", "multi_gpu_inference"], *common, "--output_dir", str(out), "--num_samples", "5",
+        ["inference", "multi_gpu_inference"], *as_arguments(model), "--output_dir", str(out), "--num_samples", "5",
         "--seed", "100", "--num_inference_steps", "3",
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -103,16 +107,7 @@ def test_two_process_sampling_splits_the_samples_and_records_regenerable_seeds(e
 
     # sample 3 (written by rank 1) regenerated alone, in one process, from its recorded seed
     again = tmp_path / "again"
-    result = run_bundle(
-        f"{CONFIGS}/inference.json", *common, "--output_dir", str(again), "--num_samples", "1", "--seed", "103",
-        "--num_inference_steps", "3",
+    run_bundle(
+        config_files("brain_mri", "inference"), **model, output_dir=str(again), num_samples=1, seed=103, num_inference_steps=3
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     assert np.array_equal(np.asanyarray(nib.load(str(again / "sample_0000_seed103.nii.gz")).dataobj), volumes[3])
-
-
-@pytest.mark.parametrize("bundle", ["knee_mri", "breast_mri", "chest_ct"])
-def test_every_bundle_has_the_multi_gpu_configs_tested_above(bundle):
-    """The torchrun tests run brain_mri's files; every bundle ships the same ones, so they cover all bundles."""
-    for name in ("multi_gpu_train_autoencoder.json", "multi_gpu_train_diffusion.json", "multi_gpu_inference.json"):
-        assert (REPO / "bundles" / bundle / "configs" / name).read_text() == (REPO / CONFIGS / name).read_text(), name

@@ -9,7 +9,7 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDPMScheduler
 
 from common.engines import LatentDiffusionPrepareBatch
-from common.latent import CodebookRangeAutoencoder
+from common.networks import CodebookRangeAutoencoder
 from common.networks import DepthAttentionUNet
 from tests.conftest import tiny_vqgan
 

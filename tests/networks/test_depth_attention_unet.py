@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from monai.inferers import DiffusionInferer, LatentDiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from common.latent import CodebookRangeAutoencoder
+from common.networks import CodebookRangeAutoencoder
 from common.networks import DepthAttentionUNet
 from common.networks import depth_attention_unet
 from common.networks.depth_attention_unet import DepthAttention, SpatialAttention

@@ -1,0 +1,89 @@
+"""Import paths of release 0.1 that moved in release 0.2, kept working until 0.3 with a ``FutureWarning``.
+
+Users' own configs may name ``common.latent.CodebookRangeAutoencoder`` or ``common.semantic.MaskConditionedSampler``;
+those names still resolve (``_target_`` lookups, ``$`` expressions and ``import`` statements alike), each use
+warning once with the new path. docs/migration.md lists the moves.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+import warnings
+from typing import Any
+
+__all__ = ["MOVED_MODULES", "MOVED_NAMES", "install", "moved_attribute"]
+
+REMOVED_IN = "0.3"
+
+# old module -> the modules its names now live in, searched in order
+MOVED_MODULES: dict[str, tuple[str, ...]] = {
+    "common.breast": ("common.data",),
+    "common.demo_data": ("common.data", "common.data.demo"),
+    "common.dicom": ("common.data", "common.data.dicom"),
+    "common.export": ("common.deploy",),
+    "common.latent": ("common.networks",),
+    "common.metrics": ("common.evaluation.metrics", "common.evaluation.audit"),
+    "common.packaging": ("common.deploy",),
+    "common.semantic": ("common.med_ddpm", "common.data"),
+    "common.semantic_evaluation": ("common.med_ddpm",),
+    "common.transforms": ("common.data", "common.data.transforms"),
+    "common.utility": ("common.med_ddpm.utility",),
+    "common.visualize": ("common.evaluation.pictures",),
+}
+
+# names that moved out of a module that still exists, or were renamed: old "module.name" -> new "module.name"
+MOVED_NAMES: dict[str, str] = {
+    "common.engines.ConcatConditionPrepareBatch": "common.med_ddpm.ConcatConditionPrepareBatch",
+    "common.semantic.stem": "common.data.nifti_stem",
+    "common.sampling.gather": "common.io.gather",
+    "common.sampling.process_rank": "common.io.process_rank",
+    "common.sampling.save_nifti": "common.io.save_nifti",
+}
+
+
+def _warn(old: str, new: str, stacklevel: int) -> None:
+    warnings.warn(
+        f"{old} moved to {new} in release 0.2; the old path stops working in release {REMOVED_IN} "
+        "(see docs/migration.md).",
+        FutureWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def moved_attribute(module: str, name: str, stacklevel: int = 3) -> Any:
+    """The object ``module.name`` moved to (warning with its new path), or ``AttributeError`` as Python raises it."""
+    new = MOVED_NAMES.get(f"{module}.{name}")
+    if new is None:
+        raise AttributeError(f"module '{module}' has no attribute '{name}'")
+    target, attribute = new.rsplit(".", 1)
+    _warn(f"{module}.{name}", new, stacklevel)
+    return getattr(importlib.import_module(target), attribute)
+
+
+class MovedModule(types.ModuleType):
+    """Stands in for a module of release 0.1: each name is looked up where it moved, with a warning."""
+
+    def __init__(self, name: str, targets: tuple[str, ...]) -> None:
+        super().__init__(name, f"Moved: use {' or '.join(targets)}.")
+        self.__targets = targets
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if f"{self.__name__}.{name}" in MOVED_NAMES:
+            return moved_attribute(self.__name__, name, stacklevel=3)
+        for target in self.__targets:
+            module = importlib.import_module(target)
+            if name in vars(module):
+                _warn(f"{self.__name__}.{name}", f"{target}.{name}", stacklevel=2)
+                return vars(module)[name]
+        raise AttributeError(f"module '{self.__name__}' has no attribute '{name}' (its names moved to {', '.join(self.__targets)})")
+
+
+def install(package: types.ModuleType) -> None:
+    """Register the old modules of ``package`` (``common``), so importing them still works."""
+    for old, targets in MOVED_MODULES.items():
+        module = sys.modules.setdefault(old, MovedModule(old, targets))
+        setattr(package, old.rsplit(".", 1)[1], module)

@@ -1,0 +1,54 @@
+"""Reading each dataset's real on-disk format, checking it before training, and the embedded demo data.
+
+Readers return MONAI datalists and raise ``DatasetError`` naming every unusable file: ``nifti_datalist`` (a folder
+of NIfTI volumes: brain MRI), ``mrnet_datalist`` (the MRNet knee release), ``dicom_series_datalist`` (DICOM series
+folders: LIDC-IDRI chest CT), ``breast_datalist`` (the Duke breast MRI layout with breast masks) and
+``paired_datalist`` (image/label pairs for Med-DDPM). ``transforms`` holds the preprocessing MONAI has no single
+transform for, and ``demo`` makes small volumes in each of these formats so every bundle runs with no download.
+"""
+
+from .breast import T1_NON_FAT_SAT, breast_datalist, patient_of
+from .checks import DatasetError, check_all, check_intensities, raise_if_problems, require_folder
+from .demo import (
+    brain_demo_datalist,
+    breast_demo_datalist,
+    chest_demo_datalist,
+    knee_demo_datalist,
+    tumor_demo_datalist,
+)
+from .dicom import DicomSeries, dicom_series_datalist, read_series
+from .mrnet import MRNET_PLANES, check_mrnet_exam, mrnet_datalist
+from .nifti import NIFTI_SUFFIXES, check_volume, find_nifti_files, nifti_datalist, nifti_stem
+from .pairs import check_pair, paired_datalist
+from .transforms import CropBreastSided, RemapLabelsd
+
+__all__ = [
+    "MRNET_PLANES",
+    "NIFTI_SUFFIXES",
+    "T1_NON_FAT_SAT",
+    "CropBreastSided",
+    "DatasetError",
+    "DicomSeries",
+    "RemapLabelsd",
+    "brain_demo_datalist",
+    "breast_datalist",
+    "breast_demo_datalist",
+    "check_all",
+    "check_intensities",
+    "check_mrnet_exam",
+    "check_pair",
+    "check_volume",
+    "chest_demo_datalist",
+    "dicom_series_datalist",
+    "find_nifti_files",
+    "knee_demo_datalist",
+    "mrnet_datalist",
+    "nifti_datalist",
+    "nifti_stem",
+    "paired_datalist",
+    "patient_of",
+    "raise_if_problems",
+    "read_series",
+    "require_folder",
+    "tumor_demo_datalist",
+]

@@ -1,0 +1,59 @@
+"""What every dataset reader shares: one error type that names the file, and reporting all bad files at once.
+
+Every problem is reported with the path and what is wrong (a missing or empty folder, a corrupt or truncated
+file, the wrong shape, NaN or infinite voxels, a constant volume), and all bad files of a folder are listed in one
+error, so one pass over the data fixes them before hours of training are spent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DatasetError", "check_all", "check_intensities", "raise_if_problems", "require_folder"]
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file that cannot be used, with the path and the problem in the message."""
+
+
+def require_folder(dataset_dir: str | os.PathLike) -> Path:
+    """``dataset_dir`` as a Path; ``DatasetError`` unless it is an existing, readable folder."""
+    folder = Path(dataset_dir).expanduser()
+    if not folder.exists():
+        raise DatasetError(f"dataset_dir {folder} does not exist.")
+    if not folder.is_dir():
+        raise DatasetError(f"dataset_dir {folder} is not a folder.")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise DatasetError(f"dataset_dir {folder} cannot be read (permission denied).")
+    return folder
+
+
+def check_intensities(path: str | os.PathLike, data: np.ndarray) -> None:
+    """``DatasetError`` naming ``path`` for NaN or infinite voxels, or a constant volume."""
+    if not np.isfinite(data).all():
+        raise DatasetError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN or infinite voxels.")
+    if data.min() == data.max():
+        raise DatasetError(f"{path}: every voxel is {data.min()}; a constant volume cannot be scaled to [-1, 1].")
+
+
+def raise_if_problems(problems: Sequence[str], what: str) -> None:
+    """One ``DatasetError`` listing every problem found (the first 20) in ``what``, e.g. "998 files in DIR"."""
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DatasetError(f"{len(problems)} of {what} are unusable:\n  {shown}{more}")
+
+
+def check_all(files: Sequence[str], check: Callable[[str], None], dataset_dir: str | os.PathLike) -> None:
+    """Run ``check`` on every file and raise one ``DatasetError`` listing all that failed."""
+    problems = []
+    for path in files:
+        try:
+            check(path)
+        except DatasetError as error:
+            problems.append(str(error))
+    raise_if_problems(problems, f"{len(files)} files in {dataset_dir}")

@@ -1,0 +1,54 @@
+"""The MRNet knee MRI release (``MRNet-v1.0/{train,valid}/<plane>/NNNN.npy``): find and check the exams."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .checks import DatasetError, check_all, check_intensities, require_folder
+
+__all__ = ["MRNET_PLANES", "check_mrnet_exam", "mrnet_datalist"]
+
+MRNET_PLANES = ("axial", "coronal", "sagittal")
+MRNET_SLICE_SHAPE = (256, 256)
+
+
+def check_mrnet_exam(path: str | os.PathLike) -> None:
+    """Raise ``DatasetError`` unless ``path`` is an MRNet exam: a (slices, 256, 256) array, finite, not constant."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as error:  # truncated or foreign files raise ValueError, OSError, EOFError, ...
+        raise DatasetError(f"{path}: cannot be read as a NumPy array ({type(error).__name__}: {error}).") from error
+    if data.ndim != 3 or data.shape[1:] != MRNET_SLICE_SHAPE or data.shape[0] < 2:
+        raise DatasetError(f"{path}: expected an MRNet exam of shape (slices, 256, 256), got {data.shape}.")
+    check_intensities(path, data)
+
+
+def mrnet_datalist(
+    dataset_dir: str | os.PathLike,
+    plane: str = "sagittal",
+    splits: Sequence[str] = ("train", "valid"),
+    key: str = "image",
+    check: bool = True,
+) -> list[dict[str, str]]:
+    """MONAI datalist of the MRNet exams of one plane, as released (``MRNet-v1.0/{train,valid}/<plane>/*.npy``).
+
+    ``dataset_dir`` is the folder holding ``train/`` and ``valid/``. Every exam is checked first (see
+    ``check_mrnet_exam``); ``DatasetError`` lists every unusable file.
+    """
+    if plane not in MRNET_PLANES:
+        raise ValueError(f"plane must be one of {MRNET_PLANES}, got {plane!r}.")
+    root = require_folder(dataset_dir)
+    folders = [root / split / plane for split in splits]
+    present = [folder for folder in folders if folder.is_dir()]
+    if not present:
+        expected = " and/or ".join(str(folder / "*.npy") for folder in folders)
+        raise DatasetError(f"dataset_dir {root} is not an MRNet folder: expected {expected} (as in MRNet-v1.0).")
+    files = sorted(str(p) for folder in present for p in folder.glob("*.npy"))
+    if not files:
+        raise DatasetError(f"no .npy exams in {', '.join(str(folder) for folder in present)}.")
+    if check:
+        check_all(files, check_mrnet_exam, root)
+    return [{key: path} for path in files]

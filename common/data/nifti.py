@@ -1,0 +1,59 @@
+"""Folders of NIfTI volumes (the brain bundle's ADNI layout, and any skull-stripped T1 folder): find and check."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .checks import DatasetError, check_all, check_intensities, require_folder
+
+__all__ = ["NIFTI_SUFFIXES", "check_volume", "find_nifti_files", "nifti_datalist", "nifti_stem"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def nifti_stem(path: str | os.PathLike) -> str:
+    """File name without its NIfTI suffix ("sub-01_T1w.nii.gz" -> "sub-01_T1w")."""
+    name = Path(path).name
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def find_nifti_files(dataset_dir: str | os.PathLike) -> list[str]:
+    """Sorted NIfTI files under ``dataset_dir`` (recursively); errors name the folder and the problem."""
+    folder = require_folder(dataset_dir)
+    files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
+    if not files:
+        others = sum(1 for p in folder.rglob("*") if p.is_file())
+        what = "is empty" if others == 0 else f"holds {others} files but no NIfTI (.nii or .nii.gz) file"
+        raise DatasetError(f"dataset_dir {folder} {what}.")
+    return files
+
+
+def check_volume(path: str | os.PathLike) -> None:
+    """Raise ``DatasetError`` unless ``path`` is a readable 3D NIfTI volume with finite, non-constant voxels."""
+    try:
+        image = nib.load(str(path))
+        shape = image.shape
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel raises many types for corrupt or truncated files
+        raise DatasetError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error}).") from error
+    if len(shape) < 3 or any(s != 1 for s in shape[3:]) or min(shape[:3]) < 2:
+        raise DatasetError(f"{path}: expected a 3D volume, got shape {tuple(shape)}.")
+    check_intensities(path, data)
+
+
+def nifti_datalist(dataset_dir: str | os.PathLike, key: str = "image", check: bool = True) -> list[dict[str, str]]:
+    """MONAI datalist ``[{key: path}, ...]`` of the NIfTI volumes in ``dataset_dir``, each checked first.
+
+    Raises ``DatasetError`` listing every unusable file (up to 20) if any is found.
+    """
+    files = find_nifti_files(dataset_dir)
+    if check:
+        check_all(files, check_volume, dataset_dir)
+    return [{key: path} for path in files]

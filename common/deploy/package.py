@@ -1,0 +1,216 @@
+"""Packaging a trained bundle as the Model Zoo distributes one.
+
+``package_bundle`` writes ``<name>/`` (configs with the training overrides applied, docs, LICENSE, the trained
+weights, their TorchScript exports, ``large_files.yml`` with hashes, and a copy of ``common``) and the zip
+``<name>_v<version>.zip`` holding it, the layout ``python -m monai.bundle download`` extracts, from a URL or a
+GitHub release. The packaged bundle runs ``python -m monai.bundle run --config_file configs/inference.json`` from
+its own folder, without this repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from common.checkpoints import CheckpointError, read_checkpoint
+from common.io import REPO_ROOT, atomic_path, bundle_dir
+from common.pipeline import DEMO_SETTINGS
+
+from .export import export_torchscript
+
+__all__ = ["PackagingError", "package_bundle"]
+
+# per kind of bundle: checkpoint file -> the entry inference reads
+INFERENCE_WEIGHTS = {
+    "latent": {"autoencoder.pt": "autoencoder", "diffusion.pt": "ema_network"},
+    "mask_conditioned": {"diffusion.pt": "ema_network"},
+}
+VARIANT_CONFIGS = ("brats_multimodal.json",)  # overlays merged by users on top of the others
+
+
+class PackagingError(RuntimeError):
+    """A trained bundle that cannot be packaged: missing weights, unknown overrides."""
+
+
+def _configs_with_overrides(configs: Path, overrides: Mapping[str, Any]) -> dict[str, dict]:
+    """Every JSON config of a bundle with each override applied where its id exists in that file."""
+    result, used = {}, set()
+    for path in sorted(configs.glob("*.json")):
+        parser = ConfigParser(ConfigParser.load_config_file(str(path)))
+        if path.name in VARIANT_CONFIGS:  # a variant's own settings are its point: copied as they are
+            result[path.name] = parser.get()
+            continue
+        for key, value in overrides.items():
+            if key in parser:
+                parser[key] = value
+                used.add(key)
+        result[path.name] = parser.get()
+    unknown = sorted(set(overrides) - used)
+    if unknown:
+        raise PackagingError(f"overrides {unknown} are not ids of any config in {configs}.")
+    return result
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _kind(configs: Path) -> str:
+    """"latent" (VQ-GAN + latent DDPM, Medical Diffusion) or "mask_conditioned" (pixel-space DDPM, Med-DDPM)."""
+    return "latent" if (configs / "train_autoencoder.json").is_file() else "mask_conditioned"
+
+
+def _inference_weights(ckpt_dir: Path, models: Path, kind: str) -> None:
+    """Copy the entries inference reads (VQ-GAN, EMA denoiser) of the final checkpoints, without optimizer state."""
+    for name, key in INFERENCE_WEIGHTS[kind].items():
+        try:
+            checkpoint = read_checkpoint(ckpt_dir / name)
+        except CheckpointError as error:
+            raise PackagingError(f"cannot package: {error}") from error
+        if key not in checkpoint:
+            raise PackagingError(f"cannot package: checkpoint {ckpt_dir / name} has no '{key}' entry.")
+        torch.save({key: checkpoint[key]}, models / name)
+
+
+def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
+    """TorchScript exports of the packaged VQ-GAN and denoiser, traced at the bundle's sizes, configs embedded."""
+    parser = ConfigParser()
+    parser.read_config([str(bundle_dir / "configs" / "inference.json")])
+    parser.update({"bundle_root": str(bundle_dir), "device": "$torch.device('cpu')"})
+    embedded = {"inference": configs["inference.json"], "metadata": configs["metadata.json"]}
+    models = bundle_dir / "models"
+    if _kind(bundle_dir / "configs") == "latent":
+        autoencoder = parser.get_parsed_content("latent_autoencoder").autoencoder
+        if hasattr(autoencoder, "codebook"):  # faiss runs outside torch: a trace would freeze its answers;
+            autoencoder.codebook.search_backend = "torch"  # the torch search traces as one addmm + argmin
+        image = torch.rand(1, 1, *parser["image_size"]) * 2 - 1
+        export_torchscript(autoencoder, (image,), models / "autoencoder.ts", embedded)
+        noisy = torch.randn(1, *parser.get_parsed_content("latent_shape"))
+    else:  # the noisy image with the one-hot mask channels
+        channels = parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes")
+        noisy = torch.randn(1, channels, *parser["image_size"])
+    export_torchscript(parser.get_parsed_content("network"), (noisy, torch.tensor([1])), models / "diffusion.ts", embedded)
+
+
+def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict:
+    """The metadata with its shapes matching the packaged networks and eval_metrics from an evaluation run."""
+    parser = ConfigParser(inference)
+    image_size = list(parser["image_size"])
+    if "autoencoder_data_format" in metadata:  # latent: the denoiser sees the VQ-GAN's latents
+        embedding = parser["autoencoder_def"]["embedding_dim"]
+        latent_shape = [s // parser["autoencoder_def"]["downsample_factor"] for s in image_size]
+        for part in ("inputs", "outputs"):
+            for entry in metadata["autoencoder_data_format"][part].values():
+                entry["spatial_shape"] = image_size
+            for entry in metadata["network_data_format"][part].values():
+                if entry["spatial_shape"]:
+                    entry["spatial_shape"], entry["num_channels"] = latent_shape, embedding
+    else:  # mask-conditioned: image + mask channels in, image channels out
+        channels = {"inputs": parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes"),
+                    "outputs": parser.get_parsed_content("image_channels")}
+        image_channels = parser.get_parsed_content("image_channels")
+        names = {
+            "inputs": [f"noisy image {k}" for k in range(image_channels)] + [f"mask class {c} (one-hot)" for c in range(1, channels["inputs"] - image_channels + 1)],
+            "outputs": [f"predicted noise {k}" for k in range(image_channels)],
+        }
+        for part in ("inputs", "outputs"):
+            for entry in metadata["network_data_format"][part].values():
+                if entry["spatial_shape"]:
+                    entry["spatial_shape"], entry["num_channels"] = image_size, channels[part]
+                    entry["channel_def"] = {str(k): name for k, name in enumerate(names[part])}
+    if metrics_file is not None:
+        metadata["eval_metrics"] = _eval_metrics(json.loads(Path(metrics_file).read_text()))
+    return metadata
+
+
+def _eval_metrics(metrics: dict) -> dict[str, Any]:
+    """The headline numbers of an ``evaluate.json`` run for ``eval_metrics``."""
+    if "segmentation_utility" in metrics:  # mask-conditioned
+        utility = metrics["segmentation_utility"]
+        return {
+            "masks": metrics["masks"],
+            "dice_per_class_trained_on_synthetic": utility["trained_on_synthetic"]["dice_per_class"],
+            "dice_per_class_trained_on_real": utility["trained_on_real"]["dice_per_class"],
+            "mmd_synthetic_vs_real_same_masks": metrics["mmd"]["synthetic_vs_real_same_masks"],
+            "near_copies": len(metrics["memorisation_audit"]["near_copies"]),
+        }
+    return {
+        "samples": metrics["samples"],
+        "diversity_ms_ssim_synthetic": metrics["diversity_ms_ssim"]["synthetic"],
+        "diversity_ms_ssim_real": metrics["diversity_ms_ssim"]["real"],
+        "mmd_synthetic_vs_real": metrics["mmd"]["synthetic_vs_real"],
+        "slice_consistency_ssim_synthetic": metrics["slice_consistency_ssim"]["synthetic"],
+        "slice_consistency_ssim_real": metrics["slice_consistency_ssim"]["real"],
+        "reconstruction_psnr_db": metrics["reconstruction"]["psnr_db"]["mean"],
+        "near_copies": len(metrics["memorisation_audit"]["near_copies"]),
+    }
+
+
+def package_bundle(
+    bundle: str,
+    ckpt_dir: str | os.PathLike,
+    output_dir: str | os.PathLike = "dist",
+    overrides: Mapping[str, Any] | None = None,
+    metrics_file: str | os.PathLike | None = None,
+    demo: bool = False,
+) -> Path:
+    """Package a trained bundle of this repository; returns the zip's path.
+
+    Args:
+        bundle: bundle name under ``bundles/``.
+        ckpt_dir: folder with the final ``autoencoder.pt`` (latent bundles) and ``diffusion.pt`` of training.
+        output_dir: where ``<bundle>/`` and ``<bundle>_v<version>.zip`` are written (replacing earlier ones).
+        overrides: the config overrides the models were trained with (e.g. ``{"image_size": [32, 32, 32]}``),
+            written into the packaged configs so their networks fit the weights.
+        metrics_file: a ``metrics.json`` of ``evaluate.json`` whose main values go into ``eval_metrics``.
+        demo: the models are the demo's (``python -m common demo``): its settings are the overrides (``overrides``
+            still win).
+    """
+    if demo:
+        if bundle not in DEMO_SETTINGS:
+            raise PackagingError(f"no demo settings for bundle '{bundle}' (have: {', '.join(DEMO_SETTINGS)}).")
+        settings = DEMO_SETTINGS[bundle]
+        overrides = {**settings["shared"], **settings["denoiser"], **settings["inference"], **dict(overrides or {})}
+
+    source = bundle_dir(bundle)
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    configs = _configs_with_overrides(source / "configs", dict(overrides or {}))
+    configs["metadata.json"] = _metadata(configs["metadata.json"], configs["inference.json"], metrics_file)
+    version = configs["metadata.json"]["version"]
+    archive = output / f"{bundle}_v{version}.zip"
+    if (output / bundle).is_dir():
+        shutil.rmtree(output / bundle)
+    with atomic_path(output / bundle, directory=True) as folder:
+        shutil.copytree(source / "docs", folder / "docs")
+        shutil.copy2(source / "LICENSE", folder / "LICENSE")
+        (folder / "configs").mkdir()
+        shutil.copy2(source / "configs" / "logging.conf", folder / "configs" / "logging.conf")
+        for name, config in configs.items():
+            (folder / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
+        shutil.copytree(REPO_ROOT / "common", folder / "common", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (folder / "models").mkdir()
+        _inference_weights(Path(ckpt_dir), folder / "models", _kind(source / "configs"))
+        _export_networks(folder, configs)
+        entries = [
+            f'  - path: "models/{p.name}"\n    url: ""\n    hash_val: "{_sha256(p)}"\n    hash_type: "sha256"'
+            for p in sorted((folder / "models").iterdir())
+        ]
+        (folder / "large_files.yml").write_text("large_files:\n" + "\n".join(entries) + "\n")
+        with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for path in sorted(folder.rglob("*")):
+                zipped.write(path, Path(bundle) / path.relative_to(folder))
+    return archive

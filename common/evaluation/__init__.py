@@ -1,0 +1,13 @@
+"""Does a set of synthetic volumes look real, is it diverse, and does it copy a patient?
+
+``metrics`` holds the measures (3D MS-SSIM diversity, histogram distances, MMD, FID on MedicalNet features, slice
+consistency, reconstruction PSNR/SSIM/MS-SSIM), ``audit`` the memorisation audit (each sample's nearest real
+volume), ``pictures`` the PNGs, ``base.Evaluator`` what every evaluator shares, and ``SyntheticDataEvaluator`` the
+evaluation behind the latent bundles' ``evaluate.json``. Med-DDPM's evaluator is ``common.med_ddpm``'s.
+"""
+
+from . import audit, metrics, pictures
+from .base import Evaluator, volume_name
+from .synthetic import SyntheticDataEvaluator
+
+__all__ = ["Evaluator", "SyntheticDataEvaluator", "audit", "metrics", "pictures", "volume_name"]

@@ -1,0 +1,114 @@
+"""Pictures to look at: volumes in three planes, runs of adjacent slices, and training curves from TensorBoard logs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from common.io import atomic_path
+
+__all__ = ["save_adjacent_slices", "save_three_plane_montage", "save_training_curves"]
+
+
+def save_three_plane_montage(
+    volumes: Sequence[np.ndarray], path: str | os.PathLike, titles: Sequence[str] | None = None
+) -> str:
+    """Save a PNG with one row per (H, W, D) volume: its middle axial, coronal and sagittal slices.
+
+    Intensities are shown on one grey scale from -1 to 1 (the models' range). Returns the path.
+    """
+    plt = _pyplot()
+    if not volumes:
+        raise ValueError("no volumes to show.")
+    rows = len(volumes)
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows), squeeze=False)
+    planes = ("axial (H-W)", "coronal (H-D)", "sagittal (W-D)")
+    for row, volume in enumerate(volumes):
+        volume = np.asarray(volume, dtype=np.float32)
+        if volume.ndim != 3:
+            raise ValueError(f"expected (H, W, D) volumes, got shape {volume.shape}.")
+        h, w, d = volume.shape
+        slices = (volume[:, :, d // 2], volume[:, w // 2, :], volume[h // 2, :, :])
+        for col, (ax, image) in enumerate(zip(axes[row], slices)):
+            ax.imshow(np.rot90(image), cmap="gray", vmin=-1, vmax=1, aspect="auto")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(planes[col], fontsize=9)
+            if col == 0 and titles is not None:
+                ax.set_ylabel(titles[row], fontsize=8)
+    return _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> str:
+    """Write a figure to ``path`` atomically, close it, and return the path."""
+    plt = _pyplot()
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80)
+    finally:
+        plt.close(fig)
+    return str(path)
+
+
+def save_adjacent_slices(volumes: Sequence[np.ndarray], path: str | os.PathLike, titles: Sequence[str], count: int = 8) -> str:
+    """Save a PNG with one row per (H, W, D) volume: ``count`` consecutive depth slices around its middle, to see
+    whether anatomy continues smoothly from slice to slice."""
+    plt = _pyplot()
+    if not volumes or len(titles) != len(volumes):
+        raise ValueError("need one title per volume, and at least one volume.")
+    fig, axes = plt.subplots(len(volumes), count, figsize=(1.6 * count, 1.8 * len(volumes)), squeeze=False)
+    for row, (volume, title) in enumerate(zip(volumes, titles)):
+        volume = np.asarray(volume, dtype=np.float32)
+        first = max(0, volume.shape[2] // 2 - count // 2)
+        for col, ax in enumerate(axes[row]):
+            index = min(first + col, volume.shape[2] - 1)
+            ax.imshow(np.rot90(volume[:, :, index]), cmap="gray", vmin=-1, vmax=1, aspect="auto")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"slice {index}", fontsize=7)
+        axes[row][0].set_ylabel(title, fontsize=7)
+    return _save(fig, path)
+
+
+def save_training_curves(log_dir: str | os.PathLike, path: str | os.PathLike) -> str | None:
+    """Plot every scalar of the TensorBoard event files in ``log_dir`` against the iteration; None if there are none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for events_file in sorted(Path(log_dir).glob("**/events.out.tfevents*")):
+        events = EventAccumulator(str(events_file))
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            steps, values = curves.setdefault(tag, ([], []))
+            for event in events.Scalars(tag):
+                steps.append(event.step)
+                values.append(event.value)
+    if not curves:
+        return None
+    plt = _pyplot()
+    columns = min(4, len(curves))
+    rows = -(-len(curves) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    for ax, (tag, (steps, values)) in zip(axes.flat, sorted(curves.items())):
+        order = np.argsort(steps, kind="stable")
+        ax.plot(np.asarray(steps)[order], np.asarray(values)[order], linewidth=0.8)
+        ax.set_title(tag, fontsize=8)
+        ax.set_xlabel("iteration", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    return _save(fig, path)

@@ -1,0 +1,167 @@
+"""Writing files whole or not at all, asking which process this is, and finding the repository.
+
+Every file the project writes (checkpoints, synthetic volumes, ``metrics.json``, pictures, exports, packages,
+demo data) goes through ``atomic_path``: it is written under a temporary name in the target's folder and renamed
+into place only when complete, so a crash never leaves a half-written file that looks whole. The finished file
+gets the mode a plain ``open()`` would give it under the user's umask (0644 under the usual 022): synthetic data
+are meant to be shared, and ``tempfile`` alone would leave them private (0600).
+
+Under ``torch.distributed`` (torchrun) ``process_rank``, ``is_main_process`` and ``gather`` say which process
+this is and collect what every process made; without it they answer for a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "REPO_ROOT",
+    "atomic_path",
+    "bundle_dir",
+    "current_umask",
+    "gather",
+    "is_main_process",
+    "output_mode",
+    "process_rank",
+    "save_nifti",
+    "save_torch",
+    "write_json",
+    "write_text",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def bundle_dir(bundle: str) -> Path:
+    """Folder of a bundle of this repository (``bundles/<bundle>``); ``ValueError`` naming the known ones."""
+    path = REPO_ROOT / "bundles" / bundle
+    if not (path / "configs" / "metadata.json").is_file():
+        known = sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+        raise ValueError(f"no bundle '{bundle}' in {REPO_ROOT / 'bundles'} (known: {', '.join(known)}).")
+    return path
+
+
+# ----- files
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_mode(directory: bool = False) -> int:
+    """Permission bits a new file (or folder) gets from ``open()`` (``mkdir``) under the current umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def _suffix(name: str) -> str:
+    """The suffix a writer may infer the format from (".nii.gz", ".png", ".npy", ...), kept on the temporary name."""
+    return ".nii.gz" if name.lower().endswith(".nii.gz") else Path(name).suffix
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
+    """Give a temporary path next to ``path`` to write to; rename it into place when the block completes.
+
+    The temporary name is hidden (``.<name>.<random>.tmp<suffix>``) and keeps the target's suffix, so writers
+    that choose the format by the name (nibabel, matplotlib, ``numpy.save``) write the right one. A file is
+    flushed to disk before the rename. With ``directory`` the temporary path is a new folder, renamed as a whole
+    (the target must not exist yet). If the block raises, the temporary file or folder is removed and nothing
+    changes at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix, suffix = f".{path.name}.", f".tmp{_suffix(path.name)}"
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
+        os.chmod(tmp, output_mode(directory))
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(data: Any, path: str | os.PathLike, indent: int = 2) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    return write_text(json.dumps(data, indent=indent) + "\n", path)
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically: checkpoints are never half-written."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype = np.float32) -> str:
+    """Write a volume as NIfTI (voxel units mm) to ``path`` atomically; returns the path."""
+    image = nib.Nifti1Image(np.asarray(volume, dtype=dtype), affine)
+    image.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))
+    return str(path)
+
+
+# ----- processes
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under ``torch.distributed`` (e.g. torchrun), else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the shared outputs: rank 0, or the only process."""
+    return process_rank()[0] == 0
+
+
+def gather(items: list) -> list:
+    """Every process's ``items`` concatenated in rank order, on every process (just ``items`` alone)."""
+    _, world = process_rank()
+    if world == 1:
+        return list(items)
+    everything: list = [None] * world
+    dist.all_gather_object(everything, items)
+    return [item for part in everything for item in part]

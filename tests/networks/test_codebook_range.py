@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import VQVAE
+
+from common.networks import CodebookRangeAutoencoder
+from tests.conftest import tiny_vqgan
+
+
+def _trained_like(vqgan):
+    """Give the codebook data-derived codes, as a trained one has."""
+    vqgan.train()
+    vqgan(torch.randn(2, 1, 16, 16, 16))
+    return vqgan.eval()
+
+
+def test_round_trip_equals_the_vqgans_own_quantised_reconstruction():
+    vqgan = _trained_like(tiny_vqgan())
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        expected, _ = vqgan(x)
+        wrapper = CodebookRangeAutoencoder(vqgan)
+        latent = wrapper.encode_stage_2_inputs(x)
+        got = wrapper.decode_stage_2_outputs(latent)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_latents_are_mapped_with_the_codebook_range():
+    vqgan = _trained_like(tiny_vqgan())
+    wrapper = CodebookRangeAutoencoder(vqgan)
+    codes = vqgan.codebook.embedding.weight
+    assert torch.isclose(wrapper.normalize(codes.min()), torch.tensor(-1.0))
+    assert torch.isclose(wrapper.normalize(codes.max()), torch.tensor(1.0))
+    z = torch.randn(1, 4, 3, 3, 3)
+    assert torch.allclose(wrapper.denormalize(wrapper.normalize(z)), z, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_decoding_never_changes_the_codebook(mode):
+    vqgan = _trained_like(tiny_vqgan())
+    vqgan.train()  # even a VQ-GAN left in train mode must not update while wrapped
+    wrapper = CodebookRangeAutoencoder(vqgan)
+    wrapper.train(mode)
+    assert not vqgan.training and not vqgan.codebook.training
+    state = {k: v.clone() for k, v in vqgan.codebook.state_dict().items()}
+    wrapper.decode_stage_2_outputs(torch.randn(2, 4, 8, 8, 8))
+    wrapper(torch.randn(1, 1, 16, 16, 16))
+    for key, value in vqgan.codebook.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert not any(p.requires_grad for p in vqgan.parameters())
+
+
+def test_works_with_a_stock_monai_vqvae():
+    vqvae = VQVAE(
+        spatial_dims=3, in_channels=1, out_channels=1, channels=(4, 8), num_res_channels=(4, 8), num_res_layers=1,
+        downsample_parameters=((2, 4, 1, 1), (1, 3, 1, 1)), upsample_parameters=((1, 3, 1, 1, 0), (2, 4, 1, 1, 0)),
+        num_embeddings=16, embedding_dim=4,
+    ).eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        expected, _ = vqvae(x)
+        got = CodebookRangeAutoencoder(vqvae)(x)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_degenerate_codebook_is_refused():
+    vqgan = tiny_vqgan()
+    vqgan.codebook.embedding.weight.data.fill_(0.5)
+    wrapper = CodebookRangeAutoencoder(vqgan)
+    with pytest.raises(ValueError, match="degenerate"):
+        wrapper.encode_stage_2_inputs(torch.randn(1, 1, 8, 8, 8))
+    with pytest.raises(TypeError, match="VQVAE"):
+        CodebookRangeAutoencoder(torch.nn.Linear(2, 2))
