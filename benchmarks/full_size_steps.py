@@ -84,7 +84,7 @@ def run_case(bundle: str, stage: str, steps: int, batch: int = 1) -> dict:
         "train#trainer#train_data_loader": f"$[{{'image': torch.rand({batch}, 1, *@image_size) * 2 - 1}} for _ in range({steps})]",
     })
     if stage == "denoiser":
-        parser["latent_autoencoder"] = "$common.latent.CodebookRangeAutoencoder(@autoencoder_def)"
+        parser["latent_autoencoder"] = "$common.networks.CodebookRangeAutoencoder(@autoencoder_def)"
     trainer = parser.get_parsed_content("train#trainer")
     network = parser.get_parsed_content("autoencoder" if stage == "autoencoder" else "network")
     durations: list[float] = []

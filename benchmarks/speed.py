@@ -33,11 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPES = {"brain": (8, 32, 32, 32), "knee": (8, 64, 64, 8)}
-OURS = {  # the bundles' network_def
-    "brain": dict(channels=(32, 64, 128, 256), num_res_blocks=2, spatial_attention=(False, True, True, True), num_heads=8, head_channels=32, depth_position_embedding=True),
-    "knee": dict(channels=(64, 128, 256, 512), num_res_blocks=2, spatial_attention=(False, True, True, True), num_heads=8, head_channels=32, depth_position_embedding=True),
-}
+BUNDLES = {"brain": "brain_mri", "knee": "knee_mri"}  # the denoisers measured are these bundles' network_def
+SHAPES = {"brain": (8, 32, 32, 32), "knee": (8, 64, 64, 8)}  # their latent_shape, checked against the configs
+DENOISER_CASES = [(shape, batch) for shape in SHAPES for batch in (1, 2)]
 MONAI_MATCHED = {"brain": (32, 64, 96, 128), "knee": (64, 128, 192, 224)}  # 14.6 M and 50.5 M against 14.1 M and 51.6 M
 VARIANTS = {  # DepthAttentionUNet options measured beside the plain network
     "ours": {},
@@ -79,6 +77,18 @@ def case_matmul(repeats: int) -> dict:
     return {"fp32_gflops": fp32 / 1e9, "bf16_gflops": bf16 / 1e9}
 
 
+def bundle_network_def(shape_name: str, options: dict):
+    """The bundle's own denoiser (``network_def`` of its inference.json) with ``options`` set."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / BUNDLES[shape_name] / "configs" / "inference.json"))
+    parser.update({f"network_def#{key}": value for key, value in options.items()})
+    if tuple(parser.get_parsed_content("latent_shape")) != SHAPES[shape_name]:
+        raise ValueError(f"{BUNDLES[shape_name]}'s latent_shape is no longer {SHAPES[shape_name]}; update SHAPES.")
+    return parser.get_parsed_content("network_def")
+
+
 def _network(kind: str, shape_name: str):
     import torch
     from monai.networks.nets import DiffusionModelUNet
@@ -87,7 +97,9 @@ def _network(kind: str, shape_name: str):
 
     torch.manual_seed(0)
     if kind in VARIANTS:
-        return DepthAttentionUNet(8, **OURS[shape_name], **VARIANTS[kind])
+        network = bundle_network_def(shape_name, VARIANTS[kind])
+        assert isinstance(network, DepthAttentionUNet)
+        return network
     return DiffusionModelUNet(3, 8, 8, channels=MONAI_MATCHED[shape_name], attention_levels=(False, True, True, True), num_res_blocks=2, num_head_channels=32, norm_num_groups=16)
 
 
@@ -230,7 +242,7 @@ def _denoiser_networks(batch: int) -> tuple[str, ...]:
 
 CASES = (
     ["matmul"]
-    + [f"denoiser:{net}:{shape}:{batch}" for shape in ("brain", "knee") for batch in (1, 2) for net in _denoiser_networks(batch)]
+    + [f"denoiser:{net}:{shape}:{batch}" for shape, batch in DENOISER_CASES for net in _denoiser_networks(batch)]
     + ["sampler", "codebook:faiss", "codebook:torch", "codebook:naive"]
     + [f"scaling:{size}" for size in (16, 24)]  # 8x32^3 is the brain denoiser case
 )
@@ -255,16 +267,15 @@ def report(results: dict, repeats: int) -> str:
         "| latent | batch | network | parameters | train step | GFLOP per step | GFLOP/s | of matmul | sampling step | peak memory |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for shape in ("brain", "knee"):
-        for batch in (1, 2):
-            for net in _denoiser_networks(batch):
-                r = results[f"denoiser:{net}:{shape}:{batch}"]
-                rate = results["matmul"]["bf16_gflops"] if "bf16" in net else matmul
-                lines.append(
-                    f"| {shape} {'x'.join(map(str, SHAPES[shape]))} | {batch} | {NAMES[net]} "
-                    f"| {r['parameters_m']:.1f} M | {r['train_step_s']:.2f} s | {r['train_gflop']:.0f} | {r['train_gflops_per_s']:.1f} "
-                    f"| {r['train_gflops_per_s'] / rate:.0%} | {r['sample_step_s']:.2f} s | {r['peak_gib']:.2f} GiB |"
-                )
+    for shape, batch in DENOISER_CASES:
+        for net in _denoiser_networks(batch):
+            r = results[f"denoiser:{net}:{shape}:{batch}"]
+            rate = results["matmul"]["bf16_gflops"] if "bf16" in net else matmul
+            lines.append(
+                f"| {shape} {'x'.join(map(str, SHAPES[shape]))} | {batch} | {NAMES[net]} "
+                f"| {r['parameters_m']:.1f} M | {r['train_step_s']:.2f} s | {r['train_gflop']:.0f} | {r['train_gflops_per_s']:.1f} "
+                f"| {r['train_gflops_per_s'] / rate:.0%} | {r['sample_step_s']:.2f} s | {r['peak_gib']:.2f} GiB |"
+            )
     lines += [
         "",
         "\"of matmul\" divides by the float32 matmul rate, and for bfloat16 autocast by the bfloat16 rate. FLOPs of "
@@ -274,14 +285,13 @@ def report(results: dict, repeats: int) -> str:
         "Ratios (DepthAttentionUNet / DiffusionModelUNet; above 1 means ours does more FLOP per second, takes longer, or needs more memory):",
         "",
     ]
-    for shape in ("brain", "knee"):
-        for batch in (1, 2):
-            ours, base = results[f"denoiser:ours:{shape}:{batch}"], results[f"denoiser:monai:{shape}:{batch}"]
-            lines.append(
-                f"- {shape}, batch {batch}: achieved FLOP/s {ours['train_gflops_per_s'] / base['train_gflops_per_s']:.2f}x, "
-                f"step time {ours['train_step_s'] / base['train_step_s']:.2f}x, sampling step {ours['sample_step_s'] / base['sample_step_s']:.2f}x, "
-                f"peak memory {ours['peak_gib'] / base['peak_gib']:.2f}x"
-            )
+    for shape, batch in DENOISER_CASES:
+        ours, base = results[f"denoiser:ours:{shape}:{batch}"], results[f"denoiser:monai:{shape}:{batch}"]
+        lines.append(
+            f"- {shape}, batch {batch}: achieved FLOP/s {ours['train_gflops_per_s'] / base['train_gflops_per_s']:.2f}x, "
+            f"step time {ours['train_step_s'] / base['train_step_s']:.2f}x, sampling step {ours['sample_step_s'] / base['sample_step_s']:.2f}x, "
+            f"peak memory {ours['peak_gib'] / base['peak_gib']:.2f}x"
+        )
     lines += [
         "",
         "Options against the plain DepthAttentionUNet (same run): bfloat16 autocast's training step, sampling step and "

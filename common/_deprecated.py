@@ -35,11 +35,12 @@ MOVED_MODULES: dict[str, tuple[str, ...]] = {
 
 # names that moved out of a module that still exists, or were renamed: old "module.name" -> new "module.name"
 MOVED_NAMES: dict[str, str] = {
+    "common.cli.DEMO_SETTINGS": "common.pipeline.DEMO_SETTINGS",
+    "common.cli.bundle_dir": "common.io.bundle_dir",
+    "common.evaluation.memorisation_audit": "common.evaluation.audit.memorisation_audit",
+    "common.handlers.save_atomically": "common.io.save_torch",
     "common.engines.ConcatConditionPrepareBatch": "common.med_ddpm.ConcatConditionPrepareBatch",
     "common.semantic.stem": "common.data.nifti_stem",
-    "common.sampling.gather": "common.io.gather",
-    "common.sampling.process_rank": "common.io.process_rank",
-    "common.sampling.save_nifti": "common.io.save_nifti",
 }
 
 

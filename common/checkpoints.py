@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError",
+    "check_state_objects",
     "find_latest_checkpoint",
     "load_state",
     "load_weights",
@@ -26,6 +28,18 @@ __all__ = [
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit the network."""
+
+
+def check_state_objects(objects: Mapping[str, Any], method: str, argument: str) -> dict[str, Any]:
+    """``objects`` (what a checkpoint holds, by name) as a dict, after checking that each has ``method``
+    (``state_dict`` to save, ``load_state_dict`` to restore) and that none is named "trainer", the name under which
+    the engine's own state is kept."""
+    if "trainer" in objects:
+        raise ValueError(f"{argument} must not have a 'trainer' entry: the engine's state is kept under that name.")
+    for key, obj in objects.items():
+        if not callable(getattr(obj, method, None)):
+            raise TypeError(f"{argument}['{key}'] has no {method}().")
+    return dict(objects)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

@@ -16,3 +16,10 @@ COMMANDS = {"demo": demo, "pipeline": pipeline, "package": package_bundle, "unpa
 def main() -> None:
     """Run the command named on the command line."""
     fire.Fire(COMMANDS)
+
+
+def __getattr__(name: str):
+    """Names that moved out of this module in release 0.2 still resolve, with a ``FutureWarning``."""
+    from common._deprecated import moved_attribute
+
+    return moved_attribute(__name__, name)

@@ -160,10 +160,3 @@ class LatentSampler:
             }
             write_json(record, self.output_dir / "samples.json", indent=4)
         return [path for _, _, path in written]
-
-
-def __getattr__(name: str):
-    """Names that moved out of this module in release 0.2 still resolve, with a ``FutureWarning``."""
-    from common._deprecated import moved_attribute
-
-    return moved_attribute(__name__, name)

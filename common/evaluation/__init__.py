@@ -11,3 +11,10 @@ from .base import Evaluator, volume_name
 from .synthetic import SyntheticDataEvaluator
 
 __all__ = ["Evaluator", "SyntheticDataEvaluator", "audit", "metrics", "pictures", "volume_name"]
+
+
+def __getattr__(name: str):
+    """Names that moved out of this module in release 0.2 still resolve, with a ``FutureWarning``."""
+    from common._deprecated import moved_attribute
+
+    return moved_attribute(__name__, name)

@@ -13,3 +13,10 @@ __all__ = [
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",
 ]
+
+
+def __getattr__(name: str):
+    """Names that moved out of this module in release 0.2 still resolve, with a ``FutureWarning``."""
+    from common._deprecated import moved_attribute
+
+    return moved_attribute(__name__, name)

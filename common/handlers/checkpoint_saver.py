@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from common.checkpoints import periodic_iteration
+from common.checkpoints import check_state_objects, periodic_iteration
 from common.io import is_main_process, save_torch
 
 from .nan_guard import NonFiniteLossError
@@ -55,13 +55,8 @@ class AtomicCheckpointSaver:
     ) -> None:
         if save_interval < 0 or n_saved < 1:
             raise ValueError(f"need save_interval >= 0 and n_saved >= 1, got {save_interval} and {n_saved}.")
-        if "trainer" in save_dict:
-            raise ValueError("save_dict must not have a 'trainer' entry: the engine's state is saved under that name.")
-        for key, obj in save_dict.items():
-            if not callable(getattr(obj, "state_dict", None)):
-                raise TypeError(f"save_dict['{key}'] has no state_dict().")
         self.save_dir = Path(save_dir)
-        self.save_dict = dict(save_dict)
+        self.save_dict = check_state_objects(save_dict, "state_dict", "save_dict")
         self.name = name
         self.save_interval = save_interval
         self.n_saved = n_saved

@@ -11,7 +11,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from common.checkpoints import CheckpointError, find_latest_checkpoint, load_state, periodic_iteration, read_checkpoint
+from common.checkpoints import CheckpointError, check_state_objects, find_latest_checkpoint, load_state, periodic_iteration, read_checkpoint
 from common.io import is_main_process
 
 __all__ = ["CheckpointResumer"]
@@ -42,14 +42,9 @@ class CheckpointResumer:
             resume = resume.lower() == "true"
         if not isinstance(resume, bool):
             raise TypeError(f"resume must be true or false, got {resume!r}.")
-        if "trainer" in load_dict:
-            raise ValueError("load_dict must not have a 'trainer' entry: the engine's state is restored under that name.")
-        for key, obj in load_dict.items():
-            if not callable(getattr(obj, "load_state_dict", None)):
-                raise TypeError(f"load_dict['{key}'] has no load_state_dict().")
         self.save_dir = save_dir
         self.name = name
-        self.load_dict = dict(load_dict)
+        self.load_dict = check_state_objects(load_dict, "load_state_dict", "load_dict")
         self.resume = resume
 
     def attach(self, engine: Engine) -> None:

@@ -1,4 +1,4 @@
-"""Med-DDPM (Dorjsembe et al., "Conditional Diffusion Models for Semantic 3D Medical Image Synthesis"): a
+"""Med-DDPM (Dorjsembe et al., "Conditional Diffusion Models for Semantic 3D Medical Image Synthesis", Sec. II): a
 pixel-space 3D DDPM conditioned on a label mask, which turns masks into realistic image/label pairs.
 
 Its pieces: ``ConcatConditionPrepareBatch`` (training batches with the mask as extra channels, for MONAI's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from common.checkpoints import CheckpointError
 from common.data import DatasetError
+from common.io import output_mode
 from tests.bundles.bundle_runs import (
     REPO,
     SMALL_AUTOENCODER,
@@ -50,6 +52,9 @@ def test_train_autoencoder_then_diffusion_then_inference(brain_model):
     data = np.asanyarray(image.dataobj)
     assert np.isfinite(data).all() and data.min() >= -1 and data.max() <= 1
     assert (samples / "samples.png").is_file()
+    # outputs are meant to be shared: checkpoints and samples get the mode of the user's umask, as other files do
+    for path in (models / "autoencoder.pt", models / "diffusion.pt", files[0], samples / "samples.json", samples / "samples.png"):
+        assert stat.S_IMODE(path.stat().st_mode) == output_mode(), path
 
 
 @pytest.mark.parametrize("problem", ["missing", "empty", "no_nifti", "corrupt"])

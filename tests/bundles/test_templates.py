@@ -1,0 +1,75 @@
+"""The bundles' shared files have one source (templates/), and every bundle's training and inference configs
+build the same networks, so weights trained by one always load in the other."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from tests.bundles.bundle_runs import REPO, config_files
+
+spec = importlib.util.spec_from_file_location("render", REPO / "templates" / "render.py")
+render = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(render)
+
+LATENT = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
+# per bundle: (training configs, inference configs, the ids both must declare alike, the networks both build)
+PAIRS = {
+    **{b: (["train_autoencoder", "train_diffusion"], ["inference"], ["image_size", "autoencoder_def", "network_def", "num_train_timesteps"], ["autoencoder_def", "network_def"]) for b in LATENT},
+    "brain_tumor_semantic": (["train"], ["inference"], ["image_size", "image_channels", "num_classes", "network_def", "num_train_timesteps"], ["network_def"]),
+}
+
+
+def test_every_bundle_file_equals_its_rendering():
+    assert render.stale_files() == [], "edit templates/ and run python templates/render.py"
+    assert {p.stem for p in (REPO / "templates" / "bundles").glob("*.json")} == {
+        p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file()
+    }
+
+
+def test_a_hand_edit_of_a_bundle_file_is_found(tmp_path, monkeypatch):
+    target = REPO / "bundles" / "knee_mri" / "configs" / "evaluate.json"
+    edited = tmp_path / "evaluate.json"
+    edited.write_text(target.read_text().replace('"max_pairs": 100', '"max_pairs": 99'))
+    rendered = render.render_all()
+    monkeypatch.setattr(render, "render_all", lambda: {edited: rendered[target]})
+    assert render.stale_files() == [edited]
+
+
+def test_a_mistyped_id_in_a_bundle_spec_is_an_error(tmp_path, monkeypatch):
+    spec_path = tmp_path / "knee_mri.json"
+    spec_path.write_text(json.dumps({"template": "latent", "train_diffusion.json": {"train#trainer#max_epoch": 3}}))
+    with pytest.raises(render.TemplateError, match="id 'train#trainer#max_epoch' does not exist in the template"):
+        render.render_bundle(spec_path)
+    spec_path.write_text(json.dumps({"template": "latent", "shared_ids": {"network_def#chanels": [8]}}))
+    with pytest.raises(render.TemplateError, match="network_def#chanels"):
+        render.render_bundle(spec_path)
+    spec_path.write_text(json.dumps({"template": "latent", "trian.json": {}}))
+    with pytest.raises(render.TemplateError, match=r"\['trian.json'\] are not files of the 'latent' templates"):
+        render.render_bundle(spec_path)
+
+
+def test_new_ids_of_a_bundle_go_where_the_template_marks_them():
+    config = render.render_config(
+        {"dataset_dir": None, "<bundle ids>": None, "train": {"x": 1}}, {}, {"mask_dir": "m", "train#x": 2}, "b", "test"
+    )
+    assert list(config) == ["dataset_dir", "mask_dir", "train"] and config["train"] == {"x": 2}
+
+
+@pytest.mark.parametrize("bundle", sorted(PAIRS))
+def test_training_and_inference_declare_the_same_networks(bundle):
+    training_files, inference_files, ids, networks = PAIRS[bundle]
+    training, inference = ConfigParser(), ConfigParser()
+    training.read_config(config_files(bundle, *training_files))
+    inference.read_config(config_files(bundle, *inference_files))
+    for config_id in ids:
+        assert training[config_id] == inference[config_id], config_id
+    for network_id in networks:  # at full size, built without memory on the meta device
+        with torch.device("meta"):
+            trained, loaded = training.get_parsed_content(network_id), inference.get_parsed_content(network_id)
+        shapes = {k: v.shape for k, v in trained.state_dict().items()}
+        assert shapes == {k: v.shape for k, v in loaded.state_dict().items()} and shapes, network_id
