@@ -180,7 +180,9 @@ def main() -> None:
             f"| its codebook quantizer alone ({quantizer['vectors']:,} vectors, {quantizer['codes']:,} codes; search, EMA update, "
             f"dead-code restart) | {quantizer['step_seconds']:.2f} s | {quantizer['peak_gib']:.2f} GiB | {quantizer['peak_gib'] - quantizer['baseline_gib']:.2f} GiB |",
         ]
-    args.out.write_text("\n".join(lines) + "\n")
+    from common.io import write_text
+
+    write_text("\n".join(lines) + "\n", args.out)
     print(f"wrote {args.out}")
 
 

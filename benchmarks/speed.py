@@ -394,7 +394,9 @@ def main() -> None:
         results[name] = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"{name}: {results[name]} ({time.perf_counter() - started:.0f} s so far)", flush=True)
     text = report(results, args.repeats)
-    args.out.write_text(text)
+    from common.io import write_text
+
+    write_text(text, args.out)
     print(text)
     print(f"wrote {args.out}")
 

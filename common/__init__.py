@@ -15,8 +15,6 @@ The layers, lowest first (a module imports only from layers below its own; ``tes
 Bundle configs ``import common`` and refer to ``common.<package>.<name>``, so the packages are imported here.
 """
 
-import sys
-
 from . import (
     checkpoints,
     data,
@@ -48,4 +46,4 @@ __all__ = [
     "sampling",
 ]
 
-_install_moved_modules(sys.modules[__name__])
+_install_moved_modules()

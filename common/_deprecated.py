@@ -21,6 +21,7 @@ REMOVED_IN = "0.3"
 MOVED_MODULES: dict[str, tuple[str, ...]] = {
     "common.breast": ("common.data",),
     "common.demo_data": ("common.data", "common.data.demo"),
+    "common.engines.conditional_diffusion": ("common.med_ddpm",),
     "common.dicom": ("common.data", "common.data.dicom"),
     "common.export": ("common.deploy",),
     "common.latent": ("common.networks",),
@@ -36,9 +37,13 @@ MOVED_MODULES: dict[str, tuple[str, ...]] = {
 # names that moved out of a module that still exists, or were renamed: old "module.name" -> new "module.name"
 MOVED_NAMES: dict[str, str] = {
     "common.cli.DEMO_SETTINGS": "common.pipeline.DEMO_SETTINGS",
+    "common.cli.STAGES": "common.pipeline.STAGES",
     "common.cli.bundle_dir": "common.io.bundle_dir",
     "common.evaluation.memorisation_audit": "common.evaluation.audit.memorisation_audit",
+    "common.evaluation.volume_name": "common.data.item_name",
+    "common.evaluation.write_json": "common.io.write_json",
     "common.handlers.save_atomically": "common.io.save_torch",
+    "common.handlers.checkpoint_saver.save_atomically": "common.io.save_torch",
     "common.engines.ConcatConditionPrepareBatch": "common.med_ddpm.ConcatConditionPrepareBatch",
     "common.semantic.stem": "common.data.nifti_stem",
 }
@@ -83,8 +88,10 @@ class MovedModule(types.ModuleType):
         raise AttributeError(f"module '{self.__name__}' has no attribute '{name}' (its names moved to {', '.join(self.__targets)})")
 
 
-def install(package: types.ModuleType) -> None:
-    """Register the old modules of ``package`` (``common``), so importing them still works."""
+def install() -> None:
+    """Register the old modules, so importing them (``import common.latent``) still works; each is also set as an
+    attribute of its parent package (``common.latent``, ``common.engines.conditional_diffusion``)."""
     for old, targets in MOVED_MODULES.items():
         module = sys.modules.setdefault(old, MovedModule(old, targets))
-        setattr(package, old.rsplit(".", 1)[1], module)
+        parent, _, name = old.rpartition(".")
+        setattr(importlib.import_module(parent), name, module)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,15 +85,17 @@ def _suffix(name: str) -> str:
 def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
     """Give a temporary path next to ``path`` to write to; rename it into place when the block completes.
 
-    The temporary name is hidden (``.<name>.<random>.tmp<suffix>``) and keeps the target's suffix, so writers
-    that choose the format by the name (nibabel, matplotlib, ``numpy.save``) write the right one. A file is
-    flushed to disk before the rename. With ``directory`` the temporary path is a new folder, renamed as a whole
-    (the target must not exist yet). If the block raises, the temporary file or folder is removed and nothing
-    changes at ``path``.
+    The temporary name is hidden (``.<name>.<random>.tmp<suffix>``, the name cut short if needed; the dataset
+    readers skip hidden names, so a write in progress is never read as data) and keeps the
+    target's suffix, so writers that choose the format by the name (nibabel, matplotlib, ``numpy.save``) write
+    the right one. A file is flushed to disk before the rename, and the folder's entry after it. The result gets
+    the mode a plain ``open()`` would give it: the mode of the file it replaces, or the umask's for a new one.
+    With ``directory`` the temporary path is a new folder, renamed as a whole (the target must not exist, or be
+    an empty folder). If the block raises, the temporary file or folder is removed and nothing changes at ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix, suffix = f".{path.name}.", f".tmp{_suffix(path.name)}"
+    prefix, suffix = f".{path.name[:100]}.", f".tmp{_suffix(path.name)}"
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
     else:
@@ -104,14 +107,30 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         if tmp.is_file():
             with open(tmp, "rb") as written:
                 os.fsync(written.fileno())
-        os.chmod(tmp, output_mode(directory))
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() and not directory else output_mode(directory)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the system allows opening a folder)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:

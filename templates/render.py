@@ -154,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         if stale:
             print("edit templates/ (not the bundle's file) and run: python templates/render.py")
         return 1 if stale else 0
+    from common.io import write_text  # atomic, with the file's own mode
+
     for path, text in render_all().items():
         if not path.is_file() or path.read_text() != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            write_text(text, path)
             print(f"wrote {path.relative_to(REPO)}")
     return 0
 

@@ -7,7 +7,12 @@ import torch
 from monai.networks.nets import PatchDiscriminator
 
 from common import losses
-from common.losses import VQGANLoss, build_perceptual_loss, depth_slices, feature_matching_loss
+from common.losses import (
+    VQGANLoss,
+    build_perceptual_loss,
+    depth_slices,
+    feature_matching_loss,
+)
 
 
 def _loss(**kwargs) -> VQGANLoss:

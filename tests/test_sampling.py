@@ -8,9 +8,8 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from common.networks import CodebookRangeAutoencoder
-from common.networks import DepthAttentionUNet
 from common.io import save_nifti
+from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet
 from common.sampling import LatentSampler, make_sampling_scheduler, volume_affine
 from tests.conftest import tiny_vqgan
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DatasetError", "check_all", "check_intensities", "raise_if_problems", "require_folder"]
+__all__ = ["DatasetError", "check_all", "check_intensities", "is_hidden", "item_name", "raise_if_problems", "require_folder"]
 
 
 class DatasetError(ValueError):
@@ -32,8 +33,18 @@ def require_folder(dataset_dir: str | os.PathLike) -> Path:
     return folder
 
 
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies under ``root`` in a hidden file or folder (a dot-name): readers skip those, so a
+    file still being written (``common.io.atomic_path``'s temporary names) or a tool's cache folder is never data."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def check_intensities(path: str | os.PathLike, data: np.ndarray) -> None:
-    """``DatasetError`` naming ``path`` for NaN or infinite voxels, or a constant volume."""
+    """``DatasetError`` naming ``path`` for voxels that are not real numbers (complex, text, records, booleans), NaN
+    or infinite voxels, or a constant volume."""
+    kind = np.asarray(data).dtype
+    if kind == np.bool_ or not (np.issubdtype(kind, np.integer) or np.issubdtype(kind, np.floating)):
+        raise DatasetError(f"{path}: voxels of type {kind}, not real intensities (expected integers or floats).")
     if not np.isfinite(data).all():
         raise DatasetError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN or infinite voxels.")
     if data.min() == data.max():
@@ -57,3 +68,11 @@ def check_all(files: Sequence[str], check: Callable[[str], None], dataset_dir: s
         except DatasetError as error:
             problems.append(str(error))
     raise_if_problems(problems, f"{len(files)} files in {dataset_dir}")
+
+
+def item_name(item: Any, index: int) -> str:
+    """A readable name of a datalist item: its image path (and the breast side when there is one)."""
+    if isinstance(item, dict) and isinstance(item.get("image"), (str, os.PathLike)):
+        name = str(item["image"])
+        return f"{name} ({item['side']})" if "side" in item else name
+    return f"real volume {index}"

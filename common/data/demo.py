@@ -175,7 +175,12 @@ def write_dicom_series(
     """
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import (
+        CTImageStorage,
+        ExplicitVRLittleEndian,
+        MRImageStorage,
+        generate_uid,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,7 +209,8 @@ def write_dicom_series(
         ds.RescaleSlope, ds.RescaleIntercept = float(slope), float(intercept)
         ds.PixelData = np.ascontiguousarray(stored[:, :, index]).tobytes()
         path = folder / f"{index + 1:04d}.dcm"
-        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+        with atomic_path(path) as tmp:
+            pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
         paths.append(str(path))
     return paths
 
@@ -256,7 +262,8 @@ def write_breast_mask(mask: np.ndarray, path: str | os.PathLike, spacing: tuple[
     distance), which is RAS (-j * column spacing, -i * row spacing, k * slice distance).
     """
     affine = np.diag([-spacing[1], -spacing[0], spacing[2], 1.0])
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(mask.transpose(1, 0, 2)), affine), str(path))
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(mask.transpose(1, 0, 2)), affine), str(tmp))
 
 
 def breast_demo_datalist(folder: str | os.PathLike, count: int = 6, seed: int = 0) -> list[dict[str, str]]:

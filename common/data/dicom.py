@@ -1,8 +1,13 @@
-"""DICOM series folders: find them, check their headers, and list the usable ones for MONAI's ``PydicomReader``.
+"""DICOM series folders: find them, check their headers, and read them in the order of their slice positions.
 
-MONAI's ``PydicomReader`` stacks every file of a folder by InstanceNumber and applies each file's rescale slope
-and intercept, but it does not notice two series mixed in one folder, missing slices, a lone 2D image or files
-without InstanceNumber. These checks read only the headers (fast), before training starts.
+A series is stacked by each slice's position along the slice normal (the cross product of the row and column
+directions of ImageOrientationPatient), whatever its InstanceNumber says: the check (``read_series``) and the
+loader (``DicomSeriesReader``, used by the bundles in place of MONAI's ``PydicomReader``, which stacks by
+InstanceNumber) order the slices the same way and agree on which files belong to a series (``dicom_files``: every
+``.dcm`` file of the folder, whatever the letter case). The check reads only the headers (fast), before training
+starts, and refuses what a radiologist would not accept as one volume: two series in a folder, a lone 2D image,
+slices of different sizes, orientations or pixel spacings, duplicated or missing slices, uneven slice steps, and
+a CT series whose stored values cannot be turned into Hounsfield units (no RescaleSlope/RescaleIntercept).
 """
 
 from __future__ import annotations
@@ -11,16 +16,22 @@ import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from monai.data import PydicomReader
+from monai.utils import MetaKeys
 
-from .checks import DatasetError, raise_if_problems, require_folder
+from .checks import DatasetError, is_hidden, raise_if_problems, require_folder
 
-__all__ = ["DicomSeries", "dicom_series_datalist", "read_series"]
+__all__ = ["DicomSeries", "DicomSeriesReader", "dicom_files", "dicom_series_datalist", "read_series", "slice_positions"]
 
 logger = logging.getLogger(__name__)
+
+UNEVEN_STEP = 0.05  # relative deviation of a slice step from the usual one that makes a series uneven
+MISSING_STEP = 1.5  # a step this many times the usual one means slices are missing
 
 
 @dataclass(frozen=True)
@@ -35,21 +46,74 @@ class DicomSeries:
     spacing: tuple[float, float, float]  # row, column, slice (mm)
 
 
-def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
+def dicom_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of one series folder: every ``.dcm`` (any letter case, hidden files skipped), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() == ".dcm" and not p.name.startswith("."))
+
+
+def slice_positions(headers: Sequence) -> np.ndarray:
+    """Each slice's position (mm) along the normal of the first slice's orientation."""
+    orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    return np.array([float(np.dot(normal, np.asarray(h.ImagePositionPatient, dtype=float))) for h in headers])
+
+
+def _check_slices(folder: Path, files: Sequence[Path], headers: Sequence) -> None:
+    first = headers[0]
+    for path, header in zip(files, headers):
+        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+            if getattr(header, tag, None) is None:
+                raise DatasetError(f"{path}: has no {tag}; cannot place it in a 3D volume.")
+        if (header.Rows, header.Columns) != (first.Rows, first.Columns):
+            raise DatasetError(
+                f"{path}: is {header.Rows}x{header.Columns}, other slices of {folder} are {first.Rows}x{first.Columns}."
+            )
+        if not np.allclose(np.asarray(header.ImageOrientationPatient, float), np.asarray(first.ImageOrientationPatient, float), atol=1e-3):
+            raise DatasetError(f"{path}: its orientation differs from the other slices of {folder}.")
+        if not np.allclose(np.asarray(header.PixelSpacing, float), np.asarray(first.PixelSpacing, float), rtol=1e-3):
+            raise DatasetError(
+                f"{path}: pixel spacing {[float(v) for v in header.PixelSpacing]} mm differs from the other slices of "
+                f"{folder} ({[float(v) for v in first.PixelSpacing]} mm)."
+            )
+        if str(getattr(header, "Modality", "")).upper() == "CT" and getattr(header, "RescaleIntercept", None) is None:
+            raise DatasetError(
+                f"{path}: a CT slice without RescaleSlope/RescaleIntercept; its stored values cannot be turned into "
+                "Hounsfield units. Export the series with its rescale tags."
+            )
+
+
+def _check_steps(folder: Path, positions: np.ndarray) -> float:
+    """The usual slice step of sorted ``positions``; ``DatasetError`` for duplicated, missing or uneven slices."""
+    steps = np.diff(positions)
+    typical = float(np.median(steps))
+    if typical <= 1e-6 or np.any(steps <= 1e-3 * typical):
+        raise DatasetError(f"{folder}: two or more slices share a position; duplicated slices or mixed acquisitions?")
+    if np.any(steps > MISSING_STEP * typical):
+        at = int(np.argmax(steps))
+        raise DatasetError(
+            f"{folder}: slices missing between positions {positions[at]:.2f} and {positions[at + 1]:.2f} mm "
+            f"(gap {steps[at]:.2f} mm, usual distance {typical:.2f} mm)."
+        )
+    if np.any(np.abs(steps - typical) > UNEVEN_STEP * typical):
+        raise DatasetError(
+            f"{folder}: uneven slice steps, from {steps.min():.3f} to {steps.max():.3f} mm (usual {typical:.3f} mm); "
+            "a volume with one slice spacing would distort it. Resample the series to even steps first."
+        )
+    return typical
 
 
 def read_series(folder: str | os.PathLike) -> DicomSeries:
     """Read and check the headers of the ``.dcm`` files of one folder as a single 3D series.
 
     Raises ``DatasetError`` naming the folder or file for: unreadable files, several series in the folder, a
-    single 2D image, slices of different sizes or orientations, missing InstanceNumber or position, and
-    duplicated or missing slices (a gap over 1.5 times the usual slice distance).
+    single 2D image, slices of different sizes, orientations or pixel spacings, a missing position, duplicated,
+    missing (a gap over 1.5 times the usual slice distance) or unevenly spaced slices, and CT slices without
+    rescale tags. Slices are taken in the order of their position along the slice normal.
     """
     import pydicom
 
     folder = Path(folder)
-    files = _dicom_files(folder)
+    files = dicom_files(folder)
     if not files:
         raise DatasetError(f"{folder}: no .dcm files.")
     headers = []
@@ -65,30 +129,9 @@ def read_series(folder: str | os.PathLike) -> DicomSeries:
         )
     if len(headers) < 2:
         raise DatasetError(f"{folder}: a single 2D image ({files[0].name}), not a 3D series.")
+    _check_slices(folder, files, headers)
+    typical = _check_steps(folder, np.sort(slice_positions(headers)))
     first = headers[0]
-    for path, header in zip(files, headers):
-        for tag in ("InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
-            if getattr(header, tag, None) is None:
-                raise DatasetError(f"{path}: has no {tag}; cannot place it in a 3D volume.")
-        if (header.Rows, header.Columns) != (first.Rows, first.Columns):
-            raise DatasetError(
-                f"{path}: is {header.Rows}x{header.Columns}, other slices of {folder} are {first.Rows}x{first.Columns}."
-            )
-        if not np.allclose(np.asarray(header.ImageOrientationPatient, float), np.asarray(first.ImageOrientationPatient, float), atol=1e-3):
-            raise DatasetError(f"{path}: its orientation differs from the other slices of {folder}.")
-    orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
-    normal = np.cross(orientation[:3], orientation[3:])
-    positions = np.sort([float(np.dot(normal, np.asarray(h.ImagePositionPatient, float))) for h in headers])
-    steps = np.diff(positions)
-    typical = float(np.median(steps))
-    if typical <= 1e-6 or np.any(steps <= 1e-3 * typical):
-        raise DatasetError(f"{folder}: two or more slices share a position; duplicated slices or mixed acquisitions?")
-    if np.any(steps > 1.5 * typical):
-        at = int(np.argmax(steps))
-        raise DatasetError(
-            f"{folder}: slices missing between positions {positions[at]:.2f} and {positions[at + 1]:.2f} mm "
-            f"(gap {steps[at]:.2f} mm, usual distance {typical:.2f} mm)."
-        )
     row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
     return DicomSeries(
         folder=str(folder),
@@ -100,11 +143,49 @@ def read_series(folder: str | os.PathLike) -> DicomSeries:
     )
 
 
+class DicomSeriesReader(PydicomReader):
+    """MONAI's ``PydicomReader`` for a folder holding one series, stacked as ``read_series`` checked it.
+
+    ``PydicomReader`` stacks a series by InstanceNumber and keeps the files its ``fname_regex`` matches; this reader
+    takes the files ``dicom_files`` lists and stacks them by their position along the slice normal, so the volume
+    the bundle trains on is the one the check accepted, even when InstanceNumbers are shuffled or all equal. The
+    affine comes from the first and last slice positions (MONAI's), so the slice spacing follows the positions.
+    Each file's rescale slope and intercept are applied, as ``PydicomReader`` does.
+    """
+
+    def read(self, data, **kwargs):
+        """A folder: its series' headers and pixel data, in position order; anything else as ``PydicomReader``."""
+        import pydicom
+
+        names = data if isinstance(data, (list, tuple)) else [data]
+        if len(names) != 1 or not Path(f"{names[0]}").is_dir():
+            return super().read(data, **kwargs)
+        files = dicom_files(names[0])
+        if len(files) < 2:
+            raise DatasetError(f"{names[0]}: not a DICOM series ({len(files)} .dcm file).")
+        datasets = [pydicom.dcmread(str(path), **{**self.kwargs, **kwargs}) for path in files]
+        order = np.argsort(slice_positions(datasets), kind="stable")
+        self.filenames = [[str(files[i]) for i in order]]
+        self.has_series = True
+        return [datasets[i] for i in order]
+
+    def _combine_dicom_series(self, data, filenames):
+        """Stack slices already in position order (see ``read``); the metadata of the first slice."""
+        slices = list(data)
+        arrays = [self._get_array_data(ds, name) for ds, name in zip(slices, filenames)]
+        metadata = self._get_meta_dict(slices[0])
+        positions = slice_positions(slices)
+        metadata["spacing"] = np.asarray([*map(float, slices[0].PixelSpacing), float(np.median(np.diff(positions)))])
+        metadata["lastImagePositionPatient"] = np.asarray(slices[-1].ImagePositionPatient, dtype=float)
+        metadata[MetaKeys.SPATIAL_SHAPE] = arrays[0].shape + (len(arrays),)
+        return np.stack(arrays, axis=-1), metadata
+
+
 def _first_header(folder: Path):
     """Header of the folder's first readable file, or None when none can be read (``read_series`` says why)."""
     import pydicom
 
-    for path in _dicom_files(folder):
+    for path in dicom_files(folder):
         try:
             return pydicom.dcmread(str(path), stop_before_pixels=True)
         except Exception:
@@ -127,7 +208,7 @@ def dicom_series_datalist(
     root = require_folder(dataset_dir)
     folders: dict[Path, int] = defaultdict(int)
     for path in root.rglob("*"):
-        if path.is_file() and path.suffix.lower() == ".dcm":
+        if path.is_file() and path.suffix.lower() == ".dcm" and not is_hidden(path, root):
             folders[path.parent] += 1
     if not folders:
         raise DatasetError(f"dataset_dir {root} holds no DICOM (.dcm) files.")

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .checks import DatasetError, check_all, check_intensities, require_folder
+from .checks import (
+    DatasetError,
+    check_all,
+    check_intensities,
+    is_hidden,
+    require_folder,
+)
 
 __all__ = ["MRNET_PLANES", "check_mrnet_exam", "mrnet_datalist"]
 
@@ -21,6 +27,10 @@ def check_mrnet_exam(path: str | os.PathLike) -> None:
         data = np.load(path, allow_pickle=False)
     except Exception as error:  # truncated or foreign files raise ValueError, OSError, EOFError, ...
         raise DatasetError(f"{path}: cannot be read as a NumPy array ({type(error).__name__}: {error}).") from error
+    if not isinstance(data, np.ndarray):  # e.g. an .npz archive saved under a .npy name
+        if hasattr(data, "close"):
+            data.close()
+        raise DatasetError(f"{path}: holds a {type(data).__name__}, not one NumPy array (an .npz archive under a .npy name?).")
     if data.ndim != 3 or data.shape[1:] != MRNET_SLICE_SHAPE or data.shape[0] < 2:
         raise DatasetError(f"{path}: expected an MRNet exam of shape (slices, 256, 256), got {data.shape}.")
     check_intensities(path, data)
@@ -46,7 +56,9 @@ def mrnet_datalist(
     if not present:
         expected = " and/or ".join(str(folder / "*.npy") for folder in folders)
         raise DatasetError(f"dataset_dir {root} is not an MRNet folder: expected {expected} (as in MRNet-v1.0).")
-    files = sorted(str(p) for folder in present for p in folder.glob("*.npy"))
+    files = sorted(
+        str(p) for folder in present for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".npy" and not is_hidden(p, folder)
+    )
     if not files:
         raise DatasetError(f"no .npy exams in {', '.join(str(folder) for folder in present)}.")
     if check:

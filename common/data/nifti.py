@@ -8,9 +8,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .checks import DatasetError, check_all, check_intensities, require_folder
+from .checks import (
+    DatasetError,
+    check_all,
+    check_intensities,
+    is_hidden,
+    require_folder,
+)
 
-__all__ = ["NIFTI_SUFFIXES", "check_volume", "find_nifti_files", "nifti_datalist", "nifti_stem"]
+__all__ = ["NIFTI_SUFFIXES", "check_affine", "check_volume", "find_nifti_files", "nifti_datalist", "nifti_stem"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -25,26 +31,42 @@ def nifti_stem(path: str | os.PathLike) -> str:
 
 
 def find_nifti_files(dataset_dir: str | os.PathLike) -> list[str]:
-    """Sorted NIfTI files under ``dataset_dir`` (recursively); errors name the folder and the problem."""
+    """Sorted NIfTI files under ``dataset_dir`` (recursively, any letter case of the suffix, hidden files and
+    folders skipped); errors name the folder and the problem."""
     folder = require_folder(dataset_dir)
-    files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
+    found = [p for p in folder.rglob("*") if p.is_file() and not is_hidden(p, folder)]
+    files = sorted(str(p) for p in found if p.name.lower().endswith(NIFTI_SUFFIXES))
     if not files:
-        others = sum(1 for p in folder.rglob("*") if p.is_file())
+        others = len(found)
         what = "is empty" if others == 0 else f"holds {others} files but no NIfTI (.nii or .nii.gz) file"
         raise DatasetError(f"dataset_dir {folder} {what}.")
     return files
 
 
+def check_affine(path: str | os.PathLike, affine: np.ndarray) -> None:
+    """``DatasetError`` naming ``path`` unless its voxel-to-world affine is finite and spans three dimensions."""
+    affine = np.asarray(affine, dtype=float)
+    if not np.isfinite(affine).all():
+        raise DatasetError(f"{path}: its affine (voxel size, orientation, position) holds NaN or infinite values: {affine[:3].tolist()}.")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DatasetError(
+            f"{path}: its affine is degenerate (a zero voxel size or two axes along one direction): {affine[:3].tolist()}."
+        )
+
+
 def check_volume(path: str | os.PathLike) -> None:
-    """Raise ``DatasetError`` unless ``path`` is a readable 3D NIfTI volume with finite, non-constant voxels."""
+    """Raise ``DatasetError`` unless ``path`` is a readable NIfTI volume, 3D or 4D with one volume (what MONAI's
+    loader turns into one channel), with a usable affine and finite, non-constant, real voxels."""
     try:
         image = nib.load(str(path))
         shape = image.shape
+        affine = image.affine
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for corrupt or truncated files
         raise DatasetError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error}).") from error
-    if len(shape) < 3 or any(s != 1 for s in shape[3:]) or min(shape[:3]) < 2:
+    if len(shape) < 3 or len(shape) > 4 or any(s != 1 for s in shape[3:]) or min(shape[:3]) < 2:
         raise DatasetError(f"{path}: expected a 3D volume, got shape {tuple(shape)}.")
+    check_affine(path, affine)
     check_intensities(path, data)
 
 

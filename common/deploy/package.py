@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.checkpoints import CheckpointError, read_checkpoint
-from common.io import REPO_ROOT, atomic_path, bundle_dir
+from common.io import REPO_ROOT, atomic_path, bundle_dir, output_mode
 from common.pipeline import DEMO_SETTINGS
 
 from .export import export_torchscript
@@ -159,6 +160,35 @@ def _eval_metrics(metrics: dict) -> dict[str, Any]:
     }
 
 
+def _write_package(folder: Path, source: Path, configs: dict[str, dict], ckpt_dir: Path) -> None:
+    """The package's folder: docs, LICENSE, configs, the code of ``common``, weights, exports, hashes."""
+    shutil.copytree(source / "docs", folder / "docs")
+    shutil.copy2(source / "LICENSE", folder / "LICENSE")
+    (folder / "configs").mkdir()
+    shutil.copy2(source / "configs" / "logging.conf", folder / "configs" / "logging.conf")
+    for name, config in configs.items():
+        (folder / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
+    shutil.copytree(REPO_ROOT / "common", folder / "common", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (folder / "models").mkdir()
+    _inference_weights(ckpt_dir, folder / "models", _kind(source / "configs"))
+    _export_networks(folder, configs)
+    entries = [
+        f'  - path: "models/{p.name}"\n    url: ""\n    hash_val: "{_sha256(p)}"\n    hash_type: "sha256"'
+        for p in sorted((folder / "models").iterdir())
+    ]
+    (folder / "large_files.yml").write_text("large_files:\n" + "\n".join(entries) + "\n")
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target``; an earlier folder there is moved aside first and removed after."""
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def package_bundle(
     bundle: str,
     ckpt_dir: str | os.PathLike,
@@ -192,25 +222,17 @@ def package_bundle(
     configs["metadata.json"] = _metadata(configs["metadata.json"], configs["inference.json"], metrics_file)
     version = configs["metadata.json"]["version"]
     archive = output / f"{bundle}_v{version}.zip"
-    if (output / bundle).is_dir():
-        shutil.rmtree(output / bundle)
-    with atomic_path(output / bundle, directory=True) as folder:
-        shutil.copytree(source / "docs", folder / "docs")
-        shutil.copy2(source / "LICENSE", folder / "LICENSE")
-        (folder / "configs").mkdir()
-        shutil.copy2(source / "configs" / "logging.conf", folder / "configs" / "logging.conf")
-        for name, config in configs.items():
-            (folder / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
-        shutil.copytree(REPO_ROOT / "common", folder / "common", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        (folder / "models").mkdir()
-        _inference_weights(Path(ckpt_dir), folder / "models", _kind(source / "configs"))
-        _export_networks(folder, configs)
-        entries = [
-            f'  - path: "models/{p.name}"\n    url: ""\n    hash_val: "{_sha256(p)}"\n    hash_type: "sha256"'
-            for p in sorted((folder / "models").iterdir())
-        ]
-        (folder / "large_files.yml").write_text("large_files:\n" + "\n".join(entries) + "\n")
-        with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zipped:
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle}.", dir=output))  # built whole before anything is replaced
+    try:
+        folder = staging / bundle
+        _write_package(folder, source, configs, Path(ckpt_dir))
+        with zipfile.ZipFile(staging / archive.name, "w", zipfile.ZIP_DEFLATED) as zipped:
             for path in sorted(folder.rglob("*")):
-                zipped.write(path, Path(bundle) / path.relative_to(folder))
+                zipped.write(path, path.relative_to(staging))
+        os.chmod(folder, output_mode(directory=True))
+        _replace(folder, output / bundle)
+        with atomic_path(archive) as tmp:
+            os.replace(staging / archive.name, tmp)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return archive

@@ -7,10 +7,10 @@ evaluation behind the latent bundles' ``evaluate.json``. Med-DDPM's evaluator is
 """
 
 from . import audit, metrics, pictures
-from .base import Evaluator, volume_name
+from .base import Evaluator
 from .synthetic import SyntheticDataEvaluator
 
-__all__ = ["Evaluator", "SyntheticDataEvaluator", "audit", "metrics", "pictures", "volume_name"]
+__all__ = ["Evaluator", "SyntheticDataEvaluator", "audit", "metrics", "pictures"]
 
 
 def __getattr__(name: str):

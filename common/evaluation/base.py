@@ -19,19 +19,12 @@ import torch
 from monai.data import DataLoader
 from torch.utils.data import Dataset
 
+from common.data import item_name
 from common.io import write_json
 
-__all__ = ["Evaluator", "volume_name"]
+__all__ = ["Evaluator"]
 
 logger = logging.getLogger(__name__)
-
-
-def volume_name(item: Any, index: int) -> str:
-    """A readable name of a datalist item: its image path, and the breast side when there is one."""
-    if isinstance(item, dict) and isinstance(item.get("image"), (str, os.PathLike)):
-        name = str(item["image"])
-        return f"{name} ({item['side']})" if "side" in item else name
-    return f"real volume {index}"
 
 
 class Evaluator:
@@ -94,7 +87,7 @@ class Evaluator:
         for index, item in enumerate(loader):
             if limit is not None and index == limit:
                 break
-            yield volume_name(data[index] if data is not None else None, index), item if isinstance(item, dict) else {"image": item}
+            yield item_name(data[index] if data is not None else None, index), item if isinstance(item, dict) else {"image": item}
 
     def write(self, results: dict[str, Any]) -> dict[str, Any]:
         """Add the timings to ``results`` and write them to ``evaluation_dir/metrics.json``; returns them."""

@@ -24,7 +24,11 @@ from torch.utils.data import Dataset
 from . import metrics
 from .audit import NearestNeighbourSearch, memorisation_audit
 from .base import Evaluator
-from .pictures import save_adjacent_slices, save_three_plane_montage, save_training_curves
+from .pictures import (
+    save_adjacent_slices,
+    save_three_plane_montage,
+    save_training_curves,
+)
 
 __all__ = ["SyntheticDataEvaluator"]
 

@@ -102,3 +102,10 @@ class AtomicCheckpointSaver:
     def save_final(self, engine: Engine) -> None:
         if is_main_process():
             save_torch(self.state(engine), self.save_dir / f"{self.name}.pt")
+
+
+def __getattr__(name: str):
+    """Names that moved out of this module in release 0.2 still resolve, with a ``FutureWarning``."""
+    from common._deprecated import moved_attribute
+
+    return moved_attribute(__name__, name)

@@ -11,7 +11,14 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from common.checkpoints import CheckpointError, check_state_objects, find_latest_checkpoint, load_state, periodic_iteration, read_checkpoint
+from common.checkpoints import (
+    CheckpointError,
+    check_state_objects,
+    find_latest_checkpoint,
+    load_state,
+    periodic_iteration,
+    read_checkpoint,
+)
 from common.io import is_main_process
 
 __all__ = ["CheckpointResumer"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 
-from monai.networks.nets import VQVAE
 from monai.networks.layers.vector_quantizer import VectorQuantizer
+from monai.networks.nets import VQVAE
 
 from .quantizer import CodebookQuantizer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -12,9 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import monai.utils.misc as monai_misc
+import numpy as np
 import torch
-from monai.bundle import ConfigParser
-from monai.bundle import run as monai_run
+from monai.bundle import ConfigParser, create_workflow
+from monai.handlers.tensorboard_handlers import TensorBoardHandler
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,11 +51,46 @@ def in_repository() -> Iterator[None]:
         os.chdir(before)
 
 
+@contextmanager
+def isolated_state() -> Iterator[None]:
+    """Give back what a bundle run changes for the whole process: the root logger (a run applies its
+    ``logging.conf``), the random generators and MONAI's seed (``set_determinism``), and cuDNN's flags."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    seed = monai_misc._seed
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
+        monai_misc._seed = seed
+
+
 def run_bundle(configs: Sequence[str], **overrides: Any) -> None:
-    """``python -m monai.bundle run --config_file <configs> --<id> <value> ...``, in this process, from the
-    repository root."""
-    with in_repository():
-        monai_run(config_file=list(configs), **overrides)
+    """``python -m monai.bundle run --config_file <configs> --<id> <value> ...`` (what ``monai.bundle.run`` does:
+    initialize, run, finalize), in this process, from the repository root, leaving the process as it was. A run
+    that fails still closes the TensorBoard writers it opened."""
+    with in_repository(), isolated_state():
+        workflow = create_workflow(config_file=list(configs), **overrides)
+        try:
+            workflow.run()
+        except BaseException:
+            for made in workflow.parser.ref_resolver.resolved_content.values():
+                if isinstance(made, TensorBoardHandler):
+                    made.close()
+            raise
+        workflow.finalize()
 
 
 def command_line(configs: Sequence[str], *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -9,7 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.bundles.bundle_runs import SMALL_DENOISER, SMALL_SHARED, config_files, run_bundle, run_pipeline
+from tests.bundles.bundle_runs import (
+    SMALL_DENOISER,
+    SMALL_SHARED,
+    config_files,
+    run_bundle,
+    run_pipeline,
+)
 from tests.conftest import ANATOMICAL
 
 # 32^3: the 3D MS-SSIM at 3 scales needs 25 voxels per axis

@@ -14,7 +14,6 @@ from monai.networks.schedulers import DDPMScheduler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common.checkpoints import CheckpointError
-from common.data import DatasetError
 from common.io import output_mode
 from tests.bundles.bundle_runs import (
     REPO,
@@ -75,7 +74,7 @@ def test_wrong_dataset_dir_stops_before_training(tmp_path, brain_folder, problem
             log_dir=str(tmp_path / "logs"), **SHARED, **SMALL_AUTOENCODER,
         )
     expected = {"missing": "does not exist", "empty": "is empty", "no_nifti": "no NIfTI", "corrupt": "cannot be read as NIfTI"}
-    assert f"DatasetError: " in error_chain(info.value) and expected[problem] in error_chain(info.value)
+    assert "DatasetError: " in error_chain(info.value) and expected[problem] in error_chain(info.value)
     assert str(folder) in error_chain(info.value)
     assert not (tmp_path / "models").exists()
 

@@ -16,7 +16,13 @@ from monai.bundle import ConfigParser
 
 from common.data import DatasetError, paired_datalist
 from common.deploy import package_bundle
-from tests.bundles.bundle_runs import REPO, as_arguments, config_files, error_chain, run_bundle
+from tests.bundles.bundle_runs import (
+    REPO,
+    as_arguments,
+    config_files,
+    error_chain,
+    run_bundle,
+)
 
 BUNDLE = "brain_tumor_semantic"
 CONFIGS = f"bundles/{BUNDLE}/configs"

@@ -125,3 +125,66 @@ def test_full_size_defaults_match_the_paper():
     assert latent_shape == (1, 8, 32, 32, 32)
     assert parser["batch_size"] == 50 and parser["resample_spacing"] == [1.0, 1.0, 1.0]
     assert parser["crop_size"] == [320, 320, 320] and parser["image_size"] == [128, 128, 128]
+
+
+def _renumber(folder: Path, numbers, names=None) -> None:
+    """Give the slices of a series other InstanceNumbers (and file names), as exports sometimes do."""
+    import pydicom
+
+    for index, path in enumerate(sorted(folder.glob("*.dcm"))):
+        header = pydicom.dcmread(str(path))
+        header.InstanceNumber = int(numbers[index])
+        target = folder / (names[index] if names else path.name)
+        header.save_as(str(target))
+        if target != path:
+            path.unlink()
+
+
+@pytest.mark.parametrize("numbering", ["shuffled", "all_equal_files_named_by_uid", "upper_case_suffix"])
+def test_slices_are_stacked_by_position_as_the_check_orders_them(tmp_path, numbering):
+    hu = np.zeros((8, 8, 6), np.float32)
+    for k in range(6):
+        hu[:, :, k] = 100.0 * k  # slice k at position 2.5 * k mm holds 100 * k HU
+    folder = tmp_path / "series"
+    write_dicom_series(hu, folder, spacing=(1.0, 1.0, 2.5))
+    if numbering == "shuffled":
+        _renumber(folder, [4, 1, 6, 2, 5, 3])
+    elif numbering == "all_equal_files_named_by_uid":
+        _renumber(folder, [1] * 6, [f"1.2.840.{n}.dcm" for n in (93, 12, 57, 31, 80, 44)])
+    else:
+        for path in folder.glob("*.dcm"):
+            path.rename(path.with_suffix(".DCM"))
+    series = read_series(folder)  # the check
+    assert series.num_slices == 6 and series.spacing == (1.0, 1.0, 2.5)
+    loaded = _preprocessing()[0]({"image": str(folder)})["image"]  # the bundle's loader
+    assert loaded.shape == (8, 8, 6)
+    assert np.allclose(np.asarray(loaded)[0, 0, :], 100.0 * np.arange(6))  # in position order
+    assert np.allclose(np.sqrt((np.asarray(loaded.affine)[:3, :3] ** 2).sum(0)), [1.0, 1.0, 2.5])
+
+
+def test_series_a_radiologist_would_not_accept_are_named(tmp_path):
+    import pydicom
+
+    def series(name: str, spacing=(1.0, 1.0, 2.0)) -> Path:
+        write_dicom_series(np.zeros((8, 8, 6), np.float32), tmp_path / name, spacing=spacing)
+        return tmp_path / name
+
+    uneven = series("uneven")
+    for index, path in enumerate(sorted(uneven.glob("*.dcm"))):  # steps of 2.0 and 2.4 mm alternating
+        header = pydicom.dcmread(str(path))
+        header.ImagePositionPatient = [0.0, 0.0, 2.0 * index + 0.4 * (index % 2)]
+        header.save_as(str(path))
+    with pytest.raises(DatasetError, match=rf"{uneven}: uneven slice steps, from 1.600 to 2.400 mm"):
+        read_series(uneven)
+    no_rescale = series("no_rescale")
+    header = pydicom.dcmread(str(no_rescale / "0003.dcm"))
+    del header.RescaleIntercept, header.RescaleSlope
+    header.save_as(str(no_rescale / "0003.dcm"))
+    with pytest.raises(DatasetError, match=r"0003.dcm: a CT slice without RescaleSlope/RescaleIntercept"):
+        read_series(no_rescale)
+    spacing = series("spacing")
+    header = pydicom.dcmread(str(spacing / "0002.dcm"))
+    header.PixelSpacing = [0.8, 0.8]
+    header.save_as(str(spacing / "0002.dcm"))
+    with pytest.raises(DatasetError, match=r"0002.dcm: pixel spacing \[0.8, 0.8\] mm differs from the other slices"):
+        read_series(spacing)

@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from monai.transforms import Randomizable
 from monai.bundle import ConfigParser
+from monai.transforms import Randomizable
 
-from common.io import save_nifti
+from common.io import save_nifti, write_json
 from common.sampling import volume_affine
-from common.io import write_json
 from tests.bundles.bundle_runs import REPO, config_files, run_bundle
 from tests.bundles.conftest import EVALUATE
 

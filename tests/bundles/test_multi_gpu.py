@@ -17,7 +17,15 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_DENOISER, SMALL_SHARED, as_arguments, config_files, run_bundle
+from tests.bundles.bundle_runs import (
+    REPO,
+    SMALL_AUTOENCODER,
+    SMALL_DENOISER,
+    SMALL_SHARED,
+    as_arguments,
+    config_files,
+    run_bundle,
+)
 from tests.bundles.conftest import SIZE_32
 
 CONFIGS = "bundles/brain_mri/configs"

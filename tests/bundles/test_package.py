@@ -121,3 +121,13 @@ def test_demo_settings_are_the_overrides_of_a_demo_package(tmp_path):
         package_bundle("knee_mri", tmp_path, tmp_path / "dist", demo=True)
     with pytest.raises(PackagingError, match="autoencoder.pt does not exist"):  # the settings themselves are valid ids
         package_bundle("brain_mri", tmp_path, tmp_path / "dist", demo=True)
+
+
+def test_a_failed_packaging_leaves_the_earlier_package_as_it_was(packaged, tmp_path):
+    folder = packaged.parent / "brain_mri"
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    archive = packaged.read_bytes()
+    with pytest.raises(PackagingError, match="autoencoder.pt does not exist"):
+        package_bundle("brain_mri", tmp_path / "no_models", packaged.parent)
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before and packaged.read_bytes() == archive
+    assert [p.name for p in packaged.parent.iterdir() if p.name.startswith(".")] == []  # no staging folder left

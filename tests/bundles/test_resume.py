@@ -10,7 +10,15 @@ import time
 import torch
 
 from common.checkpoints import find_latest_checkpoint, periodic_iteration
-from tests.bundles.bundle_runs import REPO, SMALL_AUTOENCODER, SMALL_SHARED, as_arguments, collect_log, config_files, run_bundle
+from tests.bundles.bundle_runs import (
+    REPO,
+    SMALL_AUTOENCODER,
+    SMALL_SHARED,
+    as_arguments,
+    collect_log,
+    config_files,
+    run_bundle,
+)
 
 CONFIG = "bundles/brain_mri/configs/train_autoencoder.json"
 

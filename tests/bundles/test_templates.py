@@ -73,3 +73,20 @@ def test_training_and_inference_declare_the_same_networks(bundle):
             trained, loaded = training.get_parsed_content(network_id), inference.get_parsed_content(network_id)
         shapes = {k: v.shape for k, v in trained.state_dict().items()}
         assert shapes == {k: v.shape for k, v in loaded.state_dict().items()} and shapes, network_id
+
+
+@pytest.mark.parametrize("bundle", sorted(PAIRS))
+def test_configs_name_only_current_paths_of_common(bundle):
+    """Every ``common.<...>`` a bundle config names resolves, and not through a path kept only for old configs."""
+    import pydoc
+    import re
+    import warnings
+
+    names = set()
+    for path in (REPO / "bundles" / bundle / "configs").glob("*.json"):
+        names.update(re.findall(r"\bcommon(?:\.[A-Za-z_]\w*)+", path.read_text()))
+    assert names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for name in sorted(names):
+            assert pydoc.locate(name) is not None, name

@@ -9,8 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common.data import breast_datalist
-from common.data import DatasetError
+from common.data import DatasetError, breast_datalist
 from common.data.demo import make_breast_phantom, write_breast_mask, write_dicom_series
 
 SPACING = (2.0, 2.0, 6.0)

@@ -1,12 +1,21 @@
 from __future__ import annotations
 
 import numpy as np
-
-from common.data import mrnet_datalist, nifti_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ResampleToMatchd
 
-from common.data.demo import breast_demo_datalist, brain_demo_datalist, chest_demo_datalist, knee_demo_datalist, make_breast_phantom
-from common.data import dicom_series_datalist, read_series
+from common.data import (
+    dicom_series_datalist,
+    mrnet_datalist,
+    nifti_datalist,
+    read_series,
+)
+from common.data.demo import (
+    brain_demo_datalist,
+    breast_demo_datalist,
+    chest_demo_datalist,
+    knee_demo_datalist,
+    make_breast_phantom,
+)
 
 
 def test_demo_data_passes_each_bundles_own_reader(tmp_path):

@@ -6,9 +6,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from common.data import DatasetError
+from common.data import DatasetError, dicom_series_datalist, read_series
 from common.data.demo import write_dicom_series
-from common.data import dicom_series_datalist, read_series
 
 
 def test_a_corrupt_file_is_named(tmp_path):

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 import nibabel as nib
 import numpy as np
 import pytest

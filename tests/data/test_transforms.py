@@ -7,8 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from common.data import DatasetError
-from common.data import CropBreastSided
+from common.data import CropBreastSided, DatasetError
 
 SHAPE = (30, 40, 10)  # RAS: x from the patient's left to right, y from posterior to anterior
 

@@ -9,8 +9,7 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDPMScheduler
 
 from common.engines import LatentDiffusionPrepareBatch
-from common.networks import CodebookRangeAutoencoder
-from common.networks import DepthAttentionUNet
+from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet
 from tests.conftest import tiny_vqgan
 
 

@@ -10,8 +10,8 @@ import torch
 from monai.data import Dataset
 
 from common.evaluation import SyntheticDataEvaluator
-from common.networks import CodebookRangeAutoencoder
 from common.io import save_nifti
+from common.networks import CodebookRangeAutoencoder
 from common.sampling import volume_affine
 from tests.conftest import tiny_vqgan
 

@@ -9,7 +9,12 @@ import torch
 from ignite.engine import Engine
 
 from common.checkpoints import CheckpointError, find_latest_checkpoint
-from common.handlers import AtomicCheckpointSaver, CheckpointResumer, NonFiniteLossError, StopOnNonFiniteLoss
+from common.handlers import (
+    AtomicCheckpointSaver,
+    CheckpointResumer,
+    NonFiniteLossError,
+    StopOnNonFiniteLoss,
+)
 
 
 class Crash(Exception):

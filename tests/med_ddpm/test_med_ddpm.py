@@ -10,12 +10,10 @@ from monai.data import Dataset, MetaTensor
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.utils import one_hot
 
-from common.data import DatasetError
-from common.sampling import make_sampling_scheduler
-from common.med_ddpm import MaskConditionedSampler
-from common.med_ddpm import MaskConditionedEvaluator, classes_of
-from common.data import RemapLabelsd
+from common.data import DatasetError, RemapLabelsd
+from common.med_ddpm import MaskConditionedEvaluator, MaskConditionedSampler, classes_of
 from common.med_ddpm.utility import segmentation_dice, train_segmentation
+from common.sampling import make_sampling_scheduler
 
 SIZE = 32
 

@@ -6,9 +6,11 @@ import torch.nn.functional as F
 from monai.inferers import DiffusionInferer, LatentDiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from common.networks import CodebookRangeAutoencoder
-from common.networks import DepthAttentionUNet
-from common.networks import depth_attention_unet
+from common.networks import (
+    CodebookRangeAutoencoder,
+    DepthAttentionUNet,
+    depth_attention_unet,
+)
 from common.networks.depth_attention_unet import DepthAttention, SpatialAttention
 from tests.conftest import tiny_vqgan
 

@@ -1,0 +1,137 @@
+"""The training dataset: every volume the dataset check accepted is preprocessed once before training, and each one
+the bundle's preprocessing fails on is named with the transform and the reason.
+
+The readers (``nifti_datalist``, ``dicom_series_datalist``, ...) check what the headers and voxels of a file say.
+Some files pass those checks and still break inside MONAI's transforms (a degenerate affine, a volume with no
+foreground left after cropping, intensities that overflow when scaled) or come out unusable (NaN, constant, the
+wrong shape). ``CheckedCacheDataset`` runs the deterministic part of the preprocessing (up to the first random
+transform) on every item while it fills MONAI's cache, so the check and the training agree by construction, and
+raises one ``DatasetError`` listing every such file before the first training step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.data import CacheDataset
+
+from .checks import DatasetError, item_name, raise_if_problems
+
+__all__ = ["CheckedCacheDataset", "describe_failure"]
+
+
+def describe_failure(name: str, error: BaseException) -> str:
+    """"<name>: <reason>" for an exception raised while preprocessing ``name``: our own ``DatasetError`` as it is
+    (it names the file already), otherwise the transform MONAI's ``Compose`` was applying and the innermost cause."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for link in chain:
+        if isinstance(link, DatasetError):
+            return str(link)
+    transforms = [m.group(1) for link in chain if (m := re.search(r"applying transform <?([\w.]+)", str(link)))]
+    cause = chain[-1]
+    where = f" at {transforms[-1].rsplit('.', 1)[-1]}" if transforms else ""
+    message = (str(cause).strip().splitlines() or [""])[0]
+    return f"{name}: the bundle's preprocessing fails{where} ({type(cause).__name__}: {message})."
+
+
+class CheckedCacheDataset(CacheDataset):
+    """MONAI's ``CacheDataset`` that checks every item once before training and names the files it cannot use.
+
+    Filling the cache runs the deterministic transforms on the first ``cache_rate`` of the items; with
+    ``check_uncached`` the others are preprocessed once too, and dropped. Each result must be finite, not constant,
+    and (with ``image_size``) of that spatial shape. All failures are collected and raised as one ``DatasetError``
+    (the first 20 listed). An item that still fails later, while training (``check_uncached`` off), raises a
+    ``DatasetError`` with its name. Every item handed to the trainer carries its name under ``source_key``, so an
+    error during training (e.g. a non-finite loss) can name the files of the batch.
+
+    Args:
+        data: the datalist.
+        transform: the training preprocessing, a ``Compose`` whose random transforms come last.
+        image_size: the spatial shape the preprocessing must give; None skips that check.
+        cache_rate: fraction of the items kept in memory after the deterministic transforms.
+        num_workers: threads filling the cache.
+        check_uncached: also preprocess (once, without keeping them) the items the cache does not hold.
+        image_key: the entry that holds the image.
+        source_key: the entry under which each item's name is handed on.
+        progress: show the cache's progress bar.
+    """
+
+    def __init__(
+        self,
+        data: Sequence,
+        transform: Callable,
+        image_size: Sequence[int] | None = None,
+        cache_rate: float = 1.0,
+        num_workers: int | None = 1,
+        check_uncached: bool = True,
+        image_key: str = "image",
+        source_key: str = "source",
+        progress: bool = True,
+    ) -> None:
+        self.image_size = tuple(int(s) for s in image_size) if image_size is not None else None
+        self.check_uncached = check_uncached
+        self.image_key = image_key
+        self.source_key = source_key
+        self._problems: list[tuple[int, str]] = []
+        super().__init__(data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress)
+
+    def name(self, index: int) -> str:
+        return item_name(self.data[index], index)
+
+    def set_data(self, data: Sequence) -> None:
+        """Fill the cache, check the items it does not hold, and raise if any item failed."""
+        if len(data) == 0:
+            raise DatasetError("the datalist is empty: no volume to train on.")
+        self._problems = []
+        super().set_data(data)
+        if self.check_uncached:
+            for index in range(self.cache_num, len(data)):
+                self._load_cache_item(index)
+        problems = [problem for _, problem in sorted(self._problems)]
+        raise_if_problems(problems, f"{len(data)} volumes after the bundle's preprocessing")
+
+    def _load_cache_item(self, idx: int) -> Any:
+        """The deterministic transforms of item ``idx``, checked; None (and the problem noted) when it fails."""
+        try:
+            item = super()._load_cache_item(idx)
+        except Exception as error:  # any transform's error, named and collected
+            self._problems.append((idx, describe_failure(self.name(idx), error)))
+            return None
+        problem = self.problem_with(item)
+        if problem:
+            self._problems.append((idx, f"{self.name(idx)}: {problem}"))
+            return None
+        return item
+
+    def problem_with(self, item: Any) -> str | None:
+        """What is wrong with a preprocessed item, or None."""
+        image = item.get(self.image_key) if isinstance(item, dict) else item
+        if image is None:
+            return f"the preprocessing leaves no '{self.image_key}'."
+        values = torch.as_tensor(image).float()
+        if not torch.isfinite(values).all():
+            return (f"after preprocessing {int((~torch.isfinite(values)).sum())} voxels are NaN or infinite "
+                    "(intensities too large for float32, or a non-finite affine?).")
+        if values.numel() == 0 or values.max() == values.min():
+            level = float(values.flatten()[0]) if values.numel() else float("nan")
+            return (f"after preprocessing every voxel is {level:g}: nothing of the volume is left (no voxel above 0 for "
+                    "the crop to the foreground, or no intensity range to scale?).")
+        if self.image_size is not None and tuple(values.shape[1:]) != self.image_size:
+            return f"the preprocessing gives shape {tuple(values.shape[1:])}, not image_size {self.image_size}."
+        return None
+
+    def _transform(self, index: int) -> Any:
+        try:
+            item = super()._transform(index)
+        except Exception as error:
+            raise DatasetError(describe_failure(self.name(index), error)) from error
+        if isinstance(item, dict):
+            item[self.source_key] = self.name(index)
+        return item
