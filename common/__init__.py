@@ -3,7 +3,8 @@
 The layers, lowest first (a module imports only from layers below its own; ``tests/test_layout.py`` checks it):
 
 - ``io``: writing files atomically under the user's umask, process ranks, the repository root;
-- ``checkpoints``: reading weights safely, with errors that name the file;
+- ``checkpoints``, ``overrides``: reading weights safely, with errors that name the file; refusing mistyped config
+  ids on the command line;
 - ``networks``, ``losses``, ``data``: the method's networks and objective, dataset readers and demo data;
 - ``engines``, ``handlers``, ``evaluation``: the training stages, ignite handlers, metrics and evaluators;
 - ``sampling``: sampling a trained latent bundle;
@@ -26,6 +27,7 @@ from . import (
     losses,
     med_ddpm,
     networks,
+    overrides,
     pipeline,
     sampling,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "losses",
     "med_ddpm",
     "networks",
+    "overrides",
     "pipeline",
     "sampling",
 ]

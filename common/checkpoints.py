@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ __all__ = [
     "find_latest_checkpoint",
     "load_state",
     "load_weights",
+    "non_finite_entries",
     "periodic_iteration",
     "read_checkpoint",
 ]
@@ -53,9 +54,35 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}).") from error
 
 
+def _floating_tensors(entries: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, floating-point tensor) pairs anywhere in a nested state dict: "network/conv.weight" for the entry
+    "conv.weight" of the entry "network"."""
+    if isinstance(entries, torch.Tensor):
+        if entries.is_floating_point():
+            yield prefix, entries
+        return
+    items = entries.items() if isinstance(entries, Mapping) else enumerate(entries) if isinstance(entries, (list, tuple)) else ()
+    for key, value in items:
+        name = f"{prefix}{'/' if '/' not in prefix else '.'}{key}" if prefix else str(key)
+        yield from _floating_tensors(value, name)
+
+
+def non_finite_entries(state: Any) -> list[str]:
+    """The names of the tensors of a (nested) state dict that hold NaN or infinite values."""
+    return [name for name, value in _floating_tensors(state) if not torch.isfinite(value).all()]
+
+
 def load_state(target: Any, state: Any, path: str | os.PathLike, key: str | None = None) -> None:
     """``target.load_state_dict(state)`` (a network wrapped in DDP is loaded unwrapped), with a clear error when
-    the state does not fit, e.g. a checkpoint of another bundle or of other network settings."""
+    the state does not fit, e.g. a checkpoint of another bundle or of other network settings, or holds NaN or
+    infinite values (weights that would give NaN volumes)."""
+    broken = non_finite_entries(state)
+    if broken:
+        raise CheckpointError(
+            f"checkpoint {path}{f' [{key}]' if key else ''} holds NaN or infinite values in {', '.join(broken[:5])}"
+            f"{f' and {len(broken) - 5} more' if len(broken) > 5 else ''}; the run that wrote it had diverged. Use an "
+            "earlier checkpoint of that run (its periodic files, or earlier_runs/)."
+        )
     target = getattr(target, "module", target) if isinstance(target, nn.Module) else target
     try:
         target.load_state_dict(state)

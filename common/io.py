@@ -36,6 +36,7 @@ __all__ = [
     "is_main_process",
     "output_mode",
     "process_rank",
+    "require_output_folder",
     "save_nifti",
     "save_torch",
     "write_json",
@@ -159,6 +160,22 @@ def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike, 
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return str(path)
+
+
+def require_output_folder(path: str | os.PathLike, what: str = "output_dir") -> Path:
+    """``path`` as a Path, after checking that outputs can be written there: it is a folder, or can be created in
+    its nearest existing parent, which must be a writable folder. ``ValueError`` naming the path otherwise. Nothing
+    is created here (the first file written creates the folder); call it before hours of sampling, not after."""
+    folder = Path(path).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under the file {existing}"
+        raise ValueError(f"{what} {folder} {where}, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder} cannot be written to: {existing} is not writable (permission denied).")
+    return folder
 
 
 # ----- processes

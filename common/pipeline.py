@@ -13,6 +13,7 @@ from typing import Any
 from monai.bundle import run as run_bundle
 
 from common.io import bundle_dir
+from common.overrides import refuse_unknown_ids
 
 __all__ = ["DEMO_SETTINGS", "STAGES", "demo", "pipeline"]
 
@@ -98,6 +99,16 @@ def demo(output_dir: str = "demo_output", bundle: str = "brain_mri") -> str:
     return _run_stages(bundle, output_dir, None, "autoencoder,diffusion,inference,evaluation", DEMO_SETTINGS[bundle], {})
 
 
+def config_files_of(configs: Path) -> dict[str, list[str]]:
+    """The config files each stage runs, from a latent bundle's ``configs`` folder."""
+    return {
+        "autoencoder": [str(configs / "train_autoencoder.json")],
+        "diffusion": [str(configs / "train_autoencoder.json"), str(configs / "train_diffusion.json")],
+        "inference": [str(configs / "inference.json")],
+        "evaluation": [str(configs / name) for name in ("train_autoencoder.json", "inference.json", "evaluate.json")],
+    }
+
+
 def _run_stages(
     bundle: str,
     output_dir: str,
@@ -116,18 +127,14 @@ def _run_stages(
     unknown = set(chosen) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}.")
+    refuse_unknown_ids(sorted({f for files in config_files_of(configs).values() for f in files}), list(overrides), "to the pipeline")
     out = Path(output_dir).resolve()
     paths = {
         "bundle_root": str(bundle_dir(bundle)),
         "ckpt_dir": str(out / "models"),
     }
     training = {"log_dir": str(out / "logs"), "demo_dir": str(out / "demo_data"), "dataset_dir": dataset_dir}
-    config_files = {
-        "autoencoder": [str(configs / "train_autoencoder.json")],
-        "diffusion": [str(configs / "train_autoencoder.json"), str(configs / "train_diffusion.json")],
-        "inference": [str(configs / "inference.json")],
-        "evaluation": [str(configs / name) for name in ("train_autoencoder.json", "inference.json", "evaluate.json")],
-    }
+    config_files = config_files_of(configs)
     for stage in STAGES:
         if stage not in chosen:
             continue

@@ -7,9 +7,9 @@ over all T steps, DDIM (Song et al., ICLR 2021) samples in fewer steps.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +18,13 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from torch import nn
 
 from common.evaluation.pictures import save_three_plane_montage
-from common.io import gather, process_rank, save_nifti, write_json
+from common.io import (
+    gather,
+    process_rank,
+    require_output_folder,
+    save_nifti,
+    write_json,
+)
 from common.networks import CodebookRangeAutoencoder
 
 __all__ = ["LatentSampler", "make_sampling_scheduler", "volume_affine"]
@@ -90,13 +96,13 @@ class LatentSampler:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
         if len(latent_shape) != 4:
             raise ValueError(f"latent_shape must be (C, H, W, D), got {tuple(latent_shape)}.")
-        if len(spacing) != 3:
-            raise ValueError(f"spacing must have 3 values, got {tuple(spacing)}.")
+        if len(spacing) != 3 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing):
+            raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {tuple(spacing)}.")
         self.autoencoder = autoencoder
         self.network = network
         self.inferer = LatentDiffusionInferer(scheduler, scale_factor=1.0)
         self.latent_shape = tuple(int(s) for s in latent_shape)
-        self.output_dir = Path(output_dir)
+        self.output_dir = require_output_folder(output_dir)
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed

@@ -58,3 +58,44 @@ def test_every_module_and_name_in_the_readme_table_exists():
                 continue
         for attribute in parts[cut:]:
             found = getattr(found, attribute)
+
+
+def documented_bundle_runs(text: str) -> list[list[str]]:
+    """The arguments after ``monai.bundle run`` of every command of the ```bash blocks of a document, with line
+    continuations joined and the block's own ``NAME="..."`` variables expanded."""
+    import shlex
+
+    runs = []
+    for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S):
+        variables: dict[str, str] = {}
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            assignment = re.fullmatch(r"(\w+)=(['\"])(.*)\2", line)
+            if assignment:
+                variables[assignment.group(1)] = assignment.group(3)
+                continue
+            if "monai.bundle run" not in line:
+                continue
+            line = re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), line)
+            words = shlex.split(line.split("&&")[0])
+            runs.append(words[words.index("run") + 1 :])
+    return runs
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_documented_bundle_commands_name_only_ids_their_configs_declare(doc):
+    from common.overrides import command_line_overrides, refuse_unknown_ids
+
+    for arguments in documented_bundle_runs(doc.read_text()):
+        parsed = command_line_overrides(["monai/bundle/__main__.py", "run", *arguments])
+        assert parsed is not None, arguments
+        files, ids = parsed
+        # commands run inside a packaged bundle name configs/...; the docs package brain_mri
+        files = [str(REPO / f) if f.startswith("bundles/") else str(REPO / "bundles" / "brain_mri" / f) for f in files]
+        assert all(Path(f).is_file() for f in files), files
+        refuse_unknown_ids(files, [i for i in ids if not i.startswith("$")], f"in {doc.name}")
+
+
+def test_the_documented_command_reader():
+    text = '```bash\nSHARED="--image_size [8,8,8]"\npython -m monai.bundle run --config_file a.json $SHARED \\\n  --x 1\n```\n'
+    assert documented_bundle_runs(text) == [["--config_file", "a.json", "--image_size", "[8,8,8]", "--x", "1"]]

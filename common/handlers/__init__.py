@@ -1,17 +1,22 @@
-"""Ignite handlers the bundles need beyond MONAI's: atomic checkpoints, resuming a killed run, stopping at a
-non-finite loss, and the denoiser's EMA weights."""
+"""Ignite handlers the bundles need beyond MONAI's: one run per checkpoint folder, refusing training that would do
+nothing, atomic checkpoints, resuming a killed run, stopping at a non-finite loss, and the denoiser's EMA weights."""
 
 from .checkpoint_saver import AtomicCheckpointSaver
 from .ema import DelayedEMAHandler
 from .nan_guard import NonFiniteLossError, StopOnNonFiniteLoss
 from .resume import CheckpointResumer
+from .run_lock import CheckpointDirLock, CheckpointDirLockedError
+from .training_length import TrainingLengthCheck
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "CheckpointDirLock",
+    "CheckpointDirLockedError",
     "CheckpointResumer",
     "DelayedEMAHandler",
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",
+    "TrainingLengthCheck",
 ]
 
 

@@ -8,32 +8,22 @@ file only when training completes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from ignite.engine import Engine, Events
 
-from common.checkpoints import check_state_objects, periodic_iteration
+from common.checkpoints import (
+    check_state_objects,
+    non_finite_entries,
+    periodic_iteration,
+)
 from common.io import is_main_process, save_torch
 
 from .nan_guard import NonFiniteLossError
 
 __all__ = ["AtomicCheckpointSaver"]
-
-
-def _tensors(entries: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, floating-point tensor) pairs anywhere in a nested state dict."""
-    if isinstance(entries, torch.Tensor):
-        if entries.is_floating_point():
-            yield prefix, entries
-    elif isinstance(entries, Mapping):
-        for key, value in entries.items():
-            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(entries, (list, tuple)):
-        for index, value in enumerate(entries):
-            yield from _tensors(value, f"{prefix}.{index}" if prefix else str(index))
 
 
 class AtomicCheckpointSaver:
@@ -78,7 +68,7 @@ class AtomicCheckpointSaver:
         infinite weights, so the newest checkpoint on disk stays the last good one."""
         state = {key: getattr(obj, "module", obj).state_dict() for key, obj in self.save_dict.items()}
         state["trainer"] = dict(engine.state_dict())
-        broken = [f"{key}/{name}" for key, entries in state.items() for name, value in _tensors(entries) if not torch.isfinite(value).all()]
+        broken = non_finite_entries(state)
         if broken:
             raise NonFiniteLossError(
                 f"not writing a checkpoint of {self.name}: non-finite values in {', '.join(broken[:5])}"

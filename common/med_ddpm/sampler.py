@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,13 @@ from monai.networks.schedulers import Scheduler
 from monai.networks.utils import one_hot
 
 from common.data import DatasetError, nifti_stem
-from common.io import gather, process_rank, save_nifti, write_json
+from common.io import (
+    gather,
+    process_rank,
+    require_output_folder,
+    save_nifti,
+    write_json,
+)
 
 __all__ = ["MaskConditionedSampler"]
 
@@ -74,6 +79,10 @@ class MaskConditionedSampler:
     ) -> None:
         if samples_per_mask < 1:
             raise ValueError(f"samples_per_mask must be at least 1, got {samples_per_mask}.")
+        if len(spacing) != 3 or not all(np.isfinite(float(s)) and float(s) > 0 for s in spacing):
+            raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {tuple(spacing)}.")
+        if len(image_size) != 3 or min(int(s) for s in image_size) < 1:
+            raise ValueError(f"image_size must be 3 positive sizes, got {tuple(image_size)}.")
         self.network = network.eval()
         self.scheduler = scheduler
         self.mask_files = [str(m) for m in mask_files]
@@ -82,7 +91,7 @@ class MaskConditionedSampler:
         self.image_size = tuple(int(s) for s in image_size)
         self.spacing = np.asarray(spacing, dtype=float)
         self.image_channels = image_channels
-        self.output_dir = Path(output_dir)
+        self.output_dir = require_output_folder(output_dir)
         self.samples_per_mask = samples_per_mask
         self.seed = seed
         self.device = torch.device(device)

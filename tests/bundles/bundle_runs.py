@@ -19,6 +19,8 @@ import torch
 from monai.bundle import ConfigParser, create_workflow
 from monai.handlers.tensorboard_handlers import TensorBoardHandler
 
+from common.overrides import refuse_unknown_ids
+
 REPO = Path(__file__).resolve().parents[2]
 
 # the small-model overrides documented in each bundle's docs/README.md (plus an image_size of the bundle's)
@@ -81,6 +83,7 @@ def run_bundle(configs: Sequence[str], **overrides: Any) -> None:
     """``python -m monai.bundle run --config_file <configs> --<id> <value> ...`` (what ``monai.bundle.run`` does:
     initialize, run, finalize), in this process, from the repository root, leaving the process as it was. A run
     that fails still closes the TensorBoard writers it opened."""
+    refuse_unknown_ids(list(configs), list(overrides))  # as the configs' initialize does for the command line
     with in_repository(), isolated_state():
         workflow = create_workflow(config_file=list(configs), **overrides)
         try:
@@ -116,14 +119,15 @@ def error_chain(error: BaseException) -> str:
 
 
 def run_pipeline(
-    bundle: str, dataset_dir: Path, workdir: Path, shared: dict[str, Any], epochs: int = 1, samples: int = 1
+    bundle: str, dataset_dir: Path, workdir: Path, shared: dict[str, Any], epochs: int = 1, samples: int = 1,
+    preprocessing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A bundle's three commands with the small-model overrides: train the VQ-GAN, train the diffusion model,
-    sample. Returns the folders (``models``, ``logs``, ``samples``) and what the VQ-GAN training logged
+    """A bundle's three commands with the small-model overrides (``preprocessing`` ones for the two trainings
+    only): train the VQ-GAN, train the diffusion model, sample. Returns the folders (``models``, ``logs``, ``samples``) and what the VQ-GAN training logged
     (``autoencoder_log``)."""
     paths = {name: workdir / name for name in ("models", "logs", "samples")}
     common = {"ckpt_dir": str(paths["models"]), **shared}
-    training = {"dataset_dir": str(dataset_dir), "log_dir": str(paths["logs"]), **common}
+    training = {"dataset_dir": str(dataset_dir), "log_dir": str(paths["logs"]), **common, **(preprocessing or {})}
     with collect_log("monai.handlers.StatsHandler") as printed:  # the loss lines a user sees
         run_bundle(config_files(bundle, "train_autoencoder"), **training, **SMALL_AUTOENCODER)
     run_bundle(

@@ -33,6 +33,9 @@ SMALL = {
     "network_def#channels": [16, 32], "network_def#attention_levels": [False, True],
     "network_def#num_head_channels": [16, 32], "network_def#norm_num_groups": 8,
 }
+# on the command line every id must be one of the run's configs: crop_size is training's, spacing inference's
+TRAINING = {key: value for key, value in SMALL.items() if key != "spacing"}
+SAMPLING = {key: value for key, value in SMALL.items() if key != "crop_size"}
 
 
 def _head(tumour_centre: tuple[int, int, int] | None, radius: int = 3) -> np.ndarray:
@@ -63,7 +66,7 @@ def trained(tmp_path_factory) -> dict:
     data = _write_pairs(root / "data", 8)
     models = root / "models"
     run_bundle(
-        config_files(BUNDLE, "train"), dataset_dir=str(data), ckpt_dir=str(models), log_dir=str(root / "logs"), **SMALL,
+        config_files(BUNDLE, "train"), dataset_dir=str(data), ckpt_dir=str(models), log_dir=str(root / "logs"), **TRAINING,
         num_workers=0, batch_size=4, lr=0.002, save_interval=0, log_interval=50,
         **{"train#trainer#max_epochs": 150, "ema#start_iteration": 300},
     )
@@ -78,7 +81,7 @@ def test_samples_follow_their_masks(trained, tmp_path):
         nib.save(nib.Nifti1Image(_head(centre), np.eye(4)), str(masks / f"{name}.nii.gz"))
     out = tmp_path / "out"
     run_bundle(
-        config_files(BUNDLE, "inference"), ckpt_dir=str(trained["models"]), **SMALL, mask_dir=str(masks),
+        config_files(BUNDLE, "inference"), ckpt_dir=str(trained["models"]), **SAMPLING, mask_dir=str(masks),
         output_dir=str(out), num_inference_steps=50, samples_per_mask=2,
     )
     record = json.loads((out / "samples.json").read_text())["samples"]
@@ -118,7 +121,7 @@ def test_masks_that_do_not_fit_are_named(trained, tmp_path):
     # every mask is checked before anything is sampled; the run names each bad file (the first it meets here)
     with pytest.raises(Exception) as info:  # MONAI's parser wraps the error of a "$" expression
         run_bundle(
-            config_files(BUNDLE, "inference"), ckpt_dir=str(trained["models"]), **SMALL, mask_dir=str(masks),
+            config_files(BUNDLE, "inference"), ckpt_dir=str(trained["models"]), **SAMPLING, mask_dir=str(masks),
             output_dir=str(tmp_path / "out"), num_inference_steps=2,
         )
     assert f"DatasetError: {masks / 'labels.nii.gz'}: label values [5.0]" in error_chain(info.value)
@@ -186,7 +189,7 @@ def test_two_process_training_and_sampling(trained, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
     result = subprocess.run(
         [*command, "--config_file", f"['{CONFIGS}/train.json','{CONFIGS}/multi_gpu_train.json']",
-         "--dataset_dir", str(trained["data"]), "--ckpt_dir", str(models), "--log_dir", str(tmp_path / "logs"), *as_arguments(SMALL),
+         "--dataset_dir", str(trained["data"]), "--ckpt_dir", str(models), "--log_dir", str(tmp_path / "logs"), *as_arguments(TRAINING),
          "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "2", "--save_interval", "0",
          "--finalize", f"['$torch.save(@network.module.state_dict(), \\'{tmp_path}/rank\\' + str(dist.get_rank()) + \\'.pt\\')', '$@tensorboard.close()', '$dist.destroy_process_group()']"],
         cwd=REPO, capture_output=True, text=True,
@@ -202,7 +205,7 @@ def test_two_process_training_and_sampling(trained, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
         [*command, "--config_file", f"['{CONFIGS}/inference.json','{CONFIGS}/multi_gpu_inference.json']",
-         "--ckpt_dir", str(trained["models"]), *as_arguments(SMALL), "--mask_dir", str(masks), "--output_dir", str(out),
+         "--ckpt_dir", str(trained["models"]), *as_arguments(SAMPLING), "--mask_dir", str(masks), "--output_dir", str(out),
          "--num_inference_steps", "3"],
         cwd=REPO, capture_output=True, text=True,
     )
@@ -274,3 +277,16 @@ def test_pairs_in_subfolders_are_matched_by_their_relative_path(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((SIZE, SIZE, SIZE, 1), np.float32), np.eye(4)), str(tmp_path / "images" / "site_a" / "case.nii.gz"))
     with pytest.raises(DatasetError, match=r"expected 1 3D volume\(s\), got shape \(16, 16, 16, 1\)"):
         paired_datalist(tmp_path)
+
+
+def test_a_non_finite_loss_stops_the_mask_conditioned_training(trained, tmp_path):
+    with pytest.raises(Exception) as info:
+        run_bundle(
+            config_files(BUNDLE, "train"), dataset_dir=str(trained["data"]), ckpt_dir=str(tmp_path / "models"),
+            log_dir=str(tmp_path / "logs"), **TRAINING, num_workers=0, batch_size=2,
+            **{"train#trainer#loss_function": "$lambda prediction, target: (prediction - target).abs().mean() * float('inf')"},
+        )
+    chain = error_chain(info.value)
+    assert "NonFiniteLossError: training stopped at iteration 1 (epoch 1): loss = inf. The batch held: " in chain
+    assert str(trained["data"] / "images") in chain.split("The batch held: ")[1]
+    assert not (tmp_path / "models" / "diffusion.pt").exists()

@@ -15,7 +15,8 @@ from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_
 
 CONFIGS = REPO / "bundles" / "breast_mri" / "configs"
 # small volumes: 2 x 2 x 3 mm resampling, 32x32x16 output
-SHARED = {"image_size": [32, 32, 16], "resample_spacing": [2.0, 2.0, 3.0], **SMALL_SHARED}
+SHARED = {"image_size": [32, 32, 16], **SMALL_SHARED}
+PREPROCESSING = {"resample_spacing": [2.0, 2.0, 3.0]}
 ROWS, COLUMNS, SLICES = 20, 40, 4
 SPACING = (1.32, 1.32, 6.0)
 
@@ -89,8 +90,8 @@ def duke_folder(tmp_path: Path) -> Path:
 
 
 def test_train_autoencoder_then_diffusion_then_inference(duke_folder, tmp_path):
-    shared = {**SHARED, "mask_dir": str(duke_folder.parent / "masks")}
-    run = run_pipeline("breast_mri", duke_folder, tmp_path, shared)
+    preprocessing = {**PREPROCESSING, "mask_dir": str(duke_folder.parent / "masks")}
+    run = run_pipeline("breast_mri", duke_folder, tmp_path, SHARED, preprocessing=preprocessing)
     assert (run["models"] / "autoencoder.pt").is_file()
     assert {"network", "ema_network"} <= set(torch.load(run["models"] / "diffusion.pt", weights_only=True))
     image = nib.load(str(run["samples"] / "sample_0000_seed0.nii.gz"))

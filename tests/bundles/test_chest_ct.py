@@ -18,7 +18,8 @@ from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_
 
 CONFIGS = REPO / "bundles" / "chest_ct" / "configs"
 # small volumes: 4 mm resampling, an 80 mm crop, 32^3 output
-SHARED = {"image_size": [32, 32, 32], "resample_spacing": [4.0, 4.0, 4.0], "crop_size": [80, 80, 80], **SMALL_SHARED}
+SHARED = {"image_size": [32, 32, 32], **SMALL_SHARED}
+PREPROCESSING = {"resample_spacing": [4.0, 4.0, 4.0], "crop_size": [80, 80, 80]}
 
 
 def _preprocessing(**overrides):
@@ -113,7 +114,7 @@ def test_a_lone_2d_ct_image_and_an_empty_folder(tmp_path):
 
 
 def test_train_autoencoder_then_diffusion_then_inference(lidc_folder, tmp_path):
-    run = run_pipeline("chest_ct", lidc_folder, tmp_path, SHARED)
+    run = run_pipeline("chest_ct", lidc_folder, tmp_path, SHARED, preprocessing=PREPROCESSING)
     assert (run["models"] / "autoencoder.pt").is_file()
     assert {"network", "ema_network"} <= set(torch.load(run["models"] / "diffusion.pt", weights_only=True))
     image = nib.load(str(run["samples"] / "sample_0000_seed0.nii.gz"))

@@ -64,6 +64,9 @@ def test_preprocessing_centre_crops_and_pads_depth_to_32(tmp_path, slices):
 def test_mrnet_reader_takes_one_plane_of_both_splits(mrnet_folder):
     datalist = mrnet_datalist(mrnet_folder)
     assert [Path(d["image"]).parent.name for d in datalist] == ["sagittal"] * 4
+    exam = mrnet_folder / "train" / "sagittal" / "0001.npy"
+    exam.rename(exam.with_suffix(".NPY"))  # the check and NumpyReader agree: the letter case does not matter
+    assert len(mrnet_datalist(mrnet_folder)) == 4 and _preprocessing()({"image": str(exam.with_suffix(".NPY"))})["image"].shape[0] == 1
     assert sorted(Path(d["image"]).parts[-3] for d in datalist) == ["train", "train", "train", "valid"]
 
 
@@ -74,12 +77,18 @@ def test_mrnet_reader_takes_one_plane_of_both_splits(mrnet_folder):
         (np.arange(256 * 256, dtype=np.float32).reshape(256, 256), "expected an MRNet exam of shape"),
         (np.full((30, 256, 256), 7, np.uint8), "constant volume"),
         (b"not numpy", "cannot be read as a NumPy array"),
+        (np.full((30, 256, 256), "x"), "voxels of type <U1, not real intensities"),
+        ((np.zeros((30, 256, 256)) + 1j * np.eye(256)).astype(np.complex64), "voxels of type complex64, not real intensities"),
+        ("npz", "holds a NpzFile, not one NumPy array"),
     ],
 )
 def test_bad_exams_are_named(mrnet_folder, content, message):
     bad = mrnet_folder / "train" / "sagittal" / "0999.npy"
     if isinstance(content, bytes):
         bad.write_bytes(content)
+    elif isinstance(content, str):  # an .npz archive saved under a .npy name
+        np.savez(mrnet_folder / "exam.npz", image=np.ones((30, 256, 256), np.uint8))
+        (mrnet_folder / "exam.npz").rename(bad)
     else:
         np.save(bad, content)
     with pytest.raises(DatasetError, match=message) as info:

@@ -77,3 +77,31 @@ def test_command_line(tmp_path):
     archive = _zip(tmp_path / "b.zip", {"../evil.txt": b"owned"})
     result = subprocess.run([sys.executable, "-m", "common", "unpack", str(archive), str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode != 0 and "would be written outside the target folder" in result.stderr
+
+
+def test_backslash_names_and_duplicate_members_are_refused(tmp_path):
+    with pytest.raises(UnsafeArchiveError, match=r"member 'b\\evil.txt' uses backslash separators; refused"):
+        unpack_bundle(_zip(tmp_path / "a.zip", {"b\\evil.txt": b"x"}), tmp_path / "out")
+    duplicated = tmp_path / "d.tar"
+    with tarfile.open(duplicated, "w") as archive:
+        for content in (b"first", b"second"):
+            member = tarfile.TarInfo("b/configs/inference.json")
+            member.size = len(content)
+            archive.addfile(member, io.BytesIO(content))
+    with pytest.raises(UnsafeArchiveError, match="two members are named 'b/configs/inference.json'; refused"):
+        unpack_bundle(duplicated, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_archive_larger_than_the_limit_is_refused_unless_the_limit_is_raised(tmp_path):
+    big = _zip(tmp_path / "big.zip", {"b/weights.pt": bytes(3 * 2**20)})  # 3 MiB of zeros, a few KiB zipped
+    with pytest.raises(UnsafeArchiveError, match=r"unpacks to 0.00 GiB, more than the limit of 0.001 GiB.*--max_size_gib"):
+        unpack_bundle(big, tmp_path / "out", max_size_gib=0.001)
+    assert not (tmp_path / "out").exists()
+    target = unpack_bundle(big, tmp_path / "out", max_size_gib=0.01)
+    assert (target / "b" / "weights.pt").stat().st_size == 3 * 2**20
+    result = subprocess.run(
+        [sys.executable, "-m", "common", "unpack", str(big), str(tmp_path / "again"), "--max_size_gib", "0.001"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0 and "more than the limit of 0.001 GiB" in result.stderr

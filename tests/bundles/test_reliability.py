@@ -1,0 +1,236 @@
+"""Every input trains correctly or stops with its file named: the bundles' own configs against messy data and
+mistakes (docs/reliability.md lists the classes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from common.checkpoints import CheckpointError
+from tests.bundles.bundle_runs import (
+    SMALL_AUTOENCODER,
+    SMALL_DENOISER,
+    SMALL_SHARED,
+    command_line,
+    config_files,
+    error_chain,
+    run_bundle,
+)
+from tests.bundles.conftest import SIZE_32, make_brains
+
+SHARED = {"image_size": [16, 16, 16], **SMALL_SHARED}
+
+
+def train_autoencoder(dataset: Path, workdir: Path, **overrides) -> None:
+    run_bundle(
+        config_files("brain_mri", "train_autoencoder"), dataset_dir=str(dataset), ckpt_dir=str(workdir / "models"),
+        log_dir=str(workdir / "logs"), **{**SHARED, **SMALL_AUTOENCODER, **overrides},
+    )
+
+
+def raw_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    """A NIfTI file written field by field, as a broken converter may write it (nibabel refuses such affines)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(data.shape)
+    header.set_data_dtype(np.float32)
+    header["srow_x"], header["srow_y"], header["srow_z"] = affine[0], affine[1], affine[2]
+    header["sform_code"], header["qform_code"], header["vox_offset"] = 1, 0, 352
+    path.write_bytes(header.binaryblock + b"\0" * 4 + data.astype(np.float32).tobytes(order="F"))
+
+
+# ----- every volume the check accepts is preprocessed, or named
+
+
+def test_volumes_that_pass_the_header_check_but_not_the_preprocessing_are_named(tmp_path):
+    brains = make_brains(tmp_path / "brains", count=3)
+    good = np.asanyarray(nib.load(str(brains / "brain_0.nii.gz")).dataobj).astype(np.float32)
+    nib.save(nib.Nifti1Image(-good - 1.0, np.eye(4)), str(brains / "no_positive_voxel.nii.gz"))
+    nib.save(nib.Nifti1Image(good.astype(np.float64) * 1e300, np.eye(4)), str(brains / "beyond_float32.nii.gz"))
+    with pytest.raises(Exception) as info:
+        train_autoencoder(brains, tmp_path)
+    chain = error_chain(info.value)
+    assert "DatasetError: 2 of 5 volumes after the bundle's preprocessing are unusable" in chain
+    assert f"{brains / 'no_positive_voxel.nii.gz'}: the bundle's preprocessing fails at Resized (ZeroDivisionError" in chain
+    assert f"{brains / 'beyond_float32.nii.gz'}: after preprocessing" in chain and "NaN or infinite" in chain
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("complex", "voxels of type complex64, not real intensities"),
+        ("five_dimensions", r"expected a 3D volume, got shape \(20, 24, 18, 1, 1\)"),
+        ("nan_affine", "its affine .* holds NaN or infinite values"),
+        ("degenerate_affine", "its affine is degenerate"),
+    ],
+)
+def test_files_the_preprocessing_cannot_use_are_refused_by_the_header_check(tmp_path, case, message):
+    brains = make_brains(tmp_path / "brains", count=2)
+    volume = np.random.default_rng(0).uniform(0, 1, (20, 24, 18)).astype(np.float32)
+    path = brains / f"{case}.nii"
+    if case == "complex":
+        nib.save(nib.Nifti1Image(volume.astype(np.complex64), np.eye(4)), str(path))
+    elif case == "five_dimensions":
+        nib.save(nib.Nifti1Image(volume[..., None, None], np.eye(4)), str(path))
+    else:
+        affine = np.diag([1.0, 0.0 if case == "degenerate_affine" else 1.0, 1.0, 1.0])
+        affine[0, 0] = np.nan if case == "nan_affine" else 1.0
+        raw_nifti(path, volume, affine)
+    with pytest.raises(Exception) as info:
+        train_autoencoder(brains, tmp_path)
+    assert "DatasetError: 1 of 3 files" in error_chain(info.value)
+    assert pytest.importorskip("re").search(f"{path}: {message}", error_chain(info.value)), error_chain(info.value)
+
+
+def test_a_write_in_progress_is_not_read_as_a_volume(tmp_path):
+    brains = make_brains(tmp_path / "brains", count=3)
+    (brains / ".brain_9.nii.gz.x1y2.tmp.nii.gz").write_bytes(b"")  # what a killed atomic write leaves
+    from common.data import nifti_datalist
+
+    assert [Path(item["image"]).name for item in nifti_datalist(brains)] == [f"brain_{i}.nii.gz" for i in range(3)]
+
+
+# ----- a non-finite loss stops every training stage at once, naming the term and the batch
+
+
+def test_a_non_finite_loss_stops_the_vqgan_stage_naming_the_term_and_the_batch(tmp_path):
+    brains = make_brains(tmp_path / "brains", count=2)
+    with pytest.raises(Exception) as info:
+        train_autoencoder(brains, tmp_path, **{"autoencoder_def#commitment_cost": "$float('nan')"})
+    chain = error_chain(info.value)
+    assert "NonFiniteLossError: training stopped at iteration 1 (epoch 1): " in chain and "losses/commitment = nan" in chain
+    assert "The batch held: " in chain and str(brains / "brain_0.nii.gz") in chain and str(brains / "brain_1.nii.gz") in chain
+    assert not (tmp_path / "models" / "autoencoder.pt").exists()
+
+
+def test_a_non_finite_loss_stops_the_diffusion_stage(brain_model, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(brain_model["models"] / "autoencoder.pt", models)
+    with pytest.raises(Exception) as info:
+        run_bundle(
+            config_files("brain_mri", "train_autoencoder", "train_diffusion"), dataset_dir=str(brain_model["brains"]),
+            ckpt_dir=str(models), log_dir=str(tmp_path / "logs"), **SIZE_32, **SMALL_DENOISER, num_workers=0, batch_size=2,
+            **{"train#trainer#max_epochs": 2, "train#trainer#loss_function": "$lambda prediction, target: (prediction - target).abs().mean() * float('nan')"},
+        )
+    chain = error_chain(info.value)
+    assert "NonFiniteLossError: training stopped at iteration 1 (epoch 1): loss = nan. The batch held: " in chain
+    assert str(brain_model["brains"]) in chain.split("The batch held: ")[1]
+    assert sorted(p.name for p in models.iterdir()) == ["autoencoder.pt"]  # no diffusion checkpoint of broken weights
+
+
+def test_the_multi_gpu_configs_keep_the_guards_on_every_rank():
+    """Ranks other than 0 keep only some handlers; the non-finite loss and empty-training guards are among them."""
+    for bundle, name in (("brain_mri", "multi_gpu_train_autoencoder"), ("brain_tumor_semantic", "multi_gpu_train")):
+        kept = json.loads(Path(config_files(bundle, name)[0]).read_text())["train#trainer#train_handlers"]
+        assert "common.handlers.StopOnNonFiniteLoss" in kept and "common.handlers.TrainingLengthCheck" in kept
+        assert "CheckpointDirLock" not in kept  # rank 0 alone holds the folder's lock
+
+
+# ----- a mistyped override is an error, on the command line
+
+
+def test_a_mistyped_id_on_the_command_line_stops_before_anything_runs(tmp_path):
+    result = command_line(
+        config_files("brain_mri", "train_autoencoder"), "--dataset_dirr", str(tmp_path / "adni"),
+        "--ckpt_dir", str(tmp_path / "models"), "--demo_dir", str(tmp_path / "demo"),
+    )
+    assert result.returncode != 0
+    assert "--dataset_dirr (did you mean --dataset_dir" in result.stderr and "Nothing was run" in result.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "demo").exists()  # no demo data trained on
+
+
+def test_a_mistyped_override_of_the_pipeline_is_an_error(tmp_path):
+    from common.pipeline import pipeline
+
+    with pytest.raises(ValueError, match=r"--dataset_dirr \(did you mean --dataset_dir"):
+        pipeline("brain_mri", str(tmp_path), dataset_dirr="/data/adni")
+    assert not any(tmp_path.iterdir())
+
+
+# ----- training that would do nothing is an error before it starts
+
+
+def test_a_dataset_smaller_than_one_batch_is_an_error(tmp_path):
+    brains = make_brains(tmp_path / "brains", count=1)
+    with pytest.raises(Exception) as info:
+        train_autoencoder(brains, tmp_path, batch_size=2)
+    assert "training would run no iteration: the dataloader gives no batch (1 volumes, batch_size 2, drop_last True)" in error_chain(info.value)
+    assert not (tmp_path / "models").exists()
+
+
+def test_zero_epochs_is_an_error(tmp_path):
+    brains = make_brains(tmp_path / "brains", count=2)
+    with pytest.raises(Exception) as info:
+        train_autoencoder(brains, tmp_path, **{"train#trainer#max_epochs": 0})
+    assert "training would run no iteration: max_epochs is 0" in error_chain(info.value)
+
+
+def test_resuming_a_finished_run_is_an_error(brain_model, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(brain_model["models"], models)
+    with pytest.raises(Exception) as info:
+        train_autoencoder(brain_model["brains"], tmp_path, image_size=[32, 32, 32], resume=True)
+    assert "training would run no iteration: it resumed at iteration 4 and ends at 4 (max_epochs 2)" in error_chain(info.value)
+
+
+# ----- one training run per checkpoint folder
+
+
+def test_a_second_run_on_a_checkpoint_folder_in_use_is_refused(tmp_path):
+    brains = make_brains(tmp_path / "brains", count=2)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (tmp_path / "models").mkdir()
+        lock = tmp_path / "models" / ".training.lock"
+        lock.write_text(json.dumps({"pid": alive.pid, "host": os.uname().nodename, "started": "now", "command": "python -m monai.bundle run ..."}))
+        with pytest.raises(Exception) as info:
+            train_autoencoder(brains, tmp_path)
+        chain = error_chain(info.value)
+        assert f"CheckpointDirLockedError: {tmp_path / 'models'} is in use by the training run of process {alive.pid}" in chain
+        assert f"delete the lock {lock}" in chain and lock.is_file()
+        assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".training.lock"]
+    finally:
+        alive.kill()
+        alive.wait()
+    # the process is gone now: its lock is stale, taken over, and released when training completes
+    train_autoencoder(brains, tmp_path)
+    assert not lock.exists() and (tmp_path / "models" / "autoencoder.pt").is_file()
+
+
+# ----- inference checks its settings and its weights before it samples
+
+
+def test_inference_checks_its_settings_and_output_folder_before_sampling(brain_model, tmp_path):
+    model = {"ckpt_dir": str(brain_model["models"]), **SIZE_32, **SMALL_DENOISER}
+    with pytest.raises(Exception) as info:
+        run_bundle(config_files("brain_mri", "inference"), **model, spacing=[0.0, 2.7, 2.7], output_dir=str(tmp_path / "out"))
+    assert "spacing must be 3 positive voxel sizes in mm, got (0.0, 2.7, 2.7)" in error_chain(info.value)
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(Exception) as info:
+        run_bundle(config_files("brain_mri", "inference"), **model, output_dir=str(tmp_path / "a_file" / "samples"))
+    assert f"output_dir {tmp_path / 'a_file' / 'samples'} lies under the file {tmp_path / 'a_file'}, not a folder" in error_chain(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_with_nan_are_refused_at_load_with_the_file_named(brain_model, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(brain_model["models"], models)
+    checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
+    name = next(iter(checkpoint["ema_network"]))
+    checkpoint["ema_network"][name] = checkpoint["ema_network"][name] * float("nan")
+    torch.save(checkpoint, models / "diffusion.pt")
+    with pytest.raises(Exception) as info:
+        run_bundle(config_files("brain_mri", "inference"), ckpt_dir=str(models), **SIZE_32, **SMALL_DENOISER, output_dir=str(tmp_path / "out"))
+    chain = error_chain(info.value)
+    assert isinstance(info.value, CheckpointError) or "CheckpointError" in chain
+    assert f"checkpoint {models / 'diffusion.pt'} [ema_network] holds NaN or infinite values in {name}" in chain
