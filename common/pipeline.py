@@ -127,7 +127,8 @@ def _run_stages(
     unknown = set(chosen) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}.")
-    refuse_unknown_ids(sorted({f for files in config_files_of(configs).values() for f in files}), list(overrides), "to the pipeline")
+    files = sorted({f for files in config_files_of(configs).values() for f in files})
+    refuse_unknown_ids(files, list(overrides), "to the pipeline", tracking=overrides.get("tracking"))
     out = Path(output_dir).resolve()
     paths = {
         "bundle_root": str(bundle_dir(bundle)),

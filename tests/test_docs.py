@@ -89,11 +89,11 @@ def test_documented_bundle_commands_name_only_ids_their_configs_declare(doc):
     for arguments in documented_bundle_runs(doc.read_text()):
         parsed = command_line_overrides(["monai/bundle/__main__.py", "run", *arguments])
         assert parsed is not None, arguments
-        files, ids = parsed
+        files, ids, arguments = parsed
         # commands run inside a packaged bundle name configs/...; the docs package brain_mri
         files = [str(REPO / f) if f.startswith("bundles/") else str(REPO / "bundles" / "brain_mri" / f) for f in files]
         assert all(Path(f).is_file() for f in files), files
-        refuse_unknown_ids(files, [i for i in ids if not i.startswith("$")], f"in {doc.name}")
+        refuse_unknown_ids(files, [i for i in ids if not i.startswith("$")], f"in {doc.name}", arguments.get("tracking"))
 
 
 def test_the_documented_command_reader():

@@ -66,7 +66,7 @@ def breast_datalist(
     if any(p.is_file() and p.suffix.lower() == ".dcm" and not is_hidden(p, root) for p in root.rglob("*")):
         images = [d["image"] for d in dicom_series_datalist(root, modality="MR", series_description=series_description)]
     else:
-        images = [d["image"] for d in nifti_datalist(root)]
+        images = [d["image"] for d in nifti_datalist(root, allow_4d=False)]  # the bundle loads them "no_channel"
     masks: dict[str, str] = {}
     if mask_dir is not None:
         mask_root = require_folder(mask_dir)

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from monai.data import CacheDataset
 
+from common.overrides import as_bool
+
 from .checks import DatasetError, item_name, raise_if_problems
 
 __all__ = ["CheckedCacheDataset", "describe_failure"]
@@ -76,7 +78,7 @@ class CheckedCacheDataset(CacheDataset):
         progress: bool = True,
     ) -> None:
         self.image_size = tuple(int(s) for s in image_size) if image_size is not None else None
-        self.check_uncached = check_uncached
+        self.check_uncached = as_bool(check_uncached, "check_uncached (--check_preprocessing)")
         self.image_key = image_key
         self.source_key = source_key
         self._problems: list[tuple[int, str]] = []

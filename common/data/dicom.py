@@ -30,7 +30,7 @@ __all__ = ["DicomSeries", "DicomSeriesReader", "dicom_files", "dicom_series_data
 
 logger = logging.getLogger(__name__)
 
-UNEVEN_STEP = 0.05  # relative deviation of a slice step from the usual one that makes a series uneven
+UNEVEN_STEP = 0.1  # how far (in slice steps) a slice may lie off an even grid of positions
 MISSING_STEP = 1.5  # a step this many times the usual one means slices are missing
 
 
@@ -83,23 +83,28 @@ def _check_slices(folder: Path, files: Sequence[Path], headers: Sequence) -> Non
 
 
 def _check_steps(folder: Path, positions: np.ndarray) -> float:
-    """The usual slice step of sorted ``positions``; ``DatasetError`` for duplicated, missing or uneven slices."""
+    """The slice spacing of sorted ``positions`` ((last - first) / (slices - 1)); ``DatasetError`` for duplicated or
+    missing slices, and for slices off an even grid by more than ``UNEVEN_STEP`` of a step (at least 0.1 mm, the
+    rounding of positions stored to one decimal)."""
     steps = np.diff(positions)
-    typical = float(np.median(steps))
-    if typical <= 1e-6 or np.any(steps <= 1e-3 * typical):
+    usual = float(np.median(steps))
+    if usual <= 1e-6 or np.any(steps <= 1e-3 * usual):
         raise DatasetError(f"{folder}: two or more slices share a position; duplicated slices or mixed acquisitions?")
-    if np.any(steps > MISSING_STEP * typical):
+    if np.any(steps > MISSING_STEP * usual):
         at = int(np.argmax(steps))
         raise DatasetError(
             f"{folder}: slices missing between positions {positions[at]:.2f} and {positions[at + 1]:.2f} mm "
-            f"(gap {steps[at]:.2f} mm, usual distance {typical:.2f} mm)."
+            f"(gap {steps[at]:.2f} mm, usual distance {usual:.2f} mm)."
         )
-    if np.any(np.abs(steps - typical) > UNEVEN_STEP * typical):
+    spacing = float(positions[-1] - positions[0]) / (len(positions) - 1)
+    off_grid = np.abs(positions - (positions[0] + spacing * np.arange(len(positions))))
+    if off_grid.max() > max(UNEVEN_STEP * spacing, 0.1):
         raise DatasetError(
-            f"{folder}: uneven slice steps, from {steps.min():.3f} to {steps.max():.3f} mm (usual {typical:.3f} mm); "
-            "a volume with one slice spacing would distort it. Resample the series to even steps first."
+            f"{folder}: uneven slice steps, from {steps.min():.3f} to {steps.max():.3f} mm (a slice lies "
+            f"{off_grid.max():.2f} mm off an even {spacing:.3f} mm grid); a volume with one slice spacing would distort "
+            "it. Resample the series to even steps first."
         )
-    return typical
+    return spacing
 
 
 def read_series(folder: str | os.PathLike) -> DicomSeries:

@@ -54,9 +54,10 @@ def check_affine(path: str | os.PathLike, affine: np.ndarray) -> None:
         )
 
 
-def check_volume(path: str | os.PathLike) -> None:
-    """Raise ``DatasetError`` unless ``path`` is a readable NIfTI volume, 3D or 4D with one volume (what MONAI's
-    loader turns into one channel), with a usable affine and finite, non-constant, real voxels."""
+def check_volume(path: str | os.PathLike, allow_4d: bool = True) -> None:
+    """Raise ``DatasetError`` unless ``path`` is a readable NIfTI volume, 3D or (with ``allow_4d``) 4D holding one
+    volume (MONAI's loader makes that dimension the channel), with a usable affine and finite, non-constant, real
+    voxels. Bundles that load NIfTI with ``channel_dim="no_channel"`` need ``allow_4d`` False."""
     try:
         image = nib.load(str(path))
         shape = image.shape
@@ -64,18 +65,22 @@ def check_volume(path: str | os.PathLike) -> None:
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for corrupt or truncated files
         raise DatasetError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error}).") from error
-    if len(shape) < 3 or len(shape) > 4 or any(s != 1 for s in shape[3:]) or min(shape[:3]) < 2:
-        raise DatasetError(f"{path}: expected a 3D volume, got shape {tuple(shape)}.")
+    if len(shape) < 3 or len(shape) > (4 if allow_4d else 3) or any(s != 1 for s in shape[3:]) or min(shape[:3]) < 2:
+        hint = "; save it without the trailing dimension" if len(shape) > 3 and all(s == 1 for s in shape[3:]) else ""
+        raise DatasetError(f"{path}: expected a 3D volume, got shape {tuple(shape)}{hint}.")
     check_affine(path, affine)
     check_intensities(path, data)
 
 
-def nifti_datalist(dataset_dir: str | os.PathLike, key: str = "image", check: bool = True) -> list[dict[str, str]]:
-    """MONAI datalist ``[{key: path}, ...]`` of the NIfTI volumes in ``dataset_dir``, each checked first.
+def nifti_datalist(
+    dataset_dir: str | os.PathLike, key: str = "image", check: bool = True, allow_4d: bool = True
+) -> list[dict[str, str]]:
+    """MONAI datalist ``[{key: path}, ...]`` of the NIfTI volumes in ``dataset_dir``, each checked first
+    (``check_volume``, with ``allow_4d``).
 
     Raises ``DatasetError`` listing every unusable file (up to 20) if any is found.
     """
     files = find_nifti_files(dataset_dir)
     if check:
-        check_all(files, check_volume, dataset_dir)
+        check_all(files, lambda path: check_volume(path, allow_4d), dataset_dir)
     return [{key: path} for path in files]

@@ -53,12 +53,17 @@ class AtomicCheckpointSaver:
         self._periodic: list[Path] | None = None  # read from disk at the first save, after a resume or move
 
     def attach(self, engine: Engine) -> None:
-        if is_main_process() and self.save_dir.is_dir():
-            for stale in self.save_dir.glob(f".{self.name}*.tmp*"):  # left by a process killed while writing
-                stale.unlink(missing_ok=True)
+        engine.add_event_handler(Events.STARTED, self.remove_stale_files)
         if self.save_interval:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.save_periodic)
         engine.add_event_handler(Events.COMPLETED, self.save_final)
+
+    def remove_stale_files(self, engine: Engine | None = None) -> None:
+        """Remove the temporary files of a process killed while writing a checkpoint: when training starts, after
+        ``CheckpointDirLock`` (attached first) has made sure that no other run is writing into ``save_dir``."""
+        if is_main_process() and self.save_dir.is_dir():
+            for stale in self.save_dir.glob(f".{self.name}*.tmp*"):
+                stale.unlink(missing_ok=True)
 
     def state(self, engine: Engine) -> dict[str, Any]:
         """State dicts by name, plus the engine's (iteration, epoch) as ``"trainer"`` for ``CheckpointResumer``.

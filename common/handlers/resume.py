@@ -20,6 +20,7 @@ from common.checkpoints import (
     read_checkpoint,
 )
 from common.io import is_main_process
+from common.overrides import as_bool
 
 __all__ = ["CheckpointResumer"]
 
@@ -45,10 +46,7 @@ class CheckpointResumer:
     def __init__(
         self, save_dir: str | os.PathLike, name: str, load_dict: Mapping[str, Any], resume: bool | str = False
     ) -> None:
-        if isinstance(resume, str) and resume.lower() in ("true", "false"):  # as typed on the command line
-            resume = resume.lower() == "true"
-        if not isinstance(resume, bool):
-            raise TypeError(f"resume must be true or false, got {resume!r}.")
+        resume = as_bool(resume, "resume")  # also "true"/"false", as typed after --resume
         self.save_dir = save_dir
         self.name = name
         self.load_dict = check_state_objects(load_dict, "load_state_dict", "load_dict")

@@ -1,13 +1,14 @@
-"""One training run per checkpoint folder: a lock file that a second run refuses and a dead run's is taken over.
+"""One training run per checkpoint folder: a lock that a second run is refused by, and that dies with its run.
 
 Two runs writing into one ``ckpt_dir`` (say a ``--resume true`` started while the first run is still alive) would
-rotate each other's checkpoints away and resume from half of each other's state. The lock holds the process id,
-the host, the start time and the command of the run that holds it.
+rotate each other's checkpoints away and resume from half of each other's state. The lock is an exclusive
+``flock`` on ``ckpt_dir/.training.lock``, which the kernel drops when the holding process ends however it ends,
+so two runs starting at the same moment cannot both get it and a killed run never leaves it held. The file holds
+the process id, host, start time and command of the run that holds it, for the error the second run gets.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -15,40 +16,39 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from ignite.engine import Engine, Events
 
 from common.io import is_main_process, output_mode
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, as the docs say
+    fcntl = None
 
 __all__ = ["CheckpointDirLock", "CheckpointDirLockedError"]
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".training.lock"
+_HELD: dict[str, IO] = {}  # lock files this process holds, by path: a run of this process that failed early left it
 
 
 class CheckpointDirLockedError(RuntimeError):
     """Another running training holds the checkpoint folder."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a process of another user
-        return True
-    return True
-
-
 class CheckpointDirLock:
-    """Lock ``save_dir`` for the run of the engine this handler is attached to; attach it before every other handler.
+    """Lock ``save_dir`` for one training run.
 
-    When training starts, ``save_dir/.training.lock`` is created. If it exists and names a process on this host that
-    is still running, ``CheckpointDirLockedError`` names that process and the lock, and nothing else happens. A
-    lock whose process is gone (a killed run) is taken over with a warning; one from another host is refused, as
-    its process cannot be checked from here. The lock is removed when the engine's ``run`` returns or raises, and at
-    the latest when the process exits. Under ``torch.distributed`` only rank 0 locks.
+    ``acquire`` takes the lock (the configs call it in ``initialize``, before the dataset is read, and again when
+    training starts: it does nothing if the lock is held already). If another process holds it,
+    ``CheckpointDirLockedError`` names that run (process, host, start, command) and the lock file, and this run
+    changes nothing in the folder. A lock file left by a run that was killed is taken over, with a warning that
+    names that run. The lock is released when the engine's ``run`` returns or raises, and at the latest when the
+    process exits. Under ``torch.distributed`` only rank 0 locks. A lock on a network file system is only as
+    good as that file system's ``flock``.
 
     Args:
         save_dir: the checkpoint folder (the saver's ``save_dir``).
@@ -57,7 +57,6 @@ class CheckpointDirLock:
     def __init__(self, save_dir: str | os.PathLike) -> None:
         self.save_dir = Path(save_dir)
         self.path = self.save_dir / LOCK_NAME
-        self.held = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.acquire)
@@ -71,51 +70,51 @@ class CheckpointDirLock:
 
         engine.run = run_then_release
 
+    @property
+    def held(self) -> bool:
+        return str(self.path) in _HELD
+
     def holder(self) -> dict:
-        """What the lock file says about the run that holds it (empty when it cannot be read)."""
+        """What the lock file says about the run that holds (or last held) it; empty when it says nothing."""
         try:
             return json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
 
     def acquire(self, engine: Engine | None = None) -> None:
-        if self.held or not is_main_process():
+        """Take the lock, or raise ``CheckpointDirLockedError`` naming the run that has it."""
+        if self.held or fcntl is None or not is_main_process():
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": " ".join(sys.argv)}
-        while True:
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, output_mode())
-            except FileExistsError:
-                self._take_over_or_refuse()
-                continue
-            with os.fdopen(descriptor, "w") as lock:
-                json.dump(me, lock)
-            self.held = True
-            atexit.register(self.release)
-            return
-
-    def _take_over_or_refuse(self) -> None:
-        """Remove a lock left by a process that is gone; raise for one that still runs (or cannot be checked)."""
-        other = self.holder()
-        pid, host = other.get("pid"), other.get("host")
-        same_host = host == socket.gethostname()
-        if isinstance(pid, int) and (not same_host or (pid != os.getpid() and _alive(pid))):
-            where = f"process {pid} on {host}" + ("" if same_host else " (another host, so it cannot be checked from here)")
+        lock = open(os.open(self.path, os.O_RDWR | os.O_CREAT, output_mode()), "r+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            other = self.holder()
             raise CheckpointDirLockedError(
-                f"{self.save_dir} is in use by the training run of {where}, started {other.get('started', '?')}: "
-                f"{other.get('command', '?')}. Wait for it to end, or give this run another ckpt_dir. If that run is no "
-                f"longer running, delete the lock {self.path}."
+                f"{self.save_dir} is in use by the training run of process {other.get('pid', '?')} on "
+                f"{other.get('host', '?')}, started {other.get('started', '?')}: {other.get('command', '?')}. Wait "
+                f"for it to end, or give this run another ckpt_dir. (The lock {self.path} is released when that "
+                "process ends.)"
+            ) from None
+        earlier = self.holder()
+        if earlier.get("pid") not in (None, os.getpid()):
+            logger.warning(
+                "%s was locked by a training run that ended without releasing it (process %s on %s, started %s); "
+                "taking it over.", self.save_dir, earlier.get("pid"), earlier.get("host"), earlier.get("started"),
             )
-        logger.warning(
-            "%s held a lock of a training run that is no longer running (%s); taking it over.",
-            self.save_dir, f"process {pid} on {host}" if pid else "unreadable lock",
-        )
-        self.path.unlink(missing_ok=True)
+        lock.seek(0)
+        lock.truncate()
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "command": " ".join(sys.argv)}, lock)
+        lock.flush()
+        _HELD[str(self.path)] = lock
 
     def release(self, engine: Engine | None = None) -> None:
-        """Remove the lock if this run holds it."""
-        if self.held and self.holder().get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
-        self.held = False
+        """Give the lock up, if this process holds it; the file stays, emptied, for the next run to lock."""
+        lock = _HELD.pop(str(self.path), None)
+        if lock is not None:
+            lock.seek(0)
+            lock.truncate()
+            lock.close()  # closing the file drops the flock

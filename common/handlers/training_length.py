@@ -19,18 +19,33 @@ class TrainingLengthCheck:
     When attached (the trainer is built, nothing has run): an empty dataloader, with the volumes, batch size and
     processes that make it empty, or ``max_epochs`` below 1. When training starts (after ``CheckpointResumer``,
     attached before this handler, has loaded a checkpoint): a resumed run whose checkpoint is already at the last
-    iteration.
+    iteration. When training completes (before the checkpoint saver, attached after this handler): a run in which
+    no iteration happened after all, so that no untrained weights are saved as a result.
     """
+
+    def __init__(self) -> None:
+        self.started_at = 0
 
     def attach(self, engine: Engine) -> None:
         state = engine.state
-        if not state.epoch_length:
+        loader = getattr(engine, "data_loader", None)
+        empty = hasattr(loader, "__len__") and len(loader) == 0
+        if not state.epoch_length or empty:
             raise ValueError(f"training would run no iteration: {self._describe_loader(engine)}")
         if not state.max_epochs or state.max_epochs < 1:
             raise ValueError(f"training would run no iteration: max_epochs is {state.max_epochs}; set train#trainer#max_epochs to 1 or more.")
         engine.add_event_handler(Events.STARTED, self.check_resumed)
+        engine.add_event_handler(Events.COMPLETED, self.check_trained)
+
+    def check_trained(self, engine: Engine) -> None:
+        if engine.state.iteration == self.started_at:
+            raise ValueError(
+                f"training ran no iteration (the data ran out at iteration {engine.state.iteration}); no checkpoint "
+                "of it was written. Check the dataset and the batch size."
+            )
 
     def check_resumed(self, engine: Engine) -> None:
+        self.started_at = engine.state.iteration
         total = engine.state.max_epochs * engine.state.epoch_length
         if engine.state.iteration >= total:
             raise ValueError(

@@ -103,6 +103,11 @@ def command_line(configs: Sequence[str], *args: str, cwd: Path = REPO) -> subpro
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
 
 
+def checkpoints_in(folder: Path) -> list[str]:
+    """The files a run left in its checkpoint folder, but for the lock it takes first (``.training.lock``)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".training.lock") if folder.is_dir() else []
+
+
 def as_arguments(overrides: dict[str, Any]) -> list[str]:
     """Overrides as command-line arguments: ``{"image_size": [16, 16, 16]}`` -> ``--image_size [16, 16, 16]``."""
     return [part for key, value in overrides.items() for part in (f"--{key}", value if isinstance(value, str) else repr(value))]

@@ -19,6 +19,7 @@ from tests.bundles.bundle_runs import (
     REPO,
     SMALL_AUTOENCODER,
     SMALL_SHARED,
+    checkpoints_in,
     command_line,
     config_files,
     error_chain,
@@ -76,7 +77,7 @@ def test_wrong_dataset_dir_stops_before_training(tmp_path, brain_folder, problem
     expected = {"missing": "does not exist", "empty": "is empty", "no_nifti": "no NIfTI", "corrupt": "cannot be read as NIfTI"}
     assert "DatasetError: " in error_chain(info.value) and expected[problem] in error_chain(info.value)
     assert str(folder) in error_chain(info.value)
-    assert not (tmp_path / "models").exists()
+    assert checkpoints_in(tmp_path / "models") == []  # nothing written but the lock
 
 
 def test_a_mistake_on_the_command_line_exits_with_the_reason(tmp_path):
@@ -87,7 +88,7 @@ def test_a_mistake_on_the_command_line_exits_with_the_reason(tmp_path):
     )
     assert result.returncode != 0
     assert f"DatasetError: dataset_dir {tmp_path / 'missing'} does not exist." in result.stderr
-    assert not (tmp_path / "models").exists()
+    assert checkpoints_in(tmp_path / "models") == []  # nothing written but the lock
 
 
 def test_missing_autoencoder_weights_are_reported(tmp_path):

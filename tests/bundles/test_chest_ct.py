@@ -171,12 +171,18 @@ def test_series_a_radiologist_would_not_accept_are_named(tmp_path):
         return tmp_path / name
 
     uneven = series("uneven")
-    for index, path in enumerate(sorted(uneven.glob("*.dcm"))):  # steps of 2.0 and 2.4 mm alternating
+    for index, path in enumerate(sorted(uneven.glob("*.dcm"))):  # 2 mm steps, then 3 mm ones
         header = pydicom.dcmread(str(path))
-        header.ImagePositionPatient = [0.0, 0.0, 2.0 * index + 0.4 * (index % 2)]
+        header.ImagePositionPatient = [0.0, 0.0, 2.0 * index + max(0, index - 2)]
         header.save_as(str(path))
-    with pytest.raises(DatasetError, match=rf"{uneven}: uneven slice steps, from 1.600 to 2.400 mm"):
+    with pytest.raises(DatasetError, match=rf"{uneven}: uneven slice steps, from 2.000 to 3.000 mm"):
         read_series(uneven)
+    rounded = series("rounded", spacing=(1.0, 1.0, 0.625))  # thin CT slices, positions stored to 0.1 mm: accepted
+    for index, path in enumerate(sorted(rounded.glob("*.dcm"))):
+        header = pydicom.dcmread(str(path))
+        header.ImagePositionPatient = [0.0, 0.0, round(0.625 * index, 1)]
+        header.save_as(str(path))
+    assert read_series(rounded).spacing == pytest.approx((1.0, 1.0, 0.625), abs=0.01)
     no_rescale = series("no_rescale")
     header = pydicom.dcmread(str(no_rescale / "0003.dcm"))
     del header.RescaleIntercept, header.RescaleSlope

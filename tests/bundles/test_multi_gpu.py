@@ -23,6 +23,7 @@ from tests.bundles.bundle_runs import (
     SMALL_DENOISER,
     SMALL_SHARED,
     as_arguments,
+    checkpoints_in,
     config_files,
     run_bundle,
 )
@@ -73,7 +74,8 @@ def test_two_process_training_keeps_ranks_identical_and_writes_once(tmp_path):
     weights = assert_same_on_both_ranks(tmp_path / "ae")
     assert "quantizer.quantizer.embedding.weight" in weights and "quantizer.quantizer.ema_cluster_size" in weights
     # 16 demo volumes, 2 ranks, batch 2: 4 iterations per epoch, 2 epochs; one set of files, written by rank 0
-    assert sorted(p.name for p in models.iterdir()) == ["autoencoder.pt", "autoencoder_iteration=6.pt", "autoencoder_iteration=8.pt"]
+    assert checkpoints_in(models) == ["autoencoder.pt", "autoencoder_iteration=6.pt", "autoencoder_iteration=8.pt"]
+    assert (models / ".training.lock").read_text() == ""  # rank 0 locked the folder, and gave it up at the end
     saved = torch.load(models / "autoencoder.pt", weights_only=True)["autoencoder"]
     assert all(torch.equal(saved[key], weights[key]) for key in weights)  # saved unwrapped, as inference loads it
     # every rank's TensorBoardStatsHandler opens an event file when the config builds it, but only rank 0's

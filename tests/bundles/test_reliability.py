@@ -3,11 +3,7 @@ mistakes (docs/reliability.md lists the classes)."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +16,7 @@ from tests.bundles.bundle_runs import (
     SMALL_AUTOENCODER,
     SMALL_DENOISER,
     SMALL_SHARED,
+    checkpoints_in,
     command_line,
     config_files,
     error_chain,
@@ -61,7 +58,7 @@ def test_volumes_that_pass_the_header_check_but_not_the_preprocessing_are_named(
     assert "DatasetError: 2 of 5 volumes after the bundle's preprocessing are unusable" in chain
     assert f"{brains / 'no_positive_voxel.nii.gz'}: the bundle's preprocessing fails at Resized (ZeroDivisionError" in chain
     assert f"{brains / 'beyond_float32.nii.gz'}: after preprocessing" in chain and "NaN or infinite" in chain
-    assert not (tmp_path / "models").exists()
+    assert checkpoints_in(tmp_path / "models") == []  # nothing written but the lock
 
 
 @pytest.mark.parametrize(
@@ -125,15 +122,44 @@ def test_a_non_finite_loss_stops_the_diffusion_stage(brain_model, tmp_path):
     chain = error_chain(info.value)
     assert "NonFiniteLossError: training stopped at iteration 1 (epoch 1): loss = nan. The batch held: " in chain
     assert str(brain_model["brains"]) in chain.split("The batch held: ")[1]
-    assert sorted(p.name for p in models.iterdir()) == ["autoencoder.pt"]  # no diffusion checkpoint of broken weights
+    assert checkpoints_in(models) == ["autoencoder.pt"]  # no diffusion checkpoint of broken weights
 
 
-def test_the_multi_gpu_configs_keep_the_guards_on_every_rank():
-    """Ranks other than 0 keep only some handlers; the non-finite loss and empty-training guards are among them."""
-    for bundle, name in (("brain_mri", "multi_gpu_train_autoencoder"), ("brain_tumor_semantic", "multi_gpu_train")):
-        kept = json.loads(Path(config_files(bundle, name)[0]).read_text())["train#trainer#train_handlers"]
-        assert "common.handlers.StopOnNonFiniteLoss" in kept and "common.handlers.TrainingLengthCheck" in kept
-        assert "CheckpointDirLock" not in kept  # rank 0 alone holds the folder's lock
+@pytest.mark.parametrize(
+    "bundle, configs, handlers",
+    [("brain_mri", ["train_autoencoder", "multi_gpu_train_autoencoder"], "train#handlers"),
+     ("brain_mri", ["train_autoencoder", "train_diffusion", "multi_gpu_train_autoencoder", "multi_gpu_train_diffusion"], "train#handlers"),
+     ("brain_tumor_semantic", ["train", "multi_gpu_train"], "train#handlers")],
+)
+def test_the_multi_gpu_configs_keep_the_guards_on_every_rank(bundle, configs, handlers, tmp_path):
+    """Ranks other than 0 keep only some handlers (the config's own expression, evaluated for rank 1): the
+    non-finite loss and empty-training guards are among them; the folder's lock is rank 0's alone."""
+    import socket
+    import types
+
+    import monai
+    import torch.distributed as torch_dist
+    from monai.bundle import ConfigParser
+
+    import common
+
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, *configs))
+    parser.update({"ckpt_dir": str(tmp_path), "log_dir": str(tmp_path / "logs"), "demo_dir": str(tmp_path / "demo")})
+    with socket.socket() as free:  # the handlers hold the DDP-wrapped networks: a process group of one
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        made = parser.get_parsed_content(handlers, instantiate=True)
+    finally:
+        torch_dist.destroy_process_group()
+    expression = parser["train#trainer#train_handlers"][1:].replace("@train::handlers", "made").replace("@train#handlers", "made")
+    for rank in (0, 1):
+        dist = types.SimpleNamespace(get_rank=lambda rank=rank: rank)
+        kept = {type(h).__name__ for h in eval(expression, {"made": made, "dist": dist, "common": common, "monai": monai})}
+        assert {"StopOnNonFiniteLoss", "TrainingLengthCheck", "CheckpointResumer"} <= kept
+        assert ("CheckpointDirLock" in kept) == (rank == 0) and ("AtomicCheckpointSaver" in kept) == (rank == 0)
 
 
 # ----- a mistyped override is an error, on the command line
@@ -165,7 +191,7 @@ def test_a_dataset_smaller_than_one_batch_is_an_error(tmp_path):
     with pytest.raises(Exception) as info:
         train_autoencoder(brains, tmp_path, batch_size=2)
     assert "training would run no iteration: the dataloader gives no batch (1 volumes, batch_size 2, drop_last True)" in error_chain(info.value)
-    assert not (tmp_path / "models").exists()
+    assert checkpoints_in(tmp_path / "models") == []  # nothing written but the lock
 
 
 def test_zero_epochs_is_an_error(tmp_path):
@@ -187,24 +213,26 @@ def test_resuming_a_finished_run_is_an_error(brain_model, tmp_path):
 
 
 def test_a_second_run_on_a_checkpoint_folder_in_use_is_refused(tmp_path):
+    from tests.handlers.test_run_lock import hold_in_another_process
+
     brains = make_brains(tmp_path / "brains", count=2)
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    models = tmp_path / "models"
+    running = hold_in_another_process(models)  # a training run that holds the folder
+    in_flight = models / ".autoencoder_iteration=200.pt.k3j2.tmp.pt"  # the checkpoint it is writing right now
+    in_flight.write_bytes(b"half")
     try:
-        (tmp_path / "models").mkdir()
-        lock = tmp_path / "models" / ".training.lock"
-        lock.write_text(json.dumps({"pid": alive.pid, "host": os.uname().nodename, "started": "now", "command": "python -m monai.bundle run ..."}))
         with pytest.raises(Exception) as info:
             train_autoencoder(brains, tmp_path)
         chain = error_chain(info.value)
-        assert f"CheckpointDirLockedError: {tmp_path / 'models'} is in use by the training run of process {alive.pid}" in chain
-        assert f"delete the lock {lock}" in chain and lock.is_file()
-        assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".training.lock"]
+        assert f"CheckpointDirLockedError: {models} is in use by the training run of process {running.pid}" in chain
+        assert in_flight.read_bytes() == b"half"  # the refused run touched nothing of the running one
+        assert sorted(p.name for p in models.iterdir()) == [".autoencoder_iteration=200.pt.k3j2.tmp.pt", ".training.lock"]
     finally:
-        alive.kill()
-        alive.wait()
-    # the process is gone now: its lock is stale, taken over, and released when training completes
+        running.kill()
+        running.wait()
+    # that run is gone: the next run gets the folder, cleans up after it, and trains
     train_autoencoder(brains, tmp_path)
-    assert not lock.exists() and (tmp_path / "models" / "autoencoder.pt").is_file()
+    assert not in_flight.exists() and (models / "autoencoder.pt").is_file()
 
 
 # ----- inference checks its settings and its weights before it samples

@@ -84,3 +84,15 @@ def test_nifti_volumes_are_one_patient_each(tmp_path):
 def test_no_t1_series_at_all(duke_folder):
     with pytest.raises(DatasetError, match="holds no MR series whose SeriesDescription matches 'fl3d'"):
         breast_datalist(duke_folder, series_description="fl3d")
+
+
+def test_a_4d_nifti_breast_is_named_by_the_check_not_by_the_preprocessing(tmp_path):
+    import nibabel as nib
+
+    folder = tmp_path / "nifti"
+    folder.mkdir()
+    volume = np.random.default_rng(0).uniform(0, 1, (20, 24, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(folder / "Breast_MRI_001.nii.gz"))
+    nib.save(nib.Nifti1Image(volume[..., None], np.eye(4)), str(folder / "Breast_MRI_002.nii.gz"))
+    with pytest.raises(DatasetError, match=r"Breast_MRI_002.nii.gz: expected a 3D volume, got shape \(20, 24, 8, 1\); save it without the trailing dimension"):
+        breast_datalist(folder)

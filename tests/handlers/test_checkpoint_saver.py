@@ -66,7 +66,10 @@ def test_a_new_run_cleans_up_after_a_killed_one(tmp_path):
         (tmp_path / name).write_bytes(b"")
     engine, net = _engine()
     AtomicCheckpointSaver(str(tmp_path), {"network": net}, name="m", save_interval=10, n_saved=2).attach(engine)
-    assert not (tmp_path / ".m_iteration=6.pt.x1y2.tmp").exists()  # the half-written file of the killed run
+    assert (tmp_path / ".m_iteration=6.pt.x1y2.tmp").exists()  # building the trainer touches nothing (the lock comes first)
+    engine.add_event_handler(Events.ITERATION_STARTED(once=1), lambda _: seen.append((tmp_path / ".m_iteration=6.pt.x1y2.tmp").exists()))
+    seen: list[bool] = []
     engine.run(range(10), max_epochs=1)
+    assert seen == [False]  # the half-written file of the killed run is gone when training starts
     # the older files count towards n_saved, so they are rotated out like this run's own
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m_iteration=10.pt", "m_iteration=4.pt"]

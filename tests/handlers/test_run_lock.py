@@ -1,18 +1,27 @@
-"""CheckpointDirLock: a live run's lock is refused, a dead run's taken over, and the lock goes with the run."""
+"""CheckpointDirLock: a live run's lock is refused, a dead run's taken over, the lock goes with the run, and two
+runs starting at once cannot both get it."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from ignite.engine import Engine, Events
 
 from common.handlers import CheckpointDirLock, CheckpointDirLockedError
+
+HOLD = """
+import sys, time
+from common.handlers import CheckpointDirLock
+CheckpointDirLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
 
 
 def _engine(lock: CheckpointDirLock, fail: bool = False) -> Engine:
@@ -26,36 +35,56 @@ def _engine(lock: CheckpointDirLock, fail: bool = False) -> Engine:
     return engine
 
 
-def _write_lock(folder, pid: int, host: str | None = None) -> None:
-    folder.mkdir(exist_ok=True)
-    (folder / ".training.lock").write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "t", "command": "c"}))
+def hold_in_another_process(folder: Path, seconds: float = 600) -> subprocess.Popen:
+    """A process that holds the lock of ``folder`` until killed (or ``seconds`` pass)."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
 
 
-def test_the_lock_is_held_while_training_and_removed_after_however_the_run_ends(tmp_path):
+def test_the_lock_is_held_while_training_and_given_up_however_the_run_ends(tmp_path):
     lock = CheckpointDirLock(tmp_path / "models")
     seen = []
     engine = _engine(lock)
-    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(json.loads((tmp_path / "models" / ".training.lock").read_text())["pid"]))
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append((lock.held, lock.holder().get("pid"))))
     engine.run(range(2), max_epochs=1)
-    assert seen == [os.getpid()] * 2 and not (tmp_path / "models" / ".training.lock").exists()
+    assert seen == [(True, os.getpid())] * 2 and not lock.held and lock.holder() == {}
     with pytest.raises(RuntimeError, match="broken step"):
         _engine(CheckpointDirLock(tmp_path / "models"), fail=True).run(range(2), max_epochs=1)
-    assert not (tmp_path / "models" / ".training.lock").exists()
+    assert not CheckpointDirLock(tmp_path / "models").held
+    other = hold_in_another_process(tmp_path / "models", seconds=0)  # the lock was free again for another process
+    other.wait()
 
 
-def test_a_lock_of_a_process_that_is_gone_is_taken_over_with_a_warning(tmp_path, caplog):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    _write_lock(tmp_path, int(finished.stdout))
-    with caplog.at_level(logging.WARNING):
+def test_a_run_holding_the_lock_refuses_others_until_it_ends(tmp_path, caplog):
+    holder = hold_in_another_process(tmp_path)
+    try:
+        with pytest.raises(CheckpointDirLockedError, match=rf"{tmp_path} is in use by the training run of process {holder.pid} on "):
+            _engine(CheckpointDirLock(tmp_path)).run(range(1), max_epochs=1)
+        assert json.loads((tmp_path / ".training.lock").read_text())["pid"] == holder.pid  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    with caplog.at_level(logging.WARNING):  # killed: the kernel dropped its lock; its note is taken over
         _engine(CheckpointDirLock(tmp_path)).run(range(1), max_epochs=1)
-    assert f"process {int(finished.stdout)}" in caplog.text and "taking it over" in caplog.text
-    (tmp_path / ".training.lock").write_text("not json")
-    _engine(CheckpointDirLock(tmp_path)).run(range(1), max_epochs=1)  # an unreadable lock is stale too
-    assert not (tmp_path / ".training.lock").exists()
+    assert f"process {holder.pid} on" in caplog.text and "ended without releasing it" in caplog.text
 
 
-def test_a_lock_of_another_host_is_refused(tmp_path):
-    _write_lock(tmp_path, 12345, host="gpu-node-07")
-    with pytest.raises(CheckpointDirLockedError, match="process 12345 on gpu-node-07 .another host, so it cannot be checked from here."):
-        _engine(CheckpointDirLock(tmp_path)).run(range(1), max_epochs=1)
-    assert json.loads((tmp_path / ".training.lock").read_text())["host"] == "gpu-node-07"  # not removed
+def test_two_runs_starting_at_once_cannot_both_get_the_lock(tmp_path):
+    """Three processes, each ready (imports done), try at the same moment when a file appears; one gets it."""
+    script = (
+        "import sys, time\nfrom pathlib import Path\nfrom common.handlers import CheckpointDirLock, CheckpointDirLockedError\n"
+        "folder = Path(sys.argv[1])\nprint('ready', flush=True)\n"
+        "while not (folder / 'go').exists():\n    time.sleep(0.001)\n"
+        "try:\n    CheckpointDirLock(folder / 'models').acquire()\n    print('got it', flush=True)\n"
+        "    while not (folder / 'stop').exists():\n        time.sleep(0.01)\n"
+        "except CheckpointDirLockedError:\n    print('refused', flush=True)\n"
+    )
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    assert [run.stdout.readline().strip() for run in runs] == ["ready"] * 3
+    (tmp_path / "go").touch()
+    outcomes = [run.stdout.readline().strip() for run in runs]  # the winner holds the lock until "stop"
+    (tmp_path / "stop").touch()
+    for run in runs:
+        run.wait()
+    assert sorted(outcomes) == ["got it", "refused", "refused"]
