@@ -262,3 +262,20 @@ def test_weights_with_nan_are_refused_at_load_with_the_file_named(brain_model, t
     chain = error_chain(info.value)
     assert isinstance(info.value, CheckpointError) or "CheckpointError" in chain
     assert f"checkpoint {models / 'diffusion.pt'} [ema_network] holds NaN or infinite values in {name}" in chain
+
+
+def test_evaluation_only_reads_and_runs_beside_a_training_that_holds_the_folder(brain_model, tmp_path):
+    from tests.handlers.test_run_lock import hold_in_another_process
+
+    models = tmp_path / "models"
+    shutil.copytree(brain_model["models"], models)
+    training = hold_in_another_process(models)
+    try:
+        from tests.bundles.conftest import EVALUATE
+
+        run_bundle(EVALUATE, **{**brain_model["overrides"], "ckpt_dir": str(models)}, output_dir=str(tmp_path / "evaluated"),
+                   num_samples=2, num_inference_steps=2)
+    finally:
+        training.kill()
+        training.wait()
+    assert (tmp_path / "evaluated" / "evaluation" / "metrics.json").is_file()
