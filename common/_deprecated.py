@@ -17,22 +17,23 @@ __all__ = ["MOVED_MODULES", "MOVED_NAMES", "install", "moved_attribute"]
 
 REMOVED_IN = "0.3"
 
-# old module -> the modules its names now live in, searched in order
-MOVED_MODULES: dict[str, tuple[str, ...]] = {
-    "common.breast": ("common.data",),
-    "common.demo_data": ("common.data", "common.data.demo"),
-    "common.engines.conditional_diffusion": ("common.med_ddpm",),
-    "common.dicom": ("common.data", "common.data.dicom"),
-    "common.export": ("common.deploy",),
-    "common.latent": ("common.networks",),
-    "common.metrics": ("common.evaluation.metrics", "common.evaluation.audit"),
-    "common.packaging": ("common.deploy",),
-    "common.semantic": ("common.med_ddpm", "common.data"),
-    "common.semantic_evaluation": ("common.med_ddpm",),
-    "common.transforms": ("common.data", "common.data.transforms"),
-    "common.utility": ("common.med_ddpm.utility",),
-    "common.visualize": ("common.evaluation.pictures",),
-}
+# old module, then the modules its names now live in (searched in order)
+_MOVES = """
+common.breast                         common.data
+common.demo_data                      common.data common.data.demo
+common.dicom                          common.data common.data.dicom
+common.engines.conditional_diffusion  common.med_ddpm
+common.export                         common.deploy
+common.latent                         common.networks
+common.metrics                        common.evaluation.metrics common.evaluation.audit
+common.packaging                      common.deploy
+common.semantic                       common.med_ddpm common.data
+common.semantic_evaluation            common.med_ddpm
+common.transforms                     common.data common.data.transforms
+common.utility                        common.med_ddpm.utility
+common.visualize                      common.evaluation.pictures
+"""
+MOVED_MODULES: dict[str, tuple[str, ...]] = {line.split()[0]: tuple(line.split()[1:]) for line in _MOVES.strip().splitlines()}
 
 # names that moved out of a module that still exists, or were renamed: old "module.name" -> new "module.name"
 MOVED_NAMES: dict[str, str] = {
