@@ -21,6 +21,7 @@ from .checks import (
 from .dataset import CheckedCacheDataset, describe_failure
 from .demo import (
     brain_demo_datalist,
+    brain_demo_heldout_datalist,
     breast_demo_datalist,
     chest_demo_datalist,
     knee_demo_datalist,
@@ -56,6 +57,7 @@ __all__ = [
     "DicomSeriesReader",
     "RemapLabelsd",
     "brain_demo_datalist",
+    "brain_demo_heldout_datalist",
     "breast_datalist",
     "breast_demo_datalist",
     "check_all",

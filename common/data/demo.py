@@ -1,14 +1,15 @@
 """Embedded demo data: small synthetic volumes in each dataset's real on-disk format, made on the fly.
 
-They let every bundle command run on a fresh machine with no download. Brains: an ellipsoidal brain with a
-folded cortical rim (grey matter), white matter inside, two lateral ventricles, smooth texture and a zero
-background, as skull-stripped NIfTI. Knees: sagittal fat-suppressed-T2-like exams in the MRNet layout
+They let every bundle command run on a fresh machine with no download. Brains: real anatomy, a population made
+from one real skull-stripped T1 brain (``common.data.brain_population``), with held-out subjects that are never
+trained on. (``make_brain_phantom``, the geometric brain of release 0.1, stays until 0.3.) Knees: sagittal fat-suppressed-T2-like exams in the MRNet layout
 (``train/sagittal/NNNN.npy``, uint8, slices x 256 x 256) with femur, tibia, patella, cartilage, joint fluid and
 soft tissue. Chest CTs: DICOM series (int16 with rescale slope and intercept) of a body with lungs, heart, spine
 and ribs in Hounsfield units. Breast MRIs: axial non-fat-saturated T1 MR series (bright fat, darker glandular
 tissue, dark pectoral muscle) with NIfTI breast masks, as the Duke layout. Heads with tumours: T1c-like whole-head
-volumes with a ring-enhancing tumour and their label masks (0 background, 1 head, 2 tumour) as image/label pairs. Each subject has its own shape, size and contrast. They are not anatomy; they exercise the real
-readers and preprocessing end to end.
+volumes with a ring-enhancing tumour and their label masks (0 background, 1 head, 2 tumour) as image/label pairs.
+Each subject has its own shape, size and contrast. Apart from the brains they are not anatomy; they exercise the
+real readers and preprocessing end to end.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from scipy.ndimage import gaussian_filter
 
 from common.io import atomic_path
 
+from .brain_population import deform_brain, load_template, write_subject
 from .breast import breast_datalist
 from .pairs import paired_datalist
 
 __all__ = [
     "brain_demo_datalist",
+    "brain_demo_heldout_datalist",
     "breast_demo_datalist",
     "chest_demo_datalist",
     "knee_demo_datalist",
@@ -86,19 +89,35 @@ def make_brain_phantom(rng: np.random.Generator, shape: tuple[int, int, int] = (
     return np.where(brain, np.clip(volume, 0.01, None), 0.0).astype(np.float32)
 
 
-def brain_demo_datalist(folder: str | os.PathLike, count: int = 16, seed: int = 0) -> list[dict[str, str]]:
-    """Datalist of ``count`` demo brains in ``folder``, written there first if missing (3 mm voxels, RAS)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+def _brain_subjects(folder: Path, kind: str, count: int, seed: int) -> list[dict[str, str]]:
+    """``count`` subjects of the real-anatomy population in ``folder/<kind>``, written there first if missing. Each
+    subject has its own random stream (``seed``, the kind, its index), so the held-out subjects never depend on how
+    many training subjects there are."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}.")
+    template, affine = load_template()
+    (folder / kind).mkdir(parents=True, exist_ok=True)
+    stream = {"train": 0, "heldout": 1}[kind]
     datalist = []
     for index in range(count):
-        path = folder / f"demo_brain_{index:03d}.nii.gz"
-        volume = make_brain_phantom(rng)  # drawn even when the file exists, so the files do not depend on order
-        _write_once(path, lambda tmp: nib.save(nib.Nifti1Image(volume, affine), tmp))
+        path = folder / kind / f"demo_brain_{kind}_{index:03d}.nii.gz"
+        if not path.exists():
+            volume = deform_brain(template, np.random.default_rng([seed, stream, index]))
+            _write_once(path, lambda tmp: write_subject(volume, affine, tmp))
         datalist.append({"image": str(path)})
     return datalist
+
+
+def brain_demo_datalist(folder: str | os.PathLike, count: int = 20, seed: int = 0) -> list[dict[str, str]]:
+    """Datalist of ``count`` demo brains for training, in ``folder/train`` (written there first if missing): real
+    anatomy, the population of ``common.data.brain_population`` (2 mm voxels, RAS, int16 NIfTI)."""
+    return _brain_subjects(Path(folder), "train", count, seed)
+
+
+def brain_demo_heldout_datalist(folder: str | os.PathLike, count: int = 8, seed: int = 0) -> list[dict[str, str]]:
+    """Datalist of ``count`` demo brains that are never trained on, in ``folder/heldout``: other subjects of the
+    same population, for the held-out measures of the evaluation (``heldout_dir``)."""
+    return _brain_subjects(Path(folder), "heldout", count, seed)
 
 
 def make_knee_phantom(rng: np.random.Generator, slices: int = 28) -> np.ndarray:

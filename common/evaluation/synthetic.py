@@ -37,6 +37,25 @@ logger = logging.getLogger(__name__)
 AUDIT_CHUNK = 16  # real volumes compared with all samples at once
 
 
+def ratios_to_real(results: dict[str, Any]) -> dict[str, Any]:
+    """Each sample measure over the same measure for real volumes: about 1 means real-like (docs/evaluation.md).
+    Diversity is compared with the held-out real volumes when there are some, the set distances with two halves of
+    the real volumes; None where the real value is not positive."""
+
+    def ratio(synthetic: float | None, real: float | None) -> float | None:
+        return None if synthetic is None or real is None or real <= 0 else synthetic / real
+
+    diversity, histogram = results["diversity_ms_ssim"], results["intensity_histogram"]
+    return {
+        "diversity_ms_ssim": ratio(diversity["synthetic"], diversity.get("real_heldout", diversity["real"])),
+        "diversity_compared_with": "held-out real volumes" if "real_heldout" in diversity else "real volumes",
+        "mmd": ratio(results["mmd"]["synthetic_vs_real"], results["mmd"]["real_half_vs_half"]),
+        "histogram_wasserstein": ratio(histogram["synthetic_vs_real"]["wasserstein"], histogram["real_half_vs_half"]["wasserstein"]),
+        "histogram_jensen_shannon": ratio(histogram["synthetic_vs_real"]["jensen_shannon"], histogram["real_half_vs_half"]["jensen_shannon"]),
+        "slice_consistency_ssim": ratio(results["slice_consistency_ssim"]["synthetic"], results["slice_consistency_ssim"]["real"]),
+    }
+
+
 def _summary(values: torch.Tensor) -> dict[str, float]:
     values = values.double().flatten()
     return {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0}
@@ -146,24 +165,22 @@ class SyntheticDataEvaluator(Evaluator):
         return memorisation_audit(sample_files, scan["nearest"], scan["names"], reference, self.flip_axis, self.copy_threshold)
 
     @torch.no_grad()
-    def reconstruction(self, reference: torch.Tensor) -> dict[str, Any]:
-        """PSNR, SSIM and MS-SSIM of the VQ-GAN's quantised reconstructions of held-out (or reference) volumes."""
-        if self.heldout_dataset is not None:
-            volumes, source = torch.cat([v for _, v in self._volumes(self.heldout_dataset)]), "held-out volumes (heldout_dir)"
-        else:
-            volumes, source = reference, "training volumes: no heldout_dir given, so this is not a held-out measure"
+    def reconstruction(self, volumes: torch.Tensor, held_out: bool) -> tuple[dict[str, Any], torch.Tensor]:
+        """PSNR, SSIM and MS-SSIM of the VQ-GAN's quantised reconstructions of ``volumes`` (the held-out ones, or
+        the reference volumes when there are none), and the reconstructions."""
         rebuilt = []
         for volume in volumes:
             latent = self.autoencoder.encode_stage_2_inputs(volume[None].to(self.device))
             rebuilt.append(self.autoencoder.decode_stage_2_outputs(latent).float().cpu())
         rebuilt = torch.cat(rebuilt).clamp(-1, 1)
+        source = "held-out volumes (heldout_dir)" if held_out else "training volumes: no heldout_dir given, so this is not a held-out measure"
         return {
             "volumes": source,
             "count": len(volumes),
             "psnr_db": _summary(metrics.psnr(rebuilt, volumes)),
             "ssim": _summary(metrics.ssim(rebuilt, volumes)),
             "ms_ssim": _summary(metrics.ms_ssim(rebuilt, volumes).flatten()),
-        }
+        }, rebuilt
 
     def fid(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
         if self.fid_weights is None:
@@ -184,17 +201,26 @@ class SyntheticDataEvaluator(Evaluator):
         scan = self.timed("reading_real_volumes", lambda: self.scan_real(samples))
         reference_items = scan["reference"]
         reference = torch.cat([v for _, v in reference_items])
+        heldout_items = self.timed("reading_heldout_volumes", lambda: list(self._volumes(self.heldout_dataset)) if self.heldout_dataset is not None else [])
+        heldout = torch.cat([v for _, v in heldout_items]) if heldout_items else None
         real_halves = metrics.split_halves(reference, self.seed)
         results: dict[str, Any] = {
             "samples": len(samples),
             "real_volumes": len(reference),
             "image_size": list(samples.shape[2:]),
         }
-        results["diversity_ms_ssim"] = self.timed("diversity_ms_ssim", lambda: {
-            "synthetic": metrics.mean_pairwise_ms_ssim(samples, self.max_pairs, self.seed)[0],
-            "real": metrics.mean_pairwise_ms_ssim(reference, self.max_pairs, self.seed)[0],
-            "scales": len(metrics.MS_SSIM_WEIGHTS), "kernel": metrics.MS_SSIM_KERNEL,
-        })
+
+        def diversity() -> dict[str, Any]:
+            found = {
+                "synthetic": metrics.mean_pairwise_ms_ssim(samples, self.max_pairs, self.seed)[0],
+                "real": metrics.mean_pairwise_ms_ssim(reference, self.max_pairs, self.seed)[0],
+                "scales": len(metrics.MS_SSIM_WEIGHTS), "kernel": metrics.MS_SSIM_KERNEL,
+            }
+            if heldout is not None and len(heldout) >= 2:
+                found["real_heldout"] = metrics.mean_pairwise_ms_ssim(heldout, self.max_pairs, self.seed)[0]
+            return found
+
+        results["diversity_ms_ssim"] = self.timed("diversity_ms_ssim", diversity)
         results["intensity_histogram"] = self.timed("intensity_histogram", lambda: {
             "synthetic_vs_real": metrics.histogram_distances(samples, reference),
             "real_half_vs_half": metrics.histogram_distances(*real_halves),
@@ -207,20 +233,27 @@ class SyntheticDataEvaluator(Evaluator):
         results["slice_consistency_ssim"] = self.timed("slice_consistency_ssim", lambda: {
             "synthetic": metrics.slice_consistency(samples), "real": metrics.slice_consistency(reference),
         })
-        results["reconstruction"] = self.timed("reconstruction", lambda: self.reconstruction(reference))
+        results["reconstruction"], rebuilt = self.timed(
+            "reconstruction", lambda: self.reconstruction(heldout if heldout is not None else reference, heldout is not None)
+        )
         results["memorisation_audit"] = self.timed("memorisation_audit", lambda: self.audit(sample_files, scan, reference))
+        results["ratios_to_real"] = ratios_to_real(results)
+        rebuilt_items = heldout_items or reference_items
         results["pictures"] = self.timed(
             "pictures",
-            lambda: self.pictures(samples, sample_files, reference_items, results["memorisation_audit"], scan["nearest_volumes"]),
+            lambda: self.pictures(samples, sample_files, reference_items, results["memorisation_audit"], scan["nearest_volumes"],
+                                  (rebuilt_items, rebuilt)),
         )
         flagged = results["memorisation_audit"]["near_copies"]
         logger.info("%d of %d samples flagged as near copies%s", len(flagged), len(samples), f": {flagged}" if flagged else "")
         return self.write(results)
 
     def pictures(
-        self, samples: torch.Tensor, sample_files: Sequence[str], reference_items: list, audit: dict, nearest: list
+        self, samples: torch.Tensor, sample_files: Sequence[str], reference_items: list, audit: dict, nearest: list,
+        reconstructions: tuple[list, torch.Tensor],
     ) -> dict[str, str | None]:
-        """The PNGs: samples next to real volumes, adjacent slices, the audit's closest pairs, training curves."""
+        """The PNGs: samples next to real volumes, adjacent slices, the audit's closest pairs, reconstructions next to
+        their inputs (held-out ones when given), training curves."""
         out = self.evaluation_dir
         shown = min(4, len(samples), len(reference_items))
         volumes = [v[0, 0].numpy() for _, v in reference_items[:shown]] + [s[0].numpy() for s in samples[:shown]]
@@ -242,5 +275,12 @@ class SyntheticDataEvaluator(Evaluator):
             label = "NEAR COPY" if entry["near_copy"] else f"closest (ratio {entry['ratio_to_real_median']:.2f})"
             pair_titles += [f"{label}: {entry['sample']}", f"nearest real{' (flipped)' if entry['flipped'] else ''}"]
         written["nearest_neighbours"] = save_three_plane_montage(pairs, out / "nearest_neighbours.png", pair_titles)
+        originals, rebuilt = reconstructions
+        volumes, titles = [], []
+        for (name, volume), again in list(zip(originals, rebuilt))[:3]:
+            short = Path(name.split(" (")[0]).name
+            volumes += [volume[0, 0].numpy(), again[0].numpy()]
+            titles += [f"input {short}", "VQ-GAN reconstruction"]
+        written["reconstructions"] = save_three_plane_montage(volumes, out / "reconstructions.png", titles)
         written["training_curves"] = save_training_curves(self.log_dir, out / "training_curves.png") if self.log_dir else None
         return written

@@ -1,5 +1,6 @@
 """Ignite handlers the bundles need beyond MONAI's: one run per checkpoint folder, refusing training that would do
-nothing, atomic checkpoints, resuming a killed run, stopping at a non-finite loss, and the denoiser's EMA weights."""
+nothing, atomic checkpoints, resuming a killed run, stopping at a non-finite loss, the denoiser's EMA weights, and
+the VQ-GAN's held-out reconstruction quality and codebook health while it trains."""
 
 from .checkpoint_saver import AtomicCheckpointSaver
 from .ema import DelayedEMAHandler
@@ -7,13 +8,16 @@ from .nan_guard import NonFiniteLossError, StopOnNonFiniteLoss
 from .resume import CheckpointResumer
 from .run_lock import CheckpointDirLock, CheckpointDirLockedError
 from .training_length import TrainingLengthCheck
+from .vqgan_monitor import CodebookCollapseWarning, HeldoutReconstruction
 
 __all__ = [
     "AtomicCheckpointSaver",
     "CheckpointDirLock",
     "CheckpointDirLockedError",
     "CheckpointResumer",
+    "CodebookCollapseWarning",
     "DelayedEMAHandler",
+    "HeldoutReconstruction",
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",
     "TrainingLengthCheck",

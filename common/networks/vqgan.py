@@ -39,6 +39,9 @@ class VQGAN(VQVAE):
         decay: EMA decay of the codebook (the paper: 0.99).
         dead_code_threshold: see ``CodebookQuantizer``.
         act: activation of the encoder and decoder (the paper: SiLU, called SWISH in MONAI).
+        output_act: activation of the decoder's output; None (the paper) leaves it linear, "TANH" bounds it to the
+            images' range [-1, 1], so a background at the minimum is reproduced at the minimum rather than around
+            it (an option beyond the paper: with few training iterations it sharpens the intensity histogram).
         use_checkpointing: gradient checkpointing of encoder and decoder to save memory.
         max_distances: memory bound of the torch nearest-code search, see ``CodebookQuantizer``.
         search_backend: "auto", "faiss" or "torch" nearest-code search, see ``CodebookQuantizer``.
@@ -59,6 +62,7 @@ class VQGAN(VQVAE):
         decay: float = 0.99,
         dead_code_threshold: float = 1.0,
         act: str = "SWISH",
+        output_act: str | None = None,
         use_checkpointing: bool = False,
         max_distances: int = 2**20,
         search_backend: str = "auto",
@@ -84,6 +88,7 @@ class VQGAN(VQVAE):
             commitment_cost=commitment_cost,
             decay=decay,
             act=act,
+            output_act=output_act,
             use_checkpointing=use_checkpointing,
             ddp_sync=ddp_sync,
         )

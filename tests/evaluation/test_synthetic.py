@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 from monai.data import Dataset
+from PIL import Image
 
-from common.evaluation import SyntheticDataEvaluator
+from common.evaluation import SyntheticDataEvaluator, metrics
 from common.io import save_nifti
 from common.networks import CodebookRangeAutoencoder
 from common.sampling import volume_affine
@@ -105,3 +106,22 @@ def test_duplicated_real_volumes_do_not_hide_copies(tmp_path):
     audit = evaluator.run()["memorisation_audit"]
     assert audit["real_duplicates"] == 2 and audit["real_nearest_neighbour_median"] > 0.05
     assert len(audit["near_copies"]) == 2
+
+
+def test_held_out_volumes_give_the_reconstruction_picture_the_held_out_diversity_and_the_ratios(tmp_path):
+    real = _real_volumes(8)
+    heldout = Dataset([{"image": v} for v in real[6:]])
+    evaluator = _evaluator(tmp_path, [real[0] * 0.9, real[3] * 0.9, real[5] * 0.9], heldout_dataset=heldout)
+    result = evaluator.run()
+    assert result["reconstruction"]["count"] == 2 and result["reconstruction"]["volumes"] == "held-out volumes (heldout_dir)"
+    diversity, ratios = result["diversity_ms_ssim"], result["ratios_to_real"]
+    assert diversity["real_heldout"] == pytest.approx(metrics.mean_pairwise_ms_ssim(torch.stack(real[6:]), 100, 0)[0])
+    assert ratios["diversity_compared_with"] == "held-out real volumes"
+    assert ratios["diversity_ms_ssim"] == pytest.approx(diversity["synthetic"] / diversity["real_heldout"])
+    assert ratios["slice_consistency_ssim"] == pytest.approx(result["slice_consistency_ssim"]["synthetic"] / result["slice_consistency_ssim"]["real"])
+    assert ratios["histogram_wasserstein"] == pytest.approx(
+        result["intensity_histogram"]["synthetic_vs_real"]["wasserstein"] / result["intensity_histogram"]["real_half_vs_half"]["wasserstein"]
+    )
+    picture = tmp_path / "evaluation" / "reconstructions.png"
+    assert result["pictures"]["reconstructions"] == str(picture) and picture.stat().st_size > 10_000
+    assert Image.open(picture).size[1] > Image.open(tmp_path / "evaluation" / "adjacent_slices.png").size[1]  # 4 rows: 2 pairs

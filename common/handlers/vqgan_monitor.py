@@ -1,0 +1,153 @@
+"""Telling the user how a VQ-GAN training is going while it runs: held-out reconstruction quality in TensorBoard,
+and a warning when the codebook collapses.
+
+A VQ-GAN that will never reconstruct unseen volumes well, or whose codebook has collapsed to a few codes, looks
+like any other run in its training losses. These two handlers make it visible hours before the run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from ignite.engine import Engine, Events
+from torch.utils.data import Dataset
+
+__all__ = ["CodebookCollapseWarning", "HeldoutReconstruction"]
+
+logger = logging.getLogger(__name__)
+
+
+class HeldoutReconstruction:
+    """Every ``interval`` iterations (and when training completes), the PSNR of the VQ-GAN's quantised
+    reconstructions of held-out volumes: written to TensorBoard (``heldout/psnr_db``, in ``log_dir``), logged, and
+    kept in ``engine.state.metrics["heldout_psnr_db"]``. Does nothing without held-out volumes (``heldout_dir``).
+
+    The network is switched to eval mode for the measurement (the codebook is not updated) and back.
+
+    Args:
+        autoencoder: the VQ-GAN being trained (wrapped in DDP or not).
+        dataset: held-out volumes, preprocessed without random transforms; items hold an ``"image"`` (1, H, W, D).
+        interval: iterations between measurements.
+        log_dir: TensorBoard folder; None logs only.
+        device: where to run the reconstructions.
+        max_volumes: how many held-out volumes to use (the first ones).
+    """
+
+    def __init__(
+        self,
+        autoencoder: torch.nn.Module,
+        dataset: Dataset | None,
+        interval: int = 500,
+        log_dir: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        max_volumes: int = 8,
+    ) -> None:
+        if interval < 1 or max_volumes < 1:
+            raise ValueError(f"need interval >= 1 and max_volumes >= 1, got {interval} and {max_volumes}.")
+        self.autoencoder = getattr(autoencoder, "module", autoencoder)
+        self.dataset = dataset
+        self.interval = interval
+        self.log_dir = log_dir
+        self.device = torch.device(device)
+        self.max_volumes = max_volumes
+        self._volumes: torch.Tensor | None = None
+        self._writer = None
+
+    def attach(self, engine: Engine) -> None:
+        if self.dataset is None or len(self.dataset) == 0:
+            return
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+
+    def volumes(self) -> torch.Tensor:
+        if self._volumes is None:
+            count = min(self.max_volumes, len(self.dataset))
+            self._volumes = torch.stack([torch.as_tensor(self.dataset[i]["image"]).float() for i in range(count)])
+        return self._volumes
+
+    @torch.no_grad()
+    def measure(self) -> float:
+        """Mean PSNR (dB, range [-1, 1]) of the quantised reconstructions of the held-out volumes."""
+        was_training = self.autoencoder.training
+        self.autoencoder.eval()
+        try:
+            values = []
+            for volume in self.volumes():
+                volume = volume[None].to(self.device)
+                rebuilt = self.autoencoder(volume)[0].float().clamp(-1, 1)
+                mse = (rebuilt - volume).square().mean().clamp_min(1e-12)
+                values.append(float(10 * torch.log10(4.0 / mse)))
+        finally:
+            self.autoencoder.train(was_training)
+        return sum(values) / len(values)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.metrics.get("heldout_psnr_iteration") == engine.state.iteration:
+            return  # the last iteration is also a multiple of the interval
+        psnr = self.measure()
+        engine.state.metrics["heldout_psnr_db"] = psnr
+        engine.state.metrics["heldout_psnr_iteration"] = engine.state.iteration
+        logger.info("iteration %d: held-out reconstruction PSNR %.2f dB (%d volumes)", engine.state.iteration, psnr, len(self.volumes()))
+        if self.log_dir is not None:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.log_dir))
+            self._writer.add_scalar("heldout/psnr_db", psnr, engine.state.iteration)
+            self._writer.flush()
+
+    def close(self, engine: Engine | None = None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class CodebookCollapseWarning:
+    """Warn (once) when the codebook has collapsed: for ``patience`` iterations in a row, the batches used fewer than
+    ``min_usage`` of the codes, or their perplexity (the effective number of codes) stayed below ``min_perplexity``.
+
+    Reads the ``codebook_usage`` and ``perplexity`` that ``VQGANTrainer`` puts in ``engine.state.output["losses"]``.
+    A collapsed codebook encodes every volume with a handful of codes: reconstructions blur and the diffusion model
+    has little to learn. The warning names the numbers and what usually helps.
+
+    Args:
+        min_usage: fraction of the codes a batch should use.
+        min_perplexity: effective number of codes a batch should use.
+        patience: iterations in a row below either before warning.
+    """
+
+    def __init__(self, min_usage: float = 0.01, min_perplexity: float = 8.0, patience: int = 200) -> None:
+        if not 0 <= min_usage < 1 or min_perplexity < 0 or patience < 1:
+            raise ValueError(f"need 0 <= min_usage < 1, min_perplexity >= 0, patience >= 1; got {min_usage}, {min_perplexity}, {patience}.")
+        self.min_usage = min_usage
+        self.min_perplexity = min_perplexity
+        self.patience = patience
+        self.below = 0
+        self.warned = False
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    @staticmethod
+    def _value(losses: dict, name: str) -> float | None:
+        value = losses.get(name)
+        return float(value) if value is not None else None
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        losses = output.get("losses", {}) if isinstance(output, dict) else {}
+        usage, perplexity = self._value(losses, "codebook_usage"), self._value(losses, "perplexity")
+        if usage is None or perplexity is None:
+            return
+        self.below = self.below + 1 if usage < self.min_usage or perplexity < self.min_perplexity else 0
+        if self.below >= self.patience and not self.warned:
+            self.warned = True
+            logger.warning(
+                "the VQ-GAN codebook has collapsed: for %d iterations the batches used %.2f%% of the codes (perplexity "
+                "%.1f). Reconstructions will be blurry. Lower the codebook's decay (autoencoder_def#decay), raise "
+                "dead_code_threshold, or lower the learning rate, and check the data.",
+                self.patience, 100 * usage, perplexity,
+            )

@@ -1,0 +1,35 @@
+"""The demo's own settings, at a small scale: real-anatomy demo brains, held-out reconstruction, the ratios to real,
+the pictures, and the summary the demo prints."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from common.pipeline import DEMO_SETTINGS, run_stages, summary
+from tests.bundles.bundle_runs import in_repository, isolated_state
+
+
+def test_the_demo_settings_at_a_small_scale(tmp_path):
+    settings = copy.deepcopy(DEMO_SETTINGS["brain_mri"])
+    settings["autoencoder"].update({"train#trainer#max_epochs": 2})  # 20 iterations instead of 1,000
+    settings["diffusion"].update({"train#trainer#max_epochs": 2, "ema#start_iteration": 10})
+    settings["inference"].update({"num_samples": 3, "num_inference_steps": 3})
+    with in_repository(), isolated_state():
+        samples = Path(run_stages("brain_mri", str(tmp_path), None, "autoencoder,diffusion,inference,evaluation", settings, {}))
+    metrics = json.loads((samples / "evaluation" / "metrics.json").read_text())
+    recon = metrics["reconstruction"]
+    assert recon["volumes"] == "held-out volumes (heldout_dir)" and recon["count"] == 8 and recon["psnr_db"]["mean"] > 5
+    assert metrics["real_volumes"] == 20 and "real_heldout" in metrics["diversity_ms_ssim"]
+    assert set(metrics["ratios_to_real"]) >= {"diversity_ms_ssim", "mmd", "histogram_wasserstein", "histogram_jensen_shannon", "slice_consistency_ssim"}
+    assert all(e["nearest_real"].startswith(str(tmp_path / "demo_data" / "train")) for e in metrics["memorisation_audit"]["samples"])
+    for picture in ("samples_and_real", "reconstructions", "nearest_neighbours", "training_curves"):
+        assert (samples / "evaluation" / f"{picture}.png").is_file(), picture
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    assert "heldout/psnr_db" in events.Tags()["scalars"]  # the VQ-GAN training reported its held-out quality
+    printed = summary(metrics, samples / "evaluation", "[brain_mri] ")
+    assert "[brain_mri] VQ-GAN reconstruction of 8 held-out volumes: PSNR" in printed and "near copies of a training volume: " in printed
