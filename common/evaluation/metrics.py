@@ -54,19 +54,28 @@ def check_volumes(volumes: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contain NaN or infinite voxels.")
 
 
+def _nonnegative(volumes: torch.Tensor) -> torch.Tensor:
+    """Volumes in [-1, 1] moved to [0, 2] for SSIM: its luminance term, (2 mx my + c) / (mx^2 + my^2 + c), assumes
+    non-negative intensities; with windows of mean intensity of both signs (a brain against a -1 background) it
+    turns negative and drives MS-SSIM to 0 for two similar volumes. The data range stays 2."""
+    return volumes.float() + 1.0
+
+
 def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """3D MS-SSIM of each pair ``(x[i], y[i])`` (MONAI's, at this module's scales and kernel); 1 for identical volumes."""
     smallest = (len(MS_SSIM_WEIGHTS) - 1) ** 2 * (MS_SSIM_KERNEL - 1) + 1
     if min(x.shape[2:]) < smallest:
         raise ValueError(f"MS-SSIM needs volumes of at least {smallest} voxels per axis, got {tuple(x.shape[2:])}.")
     return compute_ms_ssim(
-        x.float(), y.float(), spatial_dims=3, data_range=DATA_RANGE, kernel_size=MS_SSIM_KERNEL, weights=MS_SSIM_WEIGHTS
+        _nonnegative(x), _nonnegative(y), spatial_dims=3, data_range=DATA_RANGE, kernel_size=MS_SSIM_KERNEL, weights=MS_SSIM_WEIGHTS
     )
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """3D SSIM of each pair (7-voxel Gaussian window), one value per pair."""
-    value, _ = compute_ssim_and_cs(x.float(), y.float(), spatial_dims=3, data_range=DATA_RANGE, kernel_size=(7, 7, 7), kernel_sigma=(1.5,) * 3)
+    value, _ = compute_ssim_and_cs(
+        _nonnegative(x), _nonnegative(y), spatial_dims=3, data_range=DATA_RANGE, kernel_size=(7, 7, 7), kernel_sigma=(1.5,) * 3
+    )
     return value.flatten(1).mean(1)
 
 
@@ -123,7 +132,7 @@ def slice_consistency(volumes: torch.Tensor) -> float:
     check_volumes(volumes, "volumes")
     values = []
     for volume in volumes.float():
-        slices = volume[0].permute(2, 0, 1).unsqueeze(1)  # (D, 1, H, W)
+        slices = _nonnegative(volume[0].permute(2, 0, 1).unsqueeze(1))  # (D, 1, H, W)
         value, _ = compute_ssim_and_cs(slices[:-1], slices[1:], spatial_dims=2, data_range=DATA_RANGE, kernel_size=(7, 7), kernel_sigma=(1.5, 1.5))
         values.append(value.flatten(1).mean(1))
     return float(torch.cat(values).mean())

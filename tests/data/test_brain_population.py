@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-import pytest
 from monai.bundle import ConfigParser
 
 from common.data import brain_demo_datalist, brain_demo_heldout_datalist
-from common.data.brain_population import TEMPLATE, TEMPLATE_LICENSE, deform_brain, load_template
+from common.data.brain_population import (
+    TEMPLATE,
+    TEMPLATE_LICENSE,
+    deform_brain,
+    load_template,
+)
 from tests.bundles.bundle_runs import config_files
 
 

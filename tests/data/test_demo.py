@@ -21,7 +21,7 @@ from common.data.demo import (
 def test_demo_data_passes_each_bundles_own_reader(tmp_path):
     """The demo data are in the datasets' real formats: each bundle's reader and checks accept them."""
     brains = brain_demo_datalist(tmp_path / "brain", count=3)
-    assert nifti_datalist(tmp_path / "brain") == brains
+    assert nifti_datalist(tmp_path / "brain" / "train") == brains
     knees = knee_demo_datalist(tmp_path / "knee", count=3)
     assert mrnet_datalist(tmp_path / "knee") == knees
     chests = chest_demo_datalist(tmp_path / "chest", count=2)

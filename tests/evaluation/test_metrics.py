@@ -80,3 +80,20 @@ def test_fid_with_medicalnet_weights_from_a_local_file(tmp_path):
     assert features_real.shape == (6, 512)
     assert metrics.fid(features_real, features_real) == pytest.approx(0.0, abs=1e-3)
     assert metrics.fid(metrics.medicalnet_features(loaded, noise + real.mean()), features_real) >= 0.0
+
+
+def test_two_similar_brains_against_a_background_are_similar_at_every_scale(tmp_path):
+    """SSIM's luminance term assumes non-negative intensities; on volumes in [-1, 1] with a -1 background it turned
+    negative at the coarsest scale and made the MS-SSIM of two similar brains 0 (demo subjects 0 and 7: 0.0)."""
+    from monai.bundle import ConfigParser
+
+    from common.data import brain_demo_datalist
+    from tests.bundles.bundle_runs import config_files
+
+    parser = ConfigParser()
+    parser.read_config(config_files("brain_mri", "train_autoencoder"))
+    parser.update({"image_size": [32, 32, 32]})
+    preprocessing = parser.get_parsed_content("evaluation_preprocessing")
+    brains = [torch.as_tensor(preprocessing(dict(item))["image"])[None].float() for item in brain_demo_datalist(tmp_path, count=8)]
+    assert float(metrics.ms_ssim(brains[0], brains[7])) > 0.6
+    assert float(metrics.ssim(brains[0], brains[7])) > 0.5 and float(metrics.ms_ssim(brains[0], brains[0])) == pytest.approx(1.0)

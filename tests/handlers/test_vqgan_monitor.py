@@ -1,0 +1,51 @@
+"""The VQ-GAN's training tells how it is going: held-out reconstruction quality, and a collapsed codebook."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from ignite.engine import Engine, Events
+from monai.data import Dataset
+
+from common.handlers import CodebookCollapseWarning, HeldoutReconstruction
+from tests.conftest import tiny_vqgan
+
+
+def _engine(outputs: list[dict]) -> Engine:
+    engine = Engine(lambda e, batch: outputs[e.state.iteration - 1])
+    return engine
+
+
+def test_a_collapsed_codebook_is_reported_once_after_the_patience(caplog):
+    healthy = {"losses": {"codebook_usage": 0.4, "perplexity": 120.0}}
+    collapsed = {"losses": {"codebook_usage": 0.004, "perplexity": 2.0}}
+    outputs = [healthy] * 5 + [collapsed] * 3 + [healthy] + [collapsed] * 6
+    engine = _engine(outputs)
+    CodebookCollapseWarning(patience=5).attach(engine)
+    with caplog.at_level(logging.WARNING):
+        engine.run(range(len(outputs)), max_epochs=1)
+    warnings = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
+    assert len(warnings) == 1 and "0.40% of the codes (perplexity 2.0)" in warnings[0]  # the 3 then the 6: only the 6 count
+
+
+def test_held_out_reconstruction_is_measured_in_eval_mode_and_written_to_tensorboard(tmp_path):
+    vqgan = tiny_vqgan().train()
+    volumes = [torch.rand(1, 16, 16, 16) * 2 - 1 for _ in range(3)]
+    vqgan(torch.stack(volumes))  # initialise the codebook
+    codebook = vqgan.codebook.embedding.weight.clone()
+    monitor = HeldoutReconstruction(vqgan, Dataset([{"image": v} for v in volumes]), interval=2, log_dir=tmp_path)
+    engine = _engine([{"losses": {}}] * 5)
+    monitor.attach(engine)
+    seen = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.metrics.get("heldout_psnr_iteration")))
+    engine.run(range(5), max_epochs=1)
+    assert seen == [None, 2, 2, 4, 4] and engine.state.metrics["heldout_psnr_iteration"] == 5  # every 2, and at the end
+    assert vqgan.training and torch.equal(vqgan.codebook.embedding.weight, codebook)  # train mode back, codebook untouched
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("heldout/psnr_db")]
+    assert steps == [2, 4, 5] and all(0 < e.value < 60 for e in events.Scalars("heldout/psnr_db"))
+    HeldoutReconstruction(vqgan, None).attach(_engine([]))  # without held-out volumes: nothing to do, no error
