@@ -84,7 +84,7 @@ def main() -> None:
     from common.io import write_text
     from common.pipeline import run_stages
 
-    started = time.time()
+    started, revision = time.time(), commit()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         brain_demo_datalist(data, count=args.train, seed=1)  # another population than the demo's
@@ -113,7 +113,7 @@ def main() -> None:
         "# Quality at the paper's size: brain_mri, 64^3, VQ-GAN compression 2",
         "",
         f"Command: `python benchmarks/quality.py{' --device ' + args.device if args.device != 'cpu' else ''}"
-        f"{' --paper-widths' if args.paper_widths else ''}` (commit {commit()}). Machine: {platform.machine()}, "
+        f"{' --paper-widths' if args.paper_widths else ''}` (commit {revision}). Machine: {platform.machine()}, "
         f"{torch.get_num_threads()} threads, device {args.device}, torch {torch.__version__}. Wall time {wall / 60:.1f} min "
         f"({', '.join(f'{k} {v / 60:.1f}' for k, v in stage_times.items())} min).",
         "",

@@ -44,7 +44,8 @@ class VQGANTrainer(Trainer):
         discriminator_optimizer: one optimizer over the parameters of both discriminators.
         epoch_length: iterations per epoch; defaults to the loader's length.
         gradient_clip: max norm of the gradients of each update (the paper: 1.0); 0 disables clipping.
-        amp: mixed precision (float16 with loss scaling on CUDA, bfloat16 elsewhere).
+        amp: mixed precision: ``amp_dtype``, by default float16 (with loss scaling) on CUDA and bfloat16 elsewhere.
+        amp_dtype: "float16" (loss scaling on CUDA) or "bfloat16" (no scaling needed); None for the default above.
         train_handlers: ignite handlers with ``attach(engine)``.
         prepare_batch: how to take the image from a batch.
         non_blocking: non-blocking host-to-device copies.
@@ -62,6 +63,7 @@ class VQGANTrainer(Trainer):
         epoch_length: int | None = None,
         gradient_clip: float = 1.0,
         amp: bool = False,
+        amp_dtype: str | None = None,
         train_handlers: Sequence | None = None,
         prepare_batch: Callable = default_prepare_batch,
         non_blocking: bool = False,
@@ -69,6 +71,9 @@ class VQGANTrainer(Trainer):
         if gradient_clip < 0:
             raise ValueError(f"gradient_clip must be >= 0, got {gradient_clip}.")
         device = torch.device(device)
+        if amp_dtype not in (None, "float16", "bfloat16"):
+            raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {amp_dtype!r}.")
+        dtype = getattr(torch, amp_dtype) if amp_dtype else (torch.float16 if device.type == "cuda" else torch.bfloat16)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -79,14 +84,14 @@ class VQGANTrainer(Trainer):
             handlers=train_handlers,
             amp=amp,
             decollate=False,
-            amp_kwargs={"device_type": device.type, "dtype": torch.float16 if device.type == "cuda" else torch.bfloat16},
+            amp_kwargs={"device_type": device.type, "dtype": dtype},
         )
         self.network = network
         self.optimizer = optimizer
         self.loss_function = loss_function
         self.discriminator_optimizer = discriminator_optimizer
         self.gradient_clip = gradient_clip
-        use_scaler = amp and device.type == "cuda"
+        use_scaler = amp and device.type == "cuda" and dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.discriminator_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
