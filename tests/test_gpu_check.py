@@ -1,0 +1,71 @@
+"""benchmarks/gpu_check.py, the one-command GPU check (issue 16), at its tiny sizes on the CPU: every case of a
+latent bundle and of Med-DDPM must run with the bundle's own configs, so that the one short GPU run finds no bug
+that a CPU could have found."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def failures(results: list[dict]) -> list[str]:
+    return [f"{r['case']}: {r.get('error')}\n{r.get('trace')}" for r in results if not r["ok"]]
+
+
+def test_latent_bundle_cases_run_and_report(gpu_check) -> None:
+    results = gpu_check.run_group("brain_mri", "cpu", tiny=True)
+    assert not failures(results), failures(results)
+    by_case = {r["case"]: r for r in results}
+    assert {"train_autoencoder_float32", "train_autoencoder_bfloat16", "train_denoiser_float32", "train_denoiser_bfloat16"} <= set(by_case)
+    for name in ("train_autoencoder_float32", "train_denoiser_bfloat16"):
+        assert by_case[name]["batch"] == 2 and by_case[name]["step_s"] > 0
+    assert by_case["sample_ddim5"]["steps"] == 5
+    assert by_case["sample_ddpm_all_steps"]["steps"] == 10  # every training step of the tiny schedule
+    assert by_case["sample_throughput_ddim5"]["volumes_per_s"] > 0
+    assert by_case["torchscript_on_device"]["matches"] is True
+    text = gpu_check.report({"device": "CPU"}, results, True, "python benchmarks/gpu_check.py --device cpu --tiny")
+    assert "| brain_mri | denoiser | bfloat16 | 2 (2) |" in text
+    assert "## Failures (0)" in text
+
+
+def test_mask_conditioned_bundle_and_codebook_cases_run(gpu_check) -> None:
+    results = gpu_check.run_group("brain_tumor_semantic", "cpu", tiny=True) + gpu_check.run_group("codebook", "cpu", tiny=True)
+    assert not failures(results), failures(results)
+    by_case = {r["case"]: r for r in results}
+    assert by_case["train_mask_conditioned_float32"]["step_s"] > 0
+    assert by_case["torchscript_on_device"]["matches"] is True
+    assert by_case["nearest_code_search"]["same_codes_fraction"] == 1.0
+
+
+def test_a_failing_case_is_recorded_and_the_rest_still_run(gpu_check, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    monkeypatch.setattr(gpu_check, "nearest_code_check", broken)
+    results = gpu_check.run_group("codebook", "cpu", tiny=True)
+    assert results[0]["ok"] is False and "out of memory" in results[0]["error"]
+    text = gpu_check.report({}, results, True, "command")
+    assert "## Failures (1)" in text and "codebook, nearest_code_search: RuntimeError: CUDA out of memory" in text
+
+
+def test_asking_for_cuda_without_a_gpu_says_what_to_do(gpu_check, monkeypatch) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cuda"])
+    with pytest.raises(SystemExit, match="--device cpu --tiny"):
+        gpu_check.main()
