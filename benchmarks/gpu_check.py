@@ -148,7 +148,6 @@ def time_trainer(trainer, device, iterations: int) -> float:
 
 def train_step(bundle: Bundle, stage: str, dtype: str, iterations: int) -> dict[str, Any]:
     """One stage's training step with the bundle's trainer on random batches, at the largest batch that fits."""
-    import torch
 
     if stage == "autoencoder":
         wanted = 2

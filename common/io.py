@@ -32,6 +32,7 @@ __all__ = [
     "atomic_path",
     "bundle_dir",
     "current_umask",
+    "end_process_group",
     "gather",
     "is_main_process",
     "output_mode",
@@ -39,6 +40,7 @@ __all__ = [
     "require_output_folder",
     "save_nifti",
     "save_torch",
+    "start_process_group",
     "write_json",
     "write_text",
 ]
@@ -179,6 +181,26 @@ def require_output_folder(path: str | os.PathLike, what: str = "output_dir") -> 
 
 
 # ----- processes
+
+_GROUP_OWNERS: list[bool] = []  # per run that called start_process_group, innermost last: did it create the group?
+
+
+def start_process_group(backend: str) -> None:
+    """``torch.distributed.init_process_group`` for a multi-GPU config's ``initialize``, unless a run around this
+    one (``train.json``'s, which runs both training stages in one process) has made the group already."""
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend=backend)
+    _GROUP_OWNERS.append(created)
+
+
+def end_process_group() -> None:
+    """The ``finalize`` counterpart of ``start_process_group``: destroy the group only if that run created it, so
+    the ranks of ``train.json`` keep one group through both stages instead of making it again between them."""
+    created = _GROUP_OWNERS.pop() if _GROUP_OWNERS else dist.is_initialized()
+    if created and dist.is_initialized():
+        dist.destroy_process_group()
+
 
 
 def process_rank() -> tuple[int, int]:

@@ -133,10 +133,17 @@ def _component_parameters(config: Mapping) -> set[str] | None:
 
 
 def _declared(parser: ConfigParser, config_id: str) -> bool:
-    """Whether ``config_id`` is an id of the configs, a metadata id, or an argument that a component's
-    ``_target_`` accepts but its config does not set (``--train#dataloader#pin_memory true``)."""
+    """Whether ``config_id`` is an id of the configs, a metadata id, a key of a mapping the config leaves empty for
+    the user to fill (``train.json``'s ``stage_overrides#diffusion#batch_size``; its own reader checks the keys),
+    or an argument that a component's ``_target_`` accepts but its config does not set
+    (``--train#dataloader#pin_memory true``)."""
     if config_id in parser or config_id.startswith("_meta_"):
         return True
+    parts = config_id.split("#")
+    for length in range(1, len(parts)):
+        ancestor = "#".join(parts[:length])
+        if ancestor in parser and isinstance(parser[ancestor], Mapping) and not parser[ancestor]:
+            return True
     parent, _, name = config_id.rpartition("#")
     if not parent or parent not in parser or not isinstance(parser[parent], Mapping) or "_target_" not in parser[parent]:
         return False

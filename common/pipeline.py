@@ -1,22 +1,32 @@
 """Whole pipelines of a latent bundle: train the VQ-GAN, train the diffusion model, sample, evaluate.
 
 Each stage is the bundle's own config run by ``monai.bundle.run``, exactly as a user would run it, with
-overrides; this module only chains the three stages and chooses small settings for the demo.
+overrides; this module only chains the stages (``train_stages`` is what a bundle's ``configs/train.json`` runs)
+and chooses small settings for the demo.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.bundle import run as run_bundle
 
+from common.checkpoints import find_latest_checkpoint
+from common.handlers import CheckpointDirLock
 from common.io import bundle_dir
-from common.overrides import refuse_unknown_ids
+from common.overrides import as_bool, refuse_unknown_ids
 
-__all__ = ["DEMO_SETTINGS", "STAGES", "demo", "pipeline", "run_stages", "summary"]
+__all__ = ["DEMO_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline", "run_stages", "summary", "train_stages"]
+
+logger = logging.getLogger(__name__)
+
+TRAINING_STAGES = ("autoencoder", "diffusion")
 
 STAGES = ("autoencoder", "diffusion", "inference", "evaluation")
 
@@ -196,3 +206,75 @@ def run_stages(
     evaluated = f"; evaluation: {samples / 'evaluation' / 'metrics.json'}" if "evaluation" in chosen else ""
     print(f"[{bundle}] models: {out / 'models'}; samples and samples.png: {samples}{evaluated}", flush=True)
     return str(samples)
+
+
+def _unescaped(value: Any) -> Any:
+    """``stage_overrides`` values as the stage should read them: train.json's parser resolves ``$`` and ``@`` in
+    them in its own namespace, so a stage's own expression or reference is written with a backslash first
+    (``"\\$@autoencoder.parameters()"``), which is removed here."""
+    if isinstance(value, str):
+        return value[1:] if value.startswith("\\") else value
+    if isinstance(value, list):
+        return [_unescaped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _unescaped(v) for k, v in value.items()}
+    return value
+
+
+def _forwardable(value: Any) -> Any:
+    """A resolved config value as an override another config resolves to the same thing."""
+    return f"$torch.device('{value}')" if isinstance(value, torch.device) else value
+
+
+def train_stages(
+    bundle_root: str,
+    stage_configs: Mapping[str, Sequence[str]],
+    forwarded: Mapping[str, Any],
+    stage_overrides: Mapping[str, Mapping[str, Any]],
+    resume: bool | str = False,
+) -> None:
+    """Train the VQ-GAN, then the diffusion model on its latents (Khader et al., 2023, Sec. 3): the ``run`` of a
+    latent bundle's ``configs/train.json``, so one command trains both stages.
+
+    Each stage is its own config files (``stage_configs``, names in ``<bundle_root>/configs``) run by
+    ``monai.bundle.run``, with ``forwarded`` (the ids ``train.json`` declares for both stages: paths, device,
+    image size, ...) and ``stage_overrides["both"]`` and ``stage_overrides[<stage>]`` (any id of that stage's
+    configs; they win; a stage's own ``$`` expression or ``@`` reference is written ``\\$...``/``\\@...``, since
+    train.json resolves unescaped ones). Every id is checked against the stage's configs before anything runs. The checkpoint
+    folder stays locked from the first stage to the end of the second.
+
+    With ``resume`` the run continues in the stage it was in: the VQ-GAN stage from its newest checkpoint, or, if
+    it had ended (``autoencoder.pt`` is there), the diffusion stage from its newest checkpoint (or from its start).
+    """
+    resume = as_bool(resume, "resume")
+    configs = Path(bundle_root) / "configs"
+    if sorted(stage_configs) != sorted(TRAINING_STAGES):
+        raise ValueError(f"stage_configs must name the config files of {list(TRAINING_STAGES)}, got {sorted(stage_configs)}.")
+    unknown = sorted(set(stage_overrides) - {"both", *TRAINING_STAGES})
+    if unknown:
+        raise ValueError(f"stage_overrides takes 'both', 'autoencoder' and 'diffusion', not {unknown}.")
+    plan = {}
+    for stage in TRAINING_STAGES:
+        files = [str(configs / name) for name in stage_configs[stage]]
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"the {stage} stage's config files {missing} do not exist (bundle_root {bundle_root}).")
+        chosen = _unescaped({**dict(stage_overrides.get("both", {})), **dict(stage_overrides.get(stage, {}))})
+        if "resume" in chosen or "ckpt_dir" in chosen:
+            raise ValueError("resume and ckpt_dir go to both stages together: set --resume and --ckpt_dir, not in stage_overrides.")
+        refuse_unknown_ids(files, list(chosen), f"in stage_overrides for the {stage} stage")
+        plan[stage] = (files, {**{k: _forwardable(v) for k, v in forwarded.items()}, **chosen})
+    ckpt_dir = Path(forwarded["ckpt_dir"])
+    resumes = {"autoencoder": resume, "diffusion": False}
+    if resume and (ckpt_dir / "autoencoder.pt").is_file():
+        del plan["autoencoder"]
+        resumes["diffusion"] = find_latest_checkpoint(ckpt_dir, "diffusion") is not None
+        logger.info("the VQ-GAN stage had ended (%s); %s the diffusion stage.", ckpt_dir / "autoencoder.pt",
+                    "continuing" if resumes["diffusion"] else "starting")
+    with CheckpointDirLock(ckpt_dir).held_across_runs():
+        for stage, (files, overrides) in plan.items():
+            start = time.time()
+            logger.info("stage '%s' starting: %s", stage, ", ".join(Path(f).name for f in files))
+            run_bundle(config_file=files, meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
+                       **overrides, resume=resumes[stage])
+            logger.info("stage '%s' done in %.0f s", stage, time.time() - start)

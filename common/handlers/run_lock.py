@@ -15,6 +15,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".training.lock"
 _HELD: dict[str, IO] = {}  # lock files this process holds, by path: a run of this process that failed early left it
+_PINNED: set[str] = set()  # held across several runs of this process (train.json's stages): their release waits
 
 
 class CheckpointDirLockedError(RuntimeError):
@@ -48,7 +51,8 @@ class CheckpointDirLock:
     changes nothing in the folder. A lock file left by a run that was killed is taken over, with a warning that
     names that run. The lock is released when the engine's ``run`` returns or raises, and at the latest when the
     process exits. Under ``torch.distributed`` only rank 0 locks. A lock on a network file system is only as
-    good as that file system's ``flock``.
+    good as that file system's ``flock``. ``held_across_runs`` keeps it through several runs of one process (the
+stages of ``train.json``), so no other run can slip in between them.
 
     Args:
         save_dir: the checkpoint folder (the saver's ``save_dir``).
@@ -81,9 +85,22 @@ class CheckpointDirLock:
         except (OSError, ValueError):
             return {}
 
+    @contextmanager
+    def held_across_runs(self) -> Iterator[None]:
+        """Hold the lock for the whole block: the runs inside it acquire and release it as usual, but their release
+        does nothing until the block ends."""
+        self.acquire()
+        _PINNED.add(str(self.path))
+        try:
+            yield
+        finally:
+            _PINNED.discard(str(self.path))
+            self.release()
+
     def acquire(self, engine: Engine | None = None) -> None:
         """Take the lock, or raise ``CheckpointDirLockedError`` naming the run that has it."""
-        if self.held or fcntl is None or not is_main_process():
+        # under torchrun only rank 0 locks, also before the process group exists (RANK is torchrun's)
+        if self.held or fcntl is None or not is_main_process() or os.environ.get("RANK", "0") != "0":
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
         lock = open(os.open(self.path, os.O_RDWR | os.O_CREAT, output_mode()), "r+")
@@ -113,6 +130,8 @@ class CheckpointDirLock:
 
     def release(self, engine: Engine | None = None) -> None:
         """Give the lock up, if this process holds it; the file stays, emptied, for the next run to lock."""
+        if str(self.path) in _PINNED:
+            return
         lock = _HELD.pop(str(self.path), None)
         if lock is not None:
             lock.seek(0)

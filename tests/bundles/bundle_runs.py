@@ -125,20 +125,26 @@ def error_chain(error: BaseException) -> str:
 
 def run_pipeline(
     bundle: str, dataset_dir: Path, workdir: Path, shared: dict[str, Any], epochs: int = 1, samples: int = 1,
-    preprocessing: dict[str, Any] | None = None,
+    preprocessing: dict[str, Any] | None = None, one_command: bool = False,
 ) -> dict[str, Any]:
-    """A bundle's three commands with the small-model overrides (``preprocessing`` ones for the two trainings
-    only): train the VQ-GAN, train the diffusion model, sample. Returns the folders (``models``, ``logs``, ``samples``) and what the VQ-GAN training logged
-    (``autoencoder_log``)."""
+    """A bundle's commands with the small-model overrides (``preprocessing`` ones for the two trainings only):
+    train the VQ-GAN, train the diffusion model (with ``one_command``: both by ``train.json``), sample. Returns
+    the folders (``models``, ``logs``, ``samples``) and what the VQ-GAN training logged (``autoencoder_log``)."""
     paths = {name: workdir / name for name in ("models", "logs", "samples")}
     common = {"ckpt_dir": str(paths["models"]), **shared}
     training = {"dataset_dir": str(dataset_dir), "log_dir": str(paths["logs"]), **common, **(preprocessing or {})}
+    diffusion = {**SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": epochs, "ema#start_iteration": epochs}
     with collect_log("monai.handlers.StatsHandler") as printed:  # the loss lines a user sees
-        run_bundle(config_files(bundle, "train_autoencoder"), **training, **SMALL_AUTOENCODER)
-    run_bundle(
-        config_files(bundle, "train_autoencoder", "train_diffusion"), **training, **SMALL_DENOISER,
-        num_workers=0, batch_size=2, **{"train#trainer#max_epochs": epochs, "ema#start_iteration": epochs},
-    )
+        if one_command:
+            declared = set(ConfigParser.load_config_file(config_files(bundle, "train")[0]))
+            forwarded = {k: v for k, v in training.items() if k in declared}
+            stage_overrides = {"both": {k: v for k, v in training.items() if k not in declared},
+                               "autoencoder": SMALL_AUTOENCODER, "diffusion": diffusion}
+            run_bundle(config_files(bundle, "train"), **forwarded, stage_overrides=stage_overrides)
+        else:
+            run_bundle(config_files(bundle, "train_autoencoder"), **training, **SMALL_AUTOENCODER)
+    if not one_command:
+        run_bundle(config_files(bundle, "train_autoencoder", "train_diffusion"), **training, **diffusion)
     run_bundle(
         config_files(bundle, "inference"), **common, **SMALL_DENOISER, output_dir=str(paths["samples"]),
         num_samples=samples, num_inference_steps=3,

@@ -42,14 +42,15 @@ def make_brains(folder: Path, count: int = 5) -> Path:
 
 @pytest.fixture(scope="session")
 def brain_model(tmp_path_factory) -> dict:
-    """Train the three stages at 32^3 on 5 brains (2 epochs of each training, 2 samples), then run evaluate.json
+    """Train both stages with train.json and sample, at 32^3 on 5 brains (2 epochs of each training, 2 samples),
+    then run evaluate.json
     with 3 samples.
 
     Returns the folders (``brains``, ``models``, ``logs``, ``samples``, ``evaluated``) and the overrides that
     point evaluate.json at them (``overrides``)."""
     root = tmp_path_factory.mktemp("brain_model")
     brains = make_brains(root / "brains")
-    run = run_pipeline("brain_mri", brains, root, SIZE_32, epochs=2, samples=2)
+    run = run_pipeline("brain_mri", brains, root, SIZE_32, epochs=2, samples=2, one_command=True)  # train.json
     overrides = {
         "dataset_dir": str(brains), "ckpt_dir": str(run["models"]), "log_dir": str(run["logs"]),
         **SIZE_32, **SMALL_DENOISER, "num_workers": 0,

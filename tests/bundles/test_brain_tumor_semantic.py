@@ -192,7 +192,7 @@ def test_two_process_training_and_sampling(trained, tmp_path):
         [*command, "--config_file", f"['{CONFIGS}/train.json','{CONFIGS}/multi_gpu_train.json']",
          "--dataset_dir", str(trained["data"]), "--ckpt_dir", str(models), "--log_dir", str(tmp_path / "logs"), *as_arguments(TRAINING),
          "--num_workers", "0", "--batch_size", "2", "--train#trainer#max_epochs", "2", "--save_interval", "0",
-         "--finalize", f"['$torch.save(@network.module.state_dict(), \\'{tmp_path}/rank\\' + str(dist.get_rank()) + \\'.pt\\')', '$@tensorboard.close()', '$dist.destroy_process_group()']"],
+         "--finalize", f"['$torch.save(@network.module.state_dict(), \\'{tmp_path}/rank\\' + str(dist.get_rank()) + \\'.pt\\')', '$@tensorboard.close()', '$common.io.end_process_group()']"],
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -88,3 +88,25 @@ def test_two_runs_starting_at_once_cannot_both_get_the_lock(tmp_path):
     for run in runs:
         run.wait()
     assert sorted(outcomes) == ["got it", "refused", "refused"]
+
+
+def test_held_across_runs_keeps_the_lock_between_the_stages_of_train_json(tmp_path):
+    import fcntl
+
+    def locked_by_this_process() -> bool:  # another open file of the lock: refused while the lock is held
+        with open(tmp_path / ".training.lock") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return False
+
+    outer = CheckpointDirLock(tmp_path)
+    with outer.held_across_runs():
+        for _ in range(2):  # two stages, each with its own lock handler that runs an engine
+            engine = Engine(lambda engine, batch: None)
+            CheckpointDirLock(tmp_path).attach(engine)
+            engine.run([0], max_epochs=1)
+            assert outer.held and locked_by_this_process()
+    assert not outer.held and not locked_by_this_process()

@@ -1,0 +1,113 @@
+"""configs/train.json of the latent bundles: both stages in one command, continued in the stage a killed run was
+in, and ids of either stage checked before anything runs. The brain_mri session model (tests/bundles/conftest.py)
+is trained with it; tests/bundles/test_multi_gpu.py runs it under torchrun."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from common.overrides import refuse_unknown_ids
+from tests.bundles.bundle_runs import (
+    SMALL_AUTOENCODER,
+    SMALL_DENOISER,
+    SMALL_SHARED,
+    checkpoints_in,
+    collect_log,
+    config_files,
+    error_chain,
+    run_bundle,
+)
+from tests.bundles.conftest import make_brains
+
+LATENT = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
+
+
+@pytest.mark.parametrize("bundle", LATENT)
+@pytest.mark.parametrize("multi_gpu", [False, True])
+def test_composed_train_config_of_every_latent_bundle(bundle, multi_gpu):
+    names = ["train", "multi_gpu_train"] if multi_gpu else ["train"]
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, *names))
+    assert parser["run"][0].startswith("$common.pipeline.train_stages(")
+    forwarded = {**parser["forwarded"], **parser["forwarded_by_bundle"]}
+    assert {"dataset_dir", "ckpt_dir", "device", "image_size"} <= set(forwarded)
+    stages = parser["stage_configs"]
+    assert list(stages) == ["autoencoder", "diffusion"]
+    for stage, files in stages.items():
+        paths = config_files(bundle, *[name.removesuffix(".json") for name in files])
+        assert (stage == "diffusion") == any("train_diffusion" in f for f in paths)
+        assert any(("multi_gpu" in f) for f in paths) == multi_gpu
+        stage_parser = ConfigParser()
+        stage_parser.read_config(paths)
+        # every forwarded id is an id of the stage, with the same default as train.json's
+        refuse_unknown_ids(paths, list(forwarded))
+        for config_id, reference in forwarded.items():
+            assert reference == f"@{config_id}"
+            assert stage_parser[config_id] == parser[config_id], (stage, config_id)
+
+
+@pytest.fixture(scope="module")
+def four_brains(tmp_path_factory):
+    return make_brains(tmp_path_factory.mktemp("train_json") / "brains", count=4)
+
+
+def train(four_brains, models, **extra):
+    """train.json at 16^3 on four brains: 2 iterations per epoch, a VQ-GAN checkpoint every 2 iterations."""
+    overrides = {
+        "both": SMALL_SHARED,
+        "autoencoder": {**SMALL_AUTOENCODER, "save_interval": 2},
+        "diffusion": {**SMALL_DENOISER, "batch_size": 2, "train#trainer#max_epochs": 1, "ema#start_iteration": 1},
+    }
+    run_bundle(config_files("brain_mri", "train"), dataset_dir=str(four_brains), ckpt_dir=str(models),
+               log_dir=str(models.parent / "logs"), image_size=[16, 16, 16], num_workers=0,
+               stage_overrides=overrides, **extra)
+
+
+def iteration_of(path) -> int:
+    return torch.load(path, weights_only=True)["trainer"]["iteration"]
+
+
+def test_a_killed_run_continues_in_the_stage_it_was_in(four_brains, tmp_path):
+    models = tmp_path / "models"
+    train(four_brains, models)
+    assert checkpoints_in(models) == ["autoencoder.pt", "autoencoder_iteration=2.pt", "autoencoder_iteration=4.pt", "diffusion.pt"]
+    assert iteration_of(models / "autoencoder.pt") == 4 and iteration_of(models / "diffusion.pt") == 2
+
+    # killed in the diffusion stage (no diffusion checkpoint yet): the VQ-GAN is left alone, the denoiser trained
+    vqgan = (models / "autoencoder.pt").read_bytes()
+    (models / "diffusion.pt").unlink()
+    with collect_log("common.pipeline") as said:
+        train(four_brains, models, resume=True)
+    assert (models / "autoencoder.pt").read_bytes() == vqgan
+    assert iteration_of(models / "diffusion.pt") == 2
+    assert any("the VQ-GAN stage had ended" in line and "starting the diffusion stage" in line for line in said)
+    assert not any("stage 'autoencoder' starting" in line for line in said)
+
+    # killed in the VQ-GAN stage after its checkpoint at iteration 2: it continues from there, then the diffusion stage
+    for name in ("autoencoder.pt", "autoencoder_iteration=4.pt", "diffusion.pt"):
+        (models / name).unlink()
+    with collect_log("common.handlers.resume") as resumed:
+        train(four_brains, models, resume=True)
+    assert any("at iteration 2" in line for line in resumed)
+    assert iteration_of(models / "autoencoder.pt") == 4 and iteration_of(models / "diffusion.pt") == 2
+
+
+def test_stage_overrides_are_checked_before_anything_runs(tmp_path):
+    models = tmp_path / "models"
+
+    def refused(stage_overrides, **extra) -> str:
+        with pytest.raises(Exception) as raised:
+            run_bundle(config_files("brain_mri", "train"), ckpt_dir=str(models), stage_overrides=stage_overrides, **extra)
+        assert not models.exists() or checkpoints_in(models) == []
+        return error_chain(raised.value)
+
+    text = refused({"both": {}, "autoencoder": {"batch_sise": 2}, "diffusion": {}})
+    assert "--batch_sise (did you mean --batch_size" in text and "for the autoencoder stage" in text
+    # a VQ-GAN id is not one of the diffusion stage's own ids... but the diffusion stage reads train_autoencoder.json
+    # too, so only ids of neither stage are refused
+    text = refused({"both": {"network_def#channels": [8, 16]}, "autoencoder": {}, "diffusion": {}})
+    assert "--network_def#channels" in text and "for the autoencoder stage" in text
+    assert "not 'vqgan'" in refused({"vqgan": {}}).replace("['vqgan']", "'vqgan'")
+    assert "set --resume" in refused({"both": {"resume": True}, "autoencoder": {}, "diffusion": {}})
