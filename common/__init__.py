@@ -2,7 +2,8 @@
 
 The layers, lowest first (a module imports only from layers below its own; ``tests/test_layout.py`` checks it):
 
-- ``io``: writing files atomically under the user's umask, process ranks, the repository root;
+- ``io``, ``logs``: writing files atomically under the user's umask, process ranks, the repository root; logs
+  without other libraries' false alarms;
 - ``checkpoints``, ``overrides``: reading weights safely, with errors that name the file; refusing mistyped config
   ids on the command line;
 - ``networks``, ``losses``, ``data``: the method's networks and objective, dataset readers and demo data;
@@ -24,6 +25,7 @@ from . import (
     evaluation,
     handlers,
     io,
+    logs,
     losses,
     med_ddpm,
     networks,
@@ -41,6 +43,7 @@ __all__ = [
     "evaluation",
     "handlers",
     "io",
+    "logs",
     "losses",
     "med_ddpm",
     "networks",

@@ -17,7 +17,7 @@ COMMON = Path(__file__).resolve().parents[1] / "common"
 
 # lowest first; a unit may import from lower layers and from itself only (the docstring of common/__init__.py)
 LAYERS = {
-    "io": 0,
+    "io": 0, "logs": 0,
     "checkpoints": 1, "overrides": 1,
     "networks": 2, "losses": 2, "data": 2,
     "engines": 3, "handlers": 3, "evaluation": 3,
