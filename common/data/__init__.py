@@ -44,18 +44,22 @@ from .nifti import (
     nifti_stem,
 )
 from .pairs import check_pair, paired_datalist
+from .suitability import CheckedScaleIntensityd, WarnFewSlicesd, WarnUnlessSkullStrippedd
 from .transforms import CropBreastSided, RemapLabelsd
 
 __all__ = [
-    "MRNET_PLANES",
-    "NIFTI_SUFFIXES",
-    "T1_NON_FAT_SAT",
     "CheckedCacheDataset",
+    "CheckedScaleIntensityd",
     "CropBreastSided",
     "DatasetError",
     "DicomSeries",
     "DicomSeriesReader",
+    "MRNET_PLANES",
+    "NIFTI_SUFFIXES",
     "RemapLabelsd",
+    "T1_NON_FAT_SAT",
+    "WarnFewSlicesd",
+    "WarnUnlessSkullStrippedd",
     "brain_demo_datalist",
     "brain_demo_heldout_datalist",
     "breast_datalist",
