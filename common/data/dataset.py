@@ -6,21 +6,31 @@ Some files pass those checks and still break inside MONAI's transforms (a degene
 foreground left after cropping, intensities that overflow when scaled) or come out unusable (NaN, constant, the
 wrong shape). ``CheckedCacheDataset`` runs the deterministic part of the preprocessing (up to the first random
 transform) on every item while it fills MONAI's cache, so the check and the training agree by construction, and
-raises one ``DatasetError`` listing every such file before the first training step.
+raises one ``DatasetError`` listing every such file before the first training step. With a ``cache_dir`` the
+preprocessed volumes are kept on disk instead (``PreprocessedStore``), computed once for every rank, both training
+stages and later runs.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Callable, Sequence
+from multiprocessing.pool import ThreadPool
 from typing import Any
 
 import torch
 from monai.data import CacheDataset
+from monai.transforms import Compose
 
+from common.io import gather, is_main_process, process_rank
 from common.overrides import as_bool
 
 from .checks import DatasetError, item_name, raise_if_problems
+from .preprocessed_store import PreprocessedStore, deterministic_part
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CheckedCacheDataset", "describe_failure"]
 
@@ -60,6 +70,9 @@ class CheckedCacheDataset(CacheDataset):
         cache_rate: fraction of the items kept in memory after the deterministic transforms.
         num_workers: threads filling the cache.
         check_uncached: also preprocess (once, without keeping them) the items the cache does not hold.
+        cache_dir: keep the preprocessed items on disk there instead of in memory (``cache_rate`` and
+            ``check_uncached`` then do not apply: every item is preprocessed and checked once, and read from disk
+            at each step). Under torch.distributed each rank preprocesses its share of the missing items.
         image_key: the entry that holds the image.
         source_key: the entry under which each item's name is handed on.
         progress: show the cache's progress bar.
@@ -73,6 +86,7 @@ class CheckedCacheDataset(CacheDataset):
         cache_rate: float = 1.0,
         num_workers: int | None = 1,
         check_uncached: bool = True,
+        cache_dir: str | os.PathLike | None = None,
         image_key: str = "image",
         source_key: str = "source",
         progress: bool = True,
@@ -82,7 +96,8 @@ class CheckedCacheDataset(CacheDataset):
         self.image_key = image_key
         self.source_key = source_key
         self._problems: list[tuple[int, str]] = []
-        super().__init__(data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress)
+        self.store = PreprocessedStore(cache_dir, transform) if cache_dir else None
+        super().__init__(data, transform, cache_rate=0.0 if self.store else cache_rate, num_workers=num_workers, progress=progress)
 
     def name(self, index: int) -> str:
         return item_name(self.data[index], index)
@@ -93,11 +108,32 @@ class CheckedCacheDataset(CacheDataset):
             raise DatasetError("the datalist is empty: no volume to train on.")
         self._problems = []
         super().set_data(data)
-        if self.check_uncached:
+        if self.store is not None:
+            self.fill_store()
+        elif self.check_uncached:
             for index in range(self.cache_num, len(data)):
                 self._load_cache_item(index)
         problems = [problem for _, problem in sorted(self._problems)]
         raise_if_problems(problems, f"{len(data)} volumes after the bundle's preprocessing")
+
+    def fill_store(self) -> None:
+        """Preprocess this rank's share of the items missing from the store (threads: ``num_workers``), and gather
+        every rank's problems, so that all ranks raise the same error or go on together."""
+        rank, world = process_rank()
+        missing = [i for i in range(len(self.data)) if i % world == rank and not self.store.has(self.data[i])]
+
+        def preprocess(index: int) -> None:
+            item = self._load_cache_item(index)
+            if item is not None:
+                self.store.write(self.data[index], item)
+
+        with ThreadPool(max(1, self.num_workers or 1)) as pool:
+            pool.map(preprocess, missing)
+        made = gather([len(missing)])
+        self._problems = gather(self._problems)
+        if is_main_process():
+            logger.info("preprocessed %d of %d volumes into %s (the others were there already).", sum(made),
+                        len(self.data), self.store.folder)
 
     def _load_cache_item(self, idx: int) -> Any:
         """The deterministic transforms of item ``idx``, checked; None (and the problem noted) when it fails."""
@@ -131,9 +167,16 @@ class CheckedCacheDataset(CacheDataset):
 
     def _transform(self, index: int) -> Any:
         try:
-            item = super()._transform(index)
+            item = self._from_store(index) if self.store is not None else super()._transform(index)
         except Exception as error:
             raise DatasetError(describe_failure(self.name(index), error)) from error
         if isinstance(item, dict):
             item[self.source_key] = self.name(index)
         return item
+
+    def _from_store(self, index: int) -> Any:
+        """The item's preprocessing read from the store (or computed, if it was removed), then the random transforms."""
+        source = self.data[index]
+        item = self.store.read(source) if self.store.has(source) else Compose(deterministic_part(self.transform))(source)
+        random_part = len(deterministic_part(self.transform))
+        return self.transform(item, start=random_part) if random_part < len(self.transform.transforms) else item

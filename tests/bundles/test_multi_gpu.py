@@ -61,8 +61,8 @@ def assert_same_on_both_ranks(folder: Path) -> dict:
 
 @pytest.mark.slow
 def test_one_command_trains_both_stages_on_two_processes_with_identical_ranks(tmp_path):
-    """train.json with multi_gpu_train.json: both stages under one torchrun, the process group made again for the
-    second stage; the arguments in an ``--args_file``, as MONAI's ``run`` takes them."""
+    """train.json with multi_gpu_train.json: both stages under one torchrun and one process group, the preprocessing
+    shared on disk (``cache_dir``); the arguments in an ``--args_file``, as MONAI's ``run`` takes them."""
     models, logs = tmp_path / "models", tmp_path / "logs"
     (tmp_path / "ae").mkdir()
     (tmp_path / "dm").mkdir()
@@ -72,6 +72,7 @@ def test_one_command_trains_both_stages_on_two_processes_with_identical_ranks(tm
     arguments = {
         "config_file": [f"{CONFIGS}/train.json", f"{CONFIGS}/multi_gpu_train.json"], "demo_dir": str(tmp_path / "demo"),
         "ckpt_dir": str(models), "log_dir": str(logs), "image_size": [16, 16, 16], "num_workers": 0,
+        "cache_dir": str(tmp_path / "cache"),
         "stage_overrides": {"both": SMALL_SHARED, "autoencoder": autoencoder, "diffusion": diffusion},
     }
     (tmp_path / "args.json").write_text(json.dumps(arguments))
@@ -79,6 +80,10 @@ def test_one_command_trains_both_stages_on_two_processes_with_identical_ranks(tm
                "run", "--args_file", str(tmp_path / "args.json")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
+    # the demo's 20 brains preprocessed once, 10 by each rank, and read again by the diffusion stage
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 20
+    said = [line.split(" - INFO - ")[-1] for line in result.stdout.splitlines() if "volumes into" in line]
+    assert [line.split(" into ")[0] for line in said] == ["preprocessed 20 of 20 volumes", "preprocessed 0 of 20 volumes"]
 
     weights = assert_same_on_both_ranks(tmp_path / "ae")
     assert "quantizer.quantizer.embedding.weight" in weights and "quantizer.quantizer.ema_cluster_size" in weights

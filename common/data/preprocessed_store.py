@@ -1,0 +1,150 @@
+"""Preprocessed volumes on disk, keyed by the preprocessing and the files, so they are computed once.
+
+Under torchrun every process of MONAI's ``CacheDataset`` preprocesses the whole dataset and holds all of it in
+memory, and the diffusion stage and every later run do it again (for chest CT about 20 s per scan). A
+``PreprocessedStore`` keeps the output of the deterministic transforms (up to the first random one) in
+``<cache_dir>/<preprocessing key>/<item key>.pt``:
+
+- the preprocessing key hashes the deterministic transforms (their classes and settings), MONAI's version and
+  this package's, so other settings never read stale volumes;
+- the item key hashes the datalist item with each file's (or folder's) size and modification time, so an edited
+  file is preprocessed again;
+- files are written atomically under the user's umask and read with ``torch.load(weights_only=True)``: plain
+  tensors, affines and strings, nothing executable.
+
+``CheckedCacheDataset(cache_dir=...)`` uses it: each rank preprocesses its share of the missing items, every rank
+reads what its sampler asks for, from disk (the page cache is shared), and the random transforms run per step.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import inspect
+import json
+import logging
+import os
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, RandomizableTrait, Transform
+
+from common.io import save_torch
+
+__all__ = ["PreprocessedStore", "deterministic_part", "item_key", "preprocessing_key"]
+
+
+def deterministic_part(transform: Compose) -> list:
+    """The transforms of ``transform`` before its first random one (what a cache may keep)."""
+    first_random = transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+    return list(transform.transforms[:first_random] if first_random is not None else transform.transforms)
+
+
+def _describe(value: Any, depth: int = 0) -> Any:
+    """A JSON-able, process-independent description of a transform's settings (no addresses, no random state)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, (torch.dtype, np.dtype, type)):
+        return str(value)
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        array = torch.as_tensor(value).detach().cpu()
+        digest = hashlib.sha256(array.contiguous().numpy().tobytes()).hexdigest()[:16]
+        return {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": digest}
+    if depth > 6:
+        return type(value).__qualname__
+    if isinstance(value, (list, tuple)):
+        return [_describe(v, depth + 1) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_describe(v, depth + 1) for v in value), key=json.dumps)
+    if isinstance(value, Mapping):
+        return {str(k): _describe(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if inspect.isroutine(value) or isinstance(value, logging.Logger):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+    state = getattr(value, "__dict__", None)
+    if state is None:
+        return type(value).__qualname__
+    return {"type": f"{type(value).__module__}.{type(value).__qualname__}", "state": _describe(state, depth + 1)}
+
+
+def _package_version() -> str:
+    try:
+        return version("medical-diffusion-bundles")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def preprocessing_key(transform: Compose) -> str:
+    """Hash of the deterministic transforms' classes and settings, MONAI's version and this package's."""
+    description = {"monai": monai.__version__, "package": _package_version(),
+                   "transforms": _describe(deterministic_part(transform))}
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stamped(value: Any) -> Any:
+    """A datalist value with each existing file or folder it names stamped with its size and modification time."""
+    if isinstance(value, str) and os.path.exists(value):
+        stat = os.stat(value)
+        return [value, stat.st_size, stat.st_mtime_ns]
+    if isinstance(value, (list, tuple)):
+        return [_stamped(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _stamped(v) for k, v in value.items()}
+    return value
+
+
+def item_key(item: Any) -> str:
+    """Hash of a datalist item, its files' sizes and modification times included."""
+    return hashlib.sha256(json.dumps(_stamped(item), sort_keys=True, default=str).encode()).hexdigest()
+
+
+class PreprocessedStore:
+    """The deterministic preprocessing's outputs of one transform, on disk under ``cache_dir``.
+
+    Args:
+        cache_dir: the folder of every store (one sub-folder per preprocessing key).
+        transform: the preprocessing, a ``Compose`` whose random transforms come last.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, transform: Compose) -> None:
+        if not isinstance(transform, Compose):
+            raise TypeError(f"the preprocessing must be a monai.transforms.Compose, got {type(transform).__name__}.")
+        self.folder = Path(cache_dir) / preprocessing_key(transform)[:20]
+
+    def path(self, item: Any) -> Path:
+        return self.folder / f"{item_key(item)[:32]}.pt"
+
+    def has(self, item: Any) -> bool:
+        return self.path(item).is_file()
+
+    def write(self, item: Any, preprocessed: Mapping) -> None:
+        """Store ``preprocessed`` (the deterministic transforms' output of ``item``) atomically."""
+        stored: dict[str, dict] = {"tensors": {}, "affines": {}, "values": {}}
+        for key, value in preprocessed.items():
+            if isinstance(value, MetaTensor):
+                stored["tensors"][str(key)] = value.as_tensor().contiguous()
+                stored["affines"][str(key)] = torch.as_tensor(value.affine)
+            elif isinstance(value, (torch.Tensor, np.ndarray)):
+                stored["tensors"][str(key)] = torch.as_tensor(value).contiguous()
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                stored["values"][str(key)] = value
+            else:
+                raise TypeError(f"'{key}' ({type(value).__name__}) of a preprocessed item cannot be kept on disk; "
+                                "set cache_dir to null for this preprocessing.")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_torch(stored, self.path(item))
+
+    def read(self, item: Any) -> dict:
+        """The stored output for ``item``: tensors with their affines as ``MetaTensor``, and the other values."""
+        stored = torch.load(self.path(item), map_location="cpu", weights_only=True)
+        read: dict[str, Any] = dict(stored["values"])
+        for key, tensor in stored["tensors"].items():
+            read[key] = MetaTensor(tensor, affine=stored["affines"][key]) if key in stored["affines"] else tensor
+        return read

@@ -1,0 +1,89 @@
+"""Preprocessing once (common.data.preprocessed_store, CheckedCacheDataset(cache_dir=...)): stored on disk, keyed
+by the preprocessing and the files, read back identical, recomputed when a file or a setting changes; bad files
+still named. tests/bundles/test_multi_gpu.py runs it on two ranks through train.json."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandFlipd, Resized, ScaleIntensityd
+
+from common.data import CheckedCacheDataset, DatasetError
+from common.data.preprocessed_store import PreprocessedStore, preprocessing_key
+from tests.bundles.bundle_runs import collect_log
+
+
+def preprocessing(size: int = 8) -> Compose:
+    return Compose([
+        LoadImaged("image", image_only=True), EnsureChannelFirstd("image"), Resized("image", [size] * 3),
+        ScaleIntensityd("image", minv=-1.0, maxv=1.0), RandFlipd("image", prob=0.0, spatial_axis=0),
+    ])
+
+
+@pytest.fixture
+def volumes(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(4):
+        path = tmp_path / "data" / f"v{index}.nii.gz"
+        path.parent.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(rng.uniform(0, 100, (12, 12, 12)).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+        paths.append({"image": str(path)})
+    return paths
+
+
+def stored(folder) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.pt"))
+
+
+def test_preprocessed_once_then_read_back_identical(volumes, tmp_path):
+    cache = tmp_path / "cache"
+    with collect_log("common.data.dataset") as said:
+        first = CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=cache, num_workers=2)
+    assert len(stored(cache)) == 4 and "preprocessed 4 of 4 volumes" in said[0]
+    items = [first[i] for i in range(4)]
+    assert all(item["source"] == os.path.basename(v["image"]) or item["source"].endswith(os.path.basename(v["image"]))
+               for item, v in zip(items, volumes))
+    with collect_log("common.data.dataset") as said:
+        second = CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=cache)
+    assert "preprocessed 0 of 4 volumes" in said[0]
+    again = second[2]
+    assert torch.equal(again["image"].as_tensor(), items[2]["image"].as_tensor())
+    assert torch.equal(again["image"].affine, items[2]["image"].affine) and tuple(again["image"].shape) == (1, 8, 8, 8)
+    memory = CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8])[2]  # the in-memory cache agrees
+    assert torch.allclose(memory["image"].as_tensor(), again["image"].as_tensor())
+
+
+def test_a_changed_file_or_setting_is_preprocessed_again(volumes, tmp_path):
+    cache = tmp_path / "cache"
+    CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=cache)
+    assert preprocessing_key(preprocessing()) == preprocessing_key(preprocessing())  # built twice, the same key
+    assert preprocessing_key(preprocessing(6)) != preprocessing_key(preprocessing())
+    CheckedCacheDataset(volumes, preprocessing(6), image_size=[6, 6, 6], cache_dir=cache)
+    assert len(stored(cache)) == 8 and len(list(cache.iterdir())) == 2  # one folder per preprocessing
+
+    path = volumes[1]["image"]
+    nib.save(nib.Nifti1Image(np.full((12, 12, 12), 5.0, np.float32) + np.arange(12.0)[:, None, None], np.eye(4)), path)
+    os.utime(path, ns=(1, 1))  # a new modification time, as an edit gives
+    with collect_log("common.data.dataset") as said:
+        dataset = CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=cache)
+    assert "preprocessed 1 of 4 volumes" in said[0]
+    assert float(dataset[1]["image"][0, :, 0, 0].std()) > 0.1  # the new content, not the stored old one
+
+
+def test_bad_files_are_still_named_and_never_stored(volumes, tmp_path):
+    broken = tmp_path / "data" / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    with pytest.raises(DatasetError, match="broken.nii.gz"):
+        CheckedCacheDataset([*volumes, {"image": str(broken)}], preprocessing(), image_size=[8, 8, 8], cache_dir=tmp_path / "cache")
+    assert len(stored(tmp_path / "cache")) == 4
+
+
+def test_only_plain_values_are_kept(tmp_path):
+    store = PreprocessedStore(tmp_path, preprocessing())
+    with pytest.raises(TypeError, match="cannot be kept on disk"):
+        store.write({"image": "x"}, {"image": torch.zeros(1), "what": object()})
