@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="of the diffusion training")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality.md")
+    parser.add_argument("--workdir", type=Path, help="keep the data, models and samples here (default: a temporary folder)")
+    parser.add_argument("--stages", default="autoencoder,diffusion,inference,evaluation",
+                        help="the stages to run (with --workdir, the later ones can be run again alone)")
     args = parser.parse_args()
 
     import torch
@@ -85,13 +88,14 @@ def main() -> None:
     from common.pipeline import run_stages
 
     started, revision = time.time(), commit()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.workdir or Path(scratch)
         data = Path(tmp) / "data"
-        brain_demo_datalist(data, count=args.train, seed=1)  # another population than the demo's
+        brain_demo_datalist(data, count=args.train, seed=1)  # another population than the demo's (same files again)
         brain_demo_heldout_datalist(data, count=args.heldout, seed=1)
         overrides = {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')"}
         stage_times = {}
-        for stage in ("autoencoder", "diffusion", "inference", "evaluation"):
+        for stage in [s.strip() for s in args.stages.split(",")]:
             stage_start = time.time()
             samples = run_stages("brain_mri", str(Path(tmp) / "run"), str(data / "train"), stage, settings(args), overrides)
             stage_times[stage] = time.time() - stage_start

@@ -52,12 +52,15 @@ def nearest_code(vectors: torch.Tensor, codes: torch.Tensor, max_distances: int 
     """Index of the nearest row of ``codes`` (K, D) for every row of ``vectors`` (N, D), in float32.
 
     ``backend``: "faiss" (CPU tensors, needs ``faiss-cpu``), "torch" (any device, chunked), or "auto" (faiss for
-    CPU tensors when it is installed, else torch).
+    CPU tensors when it is installed, else torch). While a network is traced or scripted for export the torch
+    search is used whatever ``backend`` says: faiss works on NumPy arrays, which a traced graph cannot record.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
     if vectors.ndim != 2 or codes.ndim != 2 or vectors.shape[1] != codes.shape[1]:
         raise ValueError(f"need (N, D) vectors and (K, D) codes, got {tuple(vectors.shape)} and {tuple(codes.shape)}.")
+    if torch.jit.is_tracing() or torch.jit.is_scripting():  # an export (ckpt_export) records torch ops only
+        return _torch_search(vectors.float(), codes.float(), max_distances)
     use_faiss = backend == "faiss" or (backend == "auto" and vectors.device.type == "cpu" and faiss_available())
     if use_faiss:
         if not faiss_available():

@@ -80,6 +80,31 @@ def test_torchscript_exports_match_the_eager_networks(packaged):
         assert torch.allclose(torch.jit.load(str(folder / "models" / "autoencoder.ts"))(image)[0], autoencoder(image)[0], atol=1e-4)
 
 
+def test_monai_ckpt_export_as_the_deployment_docs_give_it(packaged, tmp_path, monkeypatch):
+    """docs/deployment.md's ``python -m monai.bundle ckpt_export`` command, in the package's folder, with faiss
+    installed (the codebook search then must not reach faiss while tracing)."""
+    from monai.bundle import ckpt_export
+
+    from common.networks.nearest_code import faiss_available
+
+    documented = (REPO / "docs" / "deployment.md").read_text()
+    assert "python -m monai.bundle ckpt_export autoencoder_def --filepath models/autoencoder.ts" in documented
+    folder = packaged.parent / "brain_mri"
+    monkeypatch.chdir(folder)
+    exported = tmp_path / "autoencoder.ts"
+    ckpt_export("autoencoder_def", filepath=str(exported), ckpt_file="models/autoencoder.pt", key_in_ckpt="autoencoder",
+                meta_file="configs/metadata.json", config_file="configs/inference.json", use_trace=True,
+                input_shape=[1, 1, 32, 32, 32], bundle_root=str(folder))
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(folder)})
+    autoencoder = parser.get_parsed_content("latent_autoencoder").autoencoder.eval()
+    image = torch.rand(2, 1, 32, 32, 32) * 2 - 1  # another batch size than traced with
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(exported))(image)[0], autoencoder(image)[0], atol=1e-4)
+    assert faiss_available()  # the case that failed: faiss is a test requirement
+
+
 def test_monai_download_fetches_it_and_it_samples_without_this_repository(packaged, tmp_path, monkeypatch):
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(packaged.parent))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
