@@ -18,6 +18,7 @@ from torch import nn
 __all__ = [
     "CheckpointError",
     "check_state_objects",
+    "checkpoint_iteration",
     "find_latest_checkpoint",
     "load_state",
     "load_weights",
@@ -118,8 +119,9 @@ def periodic_iteration(path: str | os.PathLike, name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _iteration(path: Path, name: str) -> int:
+def checkpoint_iteration(path: str | os.PathLike, name: str) -> int:
     """Training iteration a checkpoint was written at: from a periodic file's name, or the final file's trainer state."""
+    path = Path(path)
     periodic = periodic_iteration(path, name)
     if periodic is not None:
         return periodic
@@ -137,4 +139,4 @@ def find_latest_checkpoint(save_dir: str | os.PathLike, name: str) -> Path | Non
     if not folder.is_dir():
         return None
     candidates = [p for p in folder.glob(f"{name}*.pt") if re.fullmatch(rf"{re.escape(name)}(_iteration=\d+)?\.pt", p.name)]
-    return max(candidates, key=lambda p: _iteration(p, name), default=None)
+    return max(candidates, key=lambda p: checkpoint_iteration(p, name), default=None)

@@ -139,12 +139,9 @@ def _declared(parser: ConfigParser, config_id: str) -> bool:
     (``--train#dataloader#pin_memory true``)."""
     if config_id in parser or config_id.startswith("_meta_"):
         return True
-    parts = config_id.split("#")
-    for length in range(1, len(parts)):
-        ancestor = "#".join(parts[:length])
-        if ancestor in parser and isinstance(parser[ancestor], Mapping) and not parser[ancestor]:
-            return True
     parent, _, name = config_id.rpartition("#")
+    if parent and parent in parser and isinstance(parser[parent], Mapping) and not parser[parent]:
+        return True  # one key under an empty mapping; deeper ids there cannot be set by MONAI's parser anyway
     if not parent or parent not in parser or not isinstance(parser[parent], Mapping) or "_target_" not in parser[parent]:
         return False
     accepted = _component_parameters(parser[parent])

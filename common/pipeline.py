@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from monai.bundle import run as run_bundle
 
-from common.checkpoints import find_latest_checkpoint
-from common.handlers import CheckpointDirLock
-from common.io import bundle_dir
+from common.checkpoints import checkpoint_iteration, find_latest_checkpoint
+from common.handlers import CheckpointDirLock, CheckpointResumer
+from common.io import bundle_dir, is_main_process
 from common.overrides import as_bool, refuse_unknown_ids
 
 __all__ = ["DEMO_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline", "run_stages", "summary", "train_stages"]
@@ -208,12 +209,39 @@ def run_stages(
     return str(samples)
 
 
+def _plan_by_rank_0(ckpt_dir: Path, resume: bool) -> dict[str, bool]:
+    """Which stages to run, each with its ``resume``: decided by rank 0 from the checkpoint folder and sent to
+    every rank (on a shared file system ranks could see it at different moments).
+
+    Without ``resume``: both, from scratch. With it, the VQ-GAN stage has ended only if no checkpoint of it is
+    newer (by iteration) than its final ``autoencoder.pt``; the diffusion stage then continues only from a checkpoint written after that
+    file (an older one belongs to another VQ-GAN), else it starts again.
+    """
+    plan: dict[str, bool] = {"autoencoder": False, "diffusion": False}
+    if resume and is_main_process():
+        final = ckpt_dir / "autoencoder.pt"
+        latest = find_latest_checkpoint(ckpt_dir, "autoencoder")
+        if final.is_file() and checkpoint_iteration(final, "autoencoder") >= checkpoint_iteration(latest, "autoencoder"):
+            latest = find_latest_checkpoint(ckpt_dir, "diffusion")
+            newer = latest is not None and latest.stat().st_mtime_ns > final.stat().st_mtime_ns
+            plan = {"diffusion": newer}
+            logger.info("the VQ-GAN stage had ended (%s); %s the diffusion stage.", final,
+                        f"continuing from {latest.name} in" if newer else "starting")
+        else:
+            plan = {"autoencoder": True, "diffusion": False}
+    if dist.is_available() and dist.is_initialized():
+        shared = [plan]
+        dist.broadcast_object_list(shared, src=0)
+        plan = shared[0]
+    return plan
+
+
 def _unescaped(value: Any) -> Any:
     """``stage_overrides`` values as the stage should read them: train.json's parser resolves ``$`` and ``@`` in
     them in its own namespace, so a stage's own expression or reference is written with a backslash first
     (``"\\$@autoencoder.parameters()"``), which is removed here."""
     if isinstance(value, str):
-        return value[1:] if value.startswith("\\") else value
+        return value[1:] if value.startswith(("\\$", "\\@")) else value
     if isinstance(value, list):
         return [_unescaped(v) for v in value]
     if isinstance(value, dict):
@@ -244,7 +272,9 @@ def train_stages(
     folder stays locked from the first stage to the end of the second.
 
     With ``resume`` the run continues in the stage it was in: the VQ-GAN stage from its newest checkpoint, or, if
-    it had ended (``autoencoder.pt`` is there), the diffusion stage from its newest checkpoint (or from its start).
+    it had ended (its newest checkpoint is the final ``autoencoder.pt``), the diffusion stage from a checkpoint
+    newer than that file (or from its start). Without it, both stages' earlier files are moved to
+    ``earlier_runs/`` first, so a run killed between the stages is never resumed from another run's files.
     """
     resume = as_bool(resume, "resume")
     configs = Path(bundle_root) / "configs"
@@ -265,13 +295,17 @@ def train_stages(
         refuse_unknown_ids(files, list(chosen), f"in stage_overrides for the {stage} stage")
         plan[stage] = (files, {**{k: _forwardable(v) for k, v in forwarded.items()}, **chosen})
     ckpt_dir = Path(forwarded["ckpt_dir"])
-    resumes = {"autoencoder": resume, "diffusion": False}
-    if resume and (ckpt_dir / "autoencoder.pt").is_file():
-        del plan["autoencoder"]
-        resumes["diffusion"] = find_latest_checkpoint(ckpt_dir, "diffusion") is not None
-        logger.info("the VQ-GAN stage had ended (%s); %s the diffusion stage.", ckpt_dir / "autoencoder.pt",
-                    "continuing" if resumes["diffusion"] else "starting")
     with CheckpointDirLock(ckpt_dir).held_across_runs():
+        resumes = _plan_by_rank_0(ckpt_dir, resume)
+        if "autoencoder" not in resumes:
+            del plan["autoencoder"]
+            if stage_overrides.get("autoencoder"):
+                logger.warning("the VQ-GAN stage had ended, so stage_overrides['autoencoder'] (%s) is not used; to "
+                               "train it longer, run train_autoencoder.json with --resume true and a larger "
+                               "train#trainer#max_epochs.", ", ".join(stage_overrides["autoencoder"]))
+        if not resume and is_main_process():  # a fresh run: no earlier file of either stage can be taken for its own
+            for name in ("autoencoder", "diffusion"):
+                CheckpointResumer(ckpt_dir, name, {}).move_earlier_run()
         for stage, (files, overrides) in plan.items():
             start = time.time()
             logger.info("stage '%s' starting: %s", stage, ", ".join(Path(f).name for f in files))

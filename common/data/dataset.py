@@ -124,8 +124,12 @@ class CheckedCacheDataset(CacheDataset):
 
         def preprocess(index: int) -> None:
             item = self._load_cache_item(index)
-            if item is not None:
-                self.store.write(self.data[index], item)
+            try:
+                if item is not None:
+                    self.store.write(self.data[index], item)
+            except Exception as error:  # named like every other problem, and every rank still reaches the gather
+                self._problems.append((index, f"{self.name(index)}: cannot be stored in {self.store.folder} "
+                                              f"({type(error).__name__}: {error})."))
 
         with ThreadPool(max(1, self.num_workers or 1)) as pool:
             pool.map(preprocess, missing)
@@ -178,5 +182,8 @@ class CheckedCacheDataset(CacheDataset):
         """The item's preprocessing read from the store (or computed, if it was removed), then the random transforms."""
         source = self.data[index]
         item = self.store.read(source) if self.store.has(source) else Compose(deterministic_part(self.transform))(source)
+        problem = self.problem_with(item)  # also what an earlier run stored: shapes and values as this run needs
+        if problem:
+            raise DatasetError(f"{self.name(index)}: {problem} (read from {self.store.path(source)})")
         random_part = len(deterministic_part(self.transform))
         return self.transform(item, start=random_part) if random_part < len(self.transform.transforms) else item

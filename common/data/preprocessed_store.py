@@ -5,10 +5,11 @@ memory, and the diffusion stage and every later run do it again (for chest CT ab
 ``PreprocessedStore`` keeps the output of the deterministic transforms (up to the first random one) in
 ``<cache_dir>/<preprocessing key>/<item key>.pt``:
 
-- the preprocessing key hashes the deterministic transforms (their classes and settings), MONAI's version and
-  this package's, so other settings never read stale volumes;
-- the item key hashes the datalist item with each file's (or folder's) size and modification time, so an edited
-  file is preprocessed again;
+- the preprocessing key hashes the deterministic transforms: their classes and every setting, as deep as they go
+  (functions by their code, defaults and closures; this package's transforms also by their source file), MONAI's
+  version and this package's; a setting it cannot describe is an error, not a key that misses it;
+- the item key hashes the datalist item with each file's size and modification time (every file of a folder),
+  so an edited file is preprocessed again;
 - files are written atomically under the user's umask and read with ``torch.load(weights_only=True)``: plain
   tensors, affines and strings, nothing executable.
 
@@ -19,11 +20,13 @@ reads what its sampler asks for, from disk (the page cache is shared), and the r
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import inspect
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -46,32 +49,75 @@ def deterministic_part(transform: Compose) -> list:
     return list(transform.transforms[:first_random] if first_random is not None else transform.transforms)
 
 
-def _describe(value: Any, depth: int = 0) -> Any:
-    """A JSON-able, process-independent description of a transform's settings (no addresses, no random state)."""
+def _code(function: Any) -> Any:
+    """What a function computes: its bytecode, constants, defaults and closure (a lambda's threshold included)."""
+    code = getattr(function, "__code__", None)
+    if code is None:  # a builtin: its name says it
+        return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', repr(function))}"
+    consts = [_code(c) if inspect.iscode(c) else c for c in code.co_consts]
+
+    def _consts(c: Any) -> Any:
+        return {"bytecode": hashlib.sha256(c.co_code).hexdigest()[:16], "names": list(c.co_names),
+                "consts": [_consts(k) if inspect.iscode(k) else repr(k) for k in c.co_consts]}
+
+    return {"function": f"{function.__module__}.{function.__qualname__}", "code": _consts(code),
+            "defaults": repr(getattr(function, "__defaults__", None)), "consts": len(consts),
+            "closure": [repr(cell.cell_contents) for cell in (function.__closure__ or ())]}
+
+
+def _source_digest(kind: type) -> str | None:
+    """A digest of the source file of a class of this package (its code can change while the version does not)."""
+    if not kind.__module__.startswith("common."):
+        return None
+    try:
+        return hashlib.sha256(Path(inspect.getfile(kind)).read_bytes()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return None
+
+
+def _describe(value: Any, seen: frozenset[int] = frozenset()) -> Any:
+    """A JSON-able, process-independent description of a transform's settings, as deep as they go (no addresses,
+    no random state). ``TypeError`` for a value it cannot describe, rather than a key that misses a setting."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, enum.Enum):
         return str(value.value)
-    if isinstance(value, (torch.dtype, np.dtype, type)):
-        return str(value)
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (torch.dtype, np.dtype, type, torch.device, Path, re.Pattern)):
+        return repr(value)
     if isinstance(value, (torch.Tensor, np.ndarray)):
         array = torch.as_tensor(value).detach().cpu()
         digest = hashlib.sha256(array.contiguous().numpy().tobytes()).hexdigest()[:16]
         return {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": digest}
-    if depth > 6:
-        return type(value).__qualname__
+    if id(value) in seen:
+        return "<cycle>"
+    seen = seen | {id(value)}
     if isinstance(value, (list, tuple)):
-        return [_describe(v, depth + 1) for v in value]
+        return [_describe(v, seen) for v in value]
     if isinstance(value, (set, frozenset)):
-        return sorted((_describe(v, depth + 1) for v in value), key=json.dumps)
+        return sorted((_describe(v, seen) for v in value), key=json.dumps)
     if isinstance(value, Mapping):
-        return {str(k): _describe(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if inspect.isroutine(value) or isinstance(value, logging.Logger):
-        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+        return {str(k): _describe(v, seen) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, functools.partial):
+        return {"partial": _describe(value.func, seen), "args": _describe(value.args, seen),
+                "keywords": _describe(value.keywords, seen)}
+    if inspect.ismethod(value):
+        return {"method": _code(value.__func__), "of": type(value.__self__).__qualname__}
+    if inspect.isroutine(value):
+        return _code(value)
+    if isinstance(value, logging.Logger):
+        return f"logger {value.name}"
     state = getattr(value, "__dict__", None)
+    if state is None and hasattr(type(value), "__slots__"):
+        state = {name: getattr(value, name) for name in type(value).__slots__ if hasattr(value, name)}
     if state is None:
-        return type(value).__qualname__
-    return {"type": f"{type(value).__module__}.{type(value).__qualname__}", "state": _describe(state, depth + 1)}
+        text = repr(value)
+        if " at 0x" in text:
+            raise TypeError(f"cannot describe {type(value).__qualname__} for the preprocessing cache key; set cache_dir to null.")
+        return text
+    return {"type": f"{type(value).__module__}.{type(value).__qualname__}", "source": _source_digest(type(value)),
+            "state": _describe(state, seen)}
 
 
 def _package_version() -> str:
@@ -89,7 +135,11 @@ def preprocessing_key(transform: Compose) -> str:
 
 
 def _stamped(value: Any) -> Any:
-    """A datalist value with each existing file or folder it names stamped with its size and modification time."""
+    """A datalist value with each existing file stamped with its size and modification time, and each folder (a
+    DICOM series) with those of every file in it, so a file rewritten in place changes the key."""
+    if isinstance(value, str) and os.path.isdir(value):
+        files = sorted(Path(root, name) for root, _, names in os.walk(value) for name in names)
+        return [value, [[str(f.relative_to(value)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]]
     if isinstance(value, str) and os.path.exists(value):
         stat = os.stat(value)
         return [value, stat.st_size, stat.st_mtime_ns]

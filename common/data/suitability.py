@@ -133,11 +133,11 @@ class CheckedScaleIntensityd(MapTransform):
         return d
 
     def check(self, image: torch.Tensor) -> None:
-        values = _sample(image)
-        low, high = values.min(), values.max()
+        full = torch.as_tensor(image)
+        low, high = full.min().float(), full.max().float()  # of every voxel: a single hot one is the case to find
         if high <= low:
             return
-        top = torch.quantile(values, 1 - self.outlier_percent / 100)
+        top = torch.quantile(_sample(image), 1 - self.outlier_percent / 100)
         share = float((high - top) / (high - low))
         if share > self.outlier_share:
             rest = 1 - share

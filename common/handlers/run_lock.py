@@ -99,8 +99,7 @@ stages of ``train.json``), so no other run can slip in between them.
 
     def acquire(self, engine: Engine | None = None) -> None:
         """Take the lock, or raise ``CheckpointDirLockedError`` naming the run that has it."""
-        # under torchrun only rank 0 locks, also before the process group exists (RANK is torchrun's)
-        if self.held or fcntl is None or not is_main_process() or os.environ.get("RANK", "0") != "0":
+        if self.held or fcntl is None or not is_main_process():
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
         lock = open(os.open(self.path, os.O_RDWR | os.O_CREAT, output_mode()), "r+")

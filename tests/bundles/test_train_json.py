@@ -4,6 +4,8 @@ is trained with it; tests/bundles/test_multi_gpu.py runs it under torchrun."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -92,6 +94,19 @@ def test_a_killed_run_continues_in_the_stage_it_was_in(four_brains, tmp_path):
         train(four_brains, models, resume=True)
     assert any("at iteration 2" in line for line in resumed)
     assert iteration_of(models / "autoencoder.pt") == 4 and iteration_of(models / "diffusion.pt") == 2
+
+    # a diffusion checkpoint older than the VQ-GAN belongs to another VQ-GAN: the diffusion stage starts again
+    later = (models / "diffusion.pt").stat().st_mtime_ns + 10**9
+    os.utime(models / "autoencoder.pt", ns=(later, later))
+    with collect_log("common.pipeline") as said:
+        train(four_brains, models, resume=True)
+    assert any("starting the diffusion stage" in line for line in said)
+    assert (models / "diffusion.pt").stat().st_mtime_ns > later - 10**9
+
+    # a fresh run (no resume) moves both stages' files away first, so nothing of them is ever resumed
+    train(four_brains, models)
+    moved = sorted(p.name.split("_")[0] for p in (models / "earlier_runs").iterdir())
+    assert moved.count("autoencoder") >= 1 and moved.count("diffusion") >= 1
 
 
 def test_stage_overrides_are_checked_before_anything_runs(tmp_path):

@@ -87,3 +87,58 @@ def test_only_plain_values_are_kept(tmp_path):
     store = PreprocessedStore(tmp_path, preprocessing())
     with pytest.raises(TypeError, match="cannot be kept on disk"):
         store.write({"image": "x"}, {"image": torch.zeros(1), "what": object()})
+
+
+def key_of(bundle: str, **overrides) -> str:
+    from monai.bundle import ConfigParser
+
+    from tests.bundles.bundle_runs import config_files
+
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, "train_autoencoder"))
+    parser.update(overrides)
+    return preprocessing_key(parser.get_parsed_content("train#preprocessing"))
+
+
+@pytest.mark.parametrize(("bundle", "changes"), [
+    ("brain_mri", [{"image_size": [64, 64, 48]}, {"intensity_percentiles": [0.5, 99.5]}]),
+    ("knee_mri", [{"image_size": [256, 256, 24]}]),
+    ("chest_ct", [{"crop_size": [300, 300, 300]}, {"hu_window": [-900, 900]}, {"resample_spacing": [1.5, 1.5, 1.5]}]),
+])
+def test_every_preprocessing_id_of_the_bundles_changes_the_key(bundle, changes):
+    default = key_of(bundle)
+    assert key_of(bundle) == default  # the configs built twice: the same key
+    keys = [key_of(bundle, **change) for change in changes]
+    assert default not in keys and len(set(keys)) == len(keys)
+
+
+def test_a_lambda_is_keyed_by_what_it_computes():
+    from monai.transforms import Lambdad
+
+    def with_threshold(threshold: float) -> Compose:
+        return Compose([LoadImaged("image"), Lambdad("image", lambda x: x > threshold)])
+
+    assert preprocessing_key(with_threshold(1.0)) == preprocessing_key(with_threshold(1.0))
+    assert preprocessing_key(with_threshold(1.0)) != preprocessing_key(with_threshold(2.0))
+
+
+def test_a_file_rewritten_inside_a_series_folder_changes_the_item_key(tmp_path):
+    from common.data.preprocessed_store import item_key
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for index in range(3):
+        (series / f"{index}.dcm").write_bytes(b"slice")
+    before = item_key({"image": str(series)})
+    os.utime(series / "1.dcm", ns=(10**18, 10**18))  # rewritten in place: the folder's own time does not change
+    assert item_key({"image": str(series)}) != before
+
+
+def test_what_is_read_back_is_checked_as_at_first(volumes, tmp_path):
+    cache = tmp_path / "cache"
+    CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=cache)
+    store = PreprocessedStore(cache, preprocessing())
+    store.write(volumes[0], {"image": torch.full((1, 8, 8, 8), float("nan"))})  # a corrupted stored volume
+    dataset = CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=cache)
+    with pytest.raises(DatasetError, match=r"v0.nii.gz: after preprocessing 512 voxels are NaN.*read from"):
+        dataset[0]
