@@ -9,6 +9,7 @@ its own folder, without this repository.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import json
 import os
@@ -160,10 +161,27 @@ def _eval_metrics(metrics: dict) -> dict[str, Any]:
     }
 
 
+def requirements_text() -> str:
+    """``requirements.txt`` of a package: this project's install requirements (``setup.cfg``, the one list), as
+    ranges, so ``pip install -r requirements.txt`` sets up a fresh environment on the user's Python (the metadata's
+    ``required_packages_version`` records the exact versions the package was made with, which may have no build
+    for another Python)."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    listed = [line.strip() for line in setup["options"]["install_requires"].splitlines() if line.strip()]
+    return "\n".join([
+        "# pip install -r requirements.txt  (install torch first if you want a particular CUDA or CPU build)",
+        *listed,
+        "# optional: a faster codebook search on the CPU",
+        "# faiss-cpu",
+    ]) + "\n"
+
+
 def _write_package(folder: Path, source: Path, configs: dict[str, dict], ckpt_dir: Path) -> None:
-    """The package's folder: docs, LICENSE, configs, the code of ``common``, weights, exports, hashes."""
+    """The package's folder: docs, LICENSE, requirements, configs, the code of ``common``, weights, exports, hashes."""
     shutil.copytree(source / "docs", folder / "docs")
     shutil.copy2(source / "LICENSE", folder / "LICENSE")
+    (folder / "requirements.txt").write_text(requirements_text())
     (folder / "configs").mkdir()
     shutil.copy2(source / "configs" / "logging.conf", folder / "configs" / "logging.conf")
     for name, config in configs.items():

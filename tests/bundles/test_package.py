@@ -80,6 +80,29 @@ def test_torchscript_exports_match_the_eager_networks(packaged):
         assert torch.allclose(torch.jit.load(str(folder / "models" / "autoencoder.ts"))(image)[0], autoencoder(image)[0], atol=1e-4)
 
 
+def test_the_package_requirements_cover_every_module_its_code_and_configs_import(packaged):
+    import ast
+    import re
+
+    folder = packaged.parent / "brain_mri"
+    listed = {re.split(r"[<>=;\s]", line)[0].lower() for line in (folder / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    imported = set()
+    for path in (folder / "common").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    for config in (folder / "configs").glob("*.json"):
+        imported |= set(re.findall(r"\$import (\w+)", config.read_text()))
+    distribution = {"ignite": "pytorch-ignite", "faiss": None}  # faiss-cpu is optional (listed as a comment)
+    third_party = imported - set(sys.stdlib_module_names) - {"common"}
+    needed = {distribution.get(module, module) for module in third_party} - {None}
+    assert needed <= listed, needed - listed
+    assert "# faiss-cpu" in (folder / "requirements.txt").read_text()
+
+
 def test_monai_ckpt_export_as_the_deployment_docs_give_it(packaged, tmp_path, monkeypatch):
     """docs/deployment.md's ``python -m monai.bundle ckpt_export`` command, in the package's folder, with faiss
     installed (the codebook search then must not reach faiss while tracing)."""
