@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the data, models and samples here (default: a temporary folder)")
     parser.add_argument("--stages", default="autoencoder,diffusion,inference,evaluation",
                         help="the stages to run (with --workdir, the later ones can be run again alone)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the training stages from the checkpoints in --workdir (to train longer)")
     args = parser.parse_args()
 
     import torch
@@ -97,7 +99,8 @@ def main() -> None:
         stage_times = {}
         for stage in [s.strip() for s in args.stages.split(",")]:
             stage_start = time.time()
-            samples = run_stages("brain_mri", str(Path(tmp) / "run"), str(data / "train"), stage, settings(args), overrides)
+            resume = {"resume": True} if args.resume and stage in ("autoencoder", "diffusion") else {}
+            samples = run_stages("brain_mri", str(Path(tmp) / "run"), str(data / "train"), stage, settings(args), {**overrides, **resume})
             stage_times[stage] = time.time() - stage_start
         evaluation = Path(samples) / "evaluation"
         metrics = json.loads((evaluation / "metrics.json").read_text())
