@@ -97,6 +97,8 @@ class CheckedCacheDataset(CacheDataset):
         self.source_key = source_key
         self._problems: list[tuple[int, str]] = []
         self.store = PreprocessedStore(cache_dir, transform) if cache_dir else None
+        deterministic = deterministic_part(transform) if cache_dir else []
+        self._deterministic, self._first_random = Compose(deterministic), len(deterministic)  # for reads from the store
         super().__init__(data, transform, cache_rate=0.0 if self.store else cache_rate, num_workers=num_workers, progress=progress)
 
     def name(self, index: int) -> str:
@@ -181,9 +183,8 @@ class CheckedCacheDataset(CacheDataset):
     def _from_store(self, index: int) -> Any:
         """The item's preprocessing read from the store (or computed, if it was removed), then the random transforms."""
         source = self.data[index]
-        item = self.store.read(source) if self.store.has(source) else Compose(deterministic_part(self.transform))(source)
+        item = self.store.read(source) if self.store.has(source) else self._deterministic(source)
         problem = self.problem_with(item)  # also what an earlier run stored: shapes and values as this run needs
         if problem:
             raise DatasetError(f"{self.name(index)}: {problem} (read from {self.store.path(source)})")
-        random_part = len(deterministic_part(self.transform))
-        return self.transform(item, start=random_part) if random_part < len(self.transform.transforms) else item
+        return self.transform(item, start=self._first_random) if self._first_random < len(self.transform.transforms) else item

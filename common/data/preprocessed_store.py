@@ -49,20 +49,20 @@ def deterministic_part(transform: Compose) -> list:
     return list(transform.transforms[:first_random] if first_random is not None else transform.transforms)
 
 
-def _code(function: Any) -> Any:
-    """What a function computes: its bytecode, constants, defaults and closure (a lambda's threshold included)."""
+def _bytecode(code: Any) -> dict:
+    """A code object as what it computes: bytecode, names and constants (nested functions' code included)."""
+    return {"bytecode": hashlib.sha256(code.co_code).hexdigest()[:16], "names": list(code.co_names),
+            "consts": [_bytecode(c) if inspect.iscode(c) else repr(c) for c in code.co_consts]}
+
+
+def _code(function: Any, seen: frozenset[int]) -> Any:
+    """What a function computes: its bytecode and constants, defaults and closure (a lambda's threshold included)."""
     code = getattr(function, "__code__", None)
     if code is None:  # a builtin: its name says it
         return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', repr(function))}"
-    consts = [_code(c) if inspect.iscode(c) else c for c in code.co_consts]
-
-    def _consts(c: Any) -> Any:
-        return {"bytecode": hashlib.sha256(c.co_code).hexdigest()[:16], "names": list(c.co_names),
-                "consts": [_consts(k) if inspect.iscode(k) else repr(k) for k in c.co_consts]}
-
-    return {"function": f"{function.__module__}.{function.__qualname__}", "code": _consts(code),
-            "defaults": repr(getattr(function, "__defaults__", None)), "consts": len(consts),
-            "closure": [repr(cell.cell_contents) for cell in (function.__closure__ or ())]}
+    return {"function": f"{function.__module__}.{function.__qualname__}", "code": _bytecode(code),
+            "defaults": _describe(getattr(function, "__defaults__", None), seen),
+            "closure": [_describe(cell.cell_contents, seen) for cell in (function.__closure__ or ())]}
 
 
 def _source_digest(kind: type) -> str | None:
@@ -103,9 +103,9 @@ def _describe(value: Any, seen: frozenset[int] = frozenset()) -> Any:
         return {"partial": _describe(value.func, seen), "args": _describe(value.args, seen),
                 "keywords": _describe(value.keywords, seen)}
     if inspect.ismethod(value):
-        return {"method": _code(value.__func__), "of": type(value.__self__).__qualname__}
+        return {"method": _code(value.__func__, seen), "of": type(value.__self__).__qualname__}
     if inspect.isroutine(value):
-        return _code(value)
+        return _code(value, seen)
     if isinstance(value, logging.Logger):
         return f"logger {value.name}"
     state = getattr(value, "__dict__", None)

@@ -16,14 +16,13 @@ may be what the user wants.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, ScaleIntensity, ScaleIntensityRangePercentiles
 
-from .transforms import _source
+from .transforms import _source, strided_sample
 
 __all__ = ["CheckedScaleIntensityd", "WarnFewSlicesd", "WarnUnlessSkullStrippedd"]
 
@@ -36,12 +35,6 @@ def warn_once(check: str, source: str, message: str) -> None:
     if (check, source) not in _WARNED:
         _WARNED.add((check, source))
         logger.warning("%s: %s", source, message)
-
-
-def _sample(image: torch.Tensor, size: int = 1_000_000) -> torch.Tensor:
-    """At most about ``size`` voxels of ``image``, evenly strided, as float32: quantiles of any volume, quickly."""
-    values = torch.as_tensor(image, dtype=torch.float32).flatten()
-    return values[:: max(1, math.ceil(values.numel() / size))]
 
 
 class WarnUnlessSkullStrippedd(MapTransform):
@@ -66,7 +59,7 @@ class WarnUnlessSkullStrippedd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            values = _sample(d[key])
+            values = strided_sample(d[key])
             zero = float((values == 0).float().mean())
             if zero >= self.background_fraction:
                 continue
@@ -137,7 +130,7 @@ class CheckedScaleIntensityd(MapTransform):
         low, high = full.min().float(), full.max().float()  # of every voxel: a single hot one is the case to find
         if high <= low:
             return
-        top = torch.quantile(_sample(image), 1 - self.outlier_percent / 100)
+        top = torch.quantile(strided_sample(image), 1 - self.outlier_percent / 100)
         share = float((high - top) / (high - low))
         if share > self.outlier_share:
             rest = 1 - share
