@@ -364,6 +364,7 @@ def run_group(group: str, device_name: str, tiny: bool) -> list[dict[str, Any]]:
 
     def case(name: str, measure: Callable[[], dict[str, Any]]) -> None:
         started = time.perf_counter()
+        torch.manual_seed(0)  # the same random weights and inputs on every run of a case
         try:
             found = {"ok": True, **measure()}
         except Exception as error:  # recorded, not hidden; the next case still runs

@@ -65,5 +65,10 @@ def nearest_code(vectors: torch.Tensor, codes: torch.Tensor, max_distances: int 
     if use_faiss:
         if not faiss_available():
             raise ImportError("backend 'faiss' needs the faiss-cpu package: pip install faiss-cpu (or use backend 'torch').")
-        return _faiss_search(vectors.float(), codes.float()).to(vectors.device)
+        found = _faiss_search(vectors.float(), codes.float())
+        if bool((found < 0).any()):  # faiss finds no neighbour for a NaN vector and answers -1
+            raise FloatingPointError(
+                f"{int((found < 0).sum())} of {vectors.shape[0]} vectors given to the codebook search are not finite "
+                "(NaN or infinite encoder outputs or codes); the training has diverged or the input holds NaN.")
+        return found.to(vectors.device)
     return _torch_search(vectors.float(), codes.float(), max_distances)

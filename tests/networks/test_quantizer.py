@@ -105,3 +105,14 @@ def test_argument_errors():
         CodebookQuantizer(3, 16, 4, dead_code_threshold=-1)
     with pytest.raises(ValueError, match="max_distances"):
         CodebookQuantizer(3, 16, 4, max_distances=8)
+
+
+def test_a_nan_vector_in_the_faiss_search_is_a_clear_error():
+    from common.networks.nearest_code import faiss_available, nearest_code
+
+    if not faiss_available():
+        pytest.skip("faiss-cpu is not installed")
+    vectors = torch.randn(10, 8)
+    vectors[3] = float("nan")  # faiss answers -1 for it, which an embedding lookup would turn into an IndexError
+    with pytest.raises(FloatingPointError, match="1 of 10 vectors given to the codebook search are not finite"):
+        nearest_code(vectors, torch.randn(5, 8), backend="faiss")
