@@ -179,3 +179,34 @@ def test_a_failed_packaging_leaves_the_earlier_package_as_it_was(packaged, tmp_p
         package_bundle("brain_mri", tmp_path / "no_models", packaged.parent)
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before and packaged.read_bytes() == archive
     assert [p.name for p in packaged.parent.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_a_fresh_environment_installs_the_package_requirements_and_runs_it(packaged, tmp_path):
+    """The documented install, in a new virtual environment that has no package but pip: torch (the build this
+    suite runs on), then ``pip install -r requirements.txt`` from the package index, then inference from the
+    package's folder. This is the one test that needs the package index (as ``.ci/run``'s own install does)."""
+    import shutil
+    import venv
+
+    environment = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(environment)
+    python = str(environment / "bin" / "python")
+    bundle = tmp_path / "brain_mri"
+    shutil.copytree(packaged.parent / "brain_mri", bundle)
+    isolated = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
+
+    def pip(*args: str) -> None:
+        result = subprocess.run([python, "-m", "pip", "install", "-q", *args], capture_output=True, text=True, env=isolated)
+        assert result.returncode == 0, f"pip install {' '.join(args)} failed:\n{result.stderr[-3000:]}"
+
+    pip(f"torch=={torch.__version__.split('+')[0]}")
+    pip("-r", str(bundle / "requirements.txt"))
+    result = subprocess.run(
+        [python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--num_samples", "1",
+         "--num_inference_steps", "2", "--finalize", "['$print(\"COMMON FROM\", common.__file__)']"],
+        cwd=bundle, capture_output=True, text=True, env=isolated,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"COMMON FROM {bundle / 'common' / '__init__.py'}" in result.stdout
+    sample = nib.load(str(bundle / "output" / "sample_0000_seed0.nii.gz"))
+    assert sample.shape == (32, 32, 32) and np.isfinite(np.asanyarray(sample.dataobj)).all()
