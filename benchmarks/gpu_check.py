@@ -218,7 +218,7 @@ def sample_one(bundle: Bundle, steps: int | None) -> dict[str, Any]:
     draw(1)
     synchronize(bundle.device)
     seconds = time.perf_counter() - start
-    total_steps = len(sampler.scheduler.timesteps) if hasattr(sampler, "scheduler") else len(sampler.inferer.scheduler.timesteps)
+    total_steps = len(sampler.inferer.scheduler.timesteps)
     return {"steps": total_steps, "seconds_per_volume": seconds, **memory(bundle.device), "dtype": str(torch.get_default_dtype())}
 
 
@@ -238,7 +238,7 @@ def _draw(bundle: Bundle, parser, sampler) -> Callable[[int], Any]:
         condition = one_hot(mask[None].long(), classes + 1, dim=1)[:, 1:].float().repeat(n, 1, 1, 1, 1).to(bundle.device)
         noise = torch.randn((n, sampler.image_channels, *size), device=bundle.device)
         with torch.no_grad():
-            return sampler.inferer.sample(input_noise=noise, diffusion_model=sampler.network, scheduler=sampler.scheduler,
+            return sampler.inferer.sample(input_noise=noise, diffusion_model=sampler.network,
                                           conditioning=condition, mode="concat", verbose=False)
 
     return draw

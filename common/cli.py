@@ -1,16 +1,16 @@
-"""The command line, ``python -m common <command>``: ``demo`` and ``pipeline`` (``common.pipeline``), ``package``
-and ``unpack`` (``common.deploy``). Each command's help: ``python -m common <command> --help``."""
+"""The command line, ``python -m common <command>``: ``demo`` and ``pipeline`` (``common.pipeline``), ``package``,
+``check_zoo`` and ``unpack`` (``common.deploy``). Each command's help: ``python -m common <command> --help``."""
 
 from __future__ import annotations
 
 import fire
 
-from common.deploy import package_bundle, unpack_bundle
+from common.deploy import check_zoo, package_bundle, unpack_bundle
 from common.pipeline import demo, pipeline
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = {"demo": demo, "pipeline": pipeline, "package": package_bundle, "unpack": unpack_bundle}
+COMMANDS = {"demo": demo, "pipeline": pipeline, "package": package_bundle, "check_zoo": check_zoo, "unpack": unpack_bundle}
 
 
 def main() -> None:

@@ -67,7 +67,9 @@ class LatentSampler:
     Args:
         autoencoder: the VQ-GAN wrapped for codebook-range latents.
         network: the (EMA) denoiser.
-        scheduler: sampling scheduler (``make_sampling_scheduler``).
+        inferer: the bundle's ``inferer``, a ``LatentDiffusionInferer`` with ``scale_factor`` 1 (the codebook-range
+            normalisation is the autoencoder wrapper's), or a sampling scheduler (``make_sampling_scheduler``) to
+            wrap in one.
         latent_shape: (C, H, W, D) of one latent.
         output_dir: where the files go.
         num_samples: how many volumes to write.
@@ -82,7 +84,7 @@ class LatentSampler:
         self,
         autoencoder: CodebookRangeAutoencoder,
         network: nn.Module,
-        scheduler: Scheduler,
+        inferer: LatentDiffusionInferer | Scheduler,
         latent_shape: Sequence[int],
         output_dir: str,
         num_samples: int = 4,
@@ -100,7 +102,14 @@ class LatentSampler:
             raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {tuple(spacing)}.")
         self.autoencoder = autoencoder
         self.network = network
-        self.inferer = LatentDiffusionInferer(scheduler, scale_factor=1.0)
+        if isinstance(inferer, Scheduler):
+            inferer = LatentDiffusionInferer(inferer, scale_factor=1.0)
+        if not isinstance(inferer, LatentDiffusionInferer) or float(inferer.scale_factor) != 1.0:
+            raise ValueError(
+                "inferer must be a LatentDiffusionInferer with scale_factor 1.0 (CodebookRangeAutoencoder normalises "
+                f"the latents) or a scheduler, got {inferer!r}."
+            )
+        self.inferer = inferer
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.output_dir = require_output_folder(output_dir)
         self.num_samples = num_samples

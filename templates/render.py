@@ -9,7 +9,10 @@ bundles hold is the same. So the files are written from ``templates/``:
   A template value ``"<shared>"`` is taken from there, so training and inference always build the same networks;
 - ``bundles/<name>.json``: what one bundle differs in: its kind, ``shared_ids`` overrides, and per config file
   the ids to override (MONAI's ``a#b#0`` id syntax). New top-level ids go where the template has its
-  ``"<bundle ids>"`` key (or at the end). ``{bundle}`` in any string becomes the bundle's name.
+  ``"<bundle ids>"`` key (or at the end). ``{bundle}`` in any string becomes the bundle's name;
+- ``versions.json``: the package versions every bundle's metadata pins (``monai_version``, ``pytorch_version``,
+  ``numpy_version``, ``required_packages_version``), a set that installs together on Python 3.10 to 3.13, as the
+  Model Zoo's CI installs them; a template value ``"<pinned>"`` is taken from there.
 
 With ``--check`` nothing is written; the files that differ from their rendering are listed and the exit status is
 1. ``tests/bundles/test_templates.py`` runs the check, so an edit made to a bundle's file instead of its template
@@ -28,6 +31,8 @@ from typing import Any
 TEMPLATES = Path(__file__).resolve().parent
 REPO = TEMPLATES.parent
 SHARED_VALUE = "<shared>"
+PINNED_VALUE = "<pinned>"
+VERSIONS = TEMPLATES / "versions.json"
 BUNDLE_IDS = "<bundle ids>"
 TOP_LEVEL_FILES = ("LICENSE",)  # written to the bundle folder itself; the others go to configs/
 
@@ -85,6 +90,11 @@ def render_config(template: dict, shared: dict, overrides: dict, bundle: str, wh
             if key not in shared:
                 raise TemplateError(f"{where}: '{key}' is marked {SHARED_VALUE} but shared_ids.json has no '{key}'.")
             value = shared[key]
+        elif value == PINNED_VALUE:
+            pinned = json.loads(VERSIONS.read_text())
+            if key not in pinned:
+                raise TemplateError(f"{where}: '{key}' is marked {PINNED_VALUE} but {VERSIONS.name} has no '{key}'.")
+            value = pinned[key]
         config[key] = copy.deepcopy(value)
     new_ids: dict = {}
     for config_id, value in overrides.items():

@@ -78,3 +78,24 @@ def test_the_same_seed_writes_bit_identical_nifti_data_in_separate_runs(tmp_path
     for first, second, other_batching in zip(*written):
         assert first.dtype == second.dtype and first.tobytes() == second.tobytes()
         assert np.allclose(first, other_batching, atol=0.02)
+
+
+def test_the_samplers_take_the_bundles_inferer_and_refuse_one_that_does_not_fit(tmp_path):
+    from monai.inferers import DiffusionInferer, LatentDiffusionInferer
+
+    from common.med_ddpm import MaskConditionedSampler
+
+    vqgan, net = tiny_vqgan(), DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    scheduler = make_sampling_scheduler(20, 3)
+    inferer = LatentDiffusionInferer(scheduler, scale_factor=1.0)
+    sampler = LatentSampler(CodebookRangeAutoencoder(vqgan), net, inferer, (4, 8, 8, 4), str(tmp_path), verbose=False)
+    assert sampler.inferer is inferer
+    with pytest.raises(ValueError, match="LatentDiffusionInferer with scale_factor 1.0"):
+        LatentSampler(CodebookRangeAutoencoder(vqgan), net, LatentDiffusionInferer(scheduler, scale_factor=0.5), (4, 8, 8, 4), str(tmp_path))
+    with pytest.raises(ValueError, match="LatentDiffusionInferer with scale_factor 1.0"):
+        LatentSampler(CodebookRangeAutoencoder(vqgan), net, DiffusionInferer(scheduler), (4, 8, 8, 4), str(tmp_path))
+    arguments = dict(mask_files=[], read_mask=None, num_classes=1, image_size=(8, 8, 8), spacing=(1.0,) * 3,
+                     image_channels=1, output_dir=tmp_path)
+    assert isinstance(MaskConditionedSampler(net, scheduler, **arguments).inferer, DiffusionInferer)
+    with pytest.raises(ValueError, match=r"a \(pixel-space\) DiffusionInferer or a scheduler"):
+        MaskConditionedSampler(net, inferer, **arguments)

@@ -31,11 +31,13 @@ from .export import export_torchscript
 
 __all__ = ["PackagingError", "package_bundle"]
 
-# per kind of bundle: checkpoint file -> the entry inference reads
+# per kind of bundle: training checkpoint -> (the entry inference reads, the packaged file); the denoiser is
+# models/model.pt in a package, the file the Model Zoo requires
 INFERENCE_WEIGHTS = {
-    "latent": {"autoencoder.pt": "autoencoder", "diffusion.pt": "ema_network"},
-    "mask_conditioned": {"diffusion.pt": "ema_network"},
+    "latent": {"autoencoder.pt": ("autoencoder", "autoencoder.pt"), "diffusion.pt": ("ema_network", "model.pt")},
+    "mask_conditioned": {"diffusion.pt": ("ema_network", "model.pt")},
 }
+PACKAGED_CONFIG_IDS = {"inference.json": {"diffusion_path": "$@ckpt_dir + '/model.pt'"}}
 VARIANT_CONFIGS = ("brats_multimodal.json",)  # overlays merged by users on top of the others
 
 
@@ -77,14 +79,14 @@ def _kind(configs: Path) -> str:
 
 def _inference_weights(ckpt_dir: Path, models: Path, kind: str) -> None:
     """Copy the entries inference reads (VQ-GAN, EMA denoiser) of the final checkpoints, without optimizer state."""
-    for name, key in INFERENCE_WEIGHTS[kind].items():
+    for name, (key, packaged) in INFERENCE_WEIGHTS[kind].items():
         try:
             checkpoint = read_checkpoint(ckpt_dir / name)
         except CheckpointError as error:
             raise PackagingError(f"cannot package: {error}") from error
         if key not in checkpoint:
             raise PackagingError(f"cannot package: checkpoint {ckpt_dir / name} has no '{key}' entry.")
-        torch.save({key: checkpoint[key]}, models / name)
+        torch.save({key: checkpoint[key]}, models / packaged)
 
 
 def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
@@ -104,7 +106,7 @@ def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
     else:  # the noisy image with the one-hot mask channels
         channels = parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes")
         noisy = torch.randn(1, channels, *parser["image_size"])
-    export_torchscript(parser.get_parsed_content("network"), (noisy, torch.tensor([1])), models / "diffusion.ts", embedded)
+    export_torchscript(parser.get_parsed_content("network"), (noisy, torch.tensor([1])), models / "model.ts", embedded)
 
 
 def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict:
@@ -237,6 +239,8 @@ def package_bundle(
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     configs = _configs_with_overrides(source / "configs", dict(overrides or {}))
+    for name, ids in PACKAGED_CONFIG_IDS.items():
+        configs[name].update(ids)
     configs["metadata.json"] = _metadata(configs["metadata.json"], configs["inference.json"], metrics_file)
     version = configs["metadata.json"]["version"]
     archive = output / f"{bundle}_v{version}.zip"

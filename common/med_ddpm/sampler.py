@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.inferers import DiffusionInferer
+from monai.inferers import DiffusionInferer, LatentDiffusionInferer
 from monai.networks.schedulers import Scheduler
 from monai.networks.utils import one_hot
 
@@ -44,7 +44,9 @@ class MaskConditionedSampler:
 
     Args:
         network: the trained denoiser (in channels: image channels + classes).
-        scheduler: DDPM over all steps, or DDIM with fewer (``make_sampling_scheduler``).
+        inferer: the bundle's ``inferer``, a ``DiffusionInferer`` (sampled in "concat" mode, the mask channels
+            joined to the noisy image), or its scheduler (DDPM over all steps, or DDIM with fewer:
+            ``make_sampling_scheduler``) to wrap in one.
         mask_files: label masks (NIfTI) holding class values 0..``num_classes``, at the model's ``image_size``
             and ``spacing``.
         read_mask: reads a mask file to a (1, H, W, D) ``MetaTensor`` of classes in RAS orientation, raising
@@ -63,7 +65,7 @@ class MaskConditionedSampler:
     def __init__(
         self,
         network: torch.nn.Module,
-        scheduler: Scheduler,
+        inferer: DiffusionInferer | Scheduler,
         mask_files: Sequence[str | os.PathLike],
         read_mask: Callable[[str], MetaTensor],
         num_classes: int,
@@ -84,7 +86,11 @@ class MaskConditionedSampler:
         if len(image_size) != 3 or min(int(s) for s in image_size) < 1:
             raise ValueError(f"image_size must be 3 positive sizes, got {tuple(image_size)}.")
         self.network = network.eval()
-        self.scheduler = scheduler
+        if isinstance(inferer, Scheduler):
+            inferer = DiffusionInferer(inferer)
+        if not isinstance(inferer, DiffusionInferer) or isinstance(inferer, LatentDiffusionInferer):
+            raise ValueError(f"inferer must be a (pixel-space) DiffusionInferer or a scheduler, got {inferer!r}.")
+        self.inferer = inferer
         self.mask_files = [str(m) for m in mask_files]
         self.read_mask = read_mask
         self.num_classes = num_classes
@@ -97,7 +103,6 @@ class MaskConditionedSampler:
         self.device = torch.device(device)
         self.spacing_tolerance = spacing_tolerance
         self.verbose = verbose
-        self.inferer = DiffusionInferer(scheduler)
 
     def load(self, path: str) -> MetaTensor:
         """A mask's classes (1, H, W, D); ``DatasetError`` naming the file for the wrong shape, spacing or labels."""
@@ -130,7 +135,7 @@ class MaskConditionedSampler:
         with torch.random.fork_rng(devices=[]):  # the DDPM steps draw noise too: make them follow the seed
             torch.manual_seed(seed)
             image = self.inferer.sample(
-                input_noise=noise, diffusion_model=self.network, scheduler=self.scheduler,
+                input_noise=noise, diffusion_model=self.network,
                 conditioning=condition.to(self.device), mode="concat", verbose=self.verbose,
             )
         return image[0].float().clamp(-1, 1).cpu()

@@ -15,7 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.data import DatasetError, paired_datalist
-from common.deploy import package_bundle
+from common.deploy import check_bundle, package_bundle
 from tests.bundles.bundle_runs import (
     REPO,
     as_arguments,
@@ -244,8 +244,9 @@ def test_the_brats_variant_reads_four_modalities_and_adds_the_brain_area(tmp_pat
 def test_packaged_with_a_torchscript_denoiser_that_matches(trained, tmp_path):
     archive = package_bundle("brain_tumor_semantic", trained["models"], tmp_path, SMALL)
     folder = tmp_path / "brain_tumor_semantic"
-    assert archive.name == "brain_tumor_semantic_v0.2.0.zip"
-    assert sorted(p.name for p in (folder / "models").iterdir()) == ["diffusion.pt", "diffusion.ts"]
+    assert archive.name == "brain_tumor_semantic_v0.2.1.zip"
+    assert sorted(p.name for p in (folder / "models").iterdir()) == ["model.pt", "model.ts"]  # the zoo's names
+    assert check_bundle(folder, packaged=True) == []  # the Model Zoo's checks, the denoiser's at its packaged size
     image = json.loads((folder / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
     assert (image["num_channels"], image["spatial_shape"], len(image["channel_def"])) == (3, [SIZE] * 3, 3)
     # the BraTS overlay keeps its own settings: the overrides of this model are not written into it
@@ -254,7 +255,7 @@ def test_packaged_with_a_torchscript_denoiser_that_matches(trained, tmp_path):
     parser.read_config(str(folder / "configs" / "inference.json"))
     parser.update({"bundle_root": str(folder)})
     network = parser.get_parsed_content("network").eval()
-    traced = torch.jit.load(str(folder / "models" / "diffusion.ts"))
+    traced = torch.jit.load(str(folder / "models" / "model.ts"))
     noisy, timesteps = torch.randn(2, 3, SIZE, SIZE, SIZE), torch.tensor([5, 200])
     with torch.no_grad():
         assert torch.allclose(traced(noisy, timesteps), network(noisy, timesteps), atol=1e-4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from monai.bundle import ConfigParser
 from monai.bundle import download as monai_download
 from monai.data import load_net_with_metadata
 
-from common.deploy import PackagingError, package_bundle
+from common.deploy import PackagingError, check_bundle, package_bundle
 from tests.bundles.bundle_runs import REPO
 from tests.bundles.conftest import SIZE_32_OVERRIDES
 
@@ -43,10 +44,10 @@ def packaged(brain_model, tmp_path_factory):
 
 
 def test_the_archive_has_the_model_zoo_layout_hashes_and_metrics(packaged):
-    assert packaged.name == "brain_mri_v0.2.0.zip"  # what --source github --version 0.2.0 asks a release for
+    assert packaged.name == "brain_mri_v0.2.1.zip"  # what --source github --version 0.2.1 asks a release for
     names = set(zipfile.ZipFile(packaged).namelist())
     for name in ("configs/inference.json", "configs/metadata.json", "docs/README.md", "LICENSE", "large_files.yml",
-                 "models/autoencoder.pt", "models/diffusion.pt", "models/autoencoder.ts", "models/diffusion.ts",
+                 "models/autoencoder.pt", "models/model.pt", "models/autoencoder.ts", "models/model.ts",
                  "common/__init__.py", "common/networks/depth_attention_unet.py"):
         assert f"brain_mri/{name}" in names, name
     folder = packaged.parent / "brain_mri"
@@ -61,7 +62,7 @@ def test_the_archive_has_the_model_zoo_layout_hashes_and_metrics(packaged):
     assert metadata["autoencoder_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32, 32]
     inference = json.loads((folder / "configs" / "inference.json").read_text())
     assert inference["image_size"] == [32, 32, 32] and inference["network_def"]["channels"] == [8, 16]
-    assert set(torch.load(folder / "models" / "diffusion.pt", weights_only=True)) == {"ema_network"}  # no optimizer
+    assert set(torch.load(folder / "models" / "model.pt", weights_only=True)) == {"ema_network"}  # no optimizer
 
 
 def test_torchscript_exports_match_the_eager_networks(packaged):
@@ -70,7 +71,7 @@ def test_torchscript_exports_match_the_eager_networks(packaged):
     parser.read_config(str(folder / "configs" / "inference.json"))
     parser.update({"bundle_root": str(folder)})
     network = parser.get_parsed_content("network").eval()
-    traced, _, extra = load_net_with_metadata(str(folder / "models" / "diffusion.ts"), more_extra_files=("inference.json",))
+    traced, _, extra = load_net_with_metadata(str(folder / "models" / "model.ts"), more_extra_files=("inference.json",))
     assert json.loads(extra["inference.json"])["image_size"] == [32, 32, 32]  # the configs are embedded
     latent, timesteps = torch.randn(2, 8, 16, 16, 16), torch.tensor([3, 250])  # another batch size than traced with
     with torch.no_grad():
@@ -181,11 +182,23 @@ def test_a_failed_packaging_leaves_the_earlier_package_as_it_was(packaged, tmp_p
     assert [p.name for p in packaged.parent.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
-def test_a_fresh_environment_installs_the_package_requirements_and_runs_it(packaged, tmp_path):
-    """The documented install, in a new virtual environment that has no package but pip: torch (the build this
-    suite runs on), then ``pip install -r requirements.txt`` from the package index, then inference from the
-    package's folder. This is the one test that needs the package index (as ``.ci/run``'s own install does)."""
-    import shutil
+def metadata_pins(metadata: dict) -> list[str]:
+    """The metadata's versions as the Model Zoo's CI installs them (``ci/get_bundle_requirements.py``): ``==``."""
+    return [f"torch=={metadata['pytorch_version']}", f"monai=={metadata['monai_version']}", f"numpy=={metadata['numpy_version']}",
+            *(f"{name}=={version}" for name, version in metadata["required_packages_version"].items())]
+
+
+def test_the_package_passes_the_model_zoo_checks(packaged):
+    folder = packaged.parent / "brain_mri"
+    assert check_bundle(folder, packaged=True) == []
+    unhosted = check_bundle(folder, packaged=True, require_urls=True)  # a submission needs the weights' URLs
+    assert [p.split(": ")[1] for p in unhosted] == [f"models/{n}" for n in ("autoencoder.pt", "autoencoder.ts", "model.pt", "model.ts")]
+
+
+def test_a_fresh_environment_installs_the_pinned_versions_and_requirements_and_runs_the_package(packaged, tmp_path):
+    """A new virtual environment with nothing but pip gets the metadata's pinned versions as the Model Zoo's CI
+    installs them, then the documented ``pip install -r requirements.txt`` (which the pins must satisfy), and
+    samples from the package's folder. This test, like ``.ci/run``'s own install, needs the package index."""
     import venv
 
     environment = tmp_path / "venv"
@@ -195,12 +208,13 @@ def test_a_fresh_environment_installs_the_package_requirements_and_runs_it(packa
     shutil.copytree(packaged.parent / "brain_mri", bundle)
     isolated = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
 
-    def pip(*args: str) -> None:
-        result = subprocess.run([python, "-m", "pip", "install", "-q", *args], capture_output=True, text=True, env=isolated)
+    def pip(*args: str) -> str:
+        result = subprocess.run([python, "-m", "pip", "install", *args], capture_output=True, text=True, env=isolated)
         assert result.returncode == 0, f"pip install {' '.join(args)} failed:\n{result.stderr[-3000:]}"
+        return result.stdout
 
-    pip(f"torch=={torch.__version__.split('+')[0]}")
-    pip("-r", str(bundle / "requirements.txt"))
+    pip("-q", *metadata_pins(json.loads((bundle / "configs" / "metadata.json").read_text())))
+    assert "Successfully installed" not in pip("-r", str(bundle / "requirements.txt"))  # the pins satisfy it
     result = subprocess.run(
         [python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--num_samples", "1",
          "--num_inference_steps", "2", "--finalize", "['$print(\"COMMON FROM\", common.__file__)']"],

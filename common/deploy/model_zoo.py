@@ -1,0 +1,252 @@
+"""The MONAI Model Zoo's checks of a submitted bundle, run offline on a bundle folder or a package.
+
+The zoo's CI (``ci/verify_bundle.py`` of Project-MONAI/model-zoo) checks a bundle's files, its version against the
+changelog, its metadata against the JSON schema the metadata names, and (for bundles not on its exclusion lists)
+the network's input and output against ``network_data_format`` and a TorchScript export; its pre-commit hooks
+format JSON with an indent of 4 and refuse files over 1 MiB, which ``large_files.yml`` replaces with download URLs.
+Generative bundles (``brats_mri_generative_diffusion``, ``maisi_ct_generative``) are exempt from the shape and
+TorchScript checks; these bundles pass them anyway, with the denoiser's ``timesteps`` as the extra forward
+argument. The schema is read from a copy kept in ``zoo_schema/`` (the zoo downloads it), so nothing here needs the
+network. ``python -m common check_zoo FOLDER`` runs every check and names each problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
+from monai.inferers import Inferer
+
+__all__ = ["ZOO_SCHEMAS", "ZooCheckError", "check_bundle", "check_zoo"]
+
+ZOO_SCHEMAS = Path(__file__).resolve().parent / "zoo_schema"  # copies of the schemas the zoo downloads
+SCHEMA_URL_PREFIX = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+SCHEMA_MD5 = {"meta_schema_20240725.json": "76e1add273836515d0bbb3bc71962474"}  # of the released files
+NECESSARY_FILES = ("LICENSE", "configs/metadata.json", "configs/inference.json")
+MAX_COMMITTED_BYTES = 1024 * 1024  # the zoo's pre-commit check-added-large-files --maxkb=1024
+INFERENCE_KEYS = ("bundle_root", "device", "network_def", "inferer", "output_dir")  # the zoo's CONTRIBUTING.md
+HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
+README_HEADINGS = (  # the zoo's docs/readme_template.md, "(Optional)" sections that every bundle here has included
+    "authors", "tags", "model description", "data", "preprocessing", "performance", "system configuration",
+    "limitations", "references",
+)
+
+
+class ZooCheckError(RuntimeError):
+    """A bundle that fails the Model Zoo's checks; the message lists every problem."""
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def check_files(folder: Path, packaged: bool) -> list[str]:
+    """The files the zoo requires; a package also holds the denoiser's weights as ``models/model.pt``."""
+    required = NECESSARY_FILES + (("models/model.pt",) if packaged else ())
+    return [f"{folder / name}: missing (the Model Zoo requires it)." for name in required if not (folder / name).is_file()]
+
+
+def check_version(folder: Path) -> list[str]:
+    """``version`` is a key of ``changelog``, as the zoo's ``verify_version_changes`` asks."""
+    metadata = _read_json(folder / "configs" / "metadata.json")
+    version = metadata.get("version")
+    if version is None or version not in metadata.get("changelog", {}):
+        return [f"{folder / 'configs/metadata.json'}: version {version!r} has no entry in 'changelog'."]
+    return []
+
+
+def check_metadata_schema(folder: Path) -> list[str]:
+    """The metadata validated against the schema it names, as the zoo's ``verify_metadata_format`` does."""
+    meta_file = folder / "configs" / "metadata.json"
+    url = _read_json(meta_file).get("schema", "")
+    local = ZOO_SCHEMAS / url.removeprefix(SCHEMA_URL_PREFIX)
+    if not url.startswith(SCHEMA_URL_PREFIX) or local.name not in SCHEMA_MD5 or not local.is_file():
+        known = ", ".join(sorted(SCHEMA_MD5))
+        return [f"{meta_file}: schema {url!r} is not one this check has a copy of ({known})."]
+    with tempfile.TemporaryDirectory() as scratch:  # verify_metadata reads the schema where it would download it
+        schema = Path(scratch) / "schema.json"
+        shutil.copyfile(local, schema)
+        try:
+            verify_metadata(meta_file=str(meta_file), filepath=str(schema), hash_val=SCHEMA_MD5[local.name], hash_type="md5")
+        except Exception as error:  # jsonschema's ValidationError, with the failing key's path
+            return [f"{meta_file}: does not follow {local.name}: {str(error).splitlines()[0]}"]
+    return []
+
+
+def check_json_format(folder: Path) -> list[str]:
+    """Every JSON file formatted as the zoo's pre-commit ``pretty-format-json --indent=4 --no-sort-keys`` writes it."""
+    problems = []
+    for path in sorted(folder.rglob("*.json")):
+        text = path.read_text()
+        if json.dumps(json.loads(text), indent=4, ensure_ascii=True) + "\n" != text:
+            problems.append(f"{path}: not formatted as json.dumps(..., indent=4) with a final newline.")
+    return problems
+
+
+def _digest(path: Path, hash_type: str) -> str:
+    digest = hashlib.new(hash_type)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_large_files(folder: Path, require_urls: bool) -> list[str]:
+    """Every file over the zoo's 1 MiB commit limit is listed in ``large_files.yml`` with a matching hash (and,
+    for a submission, the URL the zoo downloads it from)."""
+    listing = next((folder / f"large_files.{s}" for s in ("yml", "yaml", "json") if (folder / f"large_files.{s}").is_file()), None)
+    entries = ConfigParser.load_config_file(str(listing)).get("large_files", []) if listing else []
+    problems, listed = [], set()
+    for entry in entries:
+        path = (folder / str(entry.get("path", ""))).resolve()
+        if not entry.get("path") or not path.is_relative_to(folder.resolve()):
+            problems.append(f"{listing}: entry {entry} has no path inside the bundle.")
+            continue
+        listed.add(path)
+        hash_type = entry.get("hash_type") or ""
+        if hash_type and hash_type not in HASH_TYPES:
+            problems.append(f"{listing}: {entry['path']}: hash_type {hash_type!r} is not one of {HASH_TYPES}.")
+        elif path.is_file() and hash_type and entry.get("hash_val") and _digest(path, hash_type) != entry["hash_val"]:
+            problems.append(f"{listing}: {entry['path']}: the file's {hash_type} differs from hash_val.")
+        if require_urls and not entry.get("url"):
+            problems.append(f"{listing}: {entry['path']}: no url; the zoo downloads the file from it.")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.stat().st_size > MAX_COMMITTED_BYTES and path.resolve() not in listed:
+            problems.append(f"{path}: {path.stat().st_size} bytes, over the zoo's 1 MiB limit, and not in large_files.yml.")
+    return problems
+
+
+def check_inference_config(folder: Path) -> list[str]:
+    """The ids the zoo asks of an inference config, and an ``inferer`` that is a MONAI ``Inferer``."""
+    config = folder / "configs" / "inference.json"
+    parser = ConfigParser(_read_json(config))
+    missing = [key for key in INFERENCE_KEYS if key not in parser]
+    if missing:
+        return [f"{config}: no {', '.join(missing)} (the Model Zoo asks every inference config for {', '.join(INFERENCE_KEYS)})."]
+    parser["bundle_root"] = str(folder)
+    inferer = parser.get_parsed_content("inferer")
+    if not isinstance(inferer, Inferer):
+        return [f"{config}: 'inferer' is a {type(inferer).__name__}, not a MONAI Inferer."]
+    return []
+
+
+def check_readme(folder: Path) -> list[str]:
+    """``docs/README.md`` has the sections of the zoo's README template."""
+    readme = folder / "docs" / "README.md"
+    if not readme.is_file():
+        return [f"{readme}: missing (the Model Zoo's README template goes there)."]
+    headings = {line.lstrip("#").replace("*", "").strip().lower() for line in readme.read_text().splitlines() if line.startswith("##")}
+    missing = [h for h in README_HEADINGS if h not in headings]
+    return [f"{readme}: no section {', '.join(repr(h) for h in missing)} of the Model Zoo's README template."] if missing else []
+
+
+def _denoiser_inputs(metadata: dict, spatial_shape: Sequence[int] | None) -> dict:
+    """Overrides for ``verify_net_in_out``: the metadata's image input, at ``spatial_shape`` if given."""
+    if spatial_shape is None:
+        return {}
+    image = dict(metadata["network_data_format"]["inputs"]["image"], spatial_shape=list(spatial_shape))
+    return {"_meta_#network_data_format#inputs#image": image}
+
+
+def check_networks(folder: Path, device: str = "cpu", spatial_shape: Sequence[int] | None = None) -> list[str]:
+    """The zoo's ``verify_data_shape`` (MONAI's ``verify_net_in_out``) for the denoiser, with ``timesteps`` as its
+    extra forward argument, and the same for the VQ-GAN against ``autoencoder_data_format`` (its forward returns
+    the reconstruction and the quantisation loss; the reconstruction is checked). ``spatial_shape`` runs the
+    denoiser at another size than the metadata's (it is fully convolutional), for a quick check on a CPU."""
+    meta_file, config_file = folder / "configs" / "metadata.json", folder / "configs" / "inference.json"
+    metadata = _read_json(meta_file)
+    problems = []
+    try:
+        verify_net_in_out(
+            "network_def", meta_file=str(meta_file), config_file=str(config_file), device=device,
+            extra_forward_args={"timesteps": torch.tensor([1], device=device)}, bundle_root=str(folder),
+            **_denoiser_inputs(metadata, spatial_shape),
+        )
+    except Exception as error:
+        problems.append(f"{config_file}: network_def fails MONAI's verify_net_in_out: {type(error).__name__}: {error}")
+    if "autoencoder_data_format" in metadata:
+        problems += _check_autoencoder(folder, metadata["autoencoder_data_format"], device)
+    return problems
+
+
+def _check_autoencoder(folder: Path, data_format: dict, device: str) -> list[str]:
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    parser["bundle_root"] = str(folder)
+    expected_in, expected_out = data_format["inputs"]["image"], data_format["outputs"]["pred"]
+    network = parser.get_parsed_content("autoencoder_def").to(device).eval()
+    with torch.no_grad():
+        output = network(torch.rand(1, expected_in["num_channels"], *expected_in["spatial_shape"], device=device))
+    reconstruction = output[0] if isinstance(output, (tuple, list)) else output
+    found = (reconstruction.shape[1], list(reconstruction.shape[2:]), str(reconstruction.dtype).removeprefix("torch."))
+    wanted = (expected_out["num_channels"], list(expected_out["spatial_shape"]), expected_out["dtype"])
+    if found != wanted:
+        return [f"{folder / 'configs/metadata.json'}: autoencoder_def gives (channels, shape, dtype) {found}, "
+                f"autoencoder_data_format says {wanted}."]
+    return []
+
+
+def check_torchscript(folder: Path) -> list[str]:
+    """A package's TorchScript files load, as the zoo's ``verify_torchscript`` loads ``models/model.ts``."""
+    problems = []
+    for path in sorted((folder / "models").glob("*.ts")):
+        try:
+            torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:
+            problems.append(f"{path}: torch.jit.load fails: {error}")
+    return problems
+
+
+def check_bundle(
+    folder: str | Path,
+    packaged: bool | None = None,
+    require_urls: bool = False,
+    device: str = "cpu",
+    spatial_shape: Sequence[int] | None = None,
+) -> list[str]:
+    """Every check of this module on a bundle folder; returns the problems found (empty: it passes).
+
+    Args:
+        folder: a bundle folder (``bundles/<name>``) or an unpacked package.
+        packaged: whether it is a package (weights in ``models/``); by default, whether ``models/`` exists.
+        require_urls: every entry of ``large_files.yml`` must have its download URL (a zoo submission).
+        device: where the networks run for the shape checks.
+        spatial_shape: the denoiser's input size for its shape check, instead of the metadata's.
+    """
+    folder = Path(folder)
+    if not (folder / "configs" / "metadata.json").is_file():
+        raise ZooCheckError(f"{folder}: not a bundle folder (no configs/metadata.json).")
+    packaged = (folder / "models").is_dir() if packaged is None else packaged
+    problems = check_files(folder, packaged)
+    if problems:
+        return problems
+    checks: list[Callable[[], list[str]]] = [
+        lambda: check_version(folder),
+        lambda: check_metadata_schema(folder),
+        lambda: check_json_format(folder),
+        lambda: check_large_files(folder, require_urls),
+        lambda: check_inference_config(folder),
+        lambda: check_readme(folder),
+        lambda: check_networks(folder, device, spatial_shape),
+    ]
+    if packaged:
+        checks.append(lambda: check_torchscript(folder))
+    for check in checks:
+        problems += check()
+    return problems
+
+
+def check_zoo(folder: str, submission: bool = False, device: str = "cpu") -> None:
+    """``python -m common check_zoo FOLDER [--submission True]``: run the Model Zoo's checks on a bundle folder or
+    an unpacked package and print the result; ``ZooCheckError`` listing every problem if any."""
+    problems = check_bundle(folder, require_urls=submission, device=device)
+    if problems:
+        raise ZooCheckError(f"{folder} fails {len(problems)} Model Zoo check(s):\n" + "\n".join(f"- {p}" for p in problems))
+    print(f"{folder}: passes the Model Zoo checks (files, version, metadata schema, JSON format, large files, "
+          "inference ids, README sections, network input/output" + (", TorchScript" if (Path(folder) / "models").is_dir() else "") + ").")

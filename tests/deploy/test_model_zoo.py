@@ -1,0 +1,170 @@
+"""The Model Zoo's checks (``common.deploy.model_zoo``) pass for every bundle and catch each kind of mistake."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.deploy import ZooCheckError, check_bundle, check_zoo
+from common.deploy.model_zoo import check_metadata_schema
+from tests.bundles.bundle_runs import REPO
+
+LATENT = ("brain_mri", "breast_mri", "chest_ct", "knee_mri")
+
+
+@pytest.mark.parametrize("bundle", LATENT)
+def test_every_latent_bundle_passes_at_its_full_size(bundle):
+    """Including MONAI's verify_net_in_out of the paper-size denoiser (with timesteps) and the VQ-GAN."""
+    assert check_bundle(REPO / "bundles" / bundle) == []
+
+
+def test_the_mask_conditioned_bundle_passes():
+    # the 128^3 full-width U-Net takes ~40 s on a CPU; it is fully convolutional, so a 32^3 input checks the
+    # channels and dtype that verify_net_in_out compares (the packaged model is checked at its size elsewhere)
+    assert check_bundle(REPO / "bundles" / "brain_tumor_semantic", spatial_shape=[32, 32, 32]) == []
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    """A copy of brain_mri to break."""
+    folder = tmp_path / "brain_mri"
+    shutil.copytree(REPO / "bundles" / "brain_mri", folder)
+    return folder
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data, indent=4) + "\n")
+
+
+def test_missing_files_are_named(bundle):
+    (bundle / "LICENSE").unlink()
+    assert check_bundle(bundle) == [f"{bundle / 'LICENSE'}: missing (the Model Zoo requires it)."]
+    assert check_bundle(bundle, packaged=True)[-1] == f"{bundle / 'models/model.pt'}: missing (the Model Zoo requires it)."
+
+
+def test_a_version_without_a_changelog_entry(bundle):
+    _edit_json(bundle / "configs" / "metadata.json", lambda m: m.update(version="9.9.9"))
+    assert check_bundle(bundle) == [f"{bundle / 'configs/metadata.json'}: version '9.9.9' has no entry in 'changelog'."]
+
+
+def test_metadata_that_breaks_the_schema(bundle):
+    meta = bundle / "configs" / "metadata.json"
+    _edit_json(meta, lambda m: m.pop("task"))
+    assert check_metadata_schema(bundle) == [f"{meta}: does not follow meta_schema_20240725.json: 'task' is a required property"]
+    _edit_json(meta, lambda m: m.update(task="t", schema=m["schema"].replace("20240725", "20230507")))
+    assert "is not one this check has a copy of (meta_schema_20240725.json)" in check_metadata_schema(bundle)[0]
+
+
+def test_json_not_formatted_as_the_zoo_formats_it(bundle):
+    path = bundle / "configs" / "inference.json"
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=2))
+    assert check_bundle(bundle) == [f"{path}: not formatted as json.dumps(..., indent=4) with a final newline."]
+
+
+def test_large_files_must_be_listed_with_the_right_hash(bundle):
+    weights = bundle / "models" / "big.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"\0" * (1024 * 1024 + 1))
+    problems = check_bundle(bundle, packaged=False)
+    assert problems == [f"{weights}: 1048577 bytes, over the zoo's 1 MiB limit, and not in large_files.yml."]
+    (bundle / "large_files.yml").write_text(
+        'large_files:\n  - path: "models/big.pt"\n    url: ""\n    hash_val: "0123"\n    hash_type: "sha256"\n'
+    )
+    assert check_bundle(bundle, packaged=False) == [f"{bundle / 'large_files.yml'}: models/big.pt: the file's sha256 differs from hash_val."]
+    (bundle / "large_files.yml").write_text('large_files:\n  - path: "models/big.pt"\n    url: ""\n')
+    assert check_bundle(bundle, packaged=False) == []
+    assert check_bundle(bundle, packaged=False, require_urls=True) == [
+        f"{bundle / 'large_files.yml'}: models/big.pt: no url; the zoo downloads the file from it."
+    ]
+
+
+def test_an_inference_config_without_an_inferer(bundle):
+    path = bundle / "configs" / "inference.json"
+    _edit_json(path, lambda c: c.pop("inferer"))
+    assert check_bundle(bundle) == [
+        f"{path}: no inferer (the Model Zoo asks every inference config for bundle_root, device, network_def, inferer, output_dir)."
+    ]
+    _edit_json(path, lambda c: c.update(inferer="$@noise_scheduler"))
+    assert check_bundle(bundle) == [f"{path}: 'inferer' is a DDPMScheduler, not a MONAI Inferer."]
+
+
+def test_a_readme_without_the_templates_sections(bundle):
+    readme = bundle / "docs" / "README.md"
+    readme.write_text(readme.read_text().replace("## System Configuration", "## Memory and time"))
+    assert check_bundle(bundle) == [f"{readme}: no section 'system configuration' of the Model Zoo's README template."]
+
+
+def test_metadata_shapes_that_do_not_match_the_networks(bundle):
+    meta = bundle / "configs" / "metadata.json"
+    _edit_json(meta, lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels=4))
+    _edit_json(meta, lambda m: m["autoencoder_data_format"]["outputs"]["pred"].update(spatial_shape=[32, 32, 32]))
+    denoiser, autoencoder = check_bundle(bundle)
+    assert "network_def fails MONAI's verify_net_in_out: ValueError: output channel number `8` doesn't match: `4`" in denoiser
+    assert autoencoder.endswith("autoencoder_def gives (channels, shape, dtype) (1, [64, 64, 64], 'float32'), "
+                                "autoencoder_data_format says (1, [32, 32, 32], 'float32').")
+
+
+def test_the_command_raises_with_every_problem(bundle, capsys):
+    (bundle / "configs" / "inference.json").write_text(json.dumps(json.loads((bundle / "configs" / "inference.json").read_text())))
+    _edit_json(bundle / "configs" / "metadata.json", lambda m: m.update(version="9.9.9"))
+    with pytest.raises(ZooCheckError, match=r"fails 2 Model Zoo check\(s\):\n- .*version '9.9.9'.*\n- .*inference.json: not formatted"):
+        check_zoo(str(bundle))
+    with pytest.raises(ZooCheckError, match="not a bundle folder"):
+        check_zoo(str(bundle / "configs"))
+
+
+def _pins() -> dict[str, str]:
+    versions = json.loads((REPO / "templates" / "versions.json").read_text())
+    return {"torch": versions["pytorch_version"], "monai": versions["monai_version"], "numpy": versions["numpy_version"],
+            **versions["required_packages_version"]}
+
+
+def test_the_pinned_versions_cover_and_satisfy_every_install_requirement():
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    requirements = [Requirement(line) for line in setup["options"]["install_requires"].split("\n") if line.strip()]
+    pins = _pins()
+    assert sorted(r.name for r in requirements) == sorted(pins)  # each requirement pinned, nothing else
+    for requirement in requirements:
+        assert requirement.specifier.contains(pins[requirement.name]), (requirement, pins[requirement.name])
+    for bundle in (REPO / "bundles").iterdir():
+        metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+        assert metadata["required_packages_version"] == json.loads((REPO / "templates" / "versions.json").read_text())["required_packages_version"]
+
+
+def _interpreter(version: str) -> str | None:
+    """A working ``python<version>``: on the PATH, or one of pyenv's installed versions (its shims may be inactive)."""
+    import glob
+    import os
+    import subprocess
+
+    pyenv = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    for candidate in [shutil.which(f"python{version}"), *sorted(glob.glob(f"{pyenv}/versions/{version}.*/bin/python{version}"))]:
+        if candidate and subprocess.run([candidate, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.13"])
+def test_the_pinned_versions_install_together_on_the_oldest_and_newest_python(version):
+    """pip resolves the pins (``==``, as the zoo's CI on Python 3.10 installs them) for that Python: every pin has
+    a build for it and they agree. Needs the package index, as ``.ci/run`` does."""
+    import subprocess
+
+    python = _interpreter(version)
+    if python is None:
+        pytest.skip(f"no python{version} on this machine")
+    result = subprocess.run(
+        [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q", *(f"{n}=={v}" for n, v in _pins().items())],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
