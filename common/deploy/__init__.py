@@ -1,12 +1,14 @@
 """Getting trained bundles to users: TorchScript exports (``export``), Model Zoo packages (``package``), the Model
-Zoo's checks of a bundle (``model_zoo``), and unpacking a downloaded archive safely (``archive``)."""
+Zoo's checks of a bundle (``model_zoo``), one synthetic volume per request for serving apps (``synthesis``), and
+unpacking a downloaded archive safely (``archive``)."""
 
 from .archive import UnsafeArchiveError, unpack_bundle
 from .export import ExportError, export_torchscript
 from .model_zoo import ZooCheckError, check_bundle, check_zoo
 from .package import PackagingError, package_bundle
+from .synthesis import BundleSynthesizer, SynthesisError, SyntheticVolume
 
 __all__ = [
-    "ExportError", "PackagingError", "UnsafeArchiveError", "ZooCheckError", "check_bundle", "check_zoo", "export_torchscript",
-    "package_bundle", "unpack_bundle",
+    "BundleSynthesizer", "ExportError", "PackagingError", "SynthesisError", "SyntheticVolume", "UnsafeArchiveError",
+    "ZooCheckError", "check_bundle", "check_zoo", "export_torchscript", "package_bundle", "unpack_bundle",
 ]

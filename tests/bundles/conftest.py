@@ -1,5 +1,6 @@
-"""The brain_mri bundle trained once per test session, at 32^3 on five real-anatomy brains, and evaluated: the
-brain tests, the evaluation, packaging and multi-GPU sampling tests all use this one model."""
+"""Models trained once per test session: the brain_mri bundle at 32^3 on five real-anatomy brains, evaluated (the
+brain tests, the evaluation, packaging and multi-GPU sampling tests use it), and the Med-DDPM bundle at 16^3 (its
+own tests and the serving integrations use it)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,72 @@ def brain_model(tmp_path_factory) -> dict:
     evaluated = root / "evaluated"
     run_bundle(EVALUATE, **overrides, output_dir=str(evaluated), num_samples=3, num_inference_steps=3)
     return {**run, "brains": brains, "evaluated": evaluated, "overrides": overrides}
+
+
+# the mask-conditioned bundle at 16^3
+SIZE = 16
+# a small U-Net: two levels, attention at the 8^3 level and in the middle, one head each
+SMALL = {
+    "image_size": [SIZE] * 3, "crop_size": [SIZE] * 3, "spacing": [1.0] * 3,
+    "network_def#channels": [16, 32], "network_def#attention_levels": [False, True],
+    "network_def#num_head_channels": [16, 32], "network_def#norm_num_groups": 8,
+}
+# on the command line every id must be one of the run's configs: crop_size is training's, spacing inference's
+TRAINING = {key: value for key, value in SMALL.items() if key != "spacing"}
+SAMPLING = {key: value for key, value in SMALL.items() if key != "crop_size"}
+
+
+def _head(tumour_centre: tuple[int, int, int] | None, radius: int = 3) -> np.ndarray:
+    """Labels of a 16^3 head: 0 outside a ball, 1 head, 2 a tumour ball."""
+    grid = np.stack(np.meshgrid(*[np.arange(SIZE)] * 3, indexing="ij"))
+    labels = (np.sqrt(((grid - 7.5) ** 2).sum(0)) < 7).astype(np.uint8)
+    if tumour_centre is not None:
+        labels[np.sqrt(((grid - np.reshape(tumour_centre, (3, 1, 1, 1))) ** 2).sum(0)) < radius] = 2
+    return labels
+
+
+def _write_pairs(folder: Path, count: int, seed: int = 0) -> Path:
+    """Image/label pairs where the label decides the intensity: background 0, head 1, tumour 2 (plus noise)."""
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+    for index in range(count):
+        labels = _head(tuple(int(v) for v in rng.integers(4, 12, size=3)))
+        image = labels.astype(np.float32) + 0.05 * rng.standard_normal(labels.shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(folder / "images" / f"case_{index}.nii.gz"))
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), str(folder / "labels" / f"case_{index}.nii.gz"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def semantic_model(tmp_path_factory) -> dict:
+    """The Med-DDPM bundle (brain_tumor_semantic) trained at 16^3 on 8 pairs whose labels decide the intensity
+    (150 epochs): its tests, packaging and the serving integrations use this one model."""
+    root = tmp_path_factory.mktemp("semantic")
+    data = _write_pairs(root / "data", 8)
+    models = root / "models"
+    run_bundle(
+        config_files("brain_tumor_semantic", "train"), dataset_dir=str(data), ckpt_dir=str(models), log_dir=str(root / "logs"), **TRAINING,
+        num_workers=0, batch_size=4, lr=0.002, save_interval=0, log_interval=50,
+        **{"train#trainer#max_epochs": 150, "ema#start_iteration": 300},
+    )
+    return {"root": root, "data": data, "models": models}
+
+
+@pytest.fixture(scope="session")
+def brain_package(brain_model, tmp_path_factory) -> Path:
+    """The brain model packaged (with its evaluation's metrics): the zip; its folder is next to it."""
+    from common.deploy import package_bundle
+
+    metrics = brain_model["evaluated"] / "evaluation" / "metrics.json"
+    return package_bundle("brain_mri", brain_model["models"], tmp_path_factory.mktemp("dist"), SIZE_32_OVERRIDES, metrics)
+
+
+@pytest.fixture(scope="session")
+def semantic_package(semantic_model, tmp_path_factory) -> Path:
+    """The Med-DDPM model packaged: the package's folder."""
+    from common.deploy import package_bundle
+
+    output = tmp_path_factory.mktemp("dist_semantic")
+    package_bundle("brain_tumor_semantic", semantic_model["models"], output, SMALL)
+    return output / "brain_tumor_semantic"

@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser
 
 from common.data import DatasetError, paired_datalist
 from common.deploy import check_bundle, package_bundle
+from tests.bundles.conftest import SAMPLING, SIZE, SMALL, TRAINING, _head, _write_pairs
 from tests.bundles.bundle_runs import (
     REPO,
     as_arguments,
@@ -27,51 +28,11 @@ from tests.bundles.bundle_runs import (
 
 BUNDLE = "brain_tumor_semantic"
 CONFIGS = f"bundles/{BUNDLE}/configs"
-SIZE = 16
-# a small U-Net: two levels, attention at the 8^3 level and in the middle, one head each
-SMALL = {
-    "image_size": [SIZE] * 3, "crop_size": [SIZE] * 3, "spacing": [1.0] * 3,
-    "network_def#channels": [16, 32], "network_def#attention_levels": [False, True],
-    "network_def#num_head_channels": [16, 32], "network_def#norm_num_groups": 8,
-}
-# on the command line every id must be one of the run's configs: crop_size is training's, spacing inference's
-TRAINING = {key: value for key, value in SMALL.items() if key != "spacing"}
-SAMPLING = {key: value for key, value in SMALL.items() if key != "crop_size"}
 
 
-def _head(tumour_centre: tuple[int, int, int] | None, radius: int = 3) -> np.ndarray:
-    """Labels of a 16^3 head: 0 outside a ball, 1 head, 2 a tumour ball."""
-    grid = np.stack(np.meshgrid(*[np.arange(SIZE)] * 3, indexing="ij"))
-    labels = (np.sqrt(((grid - 7.5) ** 2).sum(0)) < 7).astype(np.uint8)
-    if tumour_centre is not None:
-        labels[np.sqrt(((grid - np.reshape(tumour_centre, (3, 1, 1, 1))) ** 2).sum(0)) < radius] = 2
-    return labels
-
-
-def _write_pairs(folder: Path, count: int, seed: int = 0) -> Path:
-    """Image/label pairs where the label decides the intensity: background 0, head 1, tumour 2 (plus noise)."""
-    rng = np.random.default_rng(seed)
-    for sub in ("images", "labels"):
-        (folder / sub).mkdir(parents=True)
-    for index in range(count):
-        labels = _head(tuple(int(v) for v in rng.integers(4, 12, size=3)))
-        image = labels.astype(np.float32) + 0.05 * rng.standard_normal(labels.shape).astype(np.float32)
-        nib.save(nib.Nifti1Image(image, np.eye(4)), str(folder / "images" / f"case_{index}.nii.gz"))
-        nib.save(nib.Nifti1Image(labels, np.eye(4)), str(folder / "labels" / f"case_{index}.nii.gz"))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("semantic")
-    data = _write_pairs(root / "data", 8)
-    models = root / "models"
-    run_bundle(
-        config_files(BUNDLE, "train"), dataset_dir=str(data), ckpt_dir=str(models), log_dir=str(root / "logs"), **TRAINING,
-        num_workers=0, batch_size=4, lr=0.002, save_interval=0, log_interval=50,
-        **{"train#trainer#max_epochs": 150, "ema#start_iteration": 300},
-    )
-    return {"root": root, "data": data, "models": models}
+@pytest.fixture
+def trained(semantic_model) -> dict:
+    return semantic_model
 
 
 def test_samples_follow_their_masks(trained, tmp_path):

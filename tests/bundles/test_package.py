@@ -35,12 +35,9 @@ WITHOUT_REPOSITORY = (
 )
 
 
-@pytest.fixture(scope="module")
-def packaged(brain_model, tmp_path_factory):
-    output = tmp_path_factory.mktemp("dist")
-    metrics = brain_model["evaluated"] / "evaluation" / "metrics.json"
-    archive = package_bundle("brain_mri", brain_model["models"], output, SIZE_32_OVERRIDES, metrics)
-    return archive
+@pytest.fixture
+def packaged(brain_package):
+    return brain_package
 
 
 def test_the_archive_has_the_model_zoo_layout_hashes_and_metrics(packaged):
