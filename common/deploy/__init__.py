@@ -6,9 +6,17 @@ from .archive import UnsafeArchiveError, unpack_bundle
 from .export import ExportError, export_torchscript
 from .model_zoo import ZooCheckError, check_bundle, check_zoo
 from .package import PackagingError, package_bundle
-from .synthesis import BundleSynthesizer, SynthesisError, SyntheticVolume
+from .synthesis import (
+    BundleSynthesizer,
+    SynthesisError,
+    SyntheticVolume,
+    find_bundle_folder,
+    requested_volumes,
+    write_volume,
+)
 
 __all__ = [
     "BundleSynthesizer", "ExportError", "PackagingError", "SynthesisError", "SyntheticVolume", "UnsafeArchiveError",
-    "ZooCheckError", "check_bundle", "check_zoo", "export_torchscript", "package_bundle", "unpack_bundle",
+    "ZooCheckError", "check_bundle", "check_zoo", "export_torchscript", "find_bundle_folder", "package_bundle",
+    "requested_volumes", "unpack_bundle", "write_volume",
 ]

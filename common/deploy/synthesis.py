@@ -19,10 +19,13 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from common.data import find_nifti_files, nifti_stem
+from common.io import save_nifti
 from common.med_ddpm import MaskConditionedSampler
 from common.sampling import LatentSampler, volume_affine
 
-__all__ = ["BundleSynthesizer", "SynthesisError", "SyntheticVolume"]
+__all__ = ["BundleSynthesizer", "SynthesisError", "SyntheticVolume", "find_bundle_folder", "requested_volumes",
+           "write_volume"]
 
 
 class SynthesisError(ValueError):
@@ -91,3 +94,40 @@ class BundleSynthesizer:
             raise SynthesisError(f"{self.bundle_dir.name} samples without a condition: it takes no label volume.")
         volume = self.sampler.sample([seed])[0, 0].numpy()
         return SyntheticVolume(volume, volume_affine(volume.shape, self.sampler.spacing), seed)
+
+
+def find_bundle_folder(model_path: str | os.PathLike) -> Path:
+    """The bundle folder at ``model_path``: the folder itself, or its one sub-folder holding a bundle (a MONAI
+    Deploy package mounts its models as ``<models>/<name>/``)."""
+    folder = Path(model_path)
+    if (folder / "configs" / "inference.json").is_file():
+        return folder
+    found = sorted(p for p in folder.iterdir() if (p / "configs" / "inference.json").is_file()) if folder.is_dir() else []
+    if len(found) != 1:
+        what = "does not exist" if not folder.exists() else f"holds {len(found)} bundle folders, not one"
+        raise FileNotFoundError(f"model path {folder} {what} (a bundle folder has configs/inference.json).")
+    return found[0]
+
+
+def write_volume(volume: SyntheticVolume, path: str | os.PathLike) -> str:
+    """Write ``volume`` as NIfTI (float32, its affine); returns the path."""
+    return save_nifti(volume.image, volume.affine, path)
+
+
+def requested_volumes(
+    synthesizer: BundleSynthesizer, input_dir: str | os.PathLike | None, num_samples: int = 1, seed: int = 0
+) -> list[tuple[str, SyntheticVolume]]:
+    """Answer a folder request, as a batch application does: for a mask-conditioned bundle, one image per NIfTI
+    label under ``input_dir``, named ``<label name>_seed<seed>.nii.gz`` (every label is checked before any
+    sampling); for a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``. Returns
+    (file name, volume) pairs."""
+    if synthesizer.conditional:
+        if input_dir is None:
+            raise SynthesisError(f"{synthesizer.bundle_dir.name} makes images from label masks: give an input folder of them.")
+        labels = find_nifti_files(input_dir)
+        for label in labels:  # a wrong mask is named before minutes of sampling, not after
+            synthesizer.sampler.load(label)
+        return [(f"{nifti_stem(label)}_seed{seed}.nii.gz", synthesizer(label, seed)) for label in labels]
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
+    return [(f"sample_{k:04d}_seed{seed + k}.nii.gz", synthesizer(seed=seed + k)) for k in range(num_samples)]

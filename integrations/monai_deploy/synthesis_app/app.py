@@ -1,0 +1,78 @@
+"""A MONAI Deploy application that makes synthetic volumes with a bundle of this collection.
+
+Mask-conditioned bundle (Med-DDPM, ``brain_tumor_semantic``): every NIfTI label under the input folder gives a
+synthetic image that follows it, written to the output folder with the label's affine. Latent bundle (Medical
+Diffusion: ``brain_mri``, ``chest_ct``, ...): ``num_samples`` unconditional volumes. The model folder is a packaged
+bundle (``python -m common package``), or a folder holding one; its own copy of ``common`` is imported, so the
+application needs only the SDK, MONAI and the bundle's requirements.
+
+Run: ``python synthesis_app -i LABELS -o OUTPUT -m BUNDLE`` (or set HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH,
+HOLOSCAN_MODEL_PATH); the ``synthesis`` section of ``app.yaml`` (``HOLOSCAN_CONFIG_PATH``) sets ``num_samples``,
+``seed``, ``num_inference_steps`` and ``device``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import AppContext, Application
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the operators module next to this file, however the app is started
+
+from operators import NiftiWriterOperator, SynthesisOperator  # noqa: E402
+
+SETTINGS = ("num_samples", "seed", "num_inference_steps", "device")
+
+
+def bundle_folder(model_path: str | os.PathLike) -> Path:
+    """The bundle under the model path, with its own ``common`` made importable (the code it was packaged with)."""
+    folder = Path(model_path)
+    candidates = [folder] + (sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else [])
+    for candidate in candidates:
+        if (candidate / "common" / "__init__.py").is_file():
+            sys.path.insert(0, str(candidate))
+            break
+    from common.deploy.synthesis import find_bundle_folder  # that bundle's common, or an installed one
+
+    return find_bundle_folder(folder)
+
+
+class SynthesisApp(Application):
+    """Labels in, synthetic images out (mask-conditioned bundle), or unconditional samples (latent bundle)."""
+
+    name = "medical_diffusion_synthesis"
+    description = "Synthetic 3D volumes from a Medical Diffusion or Med-DDPM bundle"
+    version = "0.2.1"
+
+    def compose(self) -> None:
+        context: AppContext = Application.init_app_context(self.argv)
+        bundle = bundle_folder(context.model_path)
+        try:
+            settings = {k: v for k, v in dict(self.kwargs("synthesis")).items() if v is not None}
+        except Exception:  # no config file loaded: the bundle's own defaults
+            settings = {}
+        unknown = sorted(set(settings) - set(SETTINGS))
+        if unknown:
+            raise ValueError(f"app.yaml synthesis: unknown settings {unknown} (known: {', '.join(SETTINGS)}).")
+        input_dir = Path(context.input_path) if context.input_path and Path(context.input_path).is_dir() else None
+        logging.info("bundle %s, input %s, output %s, settings %s", bundle, input_dir, context.output_path, settings)
+        synthesis = SynthesisOperator(self, CountCondition(self, 1), bundle_dir=bundle, input_dir=input_dir,
+                                      settings=settings, name="synthesis")
+        writer = NiftiWriterOperator(self, output_dir=Path(context.output_path), name="nifti_writer")
+        self.add_flow(synthesis, writer, {("volumes", "volumes")})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the application with ``app.yaml`` (``HOLOSCAN_CONFIG_PATH`` in a MONAI Application Package)."""
+    app = SynthesisApp(argv) if argv is not None else SynthesisApp()
+    app.config(os.environ.get("HOLOSCAN_CONFIG_PATH", str(HERE / "app.yaml")))
+    app.run()
+
+
+if __name__ == "__main__":
+    main()

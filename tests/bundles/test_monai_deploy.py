@@ -1,0 +1,107 @@
+"""The MONAI Deploy application (``integrations/monai_deploy/synthesis_app``): the logic its operators call, on a
+CPU without the SDK, and the application itself where an interpreter with the SDK is given."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from common.data import DatasetError
+from common.deploy import BundleSynthesizer, find_bundle_folder, requested_volumes, write_volume
+from tests.bundles.bundle_runs import REPO
+from tests.bundles.conftest import SIZE, _head
+
+APP = REPO / "integrations" / "monai_deploy" / "synthesis_app"
+
+
+def _labels(folder: Path, centres: dict[str, tuple[int, int, int]]) -> Path:
+    folder.mkdir(parents=True)
+    affine = np.eye(4)
+    affine[:3, 3] = (-5, 3, 2)
+    for name, centre in centres.items():
+        nib.save(nib.Nifti1Image(_head(centre), affine), str(folder / f"{name}.nii.gz"))
+    return folder
+
+
+def test_a_folder_of_labels_gives_one_image_each_that_follows_it(semantic_package, tmp_path):
+    labels = _labels(tmp_path / "in", {"case_a": (5, 8, 8), "case_b": (10, 8, 8)})
+    synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=10)
+    volumes = requested_volumes(synthesizer, labels, seed=3)
+    assert [name for name, _ in volumes] == ["case_a_seed3.nii.gz", "case_b_seed3.nii.gz"]
+    for (name, volume), centre in zip(volumes, ((5, 8, 8), (10, 8, 8))):
+        written = nib.load(write_volume(volume, tmp_path / "out" / name))
+        mask = _head(centre)
+        image = np.asanyarray(written.dataobj)
+        assert written.shape == (SIZE,) * 3 and np.allclose(written.affine, nib.load(str(labels / "case_a.nii.gz")).affine)
+        assert image[mask == 2].mean() > image[mask == 1].mean() > image[mask == 0].mean()
+
+
+def test_a_wrong_label_is_named_before_any_sampling(semantic_package, tmp_path, monkeypatch):
+    labels = _labels(tmp_path / "in", {"case_a": (5, 8, 8)})
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(labels / "case_z.nii.gz"))
+    synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=2)
+    monkeypatch.setattr(synthesizer.sampler, "sample", lambda *a: pytest.fail("sampled before every label was checked"))
+    with pytest.raises(DatasetError, match=r"case_z.nii.gz: mask of shape \(8, 8, 8\)"):
+        requested_volumes(synthesizer, labels)
+    with pytest.raises(DatasetError, match="is empty"):
+        requested_volumes(synthesizer, (tmp_path / "empty").mkdir() or tmp_path / "empty")
+
+
+def test_unconditional_samples_of_a_latent_bundle(brain_package):
+    synthesizer = BundleSynthesizer(brain_package.parent / "brain_mri", device="cpu", num_inference_steps=2)
+    volumes = requested_volumes(synthesizer, None, num_samples=2, seed=3)
+    assert [name for name, _ in volumes] == ["sample_0000_seed3.nii.gz", "sample_0001_seed4.nii.gz"]
+    assert all(v.image.shape == (32, 32, 32) and np.isfinite(v.image).all() for _, v in volumes)
+    with pytest.raises(ValueError, match="num_samples must be at least 1, got 0"):
+        requested_volumes(synthesizer, None, num_samples=0)
+
+
+def test_the_bundle_under_a_model_path(semantic_package, tmp_path):
+    assert find_bundle_folder(semantic_package) == semantic_package
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(semantic_package / "configs", models / "brain_tumor_semantic" / "configs")
+    assert find_bundle_folder(models) == models / "brain_tumor_semantic"  # as a MAP mounts --models
+    shutil.copytree(semantic_package / "configs", models / "other" / "configs")
+    with pytest.raises(FileNotFoundError, match="holds 2 bundle folders, not one"):
+        find_bundle_folder(models)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_bundle_folder(tmp_path / "nowhere")
+
+
+def test_the_apps_requirements_are_the_packages_plus_the_holoscan_release():
+    from common.deploy.package import requirements_text
+
+    def listed(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+    assert listed((APP / "requirements.txt").read_text()) == listed(requirements_text()) + ["holoscan-cu13==4.2.0"]
+
+
+@pytest.mark.skipif("MONAI_DEPLOY_PYTHON" not in os.environ, reason="set MONAI_DEPLOY_PYTHON to a Python with monai-deploy-app-sdk")
+def test_the_application_runs_with_the_sdk(semantic_package, brain_package, tmp_path):
+    """The application as ``monai-deploy run`` starts it (``python <app folder> -i -o -m``), in an environment
+    with the SDK (see docs/deployment.md); both kinds of bundle."""
+    labels = _labels(tmp_path / "in", {"case_a": (5, 8, 8)})
+    for bundle, arguments, expected in (
+        (semantic_package, ["-i", str(labels)], ["case_a_seed0.nii.gz"]),
+        (brain_package.parent / "brain_mri", [], ["sample_0000_seed7.nii.gz", "sample_0001_seed8.nii.gz"]),
+    ):
+        models, output = tmp_path / f"models_{bundle.name}", tmp_path / f"out_{bundle.name}"
+        shutil.copytree(bundle, models / bundle.name)
+        config = tmp_path / "app.yaml"
+        config.write_text("application:\n  title: test\n  version: 0.1\nresources:\n  cpu: 1\n"
+                          "synthesis:\n  num_samples: 2\n  seed: 7\n  num_inference_steps: 5\n  device: cpu\n"
+                          if bundle.name == "brain_mri" else (APP / "app.yaml").read_text().replace("num_inference_steps: 50", "num_inference_steps: 5"))
+        result = subprocess.run(
+            [os.environ["MONAI_DEPLOY_PYTHON"], str(APP), *arguments, "-o", str(output), "-m", str(models)],
+            capture_output=True, text=True, env={**os.environ, "HOLOSCAN_CONFIG_PATH": str(config)}, timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert sorted(p.name for p in output.iterdir()) == expected
