@@ -1,0 +1,105 @@
+"""A MONAI Label app that makes synthetic volumes with the bundles of the Medical Diffusion collection.
+
+Each bundle folder (a package from ``python -m common package``, unpacked) becomes an infer task named after it:
+
+- a mask-conditioned bundle (Med-DDPM, ``brain_tumor_semantic``): the label volume posted to ``/infer/<name>`` (as
+  ``file``, or as ``label`` beside a studies image) gives a synthetic image that follows it, on the label's grid
+  (its affine), so a viewer lays the two over each other;
+- a latent bundle (Medical Diffusion, ``brain_mri`` and the others): an unconditional sample (post any small file,
+  or name a studies image; the input is not used).
+
+The result is a float32 NIfTI image in [-1, 1]. ``params`` may hold ``seed`` (default 0). A label the model cannot
+use (another size or spacing than it was trained at, unknown classes) is answered with HTTP 422 and the reason. App settings (``--conf``):
+``bundles`` (comma-separated folders; default: every bundle folder under ``<app>/model/``),
+``num_inference_steps`` (default 50 DDIM steps) and ``device`` (default: a GPU if there is one).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+logger = logging.getLogger(__name__)
+
+
+def bundle_folders(app_dir: str, setting: str | None) -> list[Path]:
+    """The bundles to serve: ``setting`` (comma-separated folders) or every bundle folder under ``<app>/model/``."""
+    if setting:
+        folders = [Path(p.strip()).expanduser() for p in setting.split(",") if p.strip()]
+    else:
+        models = Path(app_dir) / "model"
+        folders = sorted(p for p in models.iterdir() if (p / "configs" / "inference.json").is_file()) if models.is_dir() else []
+    missing = [str(f) for f in folders if not (f / "configs" / "inference.json").is_file()]
+    if missing or not folders:
+        where = ", ".join(missing) if missing else f"none under {Path(app_dir) / 'model'}"
+        raise FileNotFoundError(
+            f"no bundle to serve: {where} (a bundle folder has configs/inference.json; give them with "
+            "--conf bundles PATH[,PATH])."
+        )
+    for folder in folders:  # a package's own copy of `common`: the code its configs were packaged with
+        if (folder / "common" / "__init__.py").is_file():
+            sys.path.insert(0, str(folder))
+    return folders
+
+
+class SynthesisTask(InferTask):
+    """One bundle's sampler behind ``/infer``: a volume per request, written as NIfTI."""
+
+    def __init__(self, bundle: Path, num_inference_steps: int, device: str | None) -> None:
+        from common.deploy import BundleSynthesizer
+
+        self.synthesizer = BundleSynthesizer(bundle, device=device, num_inference_steps=num_inference_steps)
+        what = ("a synthetic image that follows the posted label volume" if self.synthesizer.conditional
+                else "an unconditional synthetic volume")
+        super().__init__(
+            type=InferType.OTHERS, labels=None, dimension=3, description=f"{bundle.name}: {what}",
+            config={"seed": 0, "num_inference_steps": num_inference_steps},
+        )
+
+    def is_valid(self) -> bool:
+        return True
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        from common.data import DatasetError
+        from common.deploy import SynthesisError, write_volume
+
+        settings = {**copy.deepcopy(self._config), **request}
+        label = (request.get("label") or request.get("image")) if self.synthesizer.conditional else None
+        try:
+            seed = int(settings["seed"])
+            volume = self.synthesizer(label, seed=seed)
+        except (DatasetError, SynthesisError, ValueError) as error:  # the request's fault: say why to the client
+            raise HTTPException(status_code=422, detail=str(error)) from error
+        handle, path = tempfile.mkstemp(suffix=".nii.gz")  # the server sends it and then deletes it
+        os.close(handle)
+        write_volume(volume, path)
+        logger.info("%s: seed %d -> %s", self.synthesizer.bundle_dir.name, seed, path)
+        return path, {"seed": seed, "shape": list(volume.image.shape), "bundle": self.synthesizer.bundle_dir.name}
+
+
+class SynthesisApp(MONAILabelApp):
+    """The app: one ``SynthesisTask`` per bundle, no training, no active-learning strategies."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        self.bundles = bundle_folders(app_dir, conf.get("bundles"))
+        self.num_inference_steps = int(conf.get("num_inference_steps", "50"))
+        self.device = conf.get("device") or None
+        super().__init__(
+            app_dir=app_dir, studies=studies, conf=conf, name="medical-diffusion-synthesis",
+            description="Synthetic 3D volumes from Medical Diffusion and Med-DDPM bundles", version="0.2.1",
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        return {folder.name: SynthesisTask(folder, self.num_inference_steps, self.device) for folder in self.bundles}
+
+    def init_strategies(self) -> dict:
+        return {}

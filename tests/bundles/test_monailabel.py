@@ -1,0 +1,154 @@
+"""The MONAI Label app (``integrations/monailabel``): the real MONAI Label server on 127.0.0.1 serving the trained
+test models, a label volume posted to ``/infer``, and the synthetic image that comes back.
+
+The server runs in a virtual environment made here on top of this one (``--system-site-packages``: its torch,
+MONAI and this project), with monailabel installed as ``docs/deployment.md`` says (without its declared
+dependencies, which would replace the CPU torch, then ``integrations/monailabel/requirements.txt``). Like
+``.ci/run``'s own install, this needs the package index.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+import venv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.bundles.bundle_runs import REPO
+from tests.bundles.conftest import SIZE, _head
+
+APP = REPO / "integrations" / "monailabel"
+MONAILABEL = "monailabel==0.8.5"
+START_SECONDS = 300  # generous: the server imports torch and MONAI and loads both models on a loaded machine
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _install(python: str, *args: str) -> None:
+    result = subprocess.run([python, "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
+    assert result.returncode == 0, f"pip install {' '.join(args)} failed:\n{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def server(semantic_package, brain_package, tmp_path_factory):
+    root = tmp_path_factory.mktemp("monailabel")
+    venv.EnvBuilder(with_pip=True, system_site_packages=True).create(root / "venv")
+    python = str(root / "venv" / "bin" / "python")
+    _install(python, "--no-deps", MONAILABEL)
+    _install(python, "-r", str(APP / "requirements.txt"))
+    probe = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    assert probe.stdout.strip() == torch.__version__  # the install kept this environment's torch
+
+    app = root / "app"  # the server writes logs/, model/ and the like into the app folder
+    app.mkdir()
+    shutil.copy2(APP / "main.py", app / "main.py")
+    (root / "studies").mkdir()
+    (root / "tmp").mkdir()
+    bundles = f"{semantic_package},{brain_package.parent / 'brain_mri'}"
+    quiet = {f"MONAI_LABEL_{key}": "false" for key in (
+        "TASKS_TRAIN", "TASKS_STRATEGY", "TASKS_SCORING", "TASKS_BATCH_INFER", "SESSIONS", "AUTO_UPDATE_SCORING",
+        "DATASTORE_AUTO_RELOAD", "TRACKING_ENABLED")}
+    environment = {**os.environ, **quiet, "TMPDIR": str(root / "tmp"), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    port = _free_port()
+    log = open(root / "server.log", "wb")
+    process = subprocess.Popen(
+        [python, str(APP / "run_server.py"), "start_server", "--app", str(app), "--studies", str(root / "studies"),
+         "--host", "127.0.0.1", "--port", str(port), "--conf", "bundles", bundles, "--conf", "num_inference_steps", "10",
+         "--conf", "device", "cpu"],
+        cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/info/", timeout=5).read()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("the MONAI Label server did not start:\n" + (root / "server.log").read_text()[-4000:])
+            time.sleep(0.5)
+    yield {"url": base, "log": root / "server.log"}
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def _infer(url: str, model: str, upload: Path, params: dict, output: str = "image") -> bytes:
+    """POST ``upload`` as the ``file`` part with ``params``, as the MONAI Label clients do."""
+    boundary = uuid.uuid4().hex
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{upload.name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + upload.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{url}/infer/{model}?output={output}", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return response.read()
+
+
+def test_the_server_lists_one_task_per_bundle(server):
+    info = json.load(urllib.request.urlopen(f"{server['url']}/info/", timeout=30))
+    models = info["models"]
+    assert set(models) == {"brain_tumor_semantic", "brain_mri"}
+    assert models["brain_tumor_semantic"]["description"].endswith("a synthetic image that follows the posted label volume")
+    assert models["brain_mri"]["config"] == {"seed": 0, "num_inference_steps": 10}
+
+
+def test_a_posted_label_comes_back_as_an_image_that_follows_it(server, tmp_path):
+    labels = _head((5, 8, 8))
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (-8, 4, 2)
+    upload = tmp_path / "drawn_label.nii.gz"
+    nib.save(nib.Nifti1Image(labels, affine), str(upload))
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(_infer(server["url"], "brain_tumor_semantic", upload, {"seed": 2})))
+    voxels = np.asanyarray(image.dataobj)
+    assert image.shape == (SIZE,) * 3 and voxels.dtype == np.float32 and np.isfinite(voxels).all()
+    assert np.allclose(image.affine, affine)  # on the label's grid: a viewer lays it over the label
+    assert voxels[labels == 2].mean() > voxels[labels == 1].mean() > voxels[labels == 0].mean()
+    again = np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(
+        _infer(server["url"], "brain_tumor_semantic", upload, {"seed": 2}))).dataobj)
+    assert np.array_equal(again, voxels)  # the seed decides the sample
+    record = json.loads(_infer(server["url"], "brain_tumor_semantic", upload, {"seed": 3}, output="json"))
+    assert record == {"seed": 3, "shape": [SIZE] * 3, "bundle": "brain_tumor_semantic"}
+
+
+def test_an_unconditional_sample_of_the_latent_bundle(server, tmp_path):
+    upload = tmp_path / "unused.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), str(upload))
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(_infer(server["url"], "brain_mri", upload, {"seed": 1})))
+    assert image.shape == (32, 32, 32) and np.isfinite(np.asanyarray(image.dataobj)).all()
+
+
+def test_a_label_the_model_cannot_use_is_refused_with_the_reason(server, tmp_path):
+    upload = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(upload))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _infer(server["url"], "brain_tumor_semantic", upload, {})
+    assert refused.value.code == 422
+    assert "mask of shape (8, 8, 8), but the model makes images of (16, 16, 16)" in json.loads(refused.value.read())["detail"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _infer(server["url"], "brain_mri", upload, {"seed": "not a number"})
+    assert refused.value.code == 422 and "invalid literal for int()" in json.loads(refused.value.read())["detail"]
