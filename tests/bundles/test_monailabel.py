@@ -17,9 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
-import uuid
 import venv
 from pathlib import Path
 
@@ -95,18 +93,14 @@ def server(semantic_package, brain_package, tmp_path_factory):
     log.close()
 
 
-def _infer(url: str, model: str, upload: Path, params: dict, output: str = "image") -> bytes:
-    """POST ``upload`` as the ``file`` part with ``params``, as the MONAI Label clients do."""
-    boundary = uuid.uuid4().hex
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{upload.name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + upload.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{url}/infer/{model}?output={output}", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    with urllib.request.urlopen(request, timeout=300) as response:
-        return response.read()
+def _client():
+    """``integrations/monailabel/client.py``, the client the docs give (also for 3D Slicer's console)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("monailabel_client", APP / "client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_server_lists_one_task_per_bundle(server):
@@ -123,32 +117,32 @@ def test_a_posted_label_comes_back_as_an_image_that_follows_it(server, tmp_path)
     affine[:3, 3] = (-8, 4, 2)
     upload = tmp_path / "drawn_label.nii.gz"
     nib.save(nib.Nifti1Image(labels, affine), str(upload))
-    image = nib.Nifti1Image.from_bytes(gzip.decompress(_infer(server["url"], "brain_tumor_semantic", upload, {"seed": 2})))
+    client = _client()
+    image = nib.load(str(client.synthesize(server["url"], "brain_tumor_semantic", upload, tmp_path / "synthetic.nii.gz", seed=2)))
     voxels = np.asanyarray(image.dataobj)
     assert image.shape == (SIZE,) * 3 and voxels.dtype == np.float32 and np.isfinite(voxels).all()
     assert np.allclose(image.affine, affine)  # on the label's grid: a viewer lays it over the label
     assert voxels[labels == 2].mean() > voxels[labels == 1].mean() > voxels[labels == 0].mean()
     again = np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(
-        _infer(server["url"], "brain_tumor_semantic", upload, {"seed": 2}))).dataobj)
+        client.infer(server["url"], "brain_tumor_semantic", upload, {"seed": 2}))).dataobj)
     assert np.array_equal(again, voxels)  # the seed decides the sample
-    record = json.loads(_infer(server["url"], "brain_tumor_semantic", upload, {"seed": 3}, output="json"))
+    record = json.loads(client.infer(server["url"], "brain_tumor_semantic", upload, {"seed": 3}, output="json"))
     assert record == {"seed": 3, "shape": [SIZE] * 3, "bundle": "brain_tumor_semantic"}
 
 
 def test_an_unconditional_sample_of_the_latent_bundle(server, tmp_path):
     upload = tmp_path / "unused.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), str(upload))
-    image = nib.Nifti1Image.from_bytes(gzip.decompress(_infer(server["url"], "brain_mri", upload, {"seed": 1})))
+    image = nib.load(str(_client().synthesize(server["url"], "brain_mri", upload, tmp_path / "sample.nii.gz", seed=1)))
     assert image.shape == (32, 32, 32) and np.isfinite(np.asanyarray(image.dataobj)).all()
 
 
 def test_a_label_the_model_cannot_use_is_refused_with_the_reason(server, tmp_path):
     upload = tmp_path / "small.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(upload))
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        _infer(server["url"], "brain_tumor_semantic", upload, {})
-    assert refused.value.code == 422
-    assert "mask of shape (8, 8, 8), but the model makes images of (16, 16, 16)" in json.loads(refused.value.read())["detail"]
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        _infer(server["url"], "brain_mri", upload, {"seed": "not a number"})
-    assert refused.value.code == 422 and "invalid literal for int()" in json.loads(refused.value.read())["detail"]
+    client = _client()
+    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*mask of shape \(8, 8, 8\), but the model makes images of \(16, 16, 16\)"):
+        client.synthesize(server["url"], "brain_tumor_semantic", upload, tmp_path / "not_written.nii.gz")
+    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*invalid literal for int\(\)"):
+        client.infer(server["url"], "brain_mri", upload, {"seed": "not a number"})
+    assert not (tmp_path / "not_written.nii.gz").exists()
