@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import fire
 
-from common.deploy import check_zoo, package_bundle, unpack_bundle
+from common.deploy import ZooCheckError, check_zoo, package_bundle, unpack_bundle
 from common.pipeline import demo, pipeline
 
 __all__ = ["COMMANDS", "main"]
@@ -15,7 +17,10 @@ COMMANDS = {"demo": demo, "pipeline": pipeline, "package": package_bundle, "chec
 
 def main() -> None:
     """Run the command named on the command line."""
-    fire.Fire(COMMANDS)
+    try:
+        fire.Fire(COMMANDS)
+    except ZooCheckError as error:  # a finding, not a crash: the problems and exit status 1, no traceback
+        sys.exit(str(error))
 
 
 def __getattr__(name: str):

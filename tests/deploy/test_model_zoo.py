@@ -168,3 +168,13 @@ def test_the_pinned_versions_install_together_on_the_oldest_and_newest_python(ve
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_command_line_lists_the_problems_and_exits_1(bundle):
+    import subprocess
+    import sys
+
+    _edit_json(bundle / "configs" / "metadata.json", lambda m: m.update(version="9.9.9"))
+    result = subprocess.run([sys.executable, "-m", "common", "check_zoo", str(bundle)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{bundle} fails 1 Model Zoo check(s):\n- {bundle / 'configs/metadata.json'}: version '9.9.9' has no entry" in result.stderr
