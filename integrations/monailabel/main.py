@@ -17,6 +17,7 @@ use (another size or spacing than it was trained at, unknown classes) is answere
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import os
 import sys
@@ -45,9 +46,11 @@ def bundle_folders(app_dir: str, setting: str | None) -> list[Path]:
             f"no bundle to serve: {where} (a bundle folder has configs/inference.json; give them with "
             "--conf bundles PATH[,PATH])."
         )
-    for folder in folders:  # a package's own copy of `common`: the code its configs were packaged with
-        if (folder / "common" / "__init__.py").is_file():
-            sys.path.insert(0, str(folder))
+    if importlib.util.find_spec("common") is None:  # without this project installed, a package's copy serves
+        for folder in folders:
+            if (folder / "common" / "__init__.py").is_file():
+                sys.path.append(str(folder))
+                break
     return folders
 
 
@@ -78,7 +81,8 @@ class SynthesisTask(InferTask):
             seed = int(settings["seed"])
             volume = self.synthesizer(label, seed=seed)
         except (DatasetError, SynthesisError, ValueError) as error:  # the request's fault: say why to the client
-            raise HTTPException(status_code=422, detail=str(error)) from error
+            reason = str(error).replace(str(label), "the posted label") if label else str(error)  # not a temp name
+            raise HTTPException(status_code=422, detail=reason) from error
         handle, path = tempfile.mkstemp(suffix=".nii.gz")  # the server sends it and then deletes it
         os.close(handle)
         write_volume(volume, path)

@@ -13,6 +13,7 @@ HOLOSCAN_MODEL_PATH); the ``synthesis`` section of ``app.yaml`` (``HOLOSCAN_CONF
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -30,15 +31,21 @@ SETTINGS = ("num_samples", "seed", "num_inference_steps", "device")
 
 
 def bundle_folder(model_path: str | os.PathLike) -> Path:
-    """The bundle under the model path, with its own ``common`` made importable (the code it was packaged with)."""
+    """The bundle under the model path; without this project installed (as in a MONAI Application Package), the
+    package's own copy of ``common`` is imported."""
     folder = Path(model_path)
     candidates = [folder] + (sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else [])
-    for candidate in candidates:
+    for candidate in candidates if importlib.util.find_spec("common") is None else []:
         if (candidate / "common" / "__init__.py").is_file():
-            sys.path.insert(0, str(candidate))
+            sys.path.append(str(candidate))
             break
-    from common.deploy.synthesis import find_bundle_folder  # that bundle's common, or an installed one
-
+    try:
+        from common.deploy.synthesis import find_bundle_folder, requested_volumes, write_volume  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            f"{error}: the bundle under {folder} carries an older `common` than this application needs; package "
+            "it again with this release (python -m common package), or install this project beside the SDK."
+        ) from error
     return find_bundle_folder(folder)
 
 
