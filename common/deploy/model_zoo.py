@@ -23,7 +23,7 @@ import torch
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 from monai.inferers import Inferer
 
-__all__ = ["ZOO_SCHEMAS", "ZooCheckError", "check_bundle", "check_zoo"]
+__all__ = ["ZOO_SCHEMAS", "ZooCheckError", "check_bundle", "check_zoo", "is_package", "submitted_files"]
 
 ZOO_SCHEMAS = Path(__file__).resolve().parent / "zoo_schema"  # copies of the schemas the zoo downloads
 SCHEMA_URL_PREFIX = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
@@ -31,7 +31,8 @@ SCHEMA_MD5 = {"meta_schema_20240725.json": "76e1add273836515d0bbb3bc71962474"}  
 NECESSARY_FILES = ("LICENSE", "configs/metadata.json", "configs/inference.json")
 MAX_COMMITTED_BYTES = 1024 * 1024  # the zoo's pre-commit check-added-large-files --maxkb=1024
 INFERENCE_KEYS = ("bundle_root", "device", "network_def", "inferer", "output_dir")  # the zoo's CONTRIBUTING.md
-HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
+HASH_TYPES = ("md5", "sha1", "sha256", "sha512")  # MONAI's download checks md5 when an entry names none
+RUN_OUTPUTS = ("output", "logs", "eval", "__pycache__")  # written by runs, never part of a submission
 README_HEADINGS = (  # the zoo's docs/readme_template.md, "(Optional)" sections that every bundle here has included
     "authors", "tags", "model description", "data", "preprocessing", "performance", "system configuration",
     "limitations", "references",
@@ -43,7 +44,24 @@ class ZooCheckError(RuntimeError):
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ZooCheckError(f"{path}: not valid JSON ({error}).") from None
+
+
+def is_package(folder: Path) -> bool:
+    """A package of ``python -m common package`` (weights, hashes, its code), not a bundle's source folder."""
+    return (folder / "large_files.yml").is_file() and (folder / "common").is_dir()
+
+
+def submitted_files(folder: Path, packaged: bool) -> list[Path]:
+    """The files a submission of ``folder`` holds: not what runs wrote (``output/``, ``logs/``, ...), nor a source
+    folder's ``models/`` (training checkpoints, which a package replaces)."""
+    skipped = RUN_OUTPUTS + (() if packaged else ("models",))
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and not set(p.relative_to(folder).parts[:-1]) & set(skipped)
+    )
 
 
 def check_files(folder: Path, packaged: bool) -> list[str]:
@@ -74,17 +92,23 @@ def check_metadata_schema(folder: Path) -> list[str]:
         shutil.copyfile(local, schema)
         try:
             verify_metadata(meta_file=str(meta_file), filepath=str(schema), hash_val=SCHEMA_MD5[local.name], hash_type="md5")
-        except Exception as error:  # jsonschema's ValidationError, with the failing key's path
-            return [f"{meta_file}: does not follow {local.name}: {str(error).splitlines()[0]}"]
+        except Exception as error:  # MONAI re-raises jsonschema's ValidationError; name the failing key's path
+            where = getattr(error.__cause__ or error, "json_path", "$")
+            return [f"{meta_file}: does not follow {local.name}: {str(error).splitlines()[0]}" + (f" (at {where})" if where != "$" else "")]
     return []
 
 
-def check_json_format(folder: Path) -> list[str]:
+def check_json_format(folder: Path, packaged: bool) -> list[str]:
     """Every JSON file formatted as the zoo's pre-commit ``pretty-format-json --indent=4 --no-sort-keys`` writes it."""
     problems = []
-    for path in sorted(folder.rglob("*.json")):
+    for path in (p for p in submitted_files(folder, packaged) if p.suffix == ".json"):
         text = path.read_text()
-        if json.dumps(json.loads(text), indent=4, ensure_ascii=True) + "\n" != text:
+        try:
+            formatted = json.dumps(json.loads(text), indent=4, ensure_ascii=True) + "\n"
+        except json.JSONDecodeError as error:
+            problems.append(f"{path}: not valid JSON ({error}).")
+            continue
+        if formatted != text:
             problems.append(f"{path}: not formatted as json.dumps(..., indent=4) with a final newline.")
     return problems
 
@@ -97,26 +121,33 @@ def _digest(path: Path, hash_type: str) -> str:
     return digest.hexdigest()
 
 
-def check_large_files(folder: Path, require_urls: bool) -> list[str]:
+def check_large_files(folder: Path, packaged: bool, require_urls: bool) -> list[str]:
     """Every file over the zoo's 1 MiB commit limit is listed in ``large_files.yml`` with a matching hash (and,
-    for a submission, the URL the zoo downloads it from)."""
+    for a submission, the URL the zoo downloads it from); a package holds every file it lists."""
     listing = next((folder / f"large_files.{s}" for s in ("yml", "yaml", "json") if (folder / f"large_files.{s}").is_file()), None)
     entries = ConfigParser.load_config_file(str(listing)).get("large_files", []) if listing else []
+    if not isinstance(entries, list):
+        return [f"{listing}: 'large_files' must be a list of entries with path, url, hash_val and hash_type."]
     problems, listed = [], set()
     for entry in entries:
-        path = (folder / str(entry.get("path", ""))).resolve()
-        if not entry.get("path") or not path.is_relative_to(folder.resolve()):
-            problems.append(f"{listing}: entry {entry} has no path inside the bundle.")
+        if not isinstance(entry, dict) or not entry.get("path"):
+            problems.append(f"{listing}: entry {entry!r} is not a mapping with a 'path'.")
+            continue
+        path = (folder / str(entry["path"])).resolve()
+        if not path.is_relative_to(folder.resolve()):
+            problems.append(f"{listing}: {entry['path']}: lies outside the bundle.")
             continue
         listed.add(path)
-        hash_type = entry.get("hash_type") or ""
-        if hash_type and hash_type not in HASH_TYPES:
+        hash_type = entry.get("hash_type") or "md5"
+        if hash_type not in HASH_TYPES:
             problems.append(f"{listing}: {entry['path']}: hash_type {hash_type!r} is not one of {HASH_TYPES}.")
-        elif path.is_file() and hash_type and entry.get("hash_val") and _digest(path, hash_type) != entry["hash_val"]:
+        elif path.is_file() and entry.get("hash_val") and _digest(path, hash_type) != entry["hash_val"]:
             problems.append(f"{listing}: {entry['path']}: the file's {hash_type} differs from hash_val.")
+        if packaged and not path.is_file():
+            problems.append(f"{listing}: {entry['path']}: listed, but the package has no such file.")
         if require_urls and not entry.get("url"):
             problems.append(f"{listing}: {entry['path']}: no url; the zoo downloads the file from it.")
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in submitted_files(folder, packaged):
         if path.stat().st_size > MAX_COMMITTED_BYTES and path.resolve() not in listed:
             problems.append(f"{path}: {path.stat().st_size} bytes, over the zoo's 1 MiB limit, and not in large_files.yml.")
     return problems
@@ -171,7 +202,11 @@ def check_networks(folder: Path, device: str = "cpu", spatial_shape: Sequence[in
     except Exception as error:
         problems.append(f"{config_file}: network_def fails MONAI's verify_net_in_out: {type(error).__name__}: {error}")
     if "autoencoder_data_format" in metadata:
-        problems += _check_autoencoder(folder, metadata["autoencoder_data_format"], device)
+        try:
+            problems += _check_autoencoder(folder, metadata["autoencoder_data_format"], device)
+        except Exception as error:
+            problems.append(f"{config_file}: autoencoder_def cannot be checked against autoencoder_data_format: "
+                            f"{type(error).__name__}: {error}")
     return problems
 
 
@@ -214,7 +249,8 @@ def check_bundle(
 
     Args:
         folder: a bundle folder (``bundles/<name>``) or an unpacked package.
-        packaged: whether it is a package (weights in ``models/``); by default, whether ``models/`` exists.
+        packaged: whether it is a package (weights in ``models/``, ``large_files.yml``, its code); by default,
+            whether the folder looks like one (``is_package``).
         require_urls: every entry of ``large_files.yml`` must have its download URL (a zoo submission).
         device: where the networks run for the shape checks.
         spatial_shape: the denoiser's input size for its shape check, instead of the metadata's.
@@ -222,15 +258,15 @@ def check_bundle(
     folder = Path(folder)
     if not (folder / "configs" / "metadata.json").is_file():
         raise ZooCheckError(f"{folder}: not a bundle folder (no configs/metadata.json).")
-    packaged = (folder / "models").is_dir() if packaged is None else packaged
+    packaged = is_package(folder) if packaged is None else packaged
     problems = check_files(folder, packaged)
     if problems:
         return problems
     checks: list[Callable[[], list[str]]] = [
         lambda: check_version(folder),
         lambda: check_metadata_schema(folder),
-        lambda: check_json_format(folder),
-        lambda: check_large_files(folder, require_urls),
+        lambda: check_json_format(folder, packaged),
+        lambda: check_large_files(folder, packaged, require_urls),
         lambda: check_inference_config(folder),
         lambda: check_readme(folder),
         lambda: check_networks(folder, device, spatial_shape),
@@ -242,11 +278,13 @@ def check_bundle(
     return problems
 
 
-def check_zoo(folder: str, submission: bool = False, device: str = "cpu") -> None:
-    """``python -m common check_zoo FOLDER [--submission True]``: run the Model Zoo's checks on a bundle folder or
-    an unpacked package and print the result; ``ZooCheckError`` listing every problem if any."""
-    problems = check_bundle(folder, require_urls=submission, device=device)
+def check_zoo(folder: str, submission: bool = False, packaged: bool | None = None, device: str = "cpu") -> None:
+    """``python -m common check_zoo FOLDER [--submission True] [--packaged True|False]``: run the Model Zoo's
+    checks on a bundle folder or an unpacked package and print the result; ``ZooCheckError`` listing every
+    problem if any."""
+    packaged = is_package(Path(folder)) if packaged is None else packaged
+    problems = check_bundle(folder, packaged=packaged, require_urls=submission, device=device)
     if problems:
         raise ZooCheckError(f"{folder} fails {len(problems)} Model Zoo check(s):\n" + "\n".join(f"- {p}" for p in problems))
     print(f"{folder}: passes the Model Zoo checks (files, version, metadata schema, JSON format, large files, "
-          "inference ids, README sections, network input/output" + (", TorchScript" if (Path(folder) / "models").is_dir() else "") + ").")
+          "inference ids, README sections, network input/output" + (", TorchScript" if packaged else "") + ").")

@@ -165,9 +165,8 @@ def _eval_metrics(metrics: dict) -> dict[str, Any]:
 
 def requirements_text() -> str:
     """``requirements.txt`` of a package: this project's install requirements (``setup.cfg``, the one list), as
-    ranges, so ``pip install -r requirements.txt`` sets up a fresh environment on the user's Python (the metadata's
-    ``required_packages_version`` records the exact versions the package was made with, which may have no build
-    for another Python)."""
+    ranges, so ``pip install -r requirements.txt`` takes the newest builds for the user's Python (the metadata pins
+    one tested set, ``templates/versions.json``, which installs on Python 3.10 to 3.13, for the Model Zoo's CI)."""
     setup = configparser.ConfigParser()
     setup.read(REPO_ROOT / "setup.cfg")
     listed = [line.strip() for line in setup["options"]["install_requires"].splitlines() if line.strip()]

@@ -118,16 +118,20 @@ def requested_volumes(
     synthesizer: BundleSynthesizer, input_dir: str | os.PathLike | None, num_samples: int = 1, seed: int = 0
 ) -> list[tuple[str, SyntheticVolume]]:
     """Answer a folder request, as a batch application does: for a mask-conditioned bundle, one image per NIfTI
-    label under ``input_dir``, named ``<label name>_seed<seed>.nii.gz`` (every label is checked before any
-    sampling); for a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``. Returns
+    label under ``input_dir`` (sub-folders included), named ``<label name>_seed<seed>.nii.gz`` (every label is
+    checked before any sampling; two labels of one name in different sub-folders are refused); for a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``. Returns
     (file name, volume) pairs."""
     if synthesizer.conditional:
         if input_dir is None:
             raise SynthesisError(f"{synthesizer.bundle_dir.name} makes images from label masks: give an input folder of them.")
         labels = find_nifti_files(input_dir)
+        names = [f"{nifti_stem(label)}_seed{seed}.nii.gz" for label in labels]
+        clashes = sorted(label for label, name in zip(labels, names) if names.count(name) > 1)
+        if clashes:
+            raise SynthesisError(f"labels in {input_dir} share a file name, so their images would too: {clashes}.")
         for label in labels:  # a wrong mask is named before minutes of sampling, not after
             synthesizer.sampler.load(label)
-        return [(f"{nifti_stem(label)}_seed{seed}.nii.gz", synthesizer(label, seed)) for label in labels]
+        return [(name, synthesizer(label, seed)) for label, name in zip(labels, names)]
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
     return [(f"sample_{k:04d}_seed{seed + k}.nii.gz", synthesizer(seed=seed + k)) for k in range(num_samples)]

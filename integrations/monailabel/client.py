@@ -14,8 +14,9 @@ import uuid
 from pathlib import Path
 
 
-def infer(server: str, model: str, upload: str | Path, params: dict, output: str = "image", timeout: float = 600) -> bytes:
-    """POST ``upload`` as the ``file`` part with ``params`` to ``<server>/infer/<model>?output=<output>``, as the
+def infer(server: str, model: str, upload: str | Path, params: dict, answer: str = "image", timeout: float = 600) -> bytes:
+    """POST ``upload`` as the ``file`` part with ``params`` to ``<server>/infer/<model>?output=<answer>`` (``image``,
+    ``json`` or ``all``), as the
     MONAI Label clients do; the response's body. ``RuntimeError`` with the server's reason if it refuses."""
     boundary = uuid.uuid4().hex
     upload = Path(upload)
@@ -25,7 +26,7 @@ def infer(server: str, model: str, upload: str | Path, params: dict, output: str
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode() + upload.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(
-        f"{server.rstrip('/')}/infer/{model}?output={output}", data=body, method="POST",
+        f"{server.rstrip('/')}/infer/{model}?output={answer}", data=body, method="POST",
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     try:
@@ -43,7 +44,7 @@ def synthesize(server: str, model: str, upload: str | Path, output: str | Path, 
     return output
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[0].endswith("client.py"):  # not when exec'd in 3D Slicer's console
     if len(sys.argv) not in (5, 6):
         sys.exit("usage: client.py SERVER MODEL UPLOAD OUTPUT [SEED]")
     print(synthesize(*sys.argv[1:5], seed=int(sys.argv[5]) if len(sys.argv) == 6 else 0))

@@ -47,10 +47,11 @@ def bundle_folders(app_dir: str, setting: str | None) -> list[Path]:
             "--conf bundles PATH[,PATH])."
         )
     if importlib.util.find_spec("common") is None:  # without this project installed, a package's copy serves
-        for folder in folders:
-            if (folder / "common" / "__init__.py").is_file():
-                sys.path.append(str(folder))
-                break
+        packaged = [folder for folder in folders if (folder / "common" / "__init__.py").is_file()]
+        if not packaged:
+            raise ImportError("no `common` to run the bundles with: install this project (pip install -e .) or "
+                              "serve packages (python -m common package), which carry it.")
+        sys.path.append(str(packaged[0]))
     return folders
 
 
@@ -63,9 +64,10 @@ class SynthesisTask(InferTask):
         self.synthesizer = BundleSynthesizer(bundle, device=device, num_inference_steps=num_inference_steps)
         what = ("a synthetic image that follows the posted label volume" if self.synthesizer.conditional
                 else "an unconditional synthetic volume")
+        what += f" ({num_inference_steps} sampling steps)"
         super().__init__(
             type=InferType.OTHERS, labels=None, dimension=3, description=f"{bundle.name}: {what}",
-            config={"seed": 0, "num_inference_steps": num_inference_steps},
+            config={"seed": 0},
         )
 
     def is_valid(self) -> bool:
@@ -76,11 +78,14 @@ class SynthesisTask(InferTask):
         from common.deploy import SynthesisError, write_volume
 
         settings = {**copy.deepcopy(self._config), **request}
-        label = (request.get("label") or request.get("image")) if self.synthesizer.conditional else None
         try:
             seed = int(settings["seed"])
+        except (TypeError, ValueError):
+            raise HTTPException(status_code=422, detail=f"seed must be an integer, got {settings['seed']!r}.") from None
+        label = (request.get("label") or request.get("image")) if self.synthesizer.conditional else None
+        try:
             volume = self.synthesizer(label, seed=seed)
-        except (DatasetError, SynthesisError, ValueError) as error:  # the request's fault: say why to the client
+        except (DatasetError, SynthesisError) as error:  # the request's fault: say why to the client
             reason = str(error).replace(str(label), "the posted label") if label else str(error)  # not a temp name
             raise HTTPException(status_code=422, detail=reason) from error
         handle, path = tempfile.mkstemp(suffix=".nii.gz")  # the server sends it and then deletes it

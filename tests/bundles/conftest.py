@@ -74,7 +74,7 @@ TRAINING = {key: value for key, value in SMALL.items() if key != "spacing"}
 SAMPLING = {key: value for key, value in SMALL.items() if key != "crop_size"}
 
 
-def _head(tumour_centre: tuple[int, int, int] | None, radius: int = 3) -> np.ndarray:
+def head_labels(tumour_centre: tuple[int, int, int] | None, radius: int = 3) -> np.ndarray:
     """Labels of a 16^3 head: 0 outside a ball, 1 head, 2 a tumour ball."""
     grid = np.stack(np.meshgrid(*[np.arange(SIZE)] * 3, indexing="ij"))
     labels = (np.sqrt(((grid - 7.5) ** 2).sum(0)) < 7).astype(np.uint8)
@@ -83,13 +83,13 @@ def _head(tumour_centre: tuple[int, int, int] | None, radius: int = 3) -> np.nda
     return labels
 
 
-def _write_pairs(folder: Path, count: int, seed: int = 0) -> Path:
+def write_pairs(folder: Path, count: int, seed: int = 0) -> Path:
     """Image/label pairs where the label decides the intensity: background 0, head 1, tumour 2 (plus noise)."""
     rng = np.random.default_rng(seed)
     for sub in ("images", "labels"):
         (folder / sub).mkdir(parents=True)
     for index in range(count):
-        labels = _head(tuple(int(v) for v in rng.integers(4, 12, size=3)))
+        labels = head_labels(tuple(int(v) for v in rng.integers(4, 12, size=3)))
         image = labels.astype(np.float32) + 0.05 * rng.standard_normal(labels.shape).astype(np.float32)
         nib.save(nib.Nifti1Image(image, np.eye(4)), str(folder / "images" / f"case_{index}.nii.gz"))
         nib.save(nib.Nifti1Image(labels, np.eye(4)), str(folder / "labels" / f"case_{index}.nii.gz"))
@@ -101,7 +101,7 @@ def semantic_model(tmp_path_factory) -> dict:
     """The Med-DDPM bundle (brain_tumor_semantic) trained at 16^3 on 8 pairs whose labels decide the intensity
     (150 epochs): its tests, packaging and the serving integrations use this one model."""
     root = tmp_path_factory.mktemp("semantic")
-    data = _write_pairs(root / "data", 8)
+    data = write_pairs(root / "data", 8)
     models = root / "models"
     run_bundle(
         config_files("brain_tumor_semantic", "train"), dataset_dir=str(data), ckpt_dir=str(models), log_dir=str(root / "logs"), **TRAINING,

@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 
 from common.data import DatasetError, paired_datalist
 from common.deploy import check_bundle, package_bundle
-from tests.bundles.conftest import SAMPLING, SIZE, SMALL, TRAINING, _head, _write_pairs
+from tests.bundles.conftest import SAMPLING, SIZE, SMALL, TRAINING, head_labels, write_pairs
 from tests.bundles.bundle_runs import (
     REPO,
     as_arguments,
@@ -40,7 +40,7 @@ def test_samples_follow_their_masks(trained, tmp_path):
     masks.mkdir()
     centres = {"left": (4, 8, 8), "right": (11, 8, 8)}
     for name, centre in centres.items():
-        nib.save(nib.Nifti1Image(_head(centre), np.eye(4)), str(masks / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(head_labels(centre), np.eye(4)), str(masks / f"{name}.nii.gz"))
     out = tmp_path / "out"
     run_bundle(
         config_files(BUNDLE, "inference"), ckpt_dir=str(trained["models"]), **SAMPLING, mask_dir=str(masks),
@@ -55,15 +55,15 @@ def test_samples_follow_their_masks(trained, tmp_path):
         for seed in {"left": (0, 1), "right": (2, 3)}[name]:
             image = nib.load(str(out / "images" / f"{name}_seed{seed}.nii.gz"))
             label = nib.load(str(out / "labels" / f"{name}_seed{seed}.nii.gz"))
-            assert np.allclose(image.affine, label.affine) and np.array_equal(np.asanyarray(label.dataobj), _head(centres[name]))
+            assert np.allclose(image.affine, label.affine) and np.array_equal(np.asanyarray(label.dataobj), head_labels(centres[name]))
             images[seed] = np.asanyarray(image.dataobj)
     for seed, name in ((0, "left"), (2, "right")):
-        labels = _head(centres[name])
+        labels = head_labels(centres[name])
         mean = [images[seed][labels == c].mean() for c in (0, 1, 2)]
         assert mean[0] < mean[1] < mean[2], mean  # each sample follows its own mask's classes
     # where the masks differ, so do the samples: the tumour is bright in its own sample, not in the other
-    only_left = (_head(centres["left"]) == 2) & (_head(centres["right"]) != 2)
-    only_right = (_head(centres["right"]) == 2) & (_head(centres["left"]) != 2)
+    only_left = (head_labels(centres["left"]) == 2) & (head_labels(centres["right"]) != 2)
+    only_right = (head_labels(centres["right"]) == 2) & (head_labels(centres["left"]) != 2)
     assert images[0][only_left].mean() > images[2][only_left].mean() + 0.3
     assert images[2][only_right].mean() > images[0][only_right].mean() + 0.3
     assert not np.allclose(images[0], images[1])  # two seeds, two different images for one mask
@@ -71,13 +71,13 @@ def test_samples_follow_their_masks(trained, tmp_path):
 
 def test_masks_that_do_not_fit_are_named(trained, tmp_path):
     cases = {
-        "labels.nii.gz": (np.where(_head((8, 8, 8)) == 2, 5, _head((8, 8, 8))).astype(np.uint8), np.eye(4), "label values \\[5.0\\] are not in the expected label set"),
+        "labels.nii.gz": (np.where(head_labels((8, 8, 8)) == 2, 5, head_labels((8, 8, 8))).astype(np.uint8), np.eye(4), "label values \\[5.0\\] are not in the expected label set"),
         "shape.nii.gz": (np.zeros((SIZE, SIZE, 8), np.uint8), np.eye(4), "mask of shape \\(16, 16, 8\\), but the model makes images of \\(16, 16, 16\\)"),
-        "spacing.nii.gz": (_head(None), np.diag([2.0, 2.0, 2.0, 1.0]), "voxels of \\(2.0, 2.0, 2.0\\) mm, but the model was trained at \\(1.0, 1.0, 1.0\\) mm"),
+        "spacing.nii.gz": (head_labels(None), np.diag([2.0, 2.0, 2.0, 1.0]), "voxels of \\(2.0, 2.0, 2.0\\) mm, but the model was trained at \\(1.0, 1.0, 1.0\\) mm"),
     }
     masks = tmp_path / "masks"
     masks.mkdir()
-    nib.save(nib.Nifti1Image(_head((8, 8, 8)), np.eye(4)), str(masks / "a_good_one.nii.gz"))
+    nib.save(nib.Nifti1Image(head_labels((8, 8, 8)), np.eye(4)), str(masks / "a_good_one.nii.gz"))
     for name, (labels, affine, message) in cases.items():
         nib.save(nib.Nifti1Image(labels, affine), str(masks / name))
     # every mask is checked before anything is sampled; the run names each bad file (the first it meets here)
@@ -98,7 +98,7 @@ def test_masks_that_do_not_fit_are_named(trained, tmp_path):
 
 
 def test_pairs_are_checked_before_training(tmp_path):
-    data = _write_pairs(tmp_path / "data", 3)
+    data = write_pairs(tmp_path / "data", 3)
     (data / "labels" / "case_1.nii.gz").unlink()
     nib.save(nib.Nifti1Image(np.zeros((SIZE, SIZE, 12), np.uint8), np.eye(4)), str(data / "labels" / "case_2.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((SIZE,) * 3, np.uint8), np.eye(4) * 2), str(data / "labels" / "case_0.nii.gz"))
@@ -163,7 +163,7 @@ def test_two_process_training_and_sampling(trained, tmp_path):
     masks = tmp_path / "masks"
     masks.mkdir()
     for name, centre in (("a", (5, 8, 8)), ("b", (10, 8, 8)), ("c", (8, 5, 8))):
-        nib.save(nib.Nifti1Image(_head(centre), np.eye(4)), str(masks / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(head_labels(centre), np.eye(4)), str(masks / f"{name}.nii.gz"))
     out = tmp_path / "out"
     result = subprocess.run(
         [*command, "--config_file", f"['{CONFIGS}/inference.json','{CONFIGS}/multi_gpu_inference.json']",
@@ -234,7 +234,7 @@ def test_pairs_in_subfolders_are_matched_by_their_relative_path(tmp_path):
         for sub in ("images", "labels"):
             (tmp_path / sub / folder).mkdir(parents=True)
         nib.save(nib.Nifti1Image(np.full((SIZE,) * 3, value, np.float32), np.eye(4)), str(tmp_path / "images" / folder / "case.nii.gz"))
-        nib.save(nib.Nifti1Image(_head(None), np.eye(4)), str(tmp_path / "labels" / folder / "case.nii.gz"))
+        nib.save(nib.Nifti1Image(head_labels(None), np.eye(4)), str(tmp_path / "labels" / folder / "case.nii.gz"))
     pairs = paired_datalist(tmp_path)
     assert [(Path(p["image"]).parent.name, Path(p["label"]).parent.name) for p in pairs] == [("site_a", "site_a"), ("site_b", "site_b")]
     nib.save(nib.Nifti1Image(np.zeros((SIZE, SIZE, SIZE, 1), np.float32), np.eye(4)), str(tmp_path / "images" / "site_a" / "case.nii.gz"))

@@ -13,19 +13,20 @@ import numpy as np
 import pytest
 
 from common.data import DatasetError
-from common.deploy import BundleSynthesizer, find_bundle_folder, requested_volumes, write_volume
+from common.deploy import BundleSynthesizer, SynthesisError, find_bundle_folder, requested_volumes, write_volume
 from tests.bundles.bundle_runs import REPO
-from tests.bundles.conftest import SIZE, _head
+from tests.bundles.conftest import SIZE, head_labels
 
 APP = REPO / "integrations" / "monai_deploy" / "synthesis_app"
 
 
 def _labels(folder: Path, centres: dict[str, tuple[int, int, int]]) -> Path:
+    """Label volumes, each on its own grid (origin), as drawn on different patients."""
     folder.mkdir(parents=True)
-    affine = np.eye(4)
-    affine[:3, 3] = (-5, 3, 2)
-    for name, centre in centres.items():
-        nib.save(nib.Nifti1Image(_head(centre), affine), str(folder / f"{name}.nii.gz"))
+    for index, (name, centre) in enumerate(centres.items()):
+        affine = np.eye(4)
+        affine[:3, 3] = (-5 + 10 * index, 3, 2)
+        nib.save(nib.Nifti1Image(head_labels(centre), affine), str(folder / f"{name}.nii.gz"))
     return folder
 
 
@@ -34,11 +35,11 @@ def test_a_folder_of_labels_gives_one_image_each_that_follows_it(semantic_packag
     synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=10)
     volumes = requested_volumes(synthesizer, labels, seed=3)
     assert [name for name, _ in volumes] == ["case_a_seed3.nii.gz", "case_b_seed3.nii.gz"]
-    for (name, volume), centre in zip(volumes, ((5, 8, 8), (10, 8, 8))):
+    for (name, volume), (case, centre) in zip(volumes, (("case_a", (5, 8, 8)), ("case_b", (10, 8, 8)))):
         written = nib.load(write_volume(volume, tmp_path / "out" / name))
-        mask = _head(centre)
+        mask = head_labels(centre)
         image = np.asanyarray(written.dataobj)
-        assert written.shape == (SIZE,) * 3 and np.allclose(written.affine, nib.load(str(labels / "case_a.nii.gz")).affine)
+        assert written.shape == (SIZE,) * 3 and np.allclose(written.affine, nib.load(str(labels / f"{case}.nii.gz")).affine)
         assert image[mask == 2].mean() > image[mask == 1].mean() > image[mask == 0].mean()
 
 
@@ -51,6 +52,14 @@ def test_a_wrong_label_is_named_before_any_sampling(semantic_package, tmp_path, 
         requested_volumes(synthesizer, labels)
     with pytest.raises(DatasetError, match="is empty"):
         requested_volumes(synthesizer, (tmp_path / "empty").mkdir() or tmp_path / "empty")
+
+
+def test_labels_of_one_name_in_two_sub_folders_are_refused(semantic_package, tmp_path):
+    _labels(tmp_path / "in" / "site_a", {"case": (5, 8, 8)})
+    _labels(tmp_path / "in" / "site_b", {"case": (10, 8, 8)})
+    synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=2)
+    with pytest.raises(SynthesisError, match=r"share a file name, so their images would too: .*site_a/case.nii.gz.*site_b/case.nii.gz"):
+        requested_volumes(synthesizer, tmp_path / "in")
 
 
 def test_unconditional_samples_of_a_latent_bundle(brain_package):

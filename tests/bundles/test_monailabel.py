@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from tests.bundles.bundle_runs import REPO
-from tests.bundles.conftest import SIZE, _head
+from tests.bundles.conftest import SIZE, head_labels
 
 APP = REPO / "integrations" / "monailabel"
 MONAILABEL = "monailabel==0.8.5"
@@ -107,12 +107,13 @@ def test_the_server_lists_one_task_per_bundle(server):
     info = json.load(urllib.request.urlopen(f"{server['url']}/info/", timeout=30))
     models = info["models"]
     assert set(models) == {"brain_tumor_semantic", "brain_mri"}
-    assert models["brain_tumor_semantic"]["description"].endswith("a synthetic image that follows the posted label volume")
-    assert models["brain_mri"]["config"] == {"seed": 0, "num_inference_steps": 10}
+    assert models["brain_tumor_semantic"]["description"].endswith("a synthetic image that follows the posted label volume (10 sampling steps)")
+    assert models["brain_mri"]["config"] == {"seed": 0}
+    assert models["brain_mri"]["description"] == "brain_mri: an unconditional synthetic volume (10 sampling steps)"
 
 
 def test_a_posted_label_comes_back_as_an_image_that_follows_it(server, tmp_path):
-    labels = _head((5, 8, 8))
+    labels = head_labels((5, 8, 8))
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     affine[:3, 3] = (-8, 4, 2)
     upload = tmp_path / "drawn_label.nii.gz"
@@ -126,7 +127,7 @@ def test_a_posted_label_comes_back_as_an_image_that_follows_it(server, tmp_path)
     again = np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(
         client.infer(server["url"], "brain_tumor_semantic", upload, {"seed": 2}))).dataobj)
     assert np.array_equal(again, voxels)  # the seed decides the sample
-    record = json.loads(client.infer(server["url"], "brain_tumor_semantic", upload, {"seed": 3}, output="json"))
+    record = json.loads(client.infer(server["url"], "brain_tumor_semantic", upload, {"seed": 3}, answer="json"))
     assert record == {"seed": 3, "shape": [SIZE] * 3, "bundle": "brain_tumor_semantic"}
 
 
@@ -143,6 +144,14 @@ def test_a_label_the_model_cannot_use_is_refused_with_the_reason(server, tmp_pat
     client = _client()
     with pytest.raises(RuntimeError, match=r"HTTP 422\): .*mask of shape \(8, 8, 8\), but the model makes images of \(16, 16, 16\)"):
         client.synthesize(server["url"], "brain_tumor_semantic", upload, tmp_path / "not_written.nii.gz")
-    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*invalid literal for int\(\)"):
+    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*seed must be an integer, got 'not a number'"):
         client.infer(server["url"], "brain_mri", upload, {"seed": "not a number"})
     assert not (tmp_path / "not_written.nii.gz").exists()
+
+
+def test_the_client_can_be_run_in_3d_slicers_console(monkeypatch):
+    """docs/deployment.md has Slicer's console ``exec`` the client: that defines ``synthesize`` and runs nothing."""
+    monkeypatch.setattr("sys.argv", ["/opt/Slicer/bin/SlicerApp-real"])
+    namespace = {"__name__": "__main__"}
+    exec((APP / "client.py").read_text(), namespace)
+    assert callable(namespace["synthesize"])

@@ -8,7 +8,7 @@ import pytest
 
 from common.data import DatasetError
 from common.deploy import BundleSynthesizer, SynthesisError
-from tests.bundles.conftest import SIZE, _head
+from tests.bundles.conftest import SIZE, head_labels
 
 
 def test_an_unconditional_sample_of_a_latent_package(brain_package):
@@ -23,7 +23,7 @@ def test_an_unconditional_sample_of_a_latent_package(brain_package):
 
 
 def test_a_mask_conditioned_image_follows_the_users_label(semantic_package, tmp_path):
-    labels = _head((5, 8, 8))
+    labels = head_labels((5, 8, 8))
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     affine[:3, 3] = (-10, 20, 5)
     path = tmp_path / "drawn.nii.gz"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.deploy import ZooCheckError, check_bundle, check_zoo
-from common.deploy.model_zoo import check_metadata_schema
+from common.deploy.model_zoo import check_large_files, check_metadata_schema
 from tests.bundles.bundle_runs import REPO
 
 LATENT = ("brain_mri", "breast_mri", "chest_ct", "knee_mri")
@@ -67,20 +67,51 @@ def test_json_not_formatted_as_the_zoo_formats_it(bundle):
 
 
 def test_large_files_must_be_listed_with_the_right_hash(bundle):
-    weights = bundle / "models" / "big.pt"
-    weights.parent.mkdir()
-    weights.write_bytes(b"\0" * (1024 * 1024 + 1))
-    problems = check_bundle(bundle, packaged=False)
-    assert problems == [f"{weights}: 1048577 bytes, over the zoo's 1 MiB limit, and not in large_files.yml."]
+    figure = bundle / "docs" / "figure.bin"
+    figure.write_bytes(b"\0" * (1024 * 1024 + 1))
+    problems = check_bundle(bundle)
+    assert problems == [f"{figure}: 1048577 bytes, over the zoo's 1 MiB limit, and not in large_files.yml."]
     (bundle / "large_files.yml").write_text(
-        'large_files:\n  - path: "models/big.pt"\n    url: ""\n    hash_val: "0123"\n    hash_type: "sha256"\n'
+        'large_files:\n  - path: "docs/figure.bin"\n    url: ""\n    hash_val: "0123"\n    hash_type: "sha256"\n'
     )
-    assert check_bundle(bundle, packaged=False) == [f"{bundle / 'large_files.yml'}: models/big.pt: the file's sha256 differs from hash_val."]
-    (bundle / "large_files.yml").write_text('large_files:\n  - path: "models/big.pt"\n    url: ""\n')
-    assert check_bundle(bundle, packaged=False) == []
-    assert check_bundle(bundle, packaged=False, require_urls=True) == [
-        f"{bundle / 'large_files.yml'}: models/big.pt: no url; the zoo downloads the file from it."
+    assert check_bundle(bundle) == [f"{bundle / 'large_files.yml'}: docs/figure.bin: the file's sha256 differs from hash_val."]
+    (bundle / "large_files.yml").write_text('large_files:\n  - path: "docs/figure.bin"\n    url: ""\n    hash_val: "0123"\n')
+    assert check_bundle(bundle) == [f"{bundle / 'large_files.yml'}: docs/figure.bin: the file's md5 differs from hash_val."]
+    (bundle / "large_files.yml").write_text('large_files:\n  - path: "docs/figure.bin"\n    url: ""\n  - "models/x.pt"\n')
+    assert check_bundle(bundle) == [f"{bundle / 'large_files.yml'}: entry 'models/x.pt' is not a mapping with a 'path'."]
+    (bundle / "large_files.yml").write_text('large_files:\n  - path: "docs/figure.bin"\n    url: ""\n')
+    assert check_bundle(bundle) == []
+    assert check_bundle(bundle, require_urls=True) == [
+        f"{bundle / 'large_files.yml'}: docs/figure.bin: no url; the zoo downloads the file from it."
     ]
+    figure.unlink()  # a source folder's large files are hosted; a package must hold what it lists
+    assert check_bundle(bundle) == []
+    assert check_large_files(bundle, packaged=True, require_urls=False) == [
+        f"{bundle / 'large_files.yml'}: docs/figure.bin: listed, but the package has no such file."
+    ]
+
+
+def test_a_source_folder_trained_in_place_is_checked_as_a_source_folder(bundle):
+    """Checkpoints in models/ and what runs wrote (output/, logs/) are not part of a submission."""
+    (bundle / "models").mkdir()
+    (bundle / "models" / "diffusion.pt").write_bytes(b"\0" * (2 * 1024 * 1024))
+    (bundle / "output").mkdir()
+    (bundle / "output" / "metrics.json").write_text('{"a":1}')
+    assert check_bundle(bundle) == []
+
+
+def test_json_that_is_not_json_is_named(bundle):
+    (bundle / "configs" / "metadata.json").write_text('{"version": ')
+    with pytest.raises(ZooCheckError, match=r"metadata.json: not valid JSON \(Expecting value"):
+        check_zoo(str(bundle))
+
+
+def test_a_schema_error_names_the_key(bundle):
+    meta = bundle / "configs" / "metadata.json"
+    _edit_json(meta, lambda m: m["network_data_format"]["inputs"]["image"].update(num_channels="eight"))
+    (problem,) = check_metadata_schema(bundle)
+    assert problem.startswith(f"{meta}: does not follow meta_schema_20240725.json: ") and problem.endswith(
+        "(at $.network_data_format.inputs.image.num_channels)")
 
 
 def test_an_inference_config_without_an_inferer(bundle):
@@ -136,9 +167,10 @@ def test_the_pinned_versions_cover_and_satisfy_every_install_requirement():
     assert sorted(r.name for r in requirements) == sorted(pins)  # each requirement pinned, nothing else
     for requirement in requirements:
         assert requirement.specifier.contains(pins[requirement.name]), (requirement, pins[requirement.name])
+    versions = json.loads((REPO / "templates" / "versions.json").read_text())
     for bundle in (REPO / "bundles").iterdir():
         metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-        assert metadata["required_packages_version"] == json.loads((REPO / "templates" / "versions.json").read_text())["required_packages_version"]
+        assert {key: metadata[key] for key in versions} == versions, bundle.name
 
 
 def _interpreter(version: str) -> str | None:

@@ -31,20 +31,20 @@ SETTINGS = ("num_samples", "seed", "num_inference_steps", "device")
 
 
 def bundle_folder(model_path: str | os.PathLike) -> Path:
-    """The bundle under the model path; without this project installed (as in a MONAI Application Package), the
-    package's own copy of ``common`` is imported."""
+    """The bundle under the model path (the folder itself, or its one sub-folder holding a bundle); without this
+    project installed (as in a MONAI Application Package), that package's own copy of ``common`` is imported."""
     folder = Path(model_path)
-    candidates = [folder] + (sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else [])
-    for candidate in candidates if importlib.util.find_spec("common") is None else []:
-        if (candidate / "common" / "__init__.py").is_file():
-            sys.path.append(str(candidate))
-            break
+    if importlib.util.find_spec("common") is None:
+        inside = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        bundles = [p for p in [folder, *inside] if (p / "configs" / "inference.json").is_file()]
+        if len(bundles) == 1 and (bundles[0] / "common" / "__init__.py").is_file():
+            sys.path.append(str(bundles[0]))
     try:
         from common.deploy.synthesis import find_bundle_folder, requested_volumes, write_volume  # noqa: F401
     except ImportError as error:
         raise ImportError(
-            f"{error}: the bundle under {folder} carries an older `common` than this application needs; package "
-            "it again with this release (python -m common package), or install this project beside the SDK."
+            f"{error}: no `common` that this application can use under {folder}: serve a package made with this "
+            "release (python -m common package), which carries it, or install this project beside the SDK."
         ) from error
     return find_bundle_folder(folder)
 
@@ -59,14 +59,12 @@ class SynthesisApp(Application):
     def compose(self) -> None:
         context: AppContext = Application.init_app_context(self.argv)
         bundle = bundle_folder(context.model_path)
-        try:
-            settings = {k: v for k, v in dict(self.kwargs("synthesis")).items() if v is not None}
-        except Exception:  # no config file loaded: the bundle's own defaults
-            settings = {}
+        settings = {k: v for k, v in dict(self.kwargs("synthesis")).items() if v is not None}  # {} without one
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
             raise ValueError(f"app.yaml synthesis: unknown settings {unknown} (known: {', '.join(SETTINGS)}).")
-        input_dir = Path(context.input_path) if context.input_path and Path(context.input_path).is_dir() else None
+        # a mask-conditioned bundle reads its labels there (a missing folder is named); a latent one ignores it
+        input_dir = Path(context.input_path) if context.input_path else None
         logging.info("bundle %s, input %s, output %s, settings %s", bundle, input_dir, context.output_path, settings)
         synthesis = SynthesisOperator(self, CountCondition(self, 1), bundle_dir=bundle, input_dir=input_dir,
                                       settings=settings, name="synthesis")
