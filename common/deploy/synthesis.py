@@ -19,7 +19,18 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from common.data import find_nifti_files, nifti_stem
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirst,
+    LoadImage,
+    Orientation,
+    ResampleToMatch,
+    ResizeWithPadOrCrop,
+    Spacing,
+)
+
+from common.data import DatasetError, find_nifti_files, nifti_stem
 from common.io import save_nifti
 from common.med_ddpm import MaskConditionedSampler
 from common.sampling import LatentSampler, volume_affine
@@ -80,12 +91,16 @@ class BundleSynthesizer:
         self.sampler: LatentSampler | MaskConditionedSampler = parser.get_parsed_content("sampler")
         self.conditional = isinstance(self.sampler, MaskConditionedSampler)
 
-    def __call__(self, label: str | os.PathLike | None = None, seed: int = 0) -> SyntheticVolume:
-        """One volume from the noise of ``seed``; for a mask-conditioned bundle, following the NIfTI ``label`` (at
-        the model's size and spacing, with its classes; ``DatasetError`` naming the file otherwise)."""
+    def __call__(self, label: str | os.PathLike | None = None, seed: int = 0, fit_to_model: bool = False) -> SyntheticVolume:
+        """One volume from the noise of ``seed``; for a mask-conditioned bundle, following the NIfTI ``label``, which
+        holds the model's classes and is at its size and spacing (``DatasetError`` naming the file otherwise), or,
+        with ``fit_to_model``, on any grid: then the label is resampled (nearest) to the model's spacing around its
+        centre, padded or cropped to the model's size, and the image is resampled back onto the label's grid."""
         if self.conditional:
             if label is None:
                 raise SynthesisError(f"{self.bundle_dir.name} makes images from label masks: give a label volume.")
+            if fit_to_model:
+                return self._on_the_labels_grid(Path(label), seed)
             classes = self.sampler.load(str(label))
             image = self.sampler.sample(classes, seed).numpy()
             image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
@@ -94,6 +109,30 @@ class BundleSynthesizer:
             raise SynthesisError(f"{self.bundle_dir.name} samples without a condition: it takes no label volume.")
         volume = self.sampler.sample([seed])[0, 0].numpy()
         return SyntheticVolume(volume, volume_affine(volume.shape, self.sampler.spacing), seed)
+
+
+    def _on_the_labels_grid(self, label: Path, seed: int) -> SyntheticVolume:
+        """A label drawn on any image: fitted to the model's grid, sampled there, the image resampled back."""
+        try:
+            drawn = EnsureChannelFirst(channel_dim="no_channel")(LoadImage(image_only=True)(str(label)))
+        except Exception as error:
+            raise DatasetError(f"{label}: cannot be read as a label volume ({type(error).__name__}: {error}).") from error
+        fitted = Compose([
+            Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Spacing(pixdim=tuple(float(s) for s in self.sampler.spacing), mode="nearest"),
+            ResizeWithPadOrCrop(self.sampler.image_size),
+        ])(drawn)
+        with tempfile.TemporaryDirectory() as scratch:  # through the bundle's own reading and checks of a mask
+            path = save_nifti(np.asarray(fitted[0]), np.asarray(fitted.affine), Path(scratch) / label.name, dtype=np.int16)
+            try:
+                classes = self.sampler.load(path)
+            except DatasetError as error:
+                raise DatasetError(str(error).replace(path, f"{label} (fitted to the model's grid)")) from None
+        image = MetaTensor(torch.as_tensor(self.sampler.sample(classes, seed).numpy()), affine=classes.affine)
+        back = ResampleToMatch(mode="bilinear", padding_mode="border")(image, img_dst=drawn)
+        volume = np.asarray(back, dtype=np.float32)
+        volume = volume[0] if volume.shape[0] == 1 else np.moveaxis(volume, 0, -1)
+        return SyntheticVolume(volume, np.asarray(drawn.affine, dtype=np.float64), seed)
 
 
 def find_bundle_folder(model_path: str | os.PathLike) -> Path:
@@ -115,12 +154,17 @@ def write_volume(volume: SyntheticVolume, path: str | os.PathLike) -> str:
 
 
 def requested_volumes(
-    synthesizer: BundleSynthesizer, input_dir: str | os.PathLike | None, num_samples: int = 1, seed: int = 0
+    synthesizer: BundleSynthesizer,
+    input_dir: str | os.PathLike | None,
+    num_samples: int = 1,
+    seed: int = 0,
+    fit_to_model: bool = False,
 ) -> list[tuple[str, SyntheticVolume]]:
     """Answer a folder request, as a batch application does: for a mask-conditioned bundle, one image per NIfTI
     label under ``input_dir`` (sub-folders included), named ``<label name>_seed<seed>.nii.gz`` (every label is
-    checked before any sampling; two labels of one name in different sub-folders are refused); for a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``. Returns
-    (file name, volume) pairs."""
+    checked before any sampling, unless ``fit_to_model`` fits each to the model's grid, see ``BundleSynthesizer``;
+    two labels of one name in different sub-folders are refused); for a latent bundle, ``num_samples`` volumes named
+    ``sample_<k>_seed<seed + k>.nii.gz``. Returns (file name, volume) pairs."""
     if synthesizer.conditional:
         if input_dir is None:
             raise SynthesisError(f"{synthesizer.bundle_dir.name} makes images from label masks: give an input folder of them.")
@@ -129,9 +173,9 @@ def requested_volumes(
         clashes = sorted(label for label, name in zip(labels, names) if names.count(name) > 1)
         if clashes:
             raise SynthesisError(f"labels in {input_dir} share a file name, so their images would too: {clashes}.")
-        for label in labels:  # a wrong mask is named before minutes of sampling, not after
+        for label in labels if not fit_to_model else []:  # a wrong mask is named before minutes of sampling
             synthesizer.sampler.load(label)
-        return [(name, synthesizer(label, seed)) for label, name in zip(labels, names)]
+        return [(name, synthesizer(label, seed, fit_to_model)) for label, name in zip(labels, names)]
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
     return [(f"sample_{k:04d}_seed{seed + k}.nii.gz", synthesizer(seed=seed + k)) for k in range(num_samples)]

@@ -8,8 +8,11 @@ Each bundle folder (a package from ``python -m common package``, unpacked) becom
 - a latent bundle (Medical Diffusion, ``brain_mri`` and the others): an unconditional sample (post any small file,
   or name a studies image; the input is not used).
 
-The result is a float32 NIfTI image in [-1, 1]. ``params`` may hold ``seed`` (default 0). A label the model cannot
-use (another size or spacing than it was trained at, unknown classes) is answered with HTTP 422 and the reason. App settings (``--conf``):
+The result is a float32 NIfTI image in [-1, 1]. ``params`` may hold ``seed`` (default 0) and, for a mask-conditioned
+bundle, ``fit_to_model`` (default true: a label drawn on any image is resampled to the model's spacing around its
+centre and padded or cropped to its size, and the image comes back on the label's own grid; false: the label must
+be at the model's size and spacing already). A label the model cannot use (unknown classes; with
+``fit_to_model`` false, another size or spacing) is answered with HTTP 422 and the reason. App settings (``--conf``):
 ``bundles`` (comma-separated folders; default: every bundle folder under ``<app>/model/``),
 ``num_inference_steps`` (default 50 DDIM steps) and ``device`` (default: a GPU if there is one).
 """
@@ -67,7 +70,7 @@ class SynthesisTask(InferTask):
         what += f" ({num_inference_steps} sampling steps)"
         super().__init__(
             type=InferType.OTHERS, labels=None, dimension=3, description=f"{bundle.name}: {what}",
-            config={"seed": 0},
+            config={"seed": 0, **({"fit_to_model": True} if self.synthesizer.conditional else {})},
         )
 
     def is_valid(self) -> bool:
@@ -77,14 +80,16 @@ class SynthesisTask(InferTask):
         from common.data import DatasetError
         from common.deploy import SynthesisError, write_volume
 
-        settings = {**copy.deepcopy(self._config), **request}
+        settings = {"fit_to_model": False, **copy.deepcopy(self._config), **request}
         try:
             seed = int(settings["seed"])
         except (TypeError, ValueError):
             raise HTTPException(status_code=422, detail=f"seed must be an integer, got {settings['seed']!r}.") from None
+        if not isinstance(settings["fit_to_model"], bool):
+            raise HTTPException(status_code=422, detail=f"fit_to_model must be true or false, got {settings['fit_to_model']!r}.")
         label = (request.get("label") or request.get("image")) if self.synthesizer.conditional else None
         try:
-            volume = self.synthesizer(label, seed=seed)
+            volume = self.synthesizer(label, seed=seed, fit_to_model=settings["fit_to_model"])
         except (DatasetError, SynthesisError) as error:  # the request's fault: say why to the client
             reason = str(error).replace(str(label), "the posted label") if label else str(error)  # not a temp name
             raise HTTPException(status_code=422, detail=reason) from error

@@ -54,6 +54,18 @@ def test_a_wrong_label_is_named_before_any_sampling(semantic_package, tmp_path, 
         requested_volumes(synthesizer, (tmp_path / "empty").mkdir() or tmp_path / "empty")
 
 
+def test_labels_on_another_grid_with_fit_to_model(semantic_package, tmp_path):
+    from tests.bundles.test_synthesis import drawn_on_another_grid
+
+    (tmp_path / "in").mkdir()
+    labels, affine = drawn_on_another_grid(tmp_path / "in" / "scan_7.nii.gz")
+    synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=3)
+    with pytest.raises(DatasetError, match=r"scan_7.nii.gz: mask of shape \(23, 23, 18\)"):
+        requested_volumes(synthesizer, tmp_path / "in")
+    ((name, volume),) = requested_volumes(synthesizer, tmp_path / "in", fit_to_model=True)
+    assert name == "scan_7_seed0.nii.gz" and volume.image.shape == labels.shape and np.allclose(volume.affine, affine)
+
+
 def test_labels_of_one_name_in_two_sub_folders_are_refused(semantic_package, tmp_path):
     _labels(tmp_path / "in" / "site_a", {"case": (5, 8, 8)})
     _labels(tmp_path / "in" / "site_b", {"case": (10, 8, 8)})

@@ -28,6 +28,7 @@ import torch
 
 from tests.bundles.bundle_runs import REPO
 from tests.bundles.conftest import SIZE, head_labels
+from tests.bundles.test_synthesis import drawn_on_another_grid
 
 APP = REPO / "integrations" / "monailabel"
 MONAILABEL = "monailabel==0.8.5"
@@ -109,6 +110,7 @@ def test_the_server_lists_one_task_per_bundle(server):
     assert set(models) == {"brain_tumor_semantic", "brain_mri"}
     assert models["brain_tumor_semantic"]["description"].endswith("a synthetic image that follows the posted label volume (10 sampling steps)")
     assert models["brain_mri"]["config"] == {"seed": 0}
+    assert models["brain_tumor_semantic"]["config"] == {"seed": 0, "fit_to_model": True}
     assert models["brain_mri"]["description"] == "brain_mri: an unconditional synthetic volume (10 sampling steps)"
 
 
@@ -138,15 +140,30 @@ def test_an_unconditional_sample_of_the_latent_bundle(server, tmp_path):
     assert image.shape == (32, 32, 32) and np.isfinite(np.asanyarray(image.dataobj)).all()
 
 
+def test_a_label_drawn_on_another_scan_comes_back_on_its_grid(server, tmp_path):
+    labels, affine = drawn_on_another_grid(tmp_path / "drawn.nii.gz")
+    image = nib.load(str(_client().synthesize(server["url"], "brain_tumor_semantic", tmp_path / "drawn.nii.gz", tmp_path / "out.nii.gz")))
+    voxels = np.asanyarray(image.dataobj)
+    assert image.shape == labels.shape and np.allclose(image.affine, affine)  # fit_to_model is the app's default
+    assert voxels[labels == 2].mean() > voxels[labels == 1].mean() > voxels[labels == 0].mean()
+
+
 def test_a_label_the_model_cannot_use_is_refused_with_the_reason(server, tmp_path):
+    client = _client()
     upload = tmp_path / "small.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(upload))
-    client = _client()
-    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*mask of shape \(8, 8, 8\), but the model makes images of \(16, 16, 16\)"):
-        client.synthesize(server["url"], "brain_tumor_semantic", upload, tmp_path / "not_written.nii.gz")
+    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*the posted label: mask of shape \(8, 8, 8\), but the model makes images of \(16, 16, 16\)"):
+        client.infer(server["url"], "brain_tumor_semantic", upload, {"fit_to_model": False})
+    odd = head_labels((5, 8, 8))
+    odd[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(odd, np.eye(4)), str(tmp_path / "odd.nii.gz"))
+    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*label values \[7.0\] are not in the expected label set"):
+        client.synthesize(server["url"], "brain_tumor_semantic", tmp_path / "odd.nii.gz", tmp_path / "not_written.nii.gz")
+    assert not (tmp_path / "not_written.nii.gz").exists()
+    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*fit_to_model must be true or false, got 'yes'"):
+        client.infer(server["url"], "brain_tumor_semantic", upload, {"fit_to_model": "yes"})
     with pytest.raises(RuntimeError, match=r"HTTP 422\): .*seed must be an integer, got 'not a number'"):
         client.infer(server["url"], "brain_mri", upload, {"seed": "not a number"})
-    assert not (tmp_path / "not_written.nii.gz").exists()
 
 
 def test_the_client_can_be_run_in_3d_slicers_console(monkeypatch):

@@ -8,7 +8,8 @@ application needs only the SDK, MONAI and the bundle's requirements.
 
 Run: ``python synthesis_app -i LABELS -o OUTPUT -m BUNDLE`` (or set HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH,
 HOLOSCAN_MODEL_PATH); the ``synthesis`` section of ``app.yaml`` (``HOLOSCAN_CONFIG_PATH``) sets ``num_samples``,
-``seed``, ``num_inference_steps`` and ``device``.
+``seed``, ``num_inference_steps``, ``device`` and ``fit_to_model`` (labels on any grid are fitted to the model's,
+and each image is returned on its label's grid).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(HERE))  # the operators module next to this file, however
 
 from operators import NiftiWriterOperator, SynthesisOperator  # noqa: E402
 
-SETTINGS = ("num_samples", "seed", "num_inference_steps", "device")
+SETTINGS = ("num_samples", "seed", "num_inference_steps", "device", "fit_to_model")
 
 
 def bundle_folder(model_path: str | os.PathLike) -> Path:

@@ -29,7 +29,8 @@ class SynthesisOperator(Operator):
             self.bundle_dir, device=self.settings.get("device"), num_inference_steps=self.settings.get("num_inference_steps")
         )
         volumes = requested_volumes(
-            synthesizer, self.input_dir, int(self.settings.get("num_samples", 1)), int(self.settings.get("seed", 0))
+            synthesizer, self.input_dir, int(self.settings.get("num_samples", 1)), int(self.settings.get("seed", 0)),
+            bool(self.settings.get("fit_to_model", False)),
         )
         op_output.emit(volumes, "volumes", PYTHON_OBJECT)
 
