@@ -9,14 +9,15 @@ from .package import PackagingError, package_bundle
 from .synthesis import (
     BundleSynthesizer,
     SynthesisError,
+    SynthesisRequest,
     SyntheticVolume,
     find_bundle_folder,
-    requested_volumes,
+    plan_requests,
     write_volume,
 )
 
 __all__ = [
-    "BundleSynthesizer", "ExportError", "PackagingError", "SynthesisError", "SyntheticVolume", "UnsafeArchiveError",
-    "ZooCheckError", "check_bundle", "check_zoo", "export_torchscript", "find_bundle_folder", "package_bundle",
-    "requested_volumes", "unpack_bundle", "write_volume",
+    "BundleSynthesizer", "ExportError", "PackagingError", "SynthesisError", "SynthesisRequest", "SyntheticVolume",
+    "UnsafeArchiveError", "ZooCheckError", "check_bundle", "check_zoo", "export_torchscript", "find_bundle_folder",
+    "package_bundle", "plan_requests", "unpack_bundle", "write_volume",
 ]

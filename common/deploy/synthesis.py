@@ -35,8 +35,10 @@ from common.io import save_nifti
 from common.med_ddpm import MaskConditionedSampler
 from common.sampling import LatentSampler, volume_affine
 
-__all__ = ["BundleSynthesizer", "SynthesisError", "SyntheticVolume", "find_bundle_folder", "requested_volumes",
-           "write_volume"]
+__all__ = [
+    "BundleSynthesizer", "SynthesisError", "SynthesisRequest", "SyntheticVolume", "find_bundle_folder", "plan_requests",
+    "write_volume",
+]
 
 
 class SynthesisError(ValueError):
@@ -153,18 +155,28 @@ def write_volume(volume: SyntheticVolume, path: str | os.PathLike) -> str:
     return save_nifti(volume.image, volume.affine, path)
 
 
-def requested_volumes(
+@dataclass
+class SynthesisRequest:
+    """One volume to make: the file name to write it as, its seed, and its label (mask-conditioned bundles)."""
+
+    name: str
+    seed: int
+    label: str | None = None
+    fit_to_model: bool = False
+
+
+def plan_requests(
     synthesizer: BundleSynthesizer,
     input_dir: str | os.PathLike | None,
     num_samples: int = 1,
     seed: int = 0,
     fit_to_model: bool = False,
-) -> list[tuple[str, SyntheticVolume]]:
-    """Answer a folder request, as a batch application does: for a mask-conditioned bundle, one image per NIfTI
-    label under ``input_dir`` (sub-folders included), named ``<label name>_seed<seed>.nii.gz`` (every label is
-    checked before any sampling, unless ``fit_to_model`` fits each to the model's grid, see ``BundleSynthesizer``;
-    two labels of one name in different sub-folders are refused); for a latent bundle, ``num_samples`` volumes named
-    ``sample_<k>_seed<seed + k>.nii.gz``. Returns (file name, volume) pairs."""
+) -> list[SynthesisRequest]:
+    """The volumes a folder request asks for, as a batch application gets it, checked before any sampling: for a
+    mask-conditioned bundle, one image per NIfTI label under ``input_dir`` (sub-folders included), named
+    ``<label name>_seed<seed>.nii.gz`` (every label is read and checked here, unless ``fit_to_model`` fits each to
+    the model's grid, see ``BundleSynthesizer``; two labels of one name in different sub-folders are refused); for
+    a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``."""
     if synthesizer.conditional:
         if input_dir is None:
             raise SynthesisError(f"{synthesizer.bundle_dir.name} makes images from label masks: give an input folder of them.")
@@ -175,7 +187,7 @@ def requested_volumes(
             raise SynthesisError(f"labels in {input_dir} share a file name, so their images would too: {clashes}.")
         for label in labels if not fit_to_model else []:  # a wrong mask is named before minutes of sampling
             synthesizer.sampler.load(label)
-        return [(name, synthesizer(label, seed, fit_to_model)) for label, name in zip(labels, names)]
+        return [SynthesisRequest(name, seed, label, fit_to_model) for label, name in zip(labels, names)]
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
-    return [(f"sample_{k:04d}_seed{seed + k}.nii.gz", synthesizer(seed=seed + k)) for k in range(num_samples)]
+    return [SynthesisRequest(f"sample_{k:04d}_seed{seed + k}.nii.gz", seed + k) for k in range(num_samples)]

@@ -13,11 +13,16 @@ import numpy as np
 import pytest
 
 from common.data import DatasetError
-from common.deploy import BundleSynthesizer, SynthesisError, find_bundle_folder, requested_volumes, write_volume
+from common.deploy import BundleSynthesizer, SynthesisError, find_bundle_folder, plan_requests, write_volume
 from tests.bundles.bundle_runs import REPO
 from tests.bundles.conftest import SIZE, head_labels
 
 APP = REPO / "integrations" / "monai_deploy" / "synthesis_app"
+
+
+def answer(synthesizer: BundleSynthesizer, *args, **kwargs) -> list:
+    """What the application's operators do: plan the request, then make and hand on one volume at a time."""
+    return [(r.name, synthesizer(r.label, r.seed, r.fit_to_model)) for r in plan_requests(synthesizer, *args, **kwargs)]
 
 
 def _labels(folder: Path, centres: dict[str, tuple[int, int, int]]) -> Path:
@@ -33,7 +38,7 @@ def _labels(folder: Path, centres: dict[str, tuple[int, int, int]]) -> Path:
 def test_a_folder_of_labels_gives_one_image_each_that_follows_it(semantic_package, tmp_path):
     labels = _labels(tmp_path / "in", {"case_a": (5, 8, 8), "case_b": (10, 8, 8)})
     synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=10)
-    volumes = requested_volumes(synthesizer, labels, seed=3)
+    volumes = answer(synthesizer, labels, seed=3)
     assert [name for name, _ in volumes] == ["case_a_seed3.nii.gz", "case_b_seed3.nii.gz"]
     for (name, volume), (case, centre) in zip(volumes, (("case_a", (5, 8, 8)), ("case_b", (10, 8, 8)))):
         written = nib.load(write_volume(volume, tmp_path / "out" / name))
@@ -49,9 +54,9 @@ def test_a_wrong_label_is_named_before_any_sampling(semantic_package, tmp_path, 
     synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=2)
     monkeypatch.setattr(synthesizer.sampler, "sample", lambda *a: pytest.fail("sampled before every label was checked"))
     with pytest.raises(DatasetError, match=r"case_z.nii.gz: mask of shape \(8, 8, 8\)"):
-        requested_volumes(synthesizer, labels)
+        plan_requests(synthesizer, labels)
     with pytest.raises(DatasetError, match="is empty"):
-        requested_volumes(synthesizer, (tmp_path / "empty").mkdir() or tmp_path / "empty")
+        plan_requests(synthesizer, (tmp_path / "empty").mkdir() or tmp_path / "empty")
 
 
 def test_labels_on_another_grid_with_fit_to_model(semantic_package, tmp_path):
@@ -61,8 +66,8 @@ def test_labels_on_another_grid_with_fit_to_model(semantic_package, tmp_path):
     labels, affine = drawn_on_another_grid(tmp_path / "in" / "scan_7.nii.gz")
     synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=3)
     with pytest.raises(DatasetError, match=r"scan_7.nii.gz: mask of shape \(23, 23, 18\)"):
-        requested_volumes(synthesizer, tmp_path / "in")
-    ((name, volume),) = requested_volumes(synthesizer, tmp_path / "in", fit_to_model=True)
+        plan_requests(synthesizer, tmp_path / "in")
+    ((name, volume),) = answer(synthesizer, tmp_path / "in", fit_to_model=True)
     assert name == "scan_7_seed0.nii.gz" and volume.image.shape == labels.shape and np.allclose(volume.affine, affine)
 
 
@@ -71,16 +76,16 @@ def test_labels_of_one_name_in_two_sub_folders_are_refused(semantic_package, tmp
     _labels(tmp_path / "in" / "site_b", {"case": (10, 8, 8)})
     synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=2)
     with pytest.raises(SynthesisError, match=r"share a file name, so their images would too: .*site_a/case.nii.gz.*site_b/case.nii.gz"):
-        requested_volumes(synthesizer, tmp_path / "in")
+        plan_requests(synthesizer, tmp_path / "in")
 
 
 def test_unconditional_samples_of_a_latent_bundle(brain_package):
     synthesizer = BundleSynthesizer(brain_package.parent / "brain_mri", device="cpu", num_inference_steps=2)
-    volumes = requested_volumes(synthesizer, None, num_samples=2, seed=3)
+    volumes = answer(synthesizer, None, num_samples=2, seed=3)
     assert [name for name, _ in volumes] == ["sample_0000_seed3.nii.gz", "sample_0001_seed4.nii.gz"]
     assert all(v.image.shape == (32, 32, 32) and np.isfinite(v.image).all() for _, v in volumes)
     with pytest.raises(ValueError, match="num_samples must be at least 1, got 0"):
-        requested_volumes(synthesizer, None, num_samples=0)
+        plan_requests(synthesizer, None, num_samples=0)
 
 
 def test_the_bundle_under_a_model_path(semantic_package, tmp_path):

@@ -41,7 +41,7 @@ def bundle_folder(model_path: str | os.PathLike) -> Path:
         if len(bundles) == 1 and (bundles[0] / "common" / "__init__.py").is_file():
             sys.path.append(str(bundles[0]))
     try:
-        from common.deploy.synthesis import find_bundle_folder, requested_volumes, write_volume  # noqa: F401
+        from common.deploy.synthesis import find_bundle_folder, plan_requests, write_volume  # noqa: F401
     except ImportError as error:
         raise ImportError(
             f"{error}: no `common` that this application can use under {folder}: serve a package made with this "
@@ -67,10 +67,15 @@ class SynthesisApp(Application):
         # a mask-conditioned bundle reads its labels there (a missing folder is named); a latent one ignores it
         input_dir = Path(context.input_path) if context.input_path else None
         logging.info("bundle %s, input %s, output %s, settings %s", bundle, input_dir, context.output_path, settings)
-        synthesis = SynthesisOperator(self, CountCondition(self, 1), bundle_dir=bundle, input_dir=input_dir,
-                                      settings=settings, name="synthesis")
+        from common.deploy.synthesis import BundleSynthesizer, plan_requests
+
+        synthesizer = BundleSynthesizer(bundle, device=settings.get("device"), num_inference_steps=settings.get("num_inference_steps"))
+        requests = plan_requests(synthesizer, input_dir, int(settings.get("num_samples", 1)), int(settings.get("seed", 0)),
+                                 bool(settings.get("fit_to_model", False)))  # every label checked before sampling
+        synthesis = SynthesisOperator(self, CountCondition(self, len(requests)), synthesizer=synthesizer,
+                                      requests=requests, name="synthesis")
         writer = NiftiWriterOperator(self, output_dir=Path(context.output_path), name="nifti_writer")
-        self.add_flow(synthesis, writer, {("volumes", "volumes")})
+        self.add_flow(synthesis, writer, {("volume", "volume")})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ SDK); these classes only connect it to the SDK's ports. Importing this module ne
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
@@ -12,27 +13,21 @@ PYTHON_OBJECT = "PyObject"
 
 
 class SynthesisOperator(Operator):
-    """Source operator: samples every volume of the request (one per label in the input folder for a
-    mask-conditioned bundle, ``num_samples`` otherwise) and emits ``[(file name, SyntheticVolume), ...]``."""
+    """Source operator: makes the volumes of the planned requests (``common.deploy.plan_requests``), one per run of
+    the operator, and emits ``(file name, SyntheticVolume)``; the application runs it once per request."""
 
-    def __init__(self, fragment: Fragment, *args, bundle_dir: Path, input_dir: Path | None, settings: dict, **kwargs) -> None:
-        self.bundle_dir, self.input_dir, self.settings = Path(bundle_dir), input_dir, dict(settings)
+    def __init__(self, fragment: Fragment, *args, synthesizer: Any, requests: list, **kwargs) -> None:
+        self.synthesizer, self.requests, self.done = synthesizer, list(requests), 0
         super().__init__(fragment, *args, **kwargs)  # the SDK calls setup() from here: attributes first
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.output("volumes")
+        spec.output("volume")
 
     def compute(self, op_input, op_output, context) -> None:
-        from common.deploy.synthesis import BundleSynthesizer, requested_volumes
-
-        synthesizer = BundleSynthesizer(
-            self.bundle_dir, device=self.settings.get("device"), num_inference_steps=self.settings.get("num_inference_steps")
-        )
-        volumes = requested_volumes(
-            synthesizer, self.input_dir, int(self.settings.get("num_samples", 1)), int(self.settings.get("seed", 0)),
-            bool(self.settings.get("fit_to_model", False)),
-        )
-        op_output.emit(volumes, "volumes", PYTHON_OBJECT)
+        request = self.requests[self.done]
+        self.done += 1
+        volume = self.synthesizer(request.label, request.seed, request.fit_to_model)
+        op_output.emit((request.name, volume), "volume", PYTHON_OBJECT)
 
 
 class NiftiWriterOperator(Operator):
@@ -43,10 +38,10 @@ class NiftiWriterOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.input("volumes")
+        spec.input("volume")
 
     def compute(self, op_input, op_output, context) -> None:
         from common.deploy.synthesis import write_volume
 
-        for name, volume in op_input.receive("volumes"):
-            write_volume(volume, self.output_dir / name)
+        name, volume = op_input.receive("volume")
+        write_volume(volume, self.output_dir / name)
