@@ -60,7 +60,8 @@ def submitted_files(folder: Path, packaged: bool) -> list[Path]:
     folder's ``models/`` (training checkpoints, which a package replaces)."""
     skipped = RUN_OUTPUTS + (() if packaged else ("models",))
     return sorted(
-        p for p in folder.rglob("*") if p.is_file() and not set(p.relative_to(folder).parts[:-1]) & set(skipped)
+        p for p in folder.rglob("*")
+        if p.is_file() and not (len(p.relative_to(folder).parts) > 1 and p.relative_to(folder).parts[0] in skipped)
     )
 
 

@@ -22,6 +22,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
+    CropForeground,
     EnsureChannelFirst,
     LoadImage,
     Orientation,
@@ -96,8 +97,8 @@ class BundleSynthesizer:
     def __call__(self, label: str | os.PathLike | None = None, seed: int = 0, fit_to_model: bool = False) -> SyntheticVolume:
         """One volume from the noise of ``seed``; for a mask-conditioned bundle, following the NIfTI ``label``, which
         holds the model's classes and is at its size and spacing (``DatasetError`` naming the file otherwise), or,
-        with ``fit_to_model``, on any grid: then the label is resampled (nearest) to the model's spacing around its
-        centre, padded or cropped to the model's size, and the image is resampled back onto the label's grid."""
+        with ``fit_to_model``, on any grid: then the label is fitted to the model's grid (``fit_label``) and the
+        image resampled back onto the label's grid."""
         if self.conditional:
             if label is None:
                 raise SynthesisError(f"{self.bundle_dir.name} makes images from label masks: give a label volume.")
@@ -113,25 +114,44 @@ class BundleSynthesizer:
         return SyntheticVolume(volume, volume_affine(volume.shape, self.sampler.spacing), seed)
 
 
-    def _on_the_labels_grid(self, label: Path, seed: int) -> SyntheticVolume:
-        """A label drawn on any image: fitted to the model's grid, sampled there, the image resampled back."""
+    def fit_label(self, label: str | os.PathLike) -> tuple[MetaTensor, MetaTensor]:
+        """A label drawn on any grid, fitted to the model's: (the label as drawn, its classes on the model's grid).
+
+        RAS orientation, the model's spacing (nearest), the foreground's bounding box centred in the model's size;
+        then the bundle's own reading and checks of a mask. ``DatasetError`` naming the file for a volume that is
+        not a 3D label, classes the model does not know, or a foreground larger than the model's field of view."""
+        label = Path(label)
         try:
             drawn = EnsureChannelFirst(channel_dim="no_channel")(LoadImage(image_only=True)(str(label)))
+            resampled = Compose([
+                Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+                Spacing(pixdim=tuple(float(s) for s in self.sampler.spacing), mode="nearest"),
+            ])(drawn)
         except Exception as error:
-            raise DatasetError(f"{label}: cannot be read as a label volume ({type(error).__name__}: {error}).") from error
-        fitted = Compose([
-            Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-            Spacing(pixdim=tuple(float(s) for s in self.sampler.spacing), mode="nearest"),
-            ResizeWithPadOrCrop(self.sampler.image_size),
-        ])(drawn)
-        with tempfile.TemporaryDirectory() as scratch:  # through the bundle's own reading and checks of a mask
-            path = save_nifti(np.asarray(fitted[0]), np.asarray(fitted.affine), Path(scratch) / label.name, dtype=np.int16)
+            raise DatasetError(f"{label}: cannot be read as a 3D label volume ({type(error).__name__}: {error}).") from error
+        foreground = CropForeground(select_fn=lambda x: x != 0, allow_smaller=True)(resampled)
+        extent, size = tuple(foreground.shape[1:]), tuple(self.sampler.image_size)
+        if any(e > s for e, s in zip(extent, size)):
+            millimetres = tuple(round(e * float(s), 1) for e, s in zip(extent, self.sampler.spacing))
+            raise DatasetError(
+                f"{label}: the labelled region spans {millimetres} mm, more than the model's field of view of "
+                f"{tuple(round(n * float(s), 1) for n, s in zip(size, self.sampler.spacing))} mm."
+            )
+        fitted = ResizeWithPadOrCrop(size)(foreground)
+        with tempfile.TemporaryDirectory() as scratch:  # float32: the checks see every value as it was drawn
+            path = save_nifti(np.asarray(fitted[0]), np.asarray(fitted.affine), Path(scratch) / "label.nii.gz")
             try:
                 classes = self.sampler.load(path)
             except DatasetError as error:
                 raise DatasetError(str(error).replace(path, f"{label} (fitted to the model's grid)")) from None
-        image = MetaTensor(torch.as_tensor(self.sampler.sample(classes, seed).numpy()), affine=classes.affine)
-        back = ResampleToMatch(mode="bilinear", padding_mode="border")(image, img_dst=drawn)
+        return drawn, classes
+
+    def _on_the_labels_grid(self, label: Path, seed: int) -> SyntheticVolume:
+        """A label drawn on any image: fitted to the model's grid, sampled there, the image resampled back; outside
+        the model's field of view the image is background (-1)."""
+        drawn, classes = self.fit_label(label)
+        image = MetaTensor(torch.as_tensor(self.sampler.sample(classes, seed).numpy()) + 1, affine=classes.affine)
+        back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(image, img_dst=drawn) - 1
         volume = np.asarray(back, dtype=np.float32)
         volume = volume[0] if volume.shape[0] == 1 else np.moveaxis(volume, 0, -1)
         return SyntheticVolume(volume, np.asarray(drawn.affine, dtype=np.float64), seed)
@@ -174,8 +194,9 @@ def plan_requests(
 ) -> list[SynthesisRequest]:
     """The volumes a folder request asks for, as a batch application gets it, checked before any sampling: for a
     mask-conditioned bundle, one image per NIfTI label under ``input_dir`` (sub-folders included), named
-    ``<label name>_seed<seed>.nii.gz`` (every label is read and checked here, unless ``fit_to_model`` fits each to
-    the model's grid, see ``BundleSynthesizer``; two labels of one name in different sub-folders are refused); for
+    ``<label name>_seed<seed>.nii.gz`` (every label is read and checked here, as it is or, with ``fit_to_model``,
+    fitted to the model's grid: ``BundleSynthesizer.fit_label``; two labels of one name in different sub-folders
+    are refused); for
     a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``."""
     if synthesizer.conditional:
         if input_dir is None:
@@ -185,8 +206,8 @@ def plan_requests(
         clashes = sorted(label for label, name in zip(labels, names) if names.count(name) > 1)
         if clashes:
             raise SynthesisError(f"labels in {input_dir} share a file name, so their images would too: {clashes}.")
-        for label in labels if not fit_to_model else []:  # a wrong mask is named before minutes of sampling
-            synthesizer.sampler.load(label)
+        for label in labels:  # a wrong mask is named before minutes of sampling, not after
+            synthesizer.fit_label(label) if fit_to_model else synthesizer.sampler.load(label)
         return [SynthesisRequest(name, seed, label, fit_to_model) for label, name in zip(labels, names)]
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")

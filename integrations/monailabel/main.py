@@ -9,10 +9,11 @@ Each bundle folder (a package from ``python -m common package``, unpacked) becom
   or name a studies image; the input is not used).
 
 The result is a float32 NIfTI image in [-1, 1]. ``params`` may hold ``seed`` (default 0) and, for a mask-conditioned
-bundle, ``fit_to_model`` (default true: a label drawn on any image is resampled to the model's spacing around its
-centre and padded or cropped to its size, and the image comes back on the label's own grid; false: the label must
-be at the model's size and spacing already). A label the model cannot use (unknown classes; with
-``fit_to_model`` false, another size or spacing) is answered with HTTP 422 and the reason. App settings (``--conf``):
+bundle, ``fit_to_model`` (default true: a label drawn on any image is fitted to the model's grid, see
+``BundleSynthesizer.fit_label``, and the image comes back on the label's own grid; false: the label must be at the
+model's size and spacing already). A request the model cannot answer (a bad seed, unknown classes, a labelled
+region larger than the model's field of view; with ``fit_to_model`` false, another size or spacing) is answered
+with HTTP 422 and the reason. App settings (``--conf``):
 ``bundles`` (comma-separated folders; default: every bundle folder under ``<app>/model/``),
 ``num_inference_steps`` (default 50 DDIM steps) and ``device`` (default: a GPU if there is one).
 """
@@ -35,6 +36,13 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 logger = logging.getLogger(__name__)
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package that is not this project's (another top-level `common`)
+        return False
+
+
 def bundle_folders(app_dir: str, setting: str | None) -> list[Path]:
     """The bundles to serve: ``setting`` (comma-separated folders) or every bundle folder under ``<app>/model/``."""
     if setting:
@@ -49,7 +57,7 @@ def bundle_folders(app_dir: str, setting: str | None) -> list[Path]:
             f"no bundle to serve: {where} (a bundle folder has configs/inference.json; give them with "
             "--conf bundles PATH[,PATH])."
         )
-    if importlib.util.find_spec("common") is None:  # without this project installed, a package's copy serves
+    if not _importable("common.deploy.synthesis"):  # without this project installed, a package's copy serves
         packaged = [folder for folder in folders if (folder / "common" / "__init__.py").is_file()]
         if not packaged:
             raise ImportError("no `common` to run the bundles with: install this project (pip install -e .) or "
@@ -81,10 +89,11 @@ class SynthesisTask(InferTask):
         from common.deploy import SynthesisError, write_volume
 
         settings = {"fit_to_model": False, **copy.deepcopy(self._config), **request}
-        try:
-            seed = int(settings["seed"])
-        except (TypeError, ValueError):
-            raise HTTPException(status_code=422, detail=f"seed must be an integer, got {settings['seed']!r}.") from None
+        seed = settings["seed"]
+        if isinstance(seed, str) and seed.isdigit():
+            seed = int(seed)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise HTTPException(status_code=422, detail=f"seed must be an integer in [0, 2**63), got {settings['seed']!r}.")
         if not isinstance(settings["fit_to_model"], bool):
             raise HTTPException(status_code=422, detail=f"fit_to_model must be true or false, got {settings['fit_to_model']!r}.")
         label = (request.get("label") or request.get("image")) if self.synthesizer.conditional else None

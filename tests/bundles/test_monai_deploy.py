@@ -69,6 +69,15 @@ def test_labels_on_another_grid_with_fit_to_model(semantic_package, tmp_path):
         plan_requests(synthesizer, tmp_path / "in")
     ((name, volume),) = answer(synthesizer, tmp_path / "in", fit_to_model=True)
     assert name == "scan_7_seed0.nii.gz" and volume.image.shape == labels.shape and np.allclose(volume.affine, affine)
+    assert volume.image[labels == 2].mean() > volume.image[labels == 1].mean() > volume.image[labels == 0].mean()
+    nib.save(nib.Nifti1Image(np.ones((30, 30, 30), np.uint8), affine), str(tmp_path / "in" / "scan_8.nii.gz"))
+    monkey = synthesizer.sampler
+    sampled = []
+    original = monkey.sample
+    monkey.sample = lambda *a: sampled.append(1) or original(*a)
+    with pytest.raises(DatasetError, match="scan_8.nii.gz: the labelled region spans"):  # before any sampling
+        plan_requests(synthesizer, tmp_path / "in", fit_to_model=True)
+    assert sampled == []
 
 
 def test_labels_of_one_name_in_two_sub_folders_are_refused(semantic_package, tmp_path):
@@ -99,6 +108,40 @@ def test_the_bundle_under_a_model_path(semantic_package, tmp_path):
         find_bundle_folder(models)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_bundle_folder(tmp_path / "nowhere")
+
+
+def test_the_apps_settings_are_checked():
+    import importlib.util
+    import sys
+    import types
+
+    # app.py imports the SDK at the top; its settings check does not need it
+    stubs = {name: types.ModuleType(name) for name in ("monai.deploy", "monai.deploy.conditions", "monai.deploy.core")}
+    stubs["monai.deploy.conditions"].CountCondition = object
+    stubs["monai.deploy.core"].AppContext = stubs["monai.deploy.core"].Application = object
+    operators = types.ModuleType("operators")
+    operators.NiftiWriterOperator = operators.SynthesisOperator = object
+    saved = {name: sys.modules.get(name) for name in [*stubs, "operators"]}
+    sys.modules.update(stubs, operators=operators)
+    try:
+        spec = importlib.util.spec_from_file_location("synthesis_app_under_test", APP / "app.py")
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+    finally:
+        sys.path[:] = [entry for entry in sys.path if entry != str(APP)]  # app.py puts its folder first
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    assert app.checked_settings({"num_samples": 2, "seed": 0, "device": None, "fit_to_model": True}) == {
+        "num_samples": 2, "seed": 0, "fit_to_model": True}
+    with pytest.raises(ValueError, match="fit_to_model must be a bool, got 'false'"):
+        app.checked_settings({"fit_to_model": "false"})
+    with pytest.raises(ValueError, match="num_samples must be a int, got 2.5"):
+        app.checked_settings({"num_samples": 2.5})
+    with pytest.raises(ValueError, match=r"unknown settings \['samples'\]"):
+        app.checked_settings({"samples": 2})
 
 
 def test_the_apps_requirements_are_the_packages_plus_the_holoscan_release():

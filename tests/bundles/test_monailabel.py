@@ -162,8 +162,9 @@ def test_a_label_the_model_cannot_use_is_refused_with_the_reason(server, tmp_pat
     assert not (tmp_path / "not_written.nii.gz").exists()
     with pytest.raises(RuntimeError, match=r"HTTP 422\): .*fit_to_model must be true or false, got 'yes'"):
         client.infer(server["url"], "brain_tumor_semantic", upload, {"fit_to_model": "yes"})
-    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*seed must be an integer, got 'not a number'"):
-        client.infer(server["url"], "brain_mri", upload, {"seed": "not a number"})
+    for seed in ("not a number", 2.9, True, 2**64):
+        with pytest.raises(RuntimeError, match=r"HTTP 422\): .*seed must be an integer in \[0, 2\*\*63\)"):
+            client.infer(server["url"], "brain_mri", upload, {"seed": seed})
 
 
 def test_the_client_can_be_run_in_3d_slicers_console(monkeypatch):

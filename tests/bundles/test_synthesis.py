@@ -70,5 +70,32 @@ def test_a_label_drawn_on_another_grid_is_fitted_and_the_image_returned_on_its_g
     with pytest.raises(DatasetError, match=r"odd.nii.gz \(fitted to the model's grid\): label values \[7.0\] are not in"):
         synthesizer(tmp_path / "odd.nii.gz", fit_to_model=True)
     (tmp_path / "broken.nii.gz").write_text("not a volume")
-    with pytest.raises(DatasetError, match="broken.nii.gz: cannot be read as a label volume"):
+    with pytest.raises(DatasetError, match="broken.nii.gz: cannot be read as a 3D label volume"):
         synthesizer(tmp_path / "broken.nii.gz", fit_to_model=True)
+
+
+def test_fitting_centres_the_labelled_region_pads_and_refuses_what_does_not_fit(semantic_package, tmp_path):
+    synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=5)
+    affine = np.eye(4)
+    affine[:3, 3] = (3, -4, 7)
+    corner = np.zeros((30, 30, 30), np.uint8)  # a larger scan, the head in one corner: cropped around it
+    corner[14:, 14:, 14:] = head_labels((5, 8, 8))
+    nib.save(nib.Nifti1Image(corner, affine), str(tmp_path / "corner.nii.gz"))
+    volume = synthesizer(tmp_path / "corner.nii.gz", seed=1, fit_to_model=True)
+    assert volume.image.shape == (30, 30, 30) and volume.image[0, 0, 0] == -1  # background outside the model's view
+    assert volume.image[corner == 2].mean() > volume.image[corner == 1].mean() > volume.image[corner == 0].mean()
+    small = head_labels((5, 8, 8))[3:13, 3:13, 3:13]  # a smaller scan: padded
+    nib.save(nib.Nifti1Image(small, affine), str(tmp_path / "small.nii.gz"))
+    volume = synthesizer(tmp_path / "small.nii.gz", seed=1, fit_to_model=True)
+    assert volume.image.shape == (10, 10, 10) and volume.image[small == 2].mean() > volume.image[small == 1].mean()
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.uint8), affine), str(tmp_path / "huge.nii.gz"))
+    with pytest.raises(DatasetError, match=r"huge.nii.gz: the labelled region spans \(20.0, 20.0, 20.0\) mm, more than the model's field of view of \(16.0, 16.0, 16.0\) mm"):
+        synthesizer(tmp_path / "huge.nii.gz", fit_to_model=True)
+    fractional = head_labels((5, 8, 8)).astype(np.float32)
+    fractional[8, 8, 8] = 1.6
+    nib.save(nib.Nifti1Image(fractional, np.eye(4)), str(tmp_path / "fractional.nii.gz"))
+    with pytest.raises(DatasetError, match=r"fractional.nii.gz \(fitted to the model's grid\): label values \[1.60"):
+        synthesizer(tmp_path / "fractional.nii.gz", fit_to_model=True)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.uint8), np.eye(4)), str(tmp_path / "four_d.nii.gz"))
+    with pytest.raises(DatasetError, match="four_d.nii.gz: cannot be read as a 3D label volume"):
+        synthesizer(tmp_path / "four_d.nii.gz", fit_to_model=True)

@@ -98,6 +98,9 @@ def test_a_source_folder_trained_in_place_is_checked_as_a_source_folder(bundle):
     (bundle / "output").mkdir()
     (bundle / "output" / "metrics.json").write_text('{"a":1}')
     assert check_bundle(bundle) == []
+    (bundle / "docs" / "output").mkdir()  # only the top-level folders of runs are left out
+    (bundle / "docs" / "output" / "table.json").write_text('{"a":1}')
+    assert check_bundle(bundle) == [f"{bundle / 'docs/output/table.json'}: not formatted as json.dumps(..., indent=4) with a final newline."]
 
 
 def test_json_that_is_not_json_is_named(bundle):

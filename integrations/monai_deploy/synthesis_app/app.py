@@ -28,14 +28,32 @@ sys.path.insert(0, str(HERE))  # the operators module next to this file, however
 
 from operators import NiftiWriterOperator, SynthesisOperator  # noqa: E402
 
-SETTINGS = ("num_samples", "seed", "num_inference_steps", "device", "fit_to_model")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package that is not this project's (another top-level `common`)
+        return False
+
+
+def checked_settings(settings: dict) -> dict:
+    """The ``synthesis`` section of app.yaml, each value of the type it must have (``ValueError`` naming it)."""
+    types = {"num_samples": int, "seed": int, "num_inference_steps": int, "device": str, "fit_to_model": bool}
+    unknown = sorted(set(settings) - set(types))
+    if unknown:
+        raise ValueError(f"app.yaml synthesis: unknown settings {unknown} (known: {', '.join(types)}).")
+    for key, value in settings.items():
+        if value is not None and (not isinstance(value, types[key]) or (types[key] is int and isinstance(value, bool))):
+            raise ValueError(f"app.yaml synthesis: {key} must be a {types[key].__name__}, got {value!r}.")
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def bundle_folder(model_path: str | os.PathLike) -> Path:
     """The bundle under the model path (the folder itself, or its one sub-folder holding a bundle); without this
     project installed (as in a MONAI Application Package), that package's own copy of ``common`` is imported."""
     folder = Path(model_path)
-    if importlib.util.find_spec("common") is None:
+    if not _importable("common.deploy.synthesis"):
         inside = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
         bundles = [p for p in [folder, *inside] if (p / "configs" / "inference.json").is_file()]
         if len(bundles) == 1 and (bundles[0] / "common" / "__init__.py").is_file():
@@ -60,18 +78,15 @@ class SynthesisApp(Application):
     def compose(self) -> None:
         context: AppContext = Application.init_app_context(self.argv)
         bundle = bundle_folder(context.model_path)
-        settings = {k: v for k, v in dict(self.kwargs("synthesis")).items() if v is not None}  # {} without one
-        unknown = sorted(set(settings) - set(SETTINGS))
-        if unknown:
-            raise ValueError(f"app.yaml synthesis: unknown settings {unknown} (known: {', '.join(SETTINGS)}).")
+        settings = checked_settings(dict(self.kwargs("synthesis")))  # {} without a synthesis section
         # a mask-conditioned bundle reads its labels there (a missing folder is named); a latent one ignores it
         input_dir = Path(context.input_path) if context.input_path else None
         logging.info("bundle %s, input %s, output %s, settings %s", bundle, input_dir, context.output_path, settings)
         from common.deploy.synthesis import BundleSynthesizer, plan_requests
 
         synthesizer = BundleSynthesizer(bundle, device=settings.get("device"), num_inference_steps=settings.get("num_inference_steps"))
-        requests = plan_requests(synthesizer, input_dir, int(settings.get("num_samples", 1)), int(settings.get("seed", 0)),
-                                 bool(settings.get("fit_to_model", False)))  # every label checked before sampling
+        requests = plan_requests(synthesizer, input_dir, settings.get("num_samples", 1), settings.get("seed", 0),
+                                 settings.get("fit_to_model", False))  # every label checked before sampling
         synthesis = SynthesisOperator(self, CountCondition(self, len(requests)), synthesizer=synthesizer,
                                       requests=requests, name="synthesis")
         writer = NiftiWriterOperator(self, output_dir=Path(context.output_path), name="nifti_writer")
