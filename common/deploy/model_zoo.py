@@ -12,7 +12,6 @@ network. ``python -m common check_zoo FOLDER`` runs every check and names each p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from monai.apps.utils import SUPPORTED_HASH_TYPES, check_hash
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 from monai.inferers import Inferer
 
@@ -31,7 +31,7 @@ SCHEMA_MD5 = {"meta_schema_20240725.json": "76e1add273836515d0bbb3bc71962474"}  
 NECESSARY_FILES = ("LICENSE", "configs/metadata.json", "configs/inference.json")
 MAX_COMMITTED_BYTES = 1024 * 1024  # the zoo's pre-commit check-added-large-files --maxkb=1024
 INFERENCE_KEYS = ("bundle_root", "device", "network_def", "inferer", "output_dir")  # the zoo's CONTRIBUTING.md
-HASH_TYPES = ("md5", "sha1", "sha256", "sha512")  # MONAI's download checks md5 when an entry names none
+HASH_TYPES = tuple(SUPPORTED_HASH_TYPES)  # MONAI's download checks md5 when an entry names none
 RUN_OUTPUTS = ("output", "logs", "eval", "__pycache__")  # written by runs, never part of a submission
 README_HEADINGS = (  # the zoo's docs/readme_template.md, "(Optional)" sections that every bundle here has included
     "authors", "tags", "model description", "data", "preprocessing", "performance", "system configuration",
@@ -114,14 +114,6 @@ def check_json_format(folder: Path, packaged: bool) -> list[str]:
     return problems
 
 
-def _digest(path: Path, hash_type: str) -> str:
-    digest = hashlib.new(hash_type)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_large_files(folder: Path, packaged: bool, require_urls: bool) -> list[str]:
     """Every file over the zoo's 1 MiB commit limit is listed in ``large_files.yml`` with a matching hash (and,
     for a submission, the URL the zoo downloads it from); a package holds every file it lists."""
@@ -142,7 +134,7 @@ def check_large_files(folder: Path, packaged: bool, require_urls: bool) -> list[
         hash_type = entry.get("hash_type") or "md5"
         if hash_type not in HASH_TYPES:
             problems.append(f"{listing}: {entry['path']}: hash_type {hash_type!r} is not one of {HASH_TYPES}.")
-        elif path.is_file() and entry.get("hash_val") and _digest(path, hash_type) != entry["hash_val"]:
+        elif path.is_file() and entry.get("hash_val") and not check_hash(path, entry["hash_val"], hash_type):
             problems.append(f"{listing}: {entry['path']}: the file's {hash_type} differs from hash_val.")
         if packaged and not path.is_file():
             problems.append(f"{listing}: {entry['path']}: listed, but the package has no such file.")

@@ -83,6 +83,14 @@ def head_labels(tumour_centre: tuple[int, int, int] | None, radius: int = 3) -> 
     return labels
 
 
+def save_labels(path: Path, labels: np.ndarray, origin=(0.0, 0.0, 0.0), zooms=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Write a label volume as NIfTI with a diagonal affine (signed ``zooms`` flip axes); returns the affine."""
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = origin
+    nib.save(nib.Nifti1Image(labels, affine), str(path))
+    return affine
+
+
 def write_pairs(folder: Path, count: int, seed: int = 0) -> Path:
     """Image/label pairs where the label decides the intensity: background 0, head 1, tumour 2 (plus noise)."""
     rng = np.random.default_rng(seed)

@@ -15,7 +15,7 @@ import pytest
 from common.data import DatasetError
 from common.deploy import BundleSynthesizer, SynthesisError, find_bundle_folder, plan_requests, write_volume
 from tests.bundles.bundle_runs import REPO
-from tests.bundles.conftest import SIZE, head_labels
+from tests.bundles.conftest import SIZE, head_labels, save_labels
 
 APP = REPO / "integrations" / "monai_deploy" / "synthesis_app"
 
@@ -29,9 +29,7 @@ def _labels(folder: Path, centres: dict[str, tuple[int, int, int]]) -> Path:
     """Label volumes, each on its own grid (origin), as drawn on different patients."""
     folder.mkdir(parents=True)
     for index, (name, centre) in enumerate(centres.items()):
-        affine = np.eye(4)
-        affine[:3, 3] = (-5 + 10 * index, 3, 2)
-        nib.save(nib.Nifti1Image(head_labels(centre), affine), str(folder / f"{name}.nii.gz"))
+        save_labels(folder / f"{name}.nii.gz", head_labels(centre), origin=(-5 + 10 * index, 3, 2))
     return folder
 
 

@@ -19,7 +19,6 @@ import subprocess
 import time
 import urllib.request
 import venv
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -27,7 +26,7 @@ import pytest
 import torch
 
 from tests.bundles.bundle_runs import REPO
-from tests.bundles.conftest import SIZE, head_labels
+from tests.bundles.conftest import SIZE, head_labels, save_labels
 from tests.bundles.test_synthesis import drawn_on_another_grid
 
 APP = REPO / "integrations" / "monailabel"
@@ -116,10 +115,8 @@ def test_the_server_lists_one_task_per_bundle(server):
 
 def test_a_posted_label_comes_back_as_an_image_that_follows_it(server, tmp_path):
     labels = head_labels((5, 8, 8))
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    affine[:3, 3] = (-8, 4, 2)
     upload = tmp_path / "drawn_label.nii.gz"
-    nib.save(nib.Nifti1Image(labels, affine), str(upload))
+    affine = save_labels(upload, labels, origin=(-8, 4, 2))
     client = _client()
     image = nib.load(str(client.synthesize(server["url"], "brain_tumor_semantic", upload, tmp_path / "synthetic.nii.gz", seed=2)))
     voxels = np.asanyarray(image.dataobj)

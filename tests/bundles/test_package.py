@@ -23,7 +23,6 @@ from monai.data import load_net_with_metadata
 
 from common.deploy import PackagingError, check_bundle, package_bundle
 from tests.bundles.bundle_runs import REPO
-from tests.bundles.conftest import SIZE_32_OVERRIDES
 
 # run `monai.bundle` with this repository's code out of reach: no editable-install finder, no repository path
 WITHOUT_REPOSITORY = (

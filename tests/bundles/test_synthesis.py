@@ -8,7 +8,7 @@ import pytest
 
 from common.data import DatasetError
 from common.deploy import BundleSynthesizer, SynthesisError
-from tests.bundles.conftest import SIZE, head_labels
+from tests.bundles.conftest import SIZE, head_labels, save_labels
 
 
 def test_an_unconditional_sample_of_a_latent_package(brain_package):
@@ -24,10 +24,8 @@ def test_an_unconditional_sample_of_a_latent_package(brain_package):
 
 def test_a_mask_conditioned_image_follows_the_users_label(semantic_package, tmp_path):
     labels = head_labels((5, 8, 8))
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    affine[:3, 3] = (-10, 20, 5)
     path = tmp_path / "drawn.nii.gz"
-    nib.save(nib.Nifti1Image(labels, affine), str(path))
+    affine = save_labels(path, labels, origin=(-10, 20, 5))
     synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=10)
     volume = synthesizer(path, seed=1)
     assert volume.image.shape == (SIZE,) * 3 and np.allclose(volume.affine, affine)  # lies over the label
@@ -51,10 +49,7 @@ def drawn_on_another_grid(path, centre=(5, 8, 8)) -> tuple[np.ndarray, np.ndarra
     from scipy.ndimage import zoom
 
     labels = zoom(head_labels(centre), (1 / 0.7, 1 / 0.7, 1 / 0.9), order=0).astype(np.uint8)
-    affine = np.diag([-0.7, -0.7, 0.9, 1.0])
-    affine[:3, 3] = (20, 30, -5)
-    nib.save(nib.Nifti1Image(labels, affine), str(path))
-    return labels, affine
+    return labels, save_labels(path, labels, origin=(20, 30, -5), zooms=(-0.7, -0.7, 0.9))
 
 
 def test_a_label_drawn_on_another_grid_is_fitted_and_the_image_returned_on_its_grid(semantic_package, tmp_path):
@@ -76,11 +71,9 @@ def test_a_label_drawn_on_another_grid_is_fitted_and_the_image_returned_on_its_g
 
 def test_fitting_centres_the_labelled_region_pads_and_refuses_what_does_not_fit(semantic_package, tmp_path):
     synthesizer = BundleSynthesizer(semantic_package, device="cpu", num_inference_steps=5)
-    affine = np.eye(4)
-    affine[:3, 3] = (3, -4, 7)
     corner = np.zeros((30, 30, 30), np.uint8)  # a larger scan, the head in one corner: cropped around it
     corner[14:, 14:, 14:] = head_labels((5, 8, 8))
-    nib.save(nib.Nifti1Image(corner, affine), str(tmp_path / "corner.nii.gz"))
+    affine = save_labels(tmp_path / "corner.nii.gz", corner, origin=(3, -4, 7))
     volume = synthesizer(tmp_path / "corner.nii.gz", seed=1, fit_to_model=True)
     assert volume.image.shape == (30, 30, 30) and volume.image[0, 0, 0] == -1  # background outside the model's view
     assert volume.image[corner == 2].mean() > volume.image[corner == 1].mean() > volume.image[corner == 0].mean()
