@@ -399,6 +399,23 @@ def run_group(group: str, device_name: str, tiny: bool) -> list[dict[str, Any]]:
 # ----- the whole check
 
 
+def run_group_process(group: str, device_name: str, tiny: bool, timeout: float) -> list[dict[str, Any]]:
+    """``run_group`` in a process of its own (a crash or a hang loses one group, and no group sees another's state);
+    its results, plus a failed "(process)" case if the process died or ran out of ``timeout`` seconds."""
+    call = [sys.executable, str(Path(__file__).resolve()), "--group", group, "--device", device_name, *(["--tiny"] if tiny else [])]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(call, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        output, problem = done.stdout, (f"the process exited with {done.returncode}: {done.stderr.strip()[-300:]}" if done.returncode else None)
+    except subprocess.TimeoutExpired as expired:
+        output = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        problem = f"the process ran out of its {timeout:.0f} s"
+    found = [json.loads(line[len("RESULT "):]) for line in output.splitlines() if line.startswith("RESULT ")]
+    if problem:
+        found.append({"ok": False, "group": group, "case": "(process)", "error": problem, "wall_s": time.perf_counter() - started})
+    return found
+
+
 def environment(device_name: str) -> dict[str, Any]:
     import monai
     import torch
@@ -481,17 +498,8 @@ def main() -> None:
     command = " ".join(["python benchmarks/gpu_check.py", *sys.argv[1:]])
     results: list[dict[str, Any]] = []
     for group in args.groups:
-        call = [sys.executable, str(Path(__file__).resolve()), "--group", group, "--device", args.device, *(["--tiny"] if args.tiny else [])]
         started = time.perf_counter()
-        try:
-            done = subprocess.run(call, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
-            output, problem = done.stdout, (f"the process exited with {done.returncode}: {done.stderr.strip()[-300:]}" if done.returncode else None)
-        except subprocess.TimeoutExpired as expired:
-            output = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
-            problem = f"the process ran out of its {args.timeout:.0f} s"
-        found = [json.loads(line[len("RESULT "):]) for line in output.splitlines() if line.startswith("RESULT ")]
-        if problem:
-            found.append({"ok": False, "group": group, "case": "(process)", "error": problem, "wall_s": time.perf_counter() - started})
+        found = run_group_process(group, args.device, args.tiny, args.timeout)
         results += found
         print(f"{group}: {sum(r.get('ok', False) for r in found)} of {len(found)} cases ok in {time.perf_counter() - started:.0f} s", flush=True)
     text = report(environment(args.device), results, args.tiny, command)

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# each group runs in its own process, as the command runs it (and so apart from this test process's state);
+# generous, for a loaded machine
+TIMEOUT = 600.0
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def failures(results: list[dict]) -> list[str]:
 
 
 def test_latent_bundle_cases_run_and_report(gpu_check) -> None:
-    results = gpu_check.run_group("brain_mri", "cpu", tiny=True)
+    results = gpu_check.run_group_process("brain_mri", "cpu", True, TIMEOUT)
     assert not failures(results), failures(results)
     by_case = {r["case"]: r for r in results}
     assert {"train_autoencoder_float32", "train_autoencoder_bfloat16", "train_denoiser_float32", "train_denoiser_bfloat16"} <= set(by_case)
@@ -42,7 +45,7 @@ def test_latent_bundle_cases_run_and_report(gpu_check) -> None:
 
 
 def test_mask_conditioned_bundle_and_codebook_cases_run(gpu_check) -> None:
-    results = gpu_check.run_group("brain_tumor_semantic", "cpu", tiny=True) + gpu_check.run_group("codebook", "cpu", tiny=True)
+    results = gpu_check.run_group_process("brain_tumor_semantic", "cpu", True, TIMEOUT) + gpu_check.run_group_process("codebook", "cpu", True, TIMEOUT)
     assert not failures(results), failures(results)
     by_case = {r["case"]: r for r in results}
     assert by_case["train_mask_conditioned_float32"]["step_s"] > 0
@@ -54,7 +57,7 @@ def test_a_failing_case_is_recorded_and_the_rest_still_run(gpu_check, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
-    monkeypatch.setattr(gpu_check, "nearest_code_check", broken)
+    monkeypatch.setattr(gpu_check, "nearest_code_check", broken)  # in this process: run the group here
     results = gpu_check.run_group("codebook", "cpu", tiny=True)
     assert results[0]["ok"] is False and "out of memory" in results[0]["error"]
     text = gpu_check.report({}, results, True, "command")
