@@ -45,6 +45,9 @@ class VQGANTrainer(Trainer):
         epoch_length: iterations per epoch; defaults to the loader's length.
         gradient_clip: max norm of the gradients of each update (the paper: 1.0); 0 disables clipping.
         amp: mixed precision: ``amp_dtype``, by default float16 (with loss scaling) on CUDA and bfloat16 elsewhere.
+            On a CPU, torch 2.13's oneDNN bfloat16 convolutions sometimes give a few non-finite weight gradients
+            (measured in ``benchmarks/gpu_check.py``, ``onednn_enabled``), which the codebook's NaN check then stops
+            on: train in float32 there, or set ``torch.backends.mkldnn.enabled = False``.
         amp_dtype: "float16" (loss scaling on CUDA) or "bfloat16" (no scaling needed); None for the default above.
         train_handlers: ignite handlers with ``attach(engine)``.
         prepare_batch: how to take the image from a batch.
