@@ -158,8 +158,7 @@ def train_step(bundle: Bundle, stage: str, dtype: str, iterations: int) -> dict[
         reset(bundle.device)
         try:
             seconds = _train(bundle, stage, dtype, batch, iterations)
-            return {"batch": batch, "paper_batch": wanted, "step_s": seconds, "volumes_per_s": batch / seconds,
-                    "onednn": onednn_enabled(bundle.device, dtype) if bundle.device.type == "cpu" else None, **memory(bundle.device)}
+            return {"batch": batch, "paper_batch": wanted, "step_s": seconds, "volumes_per_s": batch / seconds, **memory(bundle.device)}
         except Exception as error:  # out of memory: try a smaller batch; anything else: report it
             if not is_out_of_memory(error) or batch == 1:
                 raise
@@ -197,19 +196,7 @@ def _train(bundle: Bundle, stage: str, dtype: str, batch: int, iterations: int) 
     trainer = parser.get_parsed_content("train#trainer")
     if stage == "mask_conditioned" and dtype == "bfloat16" and device.type == "cuda":  # MONAI autocasts on CUDA only
         trainer.amp, trainer.amp_kwargs = True, {"dtype": torch.bfloat16}
-    with torch.backends.mkldnn.flags(enabled=onednn_enabled(device, dtype)):
-        return time_trainer(trainer, device, iterations)
-
-
-def onednn_enabled(device, dtype: str) -> bool:
-    """Whether the CPU convolutions may use oneDNN: not under bfloat16 on a CPU (a CUDA run never uses it).
-
-    With torch 2.13.0+cpu on an AMD EPYC (Zen 4, avx512_bf16), oneDNN's bfloat16 3D-convolution weight gradients
-    now and then hold a few non-finite values from finite inputs, and the tiny VQ-GAN step then fails the codebook's
-    NaN check: 2 of 40 seeds with 2 threads, 12 of 40 with 3, and not the same seeds from one run to the next;
-    with oneDNN off, 0 of 80 (``tests/test_gpu_check.py`` failed on it in CI). PyTorch's own kernels are slower but
-    sound, and the CPU run is a rehearsal of the GPU one, which this does not touch."""
-    return not (device.type == "cpu" and dtype == "bfloat16")
+    return time_trainer(trainer, device, iterations)
 
 
 def sampler_of(bundle: Bundle, steps: int | None):
@@ -475,9 +462,6 @@ def report(env: dict[str, Any], results: list[dict[str, Any]], tiny: bool, comma
             _, stage, dtype = r["case"].split("_", 2)
             lines.append(f"| {r['group']} | {stage} | {dtype} | {r['batch']} ({r['paper_batch']}) | {number(r['step_s'], 3)} s "
                          f"| {number(r['volumes_per_s'])} | {number(r['peak_allocated_gib'])} / {number(r['peak_reserved_gib'])} |")
-    if any(r.get("onednn") is False for r in results):
-        lines += ["", "bfloat16 steps on a CPU ran with oneDNN off (its bfloat16 convolution gradients are unsound there; see "
-                  "`onednn_enabled`)."]
     lines += ["", "## Sampling (decoding included)", "", "| bundle | case | steps | seconds per volume | best batch | volumes/s | peak allocated GiB |",
               "|---|---|---|---|---|---|---|"]
     for r in results:

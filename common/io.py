@@ -31,6 +31,7 @@ __all__ = [
     "REPO_ROOT",
     "atomic_path",
     "bundle_dir",
+    "channels_last",
     "current_umask",
     "end_process_group",
     "gather",
@@ -153,6 +154,11 @@ def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def channels_last(image: np.ndarray) -> np.ndarray:
+    """A (C, H, W, D) image as a NIfTI holds it: (H, W, D) for one channel, (H, W, D, C) for several."""
+    return image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
 
 
 def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype = np.float32) -> str:

@@ -35,15 +35,13 @@ def test_latent_bundle_cases_run_and_report(gpu_check) -> None:
     assert {"train_autoencoder_float32", "train_autoencoder_bfloat16", "train_denoiser_float32", "train_denoiser_bfloat16"} <= set(by_case)
     for name in ("train_autoencoder_float32", "train_denoiser_bfloat16"):
         assert by_case[name]["batch"] == 2 and by_case[name]["step_s"] > 0
-    # on a CPU, bfloat16 steps run without oneDNN, whose bfloat16 convolution weight gradients are sometimes NaN there
-    assert by_case["train_autoencoder_bfloat16"]["onednn"] is False and by_case["train_autoencoder_float32"]["onednn"] is True
     assert by_case["sample_ddim5"]["steps"] == 5
     assert by_case["sample_ddpm_all_steps"]["steps"] == 10  # every training step of the tiny schedule
     assert by_case["sample_throughput_ddim5"]["volumes_per_s"] > 0
     assert by_case["torchscript_on_device"]["matches"] is True
     text = gpu_check.report({"device": "CPU"}, results, True, "python benchmarks/gpu_check.py --device cpu --tiny")
     assert "| brain_mri | denoiser | bfloat16 | 2 (2) |" in text
-    assert "## Failures (0)" in text and "bfloat16 steps on a CPU ran with oneDNN off" in text
+    assert "## Failures (0)" in text
 
 
 def test_mask_conditioned_bundle_and_codebook_cases_run(gpu_check) -> None:

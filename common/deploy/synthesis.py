@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
-
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
@@ -32,7 +31,7 @@ from monai.transforms import (
 )
 
 from common.data import DatasetError, find_nifti_files, nifti_stem
-from common.io import save_nifti
+from common.io import channels_last, save_nifti
 from common.med_ddpm import MaskConditionedSampler
 from common.sampling import LatentSampler, volume_affine
 
@@ -105,14 +104,12 @@ class BundleSynthesizer:
             if fit_to_model:
                 return self._on_the_labels_grid(Path(label), seed)
             classes = self.sampler.load(str(label))
-            image = self.sampler.sample(classes, seed).numpy()
-            image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+            image = channels_last(self.sampler.sample(classes, seed).numpy())
             return SyntheticVolume(image, np.asarray(classes.affine, dtype=np.float64), seed)
         if label is not None:
             raise SynthesisError(f"{self.bundle_dir.name} samples without a condition: it takes no label volume.")
         volume = self.sampler.sample([seed])[0, 0].numpy()
         return SyntheticVolume(volume, volume_affine(volume.shape, self.sampler.spacing), seed)
-
 
     def fit_label(self, label: str | os.PathLike) -> tuple[MetaTensor, MetaTensor]:
         """A label drawn on any grid, fitted to the model's: (the label as drawn, its classes on the model's grid).
@@ -152,8 +149,7 @@ class BundleSynthesizer:
         drawn, classes = self.fit_label(label)
         image = MetaTensor(torch.as_tensor(self.sampler.sample(classes, seed).numpy()) + 1, affine=classes.affine)
         back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(image, img_dst=drawn) - 1
-        volume = np.asarray(back, dtype=np.float32)
-        volume = volume[0] if volume.shape[0] == 1 else np.moveaxis(volume, 0, -1)
+        volume = channels_last(np.asarray(back, dtype=np.float32))
         return SyntheticVolume(volume, np.asarray(drawn.affine, dtype=np.float64), seed)
 
 
@@ -196,8 +192,7 @@ def plan_requests(
     mask-conditioned bundle, one image per NIfTI label under ``input_dir`` (sub-folders included), named
     ``<label name>_seed<seed>.nii.gz`` (every label is read and checked here, as it is or, with ``fit_to_model``,
     fitted to the model's grid: ``BundleSynthesizer.fit_label``; two labels of one name in different sub-folders
-    are refused); for
-    a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``."""
+    are refused); for a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``."""
     if synthesizer.conditional:
         if input_dir is None:
             raise SynthesisError(f"{synthesizer.bundle_dir.name} makes images from label masks: give an input folder of them.")

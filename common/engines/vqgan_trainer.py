@@ -9,7 +9,8 @@ Supplementary Table 1). The objective itself lives in ``common.losses.VQGANLoss`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +23,18 @@ from torch.optim import Optimizer
 from common.losses import VQGANLoss
 
 __all__ = ["VQGANTrainer"]
+
+
+@contextlib.contextmanager
+def _without_onednn() -> Iterator[None]:
+    """CPU convolutions without oneDNN inside the block (only that flag: ``torch.backends.mkldnn.flags`` also sets
+    its TF32 flag, with a warning on every call)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 class VQGANTrainer(Trainer):
@@ -45,9 +58,11 @@ class VQGANTrainer(Trainer):
         epoch_length: iterations per epoch; defaults to the loader's length.
         gradient_clip: max norm of the gradients of each update (the paper: 1.0); 0 disables clipping.
         amp: mixed precision: ``amp_dtype``, by default float16 (with loss scaling) on CUDA and bfloat16 elsewhere.
-            On a CPU, torch 2.13's oneDNN bfloat16 convolutions sometimes give a few non-finite weight gradients
-            (measured in ``benchmarks/gpu_check.py``, ``onednn_enabled``), which the codebook's NaN check then stops
-            on: train in float32 there, or set ``torch.backends.mkldnn.enabled = False``.
+            Under bfloat16 on a CPU the steps run without oneDNN: with torch 2.13.0+cpu on an AMD EPYC (Zen 4),
+            its bfloat16 3D-convolution weight gradients now and then held a few non-finite values from finite
+            inputs (the tiny VQ-GAN step of ``benchmarks/gpu_check.py`` ended in NaN for 2 of 40 seeds at 2
+            threads, 12 of 40 at 3, other seeds on each run; 0 of 80 without oneDNN). PyTorch's own kernels are
+            slower but sound.
         amp_dtype: "float16" (loss scaling on CUDA) or "bfloat16" (no scaling needed); None for the default above.
         train_handlers: ignite handlers with ``attach(engine)``.
         prepare_batch: how to take the image from a batch.
@@ -95,6 +110,7 @@ class VQGANTrainer(Trainer):
         self.discriminator_optimizer = discriminator_optimizer
         self.gradient_clip = gradient_clip
         use_scaler = amp and device.type == "cuda" and dtype == torch.float16
+        self.onednn = not (amp and device.type == "cpu" and dtype == torch.bfloat16)  # see ``amp``
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.discriminator_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
@@ -116,6 +132,11 @@ class VQGANTrainer(Trainer):
     def _iteration(self, engine: VQGANTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
+        with contextlib.nullcontext() if engine.onednn else _without_onednn():
+            return self._update(engine, batchdata)
+
+    def _update(self, engine: VQGANTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
+        """The autoencoder step and, once the adversarial terms are active, the discriminators' step."""
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         images = batch[0]
         iteration = engine.state.iteration

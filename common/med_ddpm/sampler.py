@@ -20,6 +20,7 @@ from monai.networks.utils import one_hot
 
 from common.data import DatasetError, nifti_stem
 from common.io import (
+    channels_last,
     gather,
     process_rank,
     require_output_folder,
@@ -154,7 +155,7 @@ class MaskConditionedSampler:
             seed = self.seed + m * self.samples_per_mask + k
             image = self.sample(classes, seed).numpy()
             name = f"{nifti_stem(path)}_seed{seed}.nii.gz"
-            save_nifti(image[0] if self.image_channels == 1 else np.moveaxis(image, 0, -1), affine, self.output_dir / "images" / name)
+            save_nifti(channels_last(image), affine, self.output_dir / "images" / name)
             save_nifti(np.asarray(classes[0]), affine, self.output_dir / "labels" / name, dtype=np.uint8)
             records.append({"image": f"images/{name}", "label": f"labels/{name}", "mask": path, "seed": seed})
             logger.info("wrote %s", self.output_dir / "images" / name)

@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 from ignite.engine import Events
+from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from monai.networks.nets import PatchDiscriminator
 from monai.transforms import Compose, EnsureTyped, RandFlipd, ScaleIntensityd
 
 from common.engines import VQGANTrainer
 from common.losses import VQGANLoss
+from tests.bundles.bundle_runs import SMALL_AUTOENCODER, SMALL_SHARED
 from tests.conftest import tiny_vqgan
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _reconstruction_error(vqgan, volume: torch.Tensor) -> float:
@@ -58,3 +65,32 @@ def test_vqgan_learns_to_reconstruct_a_real_t1_volume(real_t1):
     assert "image_gan" not in logged[239] and {"image_gan", "volume_gan", "disc_loss"} <= set(logged[240])
     assert all(np.isfinite(v) for v in logged[-1].values())
     assert logged[-1]["perplexity"] > 1.0
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_bundle_trainer_under_bfloat16_on_a_cpu_runs_its_steps_without_onednn(amp, tmp_path):
+    """oneDNN's CPU bfloat16 3D-convolution weight gradients were now and then non-finite (torch 2.13, Zen 4): the
+    bundle's VQ-GAN trainer, with amp on a CPU (bfloat16), runs both steps, forward and backward, without it; in
+    float32 it keeps it."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "brain_mri" / "configs" / "train_autoencoder.json"))
+    parser.update({
+        "bundle_root": str(REPO / "bundles" / "brain_mri"), "device": "$torch.device('cpu')", "ckpt_dir": str(tmp_path),
+        "log_dir": str(tmp_path / "logs"), "initialize": [], "image_size": [16, 16, 16], **SMALL_SHARED, **SMALL_AUTOENCODER,
+        "adversarial_start": 0, "train#handlers": [], "train#trainer#max_epochs": 1,
+        "train#trainer#amp": amp, "train#trainer#amp_dtype": "bfloat16" if amp else None,
+        "train#dataloader": "$@_batches", "_batches": [{"image": torch.rand(2, 1, 16, 16, 16) * 2 - 1} for _ in range(2)],
+    })
+    trainer = parser.get_parsed_content("train#trainer")
+    seen: list[bool] = []
+    record = lambda *_: seen.append(torch.backends.mkldnn.enabled)  # noqa: E731
+    for module in (trainer.network, trainer.loss_function.volume_discriminator.final_conv.conv):
+        module.register_forward_hook(record)
+        module.register_full_backward_hook(record)
+    logged = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: logged.append(e.state.output["losses"]))
+    trainer.run()
+
+    assert len(seen) >= 2 * 4 and set(seen) == {torch.backends.mkldnn.is_available() and not amp}
+    assert torch.backends.mkldnn.enabled == torch.backends.mkldnn.is_available()  # as it was before the run
+    assert len(logged) == 2 and "disc_loss" in logged[-1] and all(np.isfinite(v) for v in logged[-1].values())

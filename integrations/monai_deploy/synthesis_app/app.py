@@ -29,7 +29,6 @@ sys.path.insert(0, str(HERE))  # the operators module next to this file, however
 from operators import NiftiWriterOperator, SynthesisOperator  # noqa: E402
 
 
-
 def _importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -59,6 +58,7 @@ def bundle_folder(model_path: str | os.PathLike) -> Path:
         if len(bundles) == 1 and (bundles[0] / "common" / "__init__.py").is_file():
             sys.path.append(str(bundles[0]))
     try:
+        # also a check that this `common` has the serving functions (an older package's copy has not)
         from common.deploy.synthesis import find_bundle_folder, plan_requests, write_volume  # noqa: F401
     except ImportError as error:
         raise ImportError(
