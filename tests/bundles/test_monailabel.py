@@ -1,10 +1,10 @@
 """The MONAI Label app (``integrations/monailabel``): the real MONAI Label server on 127.0.0.1 serving the trained
 test models, a label volume posted to ``/infer``, and the synthetic image that comes back.
 
-The server runs in a virtual environment made here on top of this one (``--system-site-packages``: its torch,
-MONAI and this project), with monailabel installed as ``docs/deployment.md`` says (without its declared
+The server runs in a virtual environment made here on top of the one running the suite (its torch, MONAI and this
+project; ``tests.environments``), with monailabel installed as ``docs/deployment.md`` says (without its declared
 dependencies, which would replace the CPU torch, then ``integrations/monailabel/requirements.txt``). Like
-``.ci/run``'s own install, this needs the package index.
+``.ci/run``'s own install, this needs the package index; without it the tests are skipped and say so.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-import venv
 
 import nibabel as nib
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 from tests.bundles.bundle_runs import REPO
 from tests.bundles.conftest import SIZE, head_labels, save_labels
 from tests.bundles.test_synthesis import drawn_on_another_grid
+from tests.environments import make_environment, pip_install
 
 APP = REPO / "integrations" / "monailabel"
 MONAILABEL = "monailabel==0.8.5"
@@ -40,20 +40,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _install(python: str, *args: str) -> None:
-    result = subprocess.run([python, "-m", "pip", "install", "-q", *args], capture_output=True, text=True)
-    assert result.returncode == 0, f"pip install {' '.join(args)} failed:\n{result.stderr[-3000:]}"
-
-
 @pytest.fixture(scope="module")
 def server(semantic_package, brain_package, tmp_path_factory):
     root = tmp_path_factory.mktemp("monailabel")
-    venv.EnvBuilder(with_pip=True, system_site_packages=True).create(root / "venv")
-    python = str(root / "venv" / "bin" / "python")
-    _install(python, "--no-deps", MONAILABEL)
-    _install(python, "-r", str(APP / "requirements.txt"))
+    python = make_environment(root / "venv", on_top_of_this_one=True)
+    pip_install(python, "-q", "--no-deps", MONAILABEL)
+    pip_install(python, "-q", "-r", str(APP / "requirements.txt"))
     probe = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
-    assert probe.stdout.strip() == torch.__version__  # the install kept this environment's torch
+    assert probe.stdout.strip() == torch.__version__, probe.stderr[-2000:]  # the install kept this environment's torch
 
     app = root / "app"  # the server writes logs/, model/ and the like into the app folder
     app.mkdir()

@@ -23,12 +23,14 @@ from monai.data import load_net_with_metadata
 
 from common.deploy import PackagingError, check_bundle, package_bundle
 from tests.bundles.bundle_runs import REPO
+from tests.environments import isolated_environment_variables, make_environment, pip_install
 
-# run `monai.bundle` with this repository's code out of reach: no editable-install finder, no repository path
+# run `monai.bundle` with this repository's code out of reach: no editable-install finder, and not the repository's
+# folder itself on the path (compared as resolved paths: a virtual environment beside or inside the clone stays)
 WITHOUT_REPOSITORY = (
-    "import runpy, sys; "
+    "import os, runpy, sys; "
     "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
-    f"sys.path[:] = [p for p in sys.path if not p.startswith({str(REPO)!r})]; "
+    f"sys.path[:] = [p for p in sys.path if os.path.realpath(p) != {str(REPO.resolve())!r}]; "
     "sys.argv = ['monai.bundle'] + sys.argv[1:]; "
     "runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
 )
@@ -195,26 +197,15 @@ def test_a_fresh_environment_installs_the_pinned_versions_and_requirements_and_r
     """A new virtual environment with nothing but pip gets the metadata's pinned versions as the Model Zoo's CI
     installs them, then the documented ``pip install -r requirements.txt`` (which the pins must satisfy), and
     samples from the package's folder. This test, like ``.ci/run``'s own install, needs the package index."""
-    import venv
-
-    environment = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(environment)
-    python = str(environment / "bin" / "python")
+    python = make_environment(tmp_path / "venv", on_top_of_this_one=False)
     bundle = tmp_path / "brain_mri"
     shutil.copytree(packaged.parent / "brain_mri", bundle)
-    isolated = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
-
-    def pip(*args: str) -> str:
-        result = subprocess.run([python, "-m", "pip", "install", *args], capture_output=True, text=True, env=isolated)
-        assert result.returncode == 0, f"pip install {' '.join(args)} failed:\n{result.stderr[-3000:]}"
-        return result.stdout
-
-    pip("-q", *metadata_pins(json.loads((bundle / "configs" / "metadata.json").read_text())))
-    assert "Successfully installed" not in pip("-r", str(bundle / "requirements.txt"))  # the pins satisfy it
+    pip_install(python, "-q", *metadata_pins(json.loads((bundle / "configs" / "metadata.json").read_text())))
+    assert "Successfully installed" not in pip_install(python, "-r", str(bundle / "requirements.txt"))  # pins satisfy it
     result = subprocess.run(
         [python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--num_samples", "1",
          "--num_inference_steps", "2", "--finalize", "['$print(\"COMMON FROM\", common.__file__)']"],
-        cwd=bundle, capture_output=True, text=True, env=isolated,
+        cwd=bundle, capture_output=True, text=True, env=isolated_environment_variables(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"COMMON FROM {bundle / 'common' / '__init__.py'}" in result.stdout

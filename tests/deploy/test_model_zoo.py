@@ -193,16 +193,12 @@ def _interpreter(version: str) -> str | None:
 def test_the_pinned_versions_install_together_on_the_oldest_and_newest_python(version):
     """pip resolves the pins (``==``, as the zoo's CI on Python 3.10 installs them) for that Python: every pin has
     a build for it and they agree. Needs the package index, as ``.ci/run`` does."""
-    import subprocess
+    from tests.environments import pip_install
 
     python = _interpreter(version)
     if python is None:
         pytest.skip(f"no python{version} on this machine")
-    result = subprocess.run(
-        [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q", *(f"{n}=={v}" for n, v in _pins().items())],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    pip_install(python, "--dry-run", "--ignore-installed", "-q", *(f"{n}=={v}" for n, v in _pins().items()))
 
 
 def test_the_command_line_lists_the_problems_and_exits_1(bundle):
