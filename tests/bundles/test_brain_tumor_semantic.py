@@ -64,8 +64,10 @@ def test_samples_follow_their_masks(trained, tmp_path):
     # where the masks differ, so do the samples: the tumour is bright in its own sample, not in the other
     only_left = (head_labels(centres["left"]) == 2) & (head_labels(centres["right"]) != 2)
     only_right = (head_labels(centres["right"]) == 2) & (head_labels(centres["left"]) != 2)
-    assert images[0][only_left].mean() > images[2][only_left].mean() + 0.3
-    assert images[2][only_right].mean() > images[0][only_right].mean() + 0.3
+    # every sample of the mask with the tumour there is brighter there than every sample of the other mask, by a tenth
+    # of the intensity range (the seconds-trained test model reaches about 0.3)
+    assert min(images[0][only_left].mean(), images[1][only_left].mean()) > max(images[2][only_left].mean(), images[3][only_left].mean()) + 0.2
+    assert min(images[2][only_right].mean(), images[3][only_right].mean()) > max(images[0][only_right].mean(), images[1][only_right].mean()) + 0.2
     assert not np.allclose(images[0], images[1])  # two seeds, two different images for one mask
 
 
