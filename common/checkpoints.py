@@ -17,6 +17,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError",
+    "ModelSettings",
     "check_state_objects",
     "checkpoint_iteration",
     "find_latest_checkpoint",
@@ -30,6 +31,42 @@ __all__ = [
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit the network."""
+
+
+class ModelSettings:
+    """Settings that define a trained model beyond its weights (for a diffusion model: its noise schedule, what it
+    predicts, how its inputs are scaled). Saved in its checkpoint like any state (``state_dict``), and compared
+    when a checkpoint is loaded (``load_state_dict``): a model sampled with another setting than it was trained
+    with gives wrong volumes without any error, so a difference is refused, naming the setting and the value the
+    checkpoint needs.
+
+    Args:
+        settings: names and values (strings, numbers, booleans).
+    """
+
+    def __init__(self, **settings: str | int | float | bool) -> None:
+        for name, value in settings.items():
+            if not isinstance(value, (str, int, float, bool)):
+                raise TypeError(f"setting '{name}' must be a string, number or boolean, got {type(value).__name__}.")
+        self.settings = dict(settings)
+
+    def state_dict(self) -> dict[str, str | int | float | bool]:
+        return dict(self.settings)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        differ = [f"{name} {state[name]!r} (configured: {value!r})" for name, value in self.settings.items()
+                  if name in state and state[name] != value]
+        if differ:
+            raise ValueError(
+                f"the model was trained with {', '.join(differ)}; set {' and '.join(f'--{d.split()[0]}' for d in differ)} "
+                "to the trained value"
+            )
+
+    def check(self, path: str | os.PathLike, key: str = "model_settings") -> None:
+        """Compare with the settings stored in checkpoint ``path`` (one written before they were stored passes)."""
+        checkpoint = read_checkpoint(path)
+        if isinstance(checkpoint, dict) and key in checkpoint:
+            load_state(self, checkpoint[key], path, key)
 
 
 def check_state_objects(objects: Mapping[str, Any], method: str, argument: str) -> dict[str, Any]:

@@ -31,19 +31,28 @@ __all__ = ["LatentSampler", "make_sampling_scheduler", "volume_affine"]
 
 
 def make_sampling_scheduler(
-    num_train_timesteps: int = 300, num_inference_steps: int | None = None, schedule: str = "cosine"
+    num_train_timesteps: int = 300,
+    num_inference_steps: int | None = None,
+    schedule: str = "cosine",
+    prediction_type: str = "epsilon",
+    clip_sample_range: float = 1.0,
 ) -> Scheduler:
     """The paper's ancestral DDPM over all ``num_train_timesteps`` steps, or DDIM when fewer steps are asked for.
 
-    Predicted x0 is clipped to [-1, 1] in both, as the paper does.
+    ``schedule`` and ``prediction_type`` must be what the model was trained with (the bundles read both from one
+    config id each). The predicted x0 is clipped to [-``clip_sample_range``, ``clip_sample_range``] in both, as the
+    paper does with 1 (its latents span about [-1, 1]).
     """
     steps = num_train_timesteps if num_inference_steps is None else int(num_inference_steps)
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
-    if steps == num_train_timesteps:
-        scheduler: Scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule, clip_sample=True)
-    else:
-        scheduler = DDIMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule, clip_sample=True)
+    if not (math.isfinite(clip_sample_range) and clip_sample_range > 0):
+        raise ValueError(f"clip_sample_range must be a positive number, got {clip_sample_range}.")
+    settings = dict(
+        num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type, clip_sample=True,
+        clip_sample_min=-clip_sample_range, clip_sample_max=clip_sample_range,
+    )
+    scheduler: Scheduler = DDPMScheduler(**settings) if steps == num_train_timesteps else DDIMScheduler(**settings)
     scheduler.set_timesteps(steps)
     return scheduler
 
@@ -172,6 +181,8 @@ class LatentSampler:
                 "batch_size": self.batch_size,
                 "processes": world,
                 "num_inference_steps": len(self.inferer.scheduler.timesteps),
+                "prediction_type": self.inferer.scheduler.prediction_type,
+                "latent_scale": float(self.autoencoder.latent_scale.factor()),
             }
             write_json(record, self.output_dir / "samples.json", indent=4)
         return [path for _, _, path in written]

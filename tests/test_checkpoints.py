@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.checkpoints import CheckpointError, find_latest_checkpoint, load_weights
+from common.checkpoints import CheckpointError, ModelSettings, find_latest_checkpoint, load_weights
 from tests.conftest import tiny_vqgan
 
 
@@ -61,3 +61,15 @@ def test_find_latest_checkpoint_goes_by_iteration_not_by_name(tmp_path):
     assert find_latest_checkpoint(tmp_path, "m").name == "m_iteration=12.pt"
     torch.save({"trainer": {"iteration": 20}}, tmp_path / "m.pt")
     assert find_latest_checkpoint(tmp_path, "m").name == "m.pt"
+
+
+def test_model_settings_are_stored_and_a_difference_is_refused_with_the_setting_named(tmp_path):
+    settings = ModelSettings(num_train_timesteps=300, noise_schedule="cosine", prediction_type="v_prediction")
+    torch.save({"model_settings": settings.state_dict()}, tmp_path / "diffusion.pt")
+    torch.save({"ema_network": {}}, tmp_path / "older.pt")
+    settings.check(tmp_path / "diffusion.pt")  # the same: accepted
+    ModelSettings(prediction_type="epsilon").check(tmp_path / "older.pt")  # written before settings were stored
+    with pytest.raises(CheckpointError, match=r"trained with prediction_type 'v_prediction' \(configured: 'epsilon'\); set --prediction_type"):
+        ModelSettings(num_train_timesteps=300, noise_schedule="cosine", prediction_type="epsilon").check(tmp_path / "diffusion.pt")
+    with pytest.raises(TypeError, match="setting 'schedule' must be a string, number or boolean"):
+        ModelSettings(schedule=["cosine"])

@@ -33,9 +33,12 @@ __all__ = ["PackagingError", "package_bundle"]
 
 # per kind of bundle: training checkpoint -> (the entry inference reads, the packaged file); the denoiser is
 # models/model.pt in a package, the file the Model Zoo requires
+# the entries inference reads, by checkpoint: the first is required; the others (the denoiser's latent scale and the
+# settings it was trained with) are kept when the checkpoint has them (older ones do not)
 INFERENCE_WEIGHTS = {
-    "latent": {"autoencoder.pt": ("autoencoder", "autoencoder.pt"), "diffusion.pt": ("ema_network", "model.pt")},
-    "mask_conditioned": {"diffusion.pt": ("ema_network", "model.pt")},
+    "latent": {"autoencoder.pt": (("autoencoder",), "autoencoder.pt"),
+               "diffusion.pt": (("ema_network", "latent_scale", "model_settings"), "model.pt")},
+    "mask_conditioned": {"diffusion.pt": (("ema_network",), "model.pt")},
 }
 PACKAGED_CONFIG_IDS = {"inference.json": {"diffusion_path": "$@ckpt_dir + '/model.pt'"}}
 VARIANT_CONFIGS = ("brats_multimodal.json",)  # overlays merged by users on top of the others
@@ -78,15 +81,16 @@ def _kind(configs: Path) -> str:
 
 
 def _inference_weights(ckpt_dir: Path, models: Path, kind: str) -> None:
-    """Copy the entries inference reads (VQ-GAN, EMA denoiser) of the final checkpoints, without optimizer state."""
-    for name, (key, packaged) in INFERENCE_WEIGHTS[kind].items():
+    """Copy the entries inference reads (VQ-GAN, EMA denoiser, its latent scale and settings) of the final
+    checkpoints, without optimizer state."""
+    for name, ((key, *optional), packaged) in INFERENCE_WEIGHTS[kind].items():
         try:
             checkpoint = read_checkpoint(ckpt_dir / name)
         except CheckpointError as error:
             raise PackagingError(f"cannot package: {error}") from error
         if key not in checkpoint:
             raise PackagingError(f"cannot package: checkpoint {ckpt_dir / name} has no '{key}' entry.")
-        torch.save({key: checkpoint[key]}, models / packaged)
+        torch.save({k: checkpoint[k] for k in (key, *optional) if k in checkpoint}, models / packaged)
 
 
 def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:

@@ -2,10 +2,10 @@
 latent DDPM (MONAI's ``SupervisedTrainer`` with ``LatentDiffusionPrepareBatch``). Med-DDPM's batches are in
 ``common.med_ddpm``."""
 
-from .latent_diffusion import LatentDiffusionPrepareBatch
+from .latent_diffusion import PREDICTION_TYPES, LatentDiffusionPrepareBatch
 from .vqgan_trainer import VQGANTrainer
 
-__all__ = ["LatentDiffusionPrepareBatch", "VQGANTrainer"]
+__all__ = ["PREDICTION_TYPES", "LatentDiffusionPrepareBatch", "VQGANTrainer"]
 
 
 def __getattr__(name: str):

@@ -1,9 +1,9 @@
 """Networks that MONAI lacks: the depth-attention denoiser, the VQ-GAN with its codebook, and the codebook-range
 latent wrapper that lets MONAI's latent diffusion inferer train and sample on the VQ-GAN's latents."""
 
-from .codebook_range import CodebookRangeAutoencoder
+from .codebook_range import LATENT_SCALINGS, CodebookRangeAutoencoder, LatentScale
 from .depth_attention_unet import DepthAttentionUNet
 from .quantizer import CodebookQuantizer
 from .vqgan import VQGAN
 
-__all__ = ["CodebookQuantizer", "CodebookRangeAutoencoder", "DepthAttentionUNet", "VQGAN"]
+__all__ = ["LATENT_SCALINGS", "CodebookQuantizer", "CodebookRangeAutoencoder", "DepthAttentionUNet", "LatentScale", "VQGAN"]

@@ -7,15 +7,99 @@ the smallest and largest value of the trained codebook (the codebook pulls the e
 Samples are mapped back, snapped to their nearest codes and decoded. ``LatentDiffusionInferer`` only multiplies
 by ``scale_factor``, so this affine map lives in an autoencoder wrapper it calls like any other
 (``encode_stage_2_inputs`` / ``decode_stage_2_outputs``); use it with ``scale_factor=1``.
+
+Codebook-range latents are far from the unit variance a noise schedule is designed for (a standard deviation of
+about 0.2 on the demo's VQ-GAN: every step's signal-to-noise ratio about 15 dB below the design). ``LatentScale``
+optionally multiplies them by one factor computed from the training data, as the latent diffusion models of
+Rombach et al. (CVPR 2022, Sec. 4.3.2 and Appendix G) scale theirs to unit variance; the factor is stored with the
+diffusion checkpoint, so sampling needs nothing else. ``scaling="codebook_range"`` (factor 1) is the paper's.
 """
 
 from __future__ import annotations
+
+import math
+import os
 
 import torch
 from monai.networks.nets import VQVAE
 from torch import nn
 
-__all__ = ["CodebookRangeAutoencoder"]
+from common.checkpoints import load_state, read_checkpoint
+
+__all__ = ["LATENT_SCALINGS", "CodebookRangeAutoencoder", "LatentScale"]
+
+LATENT_SCALINGS = ("codebook_range", "unit_variance")
+
+
+class LatentScale(nn.Module):
+    """The factor codebook-range latents are multiplied by before the diffusion model sees them.
+
+    ``"codebook_range"``: 1, the paper's latents as they are. ``"unit_variance"``: 1 / (their standard deviation
+    over the training data), set once by ``fit`` before training (``common.handlers.LatentStatistics`` does it) and
+    saved in the diffusion checkpoint under ``latent_scale``. Its state holds the scaling too, so a checkpoint
+    loaded into a ``LatentScale`` of the other scaling is refused rather than silently mis-scaled.
+
+    Args:
+        scaling: ``"codebook_range"`` (the paper's) or ``"unit_variance"``.
+    """
+
+    def __init__(self, scaling: str = "codebook_range") -> None:
+        super().__init__()
+        if scaling not in LATENT_SCALINGS:
+            raise ValueError(f"latent scaling must be one of {LATENT_SCALINGS}, got {scaling!r}.")
+        self.scaling = scaling
+        unit_variance = scaling == "unit_variance"
+        self.register_buffer("value", torch.tensor(float("nan") if unit_variance else 1.0))
+        self.register_buffer("unit_variance", torch.tensor(unit_variance))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the factor is known (always for ``codebook_range``)."""
+        return bool(torch.isfinite(self.value))
+
+    def fit(self, std: float) -> None:
+        """Set the factor from the standard deviation of the training latents (no-op for ``codebook_range``)."""
+        if not self.unit_variance:
+            return
+        if not math.isfinite(std) or std <= 0:
+            raise ValueError(f"cannot scale latents of standard deviation {std} to unit variance.")
+        self.value.fill_(1.0 / std)
+
+    def factor(self) -> torch.Tensor:
+        """The factor, or a clear error if a ``unit_variance`` scale was never fitted nor loaded."""
+        if not self.fitted:
+            raise RuntimeError(
+                "the latent scale (latent_scaling 'unit_variance') is not set: it is computed from the training data "
+                "when diffusion training starts and stored in the diffusion checkpoint under 'latent_scale'."
+            )
+        return self.value
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        stored = state_dict.get(prefix + "unit_variance")
+        if stored is not None and bool(stored) != bool(self.unit_variance):
+            raise ValueError(
+                f"the checkpoint's latent scale was made with latent_scaling "
+                f"{LATENT_SCALINGS[int(bool(stored))]!r}, but this model is configured with {self.scaling!r}; "
+                "set latent_scaling to what the model was trained with."
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, scaling: str = "codebook_range") -> LatentScale:
+        """The scale stored in a diffusion checkpoint (``latent_scale``). A checkpoint without one (trained before
+        the option existed) is the paper's ``codebook_range``."""
+        scale = cls(scaling)
+        checkpoint = read_checkpoint(path)
+        if "latent_scale" in checkpoint:
+            load_state(scale, checkpoint["latent_scale"], path, "latent_scale")
+        elif scaling != "codebook_range":
+            raise ValueError(
+                f"checkpoint {path} holds no latent scale: it was trained with latent_scaling 'codebook_range' "
+                f"(the paper's), not {scaling!r}; set latent_scaling to 'codebook_range'."
+            )
+        if not scale.fitted:
+            raise ValueError(f"checkpoint {path} holds a latent scale that was never set.")
+        return scale
 
 
 class CodebookRangeAutoencoder(nn.Module):
@@ -28,14 +112,18 @@ class CodebookRangeAutoencoder(nn.Module):
     Args:
         autoencoder: the trained VQ-GAN.
         min_range: smallest codebook range accepted; a narrower codebook cannot normalise latents.
+        latent_scale: the factor the normalised latents are multiplied by (``LatentScale``); None: 1, the paper's.
     """
 
-    def __init__(self, autoencoder: VQVAE, min_range: float = 1e-6) -> None:
+    def __init__(self, autoencoder: VQVAE, min_range: float = 1e-6, latent_scale: LatentScale | None = None) -> None:
         super().__init__()
         if not isinstance(autoencoder, VQVAE):
             raise TypeError(f"autoencoder must be a monai.networks.nets.VQVAE, got {type(autoencoder).__name__}.")
+        if latent_scale is not None and not isinstance(latent_scale, LatentScale):
+            raise TypeError(f"latent_scale must be a LatentScale or None, got {type(latent_scale).__name__}.")
         self.autoencoder = autoencoder
         self.min_range = min_range
+        self.latent_scale = (LatentScale() if latent_scale is None else latent_scale).to(next(autoencoder.parameters()).device)
         self.autoencoder.requires_grad_(False)
         self.train(False)
 
@@ -74,13 +162,17 @@ class CodebookRangeAutoencoder(nn.Module):
             indices = quantizer.quantize(z)[2]
         return quantizer.embed(indices).to(z.dtype)
 
-    def encode_stage_2_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> normalised unquantized latents, the diffusion model's training data."""
+    def codebook_range_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> unquantized latents normalised with the codebook range, before ``latent_scale``."""
         return self.normalize(self.autoencoder.encode(x))
 
+    def encode_stage_2_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> normalised (and scaled) unquantized latents, the diffusion model's training data."""
+        return self.codebook_range_latents(x) * self.latent_scale.factor()
+
     def decode_stage_2_outputs(self, latent: torch.Tensor) -> torch.Tensor:
-        """Normalised latents (e.g. diffusion samples) -> nearest codes -> decoded images."""
-        return self.autoencoder.decode(self.quantize(self.denormalize(latent)))
+        """Normalised (and scaled) latents, e.g. diffusion samples -> nearest codes -> decoded images."""
+        return self.autoencoder.decode(self.quantize(self.denormalize(latent / self.latent_scale.factor())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Round trip of images through the normalised latent space."""

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-import logging
-
+import pytest
 import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
@@ -50,17 +49,18 @@ def test_supervised_trainer_fits_the_noise_on_latents():
     assert sum(losses[-6:]) / 6 < 0.75
 
 
-def test_a_sliver_of_the_codebook_range_is_reported_once(caplog):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_the_target_is_what_the_scheduler_predicts(prediction_type):
     autoencoder = _autoencoder()
-    prepare = LatentDiffusionPrepareBatch(autoencoder, num_train_timesteps=300)
-    codebook = autoencoder.autoencoder.codebook.embedding.weight
-    codebook.data[0] = 100.0  # one stale code far away stretches the range
-    with caplog.at_level(logging.WARNING):
-        prepare({"image": torch.randn(2, 1, 16, 16, 8)})
-        prepare({"image": torch.randn(2, 1, 16, 16, 8)})
-    assert caplog.text.count("stretch the codebook range") == 1
-    caplog.clear()
-    healthy = LatentDiffusionPrepareBatch(_autoencoder(), num_train_timesteps=300)
-    with caplog.at_level(logging.WARNING):
-        healthy({"image": torch.randn(2, 1, 16, 16, 8)})
-    assert "stretch the codebook range" not in caplog.text
+    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type=prediction_type)
+    prepare = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler)
+    latents, target, _, kwargs = prepare({"image": torch.randn(3, 1, 16, 16, 8)})
+    noise, timesteps = kwargs["noise"], kwargs["timesteps"]
+    alpha = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+    expected = {"epsilon": noise, "sample": latents, "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * latents}
+    assert torch.allclose(target, expected[prediction_type], atol=1e-6)
+
+
+def test_a_scheduler_that_disagrees_is_refused():
+    with pytest.raises(ValueError, match="scheduler has 1000 training timesteps but num_train_timesteps is 300"):
+        LatentDiffusionPrepareBatch(_autoencoder(), 300, DDPMScheduler(num_train_timesteps=1000))

@@ -4,7 +4,8 @@ import pytest
 import torch
 from monai.networks.nets import VQVAE
 
-from common.networks import CodebookRangeAutoencoder
+from common.checkpoints import CheckpointError
+from common.networks import CodebookRangeAutoencoder, LatentScale
 from tests.conftest import tiny_vqgan
 
 
@@ -72,3 +73,35 @@ def test_degenerate_codebook_is_refused():
         wrapper.encode_stage_2_inputs(torch.randn(1, 1, 8, 8, 8))
     with pytest.raises(TypeError, match="VQVAE"):
         CodebookRangeAutoencoder(torch.nn.Linear(2, 2))
+
+
+def test_a_unit_variance_scale_multiplies_the_latents_and_decodes_the_same_volumes():
+    vqgan = _trained_like(tiny_vqgan())
+    x = torch.randn(2, 1, 16, 16, 16)
+    paper = CodebookRangeAutoencoder(vqgan)
+    scale = LatentScale("unit_variance")
+    scaled = CodebookRangeAutoencoder(vqgan, latent_scale=scale)
+    with torch.no_grad():
+        latents = paper.encode_stage_2_inputs(x)
+        with pytest.raises(RuntimeError, match="latent scale .*'unit_variance'.* is not set"):
+            scaled.encode_stage_2_inputs(x)
+        scale.fit(float(latents.std()))
+        assert float(scaled.encode_stage_2_inputs(x).std()) == pytest.approx(1.0, rel=1e-4)
+        assert torch.allclose(scaled.decode_stage_2_outputs(scaled.encode_stage_2_inputs(x)), paper(x), atol=1e-5)
+    with pytest.raises(ValueError, match="cannot scale latents of standard deviation 0"):
+        scale.fit(0.0)
+
+
+def test_the_scale_comes_from_the_checkpoint_and_a_scaling_that_disagrees_is_refused(tmp_path):
+    fitted = LatentScale("unit_variance")
+    fitted.fit(0.2)
+    torch.save({"ema_network": {}, "latent_scale": fitted.state_dict()}, tmp_path / "scaled.pt")
+    torch.save({"ema_network": {}}, tmp_path / "older.pt")  # written before the scale was stored
+    assert float(LatentScale.from_checkpoint(tmp_path / "scaled.pt", "unit_variance").factor()) == pytest.approx(5.0)
+    assert float(LatentScale.from_checkpoint(tmp_path / "older.pt").factor()) == 1.0  # the paper's
+    with pytest.raises(CheckpointError, match="made with latent_scaling 'unit_variance', but this model is configured with 'codebook_range'"):
+        LatentScale.from_checkpoint(tmp_path / "scaled.pt", "codebook_range")
+    with pytest.raises(ValueError, match="older.pt holds no latent scale: it was trained with latent_scaling 'codebook_range'"):
+        LatentScale.from_checkpoint(tmp_path / "older.pt", "unit_variance")
+    with pytest.raises(ValueError, match="latent scaling must be one of"):
+        LatentScale("unit")

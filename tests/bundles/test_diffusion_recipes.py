@@ -1,0 +1,96 @@
+"""The diffusion recipes of the latent bundles through their own configs: the paper's (codebook-range latents,
+epsilon prediction) by default, and latents scaled to unit variance with v-prediction by two overrides; the scale
+computed from the training data and stored with the checkpoint; every setting that defines the trained model read
+from one id by training and inference, and a sampling run that disagrees with its checkpoint refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from common.handlers import measure_latents
+from tests.bundles.bundle_runs import REPO, SMALL_DENOISER, config_files, error_chain, run_bundle
+from tests.bundles.conftest import SIZE_32
+
+LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
+MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling")
+RECIPE = {"latent_scaling": "unit_variance", "prediction_type": "v_prediction"}
+
+
+@pytest.mark.parametrize("bundle", LATENT_BUNDLES)
+def test_training_and_inference_read_the_model_defining_settings_from_one_source(bundle):
+    training, inference, one_command = ConfigParser(), ConfigParser(), ConfigParser()
+    training.read_config(config_files(bundle, "train_autoencoder", "train_diffusion"))
+    inference.read_config(config_files(bundle, "inference"))
+    one_command.read_config(config_files(bundle, "train"))
+    shared = json.loads((REPO / "templates" / "latent" / "shared_ids.json").read_text())
+    for key in MODEL_DEFINING:
+        assert training[key] == inference[key] == shared[key], key
+    assert training["model_settings"] == inference["model_settings"] == shared["model_settings"]
+    assert {k: f"@{k}" for k in MODEL_DEFINING} == {k: v for k, v in shared["model_settings"].items() if k != "_target_"}
+    assert training["noise_scheduler"]["schedule"] == "@noise_schedule"
+    assert training["noise_scheduler"]["prediction_type"] == "@prediction_type"
+    assert training["train#trainer"]["prepare_batch"]["scheduler"] == "@noise_scheduler"  # the target follows it
+    assert "@noise_schedule, @prediction_type" in inference["noise_scheduler"]
+    for key in ("noise_schedule", "prediction_type", "latent_scaling"):  # train.json passes them to its stages
+        assert one_command["forwarded"][key] == f"@{key}"
+    # the paper's recipe is the default
+    assert (shared["noise_schedule"], shared["prediction_type"], shared["latent_scaling"]) == ("cosine", "epsilon", "codebook_range")
+
+
+def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model):
+    checkpoint = torch.load(brain_model["models"] / "diffusion.pt", weights_only=True)
+    assert float(checkpoint["latent_scale"]["value"]) == 1.0 and not bool(checkpoint["latent_scale"]["unit_variance"])
+    assert checkpoint["model_settings"] == {"num_train_timesteps": 300, "noise_schedule": "cosine",
+                                            "prediction_type": "epsilon", "latent_scaling": "codebook_range"}
+    record = json.loads((brain_model["samples"] / "samples.json").read_text())
+    assert record["prediction_type"] == "epsilon" and record["latent_scale"] == 1.0
+
+
+def test_unit_variance_and_v_prediction_train_and_sample_through_the_bundle_configs(brain_model, tmp_path):
+    models, logs = tmp_path / "models", tmp_path / "logs"
+    models.mkdir()
+    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")  # the VQ-GAN trained once
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 2, "ema#start_iteration": 2}
+    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **RECIPE)
+
+    checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
+    assert checkpoint["model_settings"]["prediction_type"] == "v_prediction"
+    assert checkpoint["model_settings"]["latent_scaling"] == "unit_variance"
+    parser = ConfigParser()
+    parser.read_config(config_files("brain_mri", "train_autoencoder", "train_diffusion"))
+    parser.update({**training, "bundle_root": str(REPO / "bundles" / "brain_mri")})
+    loader = parser.get_parsed_content("train#dataloader")
+    measured = measure_latents(parser.get_parsed_content("latent_autoencoder"), loader, 32)
+    # the scale is 1 / the training latents' standard deviation (measured again here on the same volumes, other flips)
+    assert float(checkpoint["latent_scale"]["value"]) == pytest.approx(1 / measured["std"], rel=0.05)
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    assert events.Scalars("latent/given_std")[0].value == pytest.approx(1.0, rel=1e-3)
+
+    sampling = {"ckpt_dir": str(models), **SIZE_32, **SMALL_DENOISER, "num_samples": 1, "num_inference_steps": 3}
+    run_bundle(config_files("brain_mri", "inference"), **sampling, **RECIPE, output_dir=str(tmp_path / "samples"))
+    volume = np.asanyarray(nib.load(str(tmp_path / "samples" / "sample_0000_seed0.nii.gz")).dataobj)
+    assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
+    record = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert record["prediction_type"] == "v_prediction"
+    assert record["latent_scale"] == pytest.approx(float(checkpoint["latent_scale"]["value"]))
+
+    # sampling with the paper's settings from this checkpoint would give wrong volumes silently: refused, with the id
+    with pytest.raises(Exception) as mismatch:
+        run_bundle(config_files("brain_mri", "inference"), **sampling, latent_scaling="unit_variance",
+                   output_dir=str(tmp_path / "wrong"))
+    assert "trained with prediction_type 'v_prediction' (configured: 'epsilon'); set --prediction_type" in error_chain(mismatch.value)
+    with pytest.raises(Exception) as mismatch:
+        run_bundle(config_files("brain_mri", "inference"), **sampling, prediction_type="v_prediction",
+                   output_dir=str(tmp_path / "wrong"))
+    assert "trained with latent_scaling 'unit_variance' (configured: 'codebook_range'); set --latent_scaling" in error_chain(mismatch.value)
+    assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
