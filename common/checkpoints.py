@@ -132,14 +132,19 @@ def load_state(target: Any, state: Any, path: str | os.PathLike, key: str | None
         ) from error
 
 
-def load_weights(network: nn.Module, path: str | os.PathLike, key: str | None = None) -> nn.Module:
+def load_weights(
+    network: nn.Module, path: str | os.PathLike, key: str | None = None, settings: ModelSettings | None = None
+) -> nn.Module:
     """Load ``network``'s weights from ``path`` and return the network.
 
     Args:
         network: the network to fill.
         path: a checkpoint file: a state dict, or a dict of state dicts as ``AtomicCheckpointSaver`` writes.
         key: which entry of a dict of state dicts to load; ``None`` for a plain state dict.
+        settings: what the network is used with; refused if the checkpoint's ``model_settings`` differ.
     """
+    if settings is not None:
+        settings.check(path)
     checkpoint = read_checkpoint(path)
     if key is not None:
         if not isinstance(checkpoint, dict) or key not in checkpoint:

@@ -134,7 +134,8 @@ def summary(metrics: dict[str, Any], evaluation_dir: Path, prefix: str = "") -> 
         f"{prefix}samples against real, about 1x is real-like: diversity {ratio('diversity_ms_ssim')} (against "
         f"{ratios['diversity_compared_with']}), MMD {ratio('mmd')}, histogram {ratio('histogram_wasserstein')} "
         f"(Wasserstein) {ratio('histogram_jensen_shannon')} (Jensen-Shannon), slice consistency "
-        f"{ratio('slice_consistency_ssim')}",
+        f"{ratio('slice_consistency_ssim')}, sharpness {ratio('sharpness')} (reconstructions: "
+        f"{ratio('reconstruction_sharpness')} of their inputs)",
         f"{prefix}near copies of a training volume: {len(metrics['memorisation_audit']['near_copies'])} of {metrics['samples']}",
         f"{prefix}look at {evaluation_dir}/samples_and_real.png and reconstructions.png; docs/evaluation.md says how to read them",
     ])

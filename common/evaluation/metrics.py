@@ -28,6 +28,7 @@ __all__ = [
     "as_batch",
     "check_volumes",
     "fid",
+    "high_frequency_share",
     "histogram_distances",
     "load_medicalnet",
     "mean_pairwise_ms_ssim",
@@ -136,6 +137,20 @@ def slice_consistency(volumes: torch.Tensor) -> float:
         value, _ = compute_ssim_and_cs(slices[:-1], slices[1:], spatial_dims=2, data_range=DATA_RANGE, kernel_size=(7, 7), kernel_sigma=(1.5, 1.5))
         values.append(value.flatten(1).mean(1))
     return float(torch.cat(values).mean())
+
+
+def high_frequency_share(volumes: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
+    """Share of each volume's spectral power (its mean removed) at spatial frequencies above ``cutoff`` cycles per
+    voxel (at most about 0.87, a corner of the 3D spectrum): how much fine detail, edges and texture a volume holds.
+    Blur lowers it, noise raises it; compare with the same number for real volumes. One value per volume."""
+    check_volumes(volumes, "volumes")
+    if not 0 < cutoff < 0.5:
+        raise ValueError(f"cutoff must be in (0, 0.5) cycles per voxel, got {cutoff}.")
+    centred = volumes[:, 0].double() - volumes[:, 0].double().mean(dim=(1, 2, 3), keepdim=True)
+    power = torch.fft.fftn(centred, dim=(1, 2, 3)).abs().square()
+    axes = torch.meshgrid(*(torch.fft.fftfreq(n, dtype=torch.float64) for n in centred.shape[1:]), indexing="ij")
+    high = sum(axis.square() for axis in axes).sqrt() > cutoff
+    return (power[:, high].sum(1) / power.flatten(1).sum(1).clamp_min(1e-30)).float()
 
 
 def load_medicalnet(weights_path: str | os.PathLike, depth: int = 10) -> torch.nn.Module:

@@ -2,7 +2,8 @@
 
 ``SyntheticDataEvaluator`` reads the samples that ``LatentSampler`` wrote (``samples.json``), the real volumes
 through the bundle's own preprocessing, and writes to ``evaluation_dir``: ``metrics.json`` (diversity, fidelity,
-slice consistency, the VQ-GAN's reconstruction quality, the memorisation audit, and the seconds each took) and
+slice consistency, sharpness of samples and reconstructions, the VQ-GAN's reconstruction quality, the
+memorisation audit, and the seconds each took) and
 PNGs of samples next to real volumes, adjacent slices, the audit's nearest pairs and the training curves.
 docs/evaluation.md says what each number means and what a good value looks like.
 """
@@ -35,6 +36,7 @@ __all__ = ["SyntheticDataEvaluator"]
 logger = logging.getLogger(__name__)
 
 AUDIT_CHUNK = 16  # real volumes compared with all samples at once
+SHARPNESS_CUTOFF = 0.25  # cycles per voxel: above it lie the edges and textures that blur removes
 
 
 def ratios_to_real(results: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +55,8 @@ def ratios_to_real(results: dict[str, Any]) -> dict[str, Any]:
         "histogram_wasserstein": ratio(histogram["synthetic_vs_real"]["wasserstein"], histogram["real_half_vs_half"]["wasserstein"]),
         "histogram_jensen_shannon": ratio(histogram["synthetic_vs_real"]["jensen_shannon"], histogram["real_half_vs_half"]["jensen_shannon"]),
         "slice_consistency_ssim": ratio(results["slice_consistency_ssim"]["synthetic"], results["slice_consistency_ssim"]["real"]),
+        "sharpness": ratio(results["sharpness"]["synthetic"], results["sharpness"]["real"]),
+        "reconstruction_sharpness": ratio(results["sharpness"]["reconstructions"], results["sharpness"]["reconstructed_volumes"]),
     }
 
 
@@ -236,6 +240,14 @@ class SyntheticDataEvaluator(Evaluator):
         results["reconstruction"], rebuilt = self.timed(
             "reconstruction", lambda: self.reconstruction(heldout if heldout is not None else reference, heldout is not None)
         )
+        reconstructed = heldout if heldout is not None else reference
+        results["sharpness"] = self.timed("sharpness", lambda: {
+            "measure": f"share of spectral power above {SHARPNESS_CUTOFF} cycles per voxel, mean over volumes",
+            "synthetic": float(metrics.high_frequency_share(samples, SHARPNESS_CUTOFF).mean()),
+            "real": float(metrics.high_frequency_share(reference, SHARPNESS_CUTOFF).mean()),
+            "reconstructions": float(metrics.high_frequency_share(rebuilt, SHARPNESS_CUTOFF).mean()),
+            "reconstructed_volumes": float(metrics.high_frequency_share(reconstructed, SHARPNESS_CUTOFF).mean()),
+        })
         results["memorisation_audit"] = self.timed("memorisation_audit", lambda: self.audit(sample_files, scan, reference))
         results["ratios_to_real"] = ratios_to_real(results)
         rebuilt_items = heldout_items or reference_items

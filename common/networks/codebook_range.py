@@ -77,10 +77,10 @@ class LatentScale(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         stored = state_dict.get(prefix + "unit_variance")
         if stored is not None and bool(stored) != bool(self.unit_variance):
+            trained = LATENT_SCALINGS[int(bool(stored))]
             raise ValueError(
-                f"the checkpoint's latent scale was made with latent_scaling "
-                f"{LATENT_SCALINGS[int(bool(stored))]!r}, but this model is configured with {self.scaling!r}; "
-                "set latent_scaling to what the model was trained with."
+                f"the model was trained with latent_scaling {trained!r}, but is configured with {self.scaling!r}; "
+                f"set --latent_scaling {trained}."
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -92,5 +92,5 @@ def test_unit_variance_and_v_prediction_train_and_sample_through_the_bundle_conf
     with pytest.raises(Exception) as mismatch:
         run_bundle(config_files("brain_mri", "inference"), **sampling, prediction_type="v_prediction",
                    output_dir=str(tmp_path / "wrong"))
-    assert "trained with latent_scaling 'unit_variance' (configured: 'codebook_range'); set --latent_scaling" in error_chain(mismatch.value)
+    assert "trained with latent_scaling 'unit_variance', but is configured with 'codebook_range'; set --latent_scaling unit_variance" in error_chain(mismatch.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))

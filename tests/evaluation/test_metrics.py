@@ -97,3 +97,23 @@ def test_two_similar_brains_against_a_background_are_similar_at_every_scale(tmp_
     brains = [torch.as_tensor(preprocessing(dict(item))["image"])[None].float() for item in brain_demo_datalist(tmp_path, count=8)]
     assert float(metrics.ms_ssim(brains[0], brains[7])) > 0.6
     assert float(metrics.ssim(brains[0], brains[7])) > 0.5 and float(metrics.ms_ssim(brains[0], brains[0])) == pytest.approx(1.0)
+
+
+def test_high_frequency_share_sees_blur_and_scores_identical_sets_alike():
+    from monai.transforms import GaussianSmooth
+
+    from common.evaluation.metrics import high_frequency_share
+
+    generator = torch.Generator().manual_seed(0)
+    volumes = torch.rand(3, 1, 24, 24, 24, generator=generator) * 2 - 1
+    blurred = torch.stack([GaussianSmooth(sigma=1.0)(v) for v in volumes])
+    sharp, soft = high_frequency_share(volumes), high_frequency_share(blurred)
+    assert sharp.shape == (3,) and (soft < 0.5 * sharp).all()  # blur removes most of the power above 0.25 cycles
+    assert torch.equal(high_frequency_share(volumes.clone()), sharp)  # identical sets: ratio exactly 1
+    # a smooth blob has next to none; the share ignores the mean intensity
+    grid = torch.stack(torch.meshgrid(*[torch.arange(24.0)] * 3, indexing="ij"))
+    smooth = (-((grid - 11.5) ** 2).sum(0) / (2 * 4.0**2)).exp()[None, None] - 0.5
+    assert float(high_frequency_share(smooth)) < 0.05
+    assert torch.allclose(high_frequency_share(smooth + 0.3), high_frequency_share(smooth))
+    with pytest.raises(ValueError, match="cutoff must be in"):
+        high_frequency_share(volumes, cutoff=0.6)

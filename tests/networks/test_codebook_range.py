@@ -99,7 +99,7 @@ def test_the_scale_comes_from_the_checkpoint_and_a_scaling_that_disagrees_is_ref
     torch.save({"ema_network": {}}, tmp_path / "older.pt")  # written before the scale was stored
     assert float(LatentScale.from_checkpoint(tmp_path / "scaled.pt", "unit_variance").factor()) == pytest.approx(5.0)
     assert float(LatentScale.from_checkpoint(tmp_path / "older.pt").factor()) == 1.0  # the paper's
-    with pytest.raises(CheckpointError, match="made with latent_scaling 'unit_variance', but this model is configured with 'codebook_range'"):
+    with pytest.raises(CheckpointError, match="trained with latent_scaling 'unit_variance', but is configured with 'codebook_range'; set --latent_scaling unit_variance"):
         LatentScale.from_checkpoint(tmp_path / "scaled.pt", "codebook_range")
     with pytest.raises(ValueError, match="older.pt holds no latent scale: it was trained with latent_scaling 'codebook_range'"):
         LatentScale.from_checkpoint(tmp_path / "older.pt", "unit_variance")
