@@ -1,0 +1,258 @@
+"""Which diffusion recipe learns brains in the fewest iterations? Denoiser recipes trained side by side on the
+latents of one VQ-GAN, sampled with fixed seeds every few hundred iterations and evaluated against held-out brains.
+
+    python benchmarks/convergence.py                                   # the demo's size (32^3), about 35 minutes here
+    python benchmarks/convergence.py --size 64 --iterations 1500       # the paper's brain size, quality.py's widths
+    python benchmarks/convergence.py --size 64 --device cuda --paper-widths --iterations 20000 --every 2000
+
+The recipes are the bundles' config ids (``latent_scaling``, ``prediction_type``, and ``clip_sample_range`` for
+sampling), so each one is a ``python -m monai.bundle run`` override; every stage runs the brain_mri bundle's own
+configs (``common.pipeline.run_stages``). The VQ-GAN is trained once (kept in ``--workdir``), the data are the
+real-anatomy population (``common.data.brain_population``) with held-out subjects, and each recipe's denoiser
+trains in chunks of ``--every`` iterations (``--resume``), each followed by DDIM sampling of the same seeds and the
+evaluation (ratios to real: histogram distances, diversity, slice consistency, sharpness). After the curves, the
+best recipe's last checkpoint is sampled with fewer steps (``--sweep-steps``). Writes ``convergence.md``,
+``convergence/curves.png`` and each recipe's last samples beside real brains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = "brain_mri"
+
+# training ids (they define the model) and sampling ids of each recipe; the paper's clips x0 to the codebook range,
+# the others to 1.25 times it (in codebook-range units: clip_sample_range is scaled with the latents)
+RECIPES: dict[str, dict[str, dict]] = {
+    "paper": {"train": {}, "sample": {}},
+    "v_prediction": {"train": {"prediction_type": "v_prediction"}, "sample": {"clip_sample_range": 1.25}},
+    "unit_variance": {"train": {"latent_scaling": "unit_variance"}, "sample": {"clip_sample_range": 1.25}},
+    "unit_variance_v": {"train": {"latent_scaling": "unit_variance", "prediction_type": "v_prediction"},
+                        "sample": {"clip_sample_range": 1.25}},
+    "sample_prediction": {"train": {"prediction_type": "sample"}, "sample": {"clip_sample_range": 1.25}},
+}
+CURVES = {  # ratio key in metrics.json -> label
+    "histogram_jensen_shannon": "histogram Jensen-Shannon",
+    "histogram_wasserstein": "histogram Wasserstein",
+    "diversity_ms_ssim": "diversity (MS-SSIM)",
+    "slice_consistency_ssim": "slice consistency",
+    "sharpness": "sharpness",
+}
+
+
+def stage_settings(args: argparse.Namespace) -> dict:
+    """Overrides by stage: the demo's at 32^3, ``benchmarks/quality.py``'s at 64^3."""
+    if args.size == 32:
+        from common.pipeline import DEMO_SETTINGS
+
+        settings = copy.deepcopy(DEMO_SETTINGS[BUNDLE])
+    else:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import quality
+
+        settings = quality.settings(argparse.Namespace(
+            paper_widths=args.paper_widths, codes=1024, autoencoder_epochs=50, diffusion_epochs=1, batch_size=4,
+            train=args.train, samples=args.samples,
+        ))
+    settings["inference"] = {**settings["inference"], "num_samples": args.samples}
+    return settings
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def sample_and_evaluate(run_stages, run_dir: Path, data: Path, settings: dict, overrides: dict, steps: int) -> dict:
+    """Sample the fixed seeds with ``steps`` DDIM steps and evaluate; the ratios, and the seconds per sample."""
+    start = time.time()
+    run_stages(BUNDLE, str(run_dir), str(data / "train"), "inference", settings, {**overrides, "num_inference_steps": steps})
+    seconds = (time.time() - start) / settings["inference"]["num_samples"]
+    run_stages(BUNDLE, str(run_dir), str(data / "train"), "evaluation", settings, {**overrides, "num_inference_steps": steps})
+    metrics = json.loads((run_dir / "samples" / "evaluation" / "metrics.json").read_text())
+    return {**metrics["ratios_to_real"], "seconds_per_sample": seconds, "near_copies": len(metrics["memorisation_audit"]["near_copies"])}
+
+
+def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stages) -> list[dict]:
+    """Every recipe in chunks of ``--every`` iterations, each chunk followed by sampling and evaluation."""
+    rows = []
+    iterations_per_epoch = args.train // settings["diffusion"]["batch_size"]
+    for name in args.recipes:
+        recipe = RECIPES[name]
+        run_dir = args.workdir / "recipes" / name
+        (run_dir / "models").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(vqgan_models / "autoencoder.pt", run_dir / "models" / "autoencoder.pt")
+        trained_minutes = 0.0
+        for target in range(args.every, args.iterations + 1, args.every):
+            chunk = copy.deepcopy(settings)
+            chunk["diffusion"].update({"train#trainer#max_epochs": target // iterations_per_epoch,
+                                       "ema#start_iteration": args.iterations // 2})
+            start = time.time()
+            run_stages(BUNDLE, str(run_dir), str(data / "train"), "diffusion", chunk,
+                       {**common_overrides, **recipe["train"], "resume": target > args.every})
+            trained_minutes += (time.time() - start) / 60
+            found = sample_and_evaluate(run_stages, run_dir, data, settings, {**common_overrides, **recipe["train"], **recipe["sample"]}, args.steps)
+            rows.append({"recipe": name, "iteration": target, "train_minutes": trained_minutes, "steps": args.steps, **found})
+            shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", args.pictures / f"{name}_samples_and_real.png")
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def sweep_steps(args, settings, data, best: str, common_overrides, run_stages) -> list[dict]:
+    """The best recipe's last checkpoint sampled with each of ``--sweep-steps`` DDIM steps."""
+    rows = []
+    recipe = RECIPES[best]
+    for steps in args.sweep_steps:
+        found = sample_and_evaluate(run_stages, args.workdir / "recipes" / best, data, settings,
+                                    {**common_overrides, **recipe["train"], **recipe["sample"]}, steps)
+        rows.append({"recipe": best, "iteration": args.iterations, "steps": steps, **found})
+        shutil.copy(args.workdir / "recipes" / best / "samples" / "evaluation" / "samples_and_real.png",
+                    args.pictures / f"{best}_{steps}_steps_samples_and_real.png")
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def describe(name: str) -> str:
+    ids = {**RECIPES[name]["train"], **RECIPES[name]["sample"]}
+    return " ".join(f"--{k} {v}" for k, v in ids.items()) or "the defaults (the paper's)"
+
+
+def closeness(row: dict) -> float:
+    """How far a row is from real, in one number: the larger of the histogram ratios (1 is real-like)."""
+    return max(row["histogram_jensen_shannon"] or float("inf"), row["histogram_wasserstein"] or float("inf"))
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(CURVES) + 1, figsize=(4 * (len(CURVES) + 1), 3.6))
+    for name in dict.fromkeys(r["recipe"] for r in rows):
+        mine = [r for r in rows if r["recipe"] == name]
+        for axis, key in zip(axes, CURVES):
+            axis.plot([r["iteration"] for r in mine], [r[key] for r in mine], marker="o", label=name)
+        axes[-1].plot([r["train_minutes"] for r in mine], [r["histogram_jensen_shannon"] for r in mine], marker="o", label=name)
+    for axis, label in zip(axes, [*CURVES.values(), "histogram Jensen-Shannon"]):
+        axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        axis.set_title(f"{label} (x real)", fontsize=9)
+        axis.set_xlabel("denoiser iterations" if axis is not axes[-1] else "training minutes")
+    for axis in axes[:2]:
+        axis.set_yscale("log")
+    axes[-1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def table(rows: list[dict], first: str) -> list[str]:
+    def show(value) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    lines = [f"| {first} | iteration | training min | DDIM steps | s / sample | histogram JS | histogram W | diversity | "
+             "slice consistency | sharpness | near copies |", "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r['recipe']} | {r['iteration']} | {show(r.get('train_minutes'))} | {r['steps']} | {r['seconds_per_sample']:.1f} | "
+            f"{show(r['histogram_jensen_shannon'])} | {show(r['histogram_wasserstein'])} | {show(r['diversity_ms_ssim'])} | "
+            f"{show(r['slice_consistency_ssim'])} | {show(r['sharpness'])} | {r['near_copies']} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, choices=(32, 64), default=32, help="32: the demo's settings; 64: the paper's size")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--paper-widths", action="store_true", help="with --size 64: the paper's widths (for a GPU)")
+    parser.add_argument("--recipes", default="paper,v_prediction,unit_variance_v", help=f"comma-separated, of {', '.join(RECIPES)}")
+    parser.add_argument("--iterations", type=int, default=900, help="denoiser iterations of each recipe")
+    parser.add_argument("--every", type=int, default=300, help="sample and evaluate every this many iterations")
+    parser.add_argument("--steps", type=int, default=100, help="DDIM steps of the curves' samples")
+    parser.add_argument("--sweep-steps", default="10,25,100", help="DDIM steps tried on the best recipe's last checkpoint")
+    parser.add_argument("--train", type=int, default=20, help="training subjects")
+    parser.add_argument("--heldout", type=int, default=8, help="held-out subjects")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--autoencoder-epochs", type=int, help="VQ-GAN epochs (default: the settings')")
+    parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data, the VQ-GAN and every recipe's run")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "convergence.md")
+    args = parser.parse_args()
+    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = sorted(set(args.recipes) - set(RECIPES))
+    if unknown or args.every < 1 or args.iterations % args.every:
+        parser.error(f"unknown recipes {unknown}" if unknown else "--iterations must be a multiple of --every")
+    args.sweep_steps = [int(s) for s in args.sweep_steps.split(",") if s.strip()]
+    args.pictures = args.out.parent / args.out.stem
+    args.pictures.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    from common.data import brain_demo_datalist, brain_demo_heldout_datalist
+    from common.io import write_text
+    from common.pipeline import run_stages
+
+    started, revision = time.time(), commit()
+    settings = stage_settings(args)
+    if args.autoencoder_epochs:
+        settings["autoencoder"]["train#trainer#max_epochs"] = args.autoencoder_epochs
+    data = args.workdir / "data"
+    brain_demo_datalist(data, count=args.train, seed=0)  # the demo's population
+    brain_demo_heldout_datalist(data, count=args.heldout, seed=0)
+    common_overrides = {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')",
+                        "cache_dir": str(args.workdir / "cache")}
+    vqgan = args.workdir / "vqgan"
+    vqgan_start = time.time()
+    if not (vqgan / "models" / "autoencoder.pt").is_file():
+        run_stages(BUNDLE, str(vqgan), str(data / "train"), "autoencoder", settings, common_overrides)
+    vqgan_minutes = (time.time() - vqgan_start) / 60
+    rows = train_recipes(args, settings, data, vqgan / "models", common_overrides, run_stages)
+    finals = {r["recipe"]: r for r in rows if r["iteration"] == args.iterations}
+    best = min(finals, key=lambda name: closeness(finals[name]))
+    sweep = sweep_steps(args, settings, data, best, common_overrides, run_stages)
+    plot_curves(rows, args.pictures / "curves.png")
+    (args.pictures / "rows.json").write_text(json.dumps({"curves": rows, "sweep": sweep}, indent=1) + "\n")
+
+    lines = [
+        f"# Convergence of the diffusion recipes: brain_mri at {args.size}^3",
+        "",
+        f"Command: `python benchmarks/convergence.py --size {args.size} --recipes {','.join(args.recipes)} --iterations "
+        f"{args.iterations} --every {args.every}` (commit {revision}). Machine: {platform.machine()}, {torch.get_num_threads()} "
+        f"threads, device {args.device}, torch {torch.__version__}. Wall time {(time.time() - started) / 60:.1f} min "
+        f"(VQ-GAN {vqgan_minutes:.1f} min{' (reused from --workdir)' if vqgan_minutes < 0.5 else ''}).",
+        "",
+        f"Data: {args.train} training and {args.heldout} held-out subjects of the real-anatomy population; settings "
+        f"{'of the demo (common.pipeline.DEMO_SETTINGS)' if args.size == 32 else 'of benchmarks/quality.py'}; one VQ-GAN, "
+        f"every recipe's denoiser from the same start on its latents, batch {settings['diffusion']['batch_size']}, EMA from "
+        f"iteration {args.iterations // 2}; {args.samples} samples of the same seeds at every point, DDIM {args.steps} steps. "
+        "Ratios to real (about 1 is real-like; for the histogram distances the real value is half of the real "
+        "volumes against the other half, so below 1 is as close as real data are to each other).",
+        "",
+        "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in args.recipes) + ".",
+        "",
+        *table(rows, "recipe"),
+        "",
+        f"Fewer sampling steps, `{best}` (the closest to real at {args.iterations} iterations) from its last checkpoint:",
+        "",
+        *table(sweep, "recipe"),
+        "",
+        f"Pictures (`{args.pictures.relative_to(REPO)}/`): `curves.png`, and each recipe's last samples beside real brains "
+        "(`<recipe>_samples_and_real.png`, `<recipe>_<steps>_steps_samples_and_real.png`).",
+    ]
+    write_text("\n".join(lines) + "\n", args.out)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
