@@ -35,23 +35,17 @@ def make_sampling_scheduler(
     num_inference_steps: int | None = None,
     schedule: str = "cosine",
     prediction_type: str = "epsilon",
-    clip_sample_range: float = 1.0,
 ) -> Scheduler:
     """The paper's ancestral DDPM over all ``num_train_timesteps`` steps, or DDIM when fewer steps are asked for.
 
     ``schedule`` and ``prediction_type`` must be what the model was trained with (the bundles read both from one
-    config id each). The predicted x0 is clipped to [-``clip_sample_range``, ``clip_sample_range``] in both, as the
-    paper does with 1 (its latents span about [-1, 1]).
+    config id each). The predicted x0 is clipped, to [-1, 1] as the paper does unless ``LatentSampler`` sets
+    another range (``clip_sample_range``).
     """
     steps = num_train_timesteps if num_inference_steps is None else int(num_inference_steps)
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
-    if not (math.isfinite(clip_sample_range) and clip_sample_range > 0):
-        raise ValueError(f"clip_sample_range must be a positive number, got {clip_sample_range}.")
-    settings = dict(
-        num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type, clip_sample=True,
-        clip_sample_min=-clip_sample_range, clip_sample_max=clip_sample_range,
-    )
+    settings = dict(num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type, clip_sample=True)
     scheduler: Scheduler = DDPMScheduler(**settings) if steps == num_train_timesteps else DDIMScheduler(**settings)
     scheduler.set_timesteps(steps)
     return scheduler
@@ -87,6 +81,8 @@ class LatentSampler:
         spacing: voxel spacing (mm) written into the NIfTI affine.
         device: device to sample on.
         verbose: show a progress bar per batch.
+        clip_sample_range: the predicted x0 is clipped to plus or minus this, in codebook-range units: the
+            scheduler's clip is set to it times the autoencoder's latent scale (the paper: 1, with scale 1).
     """
 
     def __init__(
@@ -102,6 +98,7 @@ class LatentSampler:
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
         device: str | torch.device = "cpu",
         verbose: bool = True,
+        clip_sample_range: float = 1.0,
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
@@ -118,6 +115,10 @@ class LatentSampler:
                 "inferer must be a LatentDiffusionInferer with scale_factor 1.0 (CodebookRangeAutoencoder normalises "
                 f"the latents) or a scheduler, got {inferer!r}."
             )
+        if not (math.isfinite(clip_sample_range) and clip_sample_range > 0):
+            raise ValueError(f"clip_sample_range must be a positive number, got {clip_sample_range}.")
+        scaled = clip_sample_range * float(autoencoder.latent_scale.factor())
+        inferer.scheduler.clip_sample_values = [-scaled, scaled]  # read by the scheduler's step() when it clips
         self.inferer = inferer
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.output_dir = require_output_folder(output_dir)

@@ -39,8 +39,9 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     assert training["noise_scheduler"]["prediction_type"] == "@prediction_type"
     assert training["train#trainer"]["prepare_batch"]["scheduler"] == "@noise_scheduler"  # the target follows it
     assert "@noise_schedule, @prediction_type" in inference["noise_scheduler"]
-    for key in ("noise_schedule", "prediction_type", "latent_scaling"):  # train.json passes them to its stages
-        assert one_command["forwarded"][key] == f"@{key}"
+    for key in ("noise_schedule", "prediction_type", "latent_scaling"):  # train.json passes them to the diffusion stage
+        assert one_command["stage_overrides"]["diffusion"][key] == f"@{key}"
+    assert inference["sampler"]["clip_sample_range"] == "@clip_sample_range"
     # the paper's recipe is the default
     assert (shared["noise_schedule"], shared["prediction_type"], shared["latent_scaling"]) == ("cosine", "epsilon", "codebook_range")
 

@@ -94,13 +94,14 @@ def test_one_command_trains_both_stages_on_two_processes_with_identical_ranks(tm
     saved = torch.load(models / "autoencoder.pt", weights_only=True)["autoencoder"]
     assert all(torch.equal(saved[key], weights[key]) for key in weights)  # saved unwrapped, as inference loads it
     # every rank's TensorBoardStatsHandler opens an event file when the config builds it, but only rank 0's
-    # handler is attached and writes scalars; rank 0 also measures the demo's held-out brains (its own event file)
+    # handler is attached and writes scalars; rank 0 also measures the demo's held-out brains and writes the
+    # latents' statistics, measured on both ranks' shares (an event file each)
     written = []
     for events_file in logs.glob("events.out.tfevents*"):
         events = EventAccumulator(str(events_file))
         events.Reload()
         written.append(sorted(tag.split("/")[0] for tag in events.Tags()["scalars"])[:1])
-    assert sorted(written) == [[], [], ["codebook_restarts"], ["heldout"], ["train_diffusion_loss"]]
+    assert sorted(written) == [[], [], ["codebook_restarts"], ["heldout"], ["latent"], ["train_diffusion_loss"]]
 
     weights = assert_same_on_both_ranks(tmp_path / "dm")
     saved = torch.load(models / "diffusion.pt", weights_only=True)

@@ -60,7 +60,7 @@ def test_the_archive_has_the_model_zoo_layout_hashes_and_metrics(packaged):
     assert metadata["autoencoder_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32, 32]
     inference = json.loads((folder / "configs" / "inference.json").read_text())
     assert inference["image_size"] == [32, 32, 32] and inference["network_def"]["channels"] == [8, 16]
-    assert set(torch.load(folder / "models" / "model.pt", weights_only=True)) == {"ema_network"}  # no optimizer
+    assert set(torch.load(folder / "models" / "model.pt", weights_only=True)) == {"ema_network", "latent_scale", "model_settings"}  # no optimizer
 
 
 def test_torchscript_exports_match_the_eager_networks(packaged):

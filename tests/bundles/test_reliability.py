@@ -146,6 +146,9 @@ def test_the_multi_gpu_configs_keep_the_guards_on_every_rank(bundle, configs, ha
     parser = ConfigParser()
     parser.read_config(config_files(bundle, *configs))
     parser.update({"ckpt_dir": str(tmp_path), "log_dir": str(tmp_path / "logs"), "demo_dir": str(tmp_path / "demo")})
+    diffusion = "train_diffusion" in configs
+    if diffusion:  # the diffusion stage's handlers hold the VQ-GAN (LatentStatistics): an untrained one will do
+        torch.save({"autoencoder": parser.get_parsed_content("autoencoder_def").state_dict()}, tmp_path / "autoencoder.pt")
     with socket.socket() as free:  # the handlers hold the DDP-wrapped networks: a process group of one
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
@@ -159,6 +162,8 @@ def test_the_multi_gpu_configs_keep_the_guards_on_every_rank(bundle, configs, ha
         dist = types.SimpleNamespace(get_rank=lambda rank=rank: rank)
         kept = {type(h).__name__ for h in eval(expression, {"made": made, "dist": dist, "common": common, "monai": monai})}
         assert {"StopOnNonFiniteLoss", "TrainingLengthCheck", "CheckpointResumer"} <= kept
+        # every rank measures its share of the latents and takes part in their all-reduce, so all fit one scale
+        assert ("LatentStatistics" in kept) == diffusion
         assert ("CheckpointDirLock" in kept) == (rank == 0) and ("AtomicCheckpointSaver" in kept) == (rank == 0)
 
 
