@@ -30,15 +30,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "brain_mri"
 
-# training ids (they define the model) and sampling ids of each recipe; the paper's clips x0 to the codebook range,
-# the others to 1.25 times it (in codebook-range units: clip_sample_range is scaled with the latents)
+# training ids (they define the model) and sampling ids of each recipe, every one given, whatever the stage settings
+# say; the paper's clips x0 to the codebook range, the others to 1.25 times it (clip_sample_range is in codebook-range
+# units: it is scaled with the latents)
+PAPER = {"latent_scaling": "codebook_range", "prediction_type": "epsilon"}
 RECIPES: dict[str, dict[str, dict]] = {
-    "paper": {"train": {}, "sample": {}},
-    "v_prediction": {"train": {"prediction_type": "v_prediction"}, "sample": {"clip_sample_range": 1.25}},
-    "unit_variance": {"train": {"latent_scaling": "unit_variance"}, "sample": {"clip_sample_range": 1.25}},
+    "paper": {"train": PAPER, "sample": {"clip_sample_range": 1.0}},
+    "v_prediction": {"train": {**PAPER, "prediction_type": "v_prediction"}, "sample": {"clip_sample_range": 1.25}},
+    "unit_variance": {"train": {**PAPER, "latent_scaling": "unit_variance"}, "sample": {"clip_sample_range": 1.25}},
     "unit_variance_v": {"train": {"latent_scaling": "unit_variance", "prediction_type": "v_prediction"},
                         "sample": {"clip_sample_range": 1.25}},
-    "sample_prediction": {"train": {"prediction_type": "sample"}, "sample": {"clip_sample_range": 1.25}},
+    "sample_prediction": {"train": {**PAPER, "prediction_type": "sample"}, "sample": {"clip_sample_range": 1.25}},
 }
 CURVES = {  # ratio key in metrics.json -> label
     "histogram_jensen_shannon": "histogram Jensen-Shannon",
@@ -125,7 +127,7 @@ def sweep_steps(args, settings, data, best: str, common_overrides, run_stages) -
 
 def describe(name: str) -> str:
     ids = {**RECIPES[name]["train"], **RECIPES[name]["sample"]}
-    return " ".join(f"--{k} {v}" for k, v in ids.items()) or "the defaults (the paper's)"
+    return " ".join(f"--{k} {v}" for k, v in ids.items())
 
 
 def closeness(row: dict) -> float:
@@ -172,6 +174,44 @@ def table(rows: list[dict], first: str) -> list[str]:
     return lines
 
 
+def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings: dict, revision: str, minutes: float,
+                 vqgan_minutes: float) -> str:
+    """``convergence.md``: the command, the setup, the curves' table and the sampling-steps table."""
+    import torch
+
+    from common.io import write_text
+
+    lines = [
+        f"# Convergence of the diffusion recipes: brain_mri at {args.size}^3",
+        "",
+        f"Command: `python benchmarks/convergence.py --size {args.size} --recipes {','.join(args.recipes)} --iterations "
+        f"{args.iterations} --every {args.every}` (commit {revision}). Machine: {platform.machine()}, {torch.get_num_threads()} "
+        f"threads, device {args.device}, torch {torch.__version__}. Wall time {minutes:.1f} min "
+        f"(VQ-GAN {vqgan_minutes:.1f} min{' (reused from --workdir)' if vqgan_minutes < 0.5 else ''}).",
+        "",
+        f"Data: {args.train} training and {args.heldout} held-out subjects of the real-anatomy population; settings "
+        f"{'of the demo (common.pipeline.DEMO_SETTINGS)' if args.size == 32 else 'of benchmarks/quality.py'}; one VQ-GAN, "
+        f"every recipe's denoiser from the same start on its latents, batch {settings['diffusion']['batch_size']}, EMA from "
+        f"iteration {args.iterations // 2}; {args.samples} samples of the same seeds at every point, DDIM {args.steps} steps. "
+        "Ratios to real (about 1 is real-like; for the histogram distances the real value is half of the real "
+        "volumes against the other half, so below 1 is as close as real data are to each other).",
+        "",
+        "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in args.recipes) + ".",
+        "",
+        *table(rows, "recipe"),
+        "",
+        f"Fewer sampling steps, `{best}` (the closest to real at {args.iterations} iterations) from its last checkpoint:",
+        "",
+        *table(sweep, "recipe"),
+        "",
+        f"Pictures (`{args.pictures.relative_to(REPO)}/`): `curves.png`, and each recipe's last samples beside real brains "
+        "(`<recipe>_samples_and_real.png`, `<recipe>_<steps>_steps_samples_and_real.png`).",
+    ]
+    text = "\n".join(lines) + "\n"
+    write_text(text, args.out)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, choices=(32, 64), default=32, help="32: the demo's settings; 64: the paper's size")
@@ -194,13 +234,13 @@ def main() -> None:
     if unknown or args.every < 1 or args.iterations % args.every:
         parser.error(f"unknown recipes {unknown}" if unknown else "--iterations must be a multiple of --every")
     args.sweep_steps = [int(s) for s in args.sweep_steps.split(",") if s.strip()]
+    args.out = args.out.resolve()
     args.pictures = args.out.parent / args.out.stem
     args.pictures.mkdir(parents=True, exist_ok=True)
 
     import torch
 
     from common.data import brain_demo_datalist, brain_demo_heldout_datalist
-    from common.io import write_text
     from common.pipeline import run_stages
 
     started, revision = time.time(), commit()
@@ -224,34 +264,8 @@ def main() -> None:
     plot_curves(rows, args.pictures / "curves.png")
     (args.pictures / "rows.json").write_text(json.dumps({"curves": rows, "sweep": sweep}, indent=1) + "\n")
 
-    lines = [
-        f"# Convergence of the diffusion recipes: brain_mri at {args.size}^3",
-        "",
-        f"Command: `python benchmarks/convergence.py --size {args.size} --recipes {','.join(args.recipes)} --iterations "
-        f"{args.iterations} --every {args.every}` (commit {revision}). Machine: {platform.machine()}, {torch.get_num_threads()} "
-        f"threads, device {args.device}, torch {torch.__version__}. Wall time {(time.time() - started) / 60:.1f} min "
-        f"(VQ-GAN {vqgan_minutes:.1f} min{' (reused from --workdir)' if vqgan_minutes < 0.5 else ''}).",
-        "",
-        f"Data: {args.train} training and {args.heldout} held-out subjects of the real-anatomy population; settings "
-        f"{'of the demo (common.pipeline.DEMO_SETTINGS)' if args.size == 32 else 'of benchmarks/quality.py'}; one VQ-GAN, "
-        f"every recipe's denoiser from the same start on its latents, batch {settings['diffusion']['batch_size']}, EMA from "
-        f"iteration {args.iterations // 2}; {args.samples} samples of the same seeds at every point, DDIM {args.steps} steps. "
-        "Ratios to real (about 1 is real-like; for the histogram distances the real value is half of the real "
-        "volumes against the other half, so below 1 is as close as real data are to each other).",
-        "",
-        "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in args.recipes) + ".",
-        "",
-        *table(rows, "recipe"),
-        "",
-        f"Fewer sampling steps, `{best}` (the closest to real at {args.iterations} iterations) from its last checkpoint:",
-        "",
-        *table(sweep, "recipe"),
-        "",
-        f"Pictures (`{args.pictures.relative_to(REPO)}/`): `curves.png`, and each recipe's last samples beside real brains "
-        "(`<recipe>_samples_and_real.png`, `<recipe>_<steps>_steps_samples_and_real.png`).",
-    ]
-    write_text("\n".join(lines) + "\n", args.out)
-    print("\n".join(lines))
+    report = write_report(args, rows, sweep, best, settings, revision, (time.time() - started) / 60, vqgan_minutes)
+    print(report)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ def test_the_demo_settings_at_a_small_scale(tmp_path):
     recon = metrics["reconstruction"]
     assert recon["volumes"] == "held-out volumes (heldout_dir)" and recon["count"] == 8 and recon["psnr_db"]["mean"] > 5
     assert metrics["real_volumes"] == 20 and "real_heldout" in metrics["diversity_ms_ssim"]
-    assert set(metrics["ratios_to_real"]) >= {"diversity_ms_ssim", "mmd", "histogram_wasserstein", "histogram_jensen_shannon", "slice_consistency_ssim"}
+    assert set(metrics["ratios_to_real"]) >= {"diversity_ms_ssim", "mmd", "histogram_wasserstein", "histogram_jensen_shannon", "slice_consistency_ssim", "sharpness", "reconstruction_sharpness"}
+    sharpness = metrics["sharpness"]  # the reconstructions' ratio is over their own inputs, the held-out volumes
+    assert metrics["ratios_to_real"]["reconstruction_sharpness"] == sharpness["reconstructions"] / sharpness["reconstructed_volumes"]
     assert all(e["nearest_real"].startswith(str(tmp_path / "demo_data" / "train")) for e in metrics["memorisation_audit"]["samples"])
     for picture in ("samples_and_real", "reconstructions", "nearest_neighbours", "training_curves"):
         assert (samples / "evaluation" / f"{picture}.png").is_file(), picture
@@ -33,3 +35,4 @@ def test_the_demo_settings_at_a_small_scale(tmp_path):
     assert "heldout/psnr_db" in events.Tags()["scalars"]  # the VQ-GAN training reported its held-out quality
     printed = summary(metrics, samples / "evaluation", "[brain_mri] ")
     assert "[brain_mri] VQ-GAN reconstruction of 8 held-out volumes: PSNR" in printed and "near copies of a training volume: " in printed
+    assert f"sharpness {metrics['ratios_to_real']['sharpness']:.2f}x (reconstructions: " in printed
