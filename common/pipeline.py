@@ -31,7 +31,7 @@ TRAINING_STAGES = ("autoencoder", "diffusion")
 
 STAGES = ("autoencoder", "diffusion", "inference", "evaluation")
 
-# Small models that train in about 6 minutes on 2 CPU cores, on the real-anatomy demo brains (20 to train on, 8
+# Small models that train in about 8 minutes on 2 CPU cores, on the real-anatomy demo brains (20 to train on, 8
 # held out). At 32^3 the VQ-GAN keeps the paper's brain compression of 2 (a 16^3 latent): compression 4 leaves
 # too few codes for a held-out PSNR above 27 dB. Its adversarial phase keeps the paper's start (iteration 10,000),
 # which the demo's 1,000 iterations never reach: a few dozen adversarial steps only add artefacts (the tests
@@ -66,17 +66,18 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "network_def#spatial_attention": [False, True],
             "network_def#num_heads": 4,
             "network_def#head_channels": 16,
-            # not the paper's epsilon: v-prediction reaches in 900 iterations what the paper's recipe reaches in
-            # 1,800 (benchmarks/convergence.md: histograms 1.12x / 0.13x real against 1.21x / 0.60x)
+            # not the paper's epsilon: at the same 1,800 iterations v-prediction comes closer to real
+            # (benchmarks/convergence_demo_length.md: histograms 0.87x / 0.15x real against 1.21x / 0.60x); at 900
+            # its numbers match the paper's at 1,800, but the pictures show less inner anatomy, so the length stays
             "prediction_type": "v_prediction",
         },
         "diffusion": {
             "batch_size": 4,
             "lr": 0.001,
             "num_workers": 0,
-            "train#trainer#max_epochs": 180,
+            "train#trainer#max_epochs": 360,
             "accumulation_steps": 1,
-            "ema#start_iteration": 450,
+            "ema#start_iteration": 900,
             "ema#every": 1,
             "ema#decay": 0.995,
             "save_interval": 0,
