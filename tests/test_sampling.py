@@ -99,3 +99,19 @@ def test_the_samplers_take_the_bundles_inferer_and_refuse_one_that_does_not_fit(
     assert isinstance(MaskConditionedSampler(net, scheduler, **arguments).inferer, DiffusionInferer)
     with pytest.raises(ValueError, match=r"a \(pixel-space\) DiffusionInferer or a scheduler"):
         MaskConditionedSampler(net, inferer, **arguments)
+
+
+def test_the_x0_clip_is_in_codebook_range_units_and_follows_the_latent_scale(tmp_path):
+    from common.networks import LatentScale
+
+    vqgan = tiny_vqgan().train()
+    vqgan(torch.randn(1, 1, 16, 16, 16))
+    scale = LatentScale("unit_variance")
+    scale.fit(0.25)  # latents multiplied by 4
+    net = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    scheduler = make_sampling_scheduler(300, 5, prediction_type="v_prediction")
+    LatentSampler(CodebookRangeAutoencoder(vqgan.eval(), latent_scale=scale), net, scheduler, (4, 8, 8, 8), str(tmp_path),
+                  clip_sample_range=1.25)
+    assert scheduler.prediction_type == "v_prediction" and scheduler.clip_sample_values == [-5.0, 5.0]
+    with pytest.raises(ValueError, match="clip_sample_range must be a positive number"):
+        LatentSampler(CodebookRangeAutoencoder(vqgan), net, scheduler, (4, 8, 8, 8), str(tmp_path), clip_sample_range=0)
