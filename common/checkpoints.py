@@ -62,10 +62,10 @@ class ModelSettings:
                 "to the trained value"
             )
 
-    def check(self, path: str | os.PathLike, key: str = "model_settings") -> None:
-        """Compare with the settings stored in checkpoint ``path`` (one written before they were stored passes)."""
-        checkpoint = read_checkpoint(path)
-        if isinstance(checkpoint, dict) and key in checkpoint:
+    def check(self, checkpoint: Any, path: str | os.PathLike, key: str = "model_settings") -> None:
+        """Compare with the settings stored in ``checkpoint``, the content of the file ``path`` (one written before
+        settings were stored passes)."""
+        if isinstance(checkpoint, Mapping) and key in checkpoint:
             load_state(self, checkpoint[key], path, key)
 
 
@@ -143,9 +143,9 @@ def load_weights(
         key: which entry of a dict of state dicts to load; ``None`` for a plain state dict.
         settings: what the network is used with; refused if the checkpoint's ``model_settings`` differ.
     """
-    if settings is not None:
-        settings.check(path)
     checkpoint = read_checkpoint(path)
+    if settings is not None:
+        settings.check(checkpoint, path)
     if key is not None:
         if not isinstance(checkpoint, dict) or key not in checkpoint:
             found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__

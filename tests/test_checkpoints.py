@@ -65,11 +65,13 @@ def test_find_latest_checkpoint_goes_by_iteration_not_by_name(tmp_path):
 
 def test_model_settings_are_stored_and_a_difference_is_refused_with_the_setting_named(tmp_path):
     settings = ModelSettings(num_train_timesteps=300, noise_schedule="cosine", prediction_type="v_prediction")
-    torch.save({"model_settings": settings.state_dict()}, tmp_path / "diffusion.pt")
-    torch.save({"ema_network": {}}, tmp_path / "older.pt")
-    settings.check(tmp_path / "diffusion.pt")  # the same: accepted
-    ModelSettings(prediction_type="epsilon").check(tmp_path / "older.pt")  # written before settings were stored
+    network = torch.nn.Linear(1, 1)
+    torch.save({"model_settings": settings.state_dict(), "ema_network": network.state_dict()}, tmp_path / "diffusion.pt")
+    torch.save({"ema_network": network.state_dict()}, tmp_path / "older.pt")
+    load_weights(network, tmp_path / "diffusion.pt", "ema_network", settings)  # the same: accepted
+    load_weights(network, tmp_path / "older.pt", "ema_network", ModelSettings(prediction_type="epsilon"))  # before settings were stored
     with pytest.raises(CheckpointError, match=r"trained with prediction_type 'v_prediction' \(configured: 'epsilon'\); set --prediction_type"):
-        ModelSettings(num_train_timesteps=300, noise_schedule="cosine", prediction_type="epsilon").check(tmp_path / "diffusion.pt")
+        load_weights(network, tmp_path / "diffusion.pt", "ema_network",
+                     ModelSettings(num_train_timesteps=300, noise_schedule="cosine", prediction_type="epsilon"))
     with pytest.raises(TypeError, match="setting 'schedule' must be a string, number or boolean"):
         ModelSettings(schedule=["cosine"])

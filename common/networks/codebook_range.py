@@ -36,8 +36,8 @@ class LatentScale(nn.Module):
 
     ``"codebook_range"``: 1, the paper's latents as they are. ``"unit_variance"``: 1 / (their standard deviation
     over the training data), set once by ``fit`` before training (``common.handlers.LatentStatistics`` does it) and
-    saved in the diffusion checkpoint under ``latent_scale``. Its state holds the scaling too, so a checkpoint
-    loaded into a ``LatentScale`` of the other scaling is refused rather than silently mis-scaled.
+    saved in the diffusion checkpoint under ``latent_scale``. Which scaling a checkpoint was trained with is kept
+    beside it (``model_settings``, ``common.checkpoints.ModelSettings``), which refuses a model configured otherwise.
 
     Args:
         scaling: ``"codebook_range"`` (the paper's) or ``"unit_variance"``.
@@ -48,9 +48,7 @@ class LatentScale(nn.Module):
         if scaling not in LATENT_SCALINGS:
             raise ValueError(f"latent scaling must be one of {LATENT_SCALINGS}, got {scaling!r}.")
         self.scaling = scaling
-        unit_variance = scaling == "unit_variance"
-        self.register_buffer("value", torch.tensor(float("nan") if unit_variance else 1.0))
-        self.register_buffer("unit_variance", torch.tensor(unit_variance))
+        self.register_buffer("value", torch.tensor(float("nan") if scaling == "unit_variance" else 1.0))
 
     @property
     def fitted(self) -> bool:
@@ -59,7 +57,7 @@ class LatentScale(nn.Module):
 
     def fit(self, std: float) -> None:
         """Set the factor from the standard deviation of the training latents (no-op for ``codebook_range``)."""
-        if not self.unit_variance:
+        if self.scaling != "unit_variance":
             return
         if not math.isfinite(std) or std <= 0:
             raise ValueError(f"cannot scale latents of standard deviation {std} to unit variance.")
@@ -73,16 +71,6 @@ class LatentScale(nn.Module):
                 "when diffusion training starts and stored in the diffusion checkpoint under 'latent_scale'."
             )
         return self.value
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        stored = state_dict.get(prefix + "unit_variance")
-        if stored is not None and bool(stored) != bool(self.unit_variance):
-            trained = LATENT_SCALINGS[int(bool(stored))]
-            raise ValueError(
-                f"the model was trained with latent_scaling {trained!r}, but is configured with {self.scaling!r}; "
-                f"set --latent_scaling {trained}."
-            )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, scaling: str = "codebook_range") -> LatentScale:

@@ -48,7 +48,7 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
 
 def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model):
     checkpoint = torch.load(brain_model["models"] / "diffusion.pt", weights_only=True)
-    assert float(checkpoint["latent_scale"]["value"]) == 1.0 and not bool(checkpoint["latent_scale"]["unit_variance"])
+    assert set(checkpoint["latent_scale"]) == {"value"} and float(checkpoint["latent_scale"]["value"]) == 1.0
     assert checkpoint["model_settings"] == {"num_train_timesteps": 300, "noise_schedule": "cosine",
                                             "prediction_type": "epsilon", "latent_scaling": "codebook_range"}
     record = json.loads((brain_model["samples"] / "samples.json").read_text())
@@ -93,5 +93,5 @@ def test_unit_variance_and_v_prediction_train_and_sample_through_the_bundle_conf
     with pytest.raises(Exception) as mismatch:
         run_bundle(config_files("brain_mri", "inference"), **sampling, prediction_type="v_prediction",
                    output_dir=str(tmp_path / "wrong"))
-    assert "trained with latent_scaling 'unit_variance', but is configured with 'codebook_range'; set --latent_scaling unit_variance" in error_chain(mismatch.value)
+    assert "trained with latent_scaling 'unit_variance' (configured: 'codebook_range'); set --latent_scaling" in error_chain(mismatch.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
