@@ -42,6 +42,7 @@ RECIPES: dict[str, dict[str, dict]] = {
                         "sample": {"clip_sample_range": 1.25}},
     "sample_prediction": {"train": {**PAPER, "prediction_type": "sample"}, "sample": {"clip_sample_range": 1.25}},
 }
+SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
     "histogram_jensen_shannon": "histogram Jensen-Shannon",
     "histogram_wasserstein": "histogram Wasserstein",
@@ -76,14 +77,20 @@ def commit() -> str:
         return "unknown"
 
 
-def sample_and_evaluate(run_stages, run_dir: Path, data: Path, settings: dict, overrides: dict, steps: int) -> dict:
-    """Sample the fixed seeds with ``steps`` DDIM steps and evaluate; the ratios, and the seconds per sample."""
+def sample_and_evaluate(run_stages, run_dir: Path, data: Path, settings: dict, overrides: dict, steps: int, seed: int = 0) -> dict:
+    """Sample the seeds from ``seed`` on with ``steps`` DDIM steps and evaluate; the ratios, and the seconds per sample."""
+    overrides = {**overrides, "num_inference_steps": steps, "seed": seed}
     start = time.time()
-    run_stages(BUNDLE, str(run_dir), str(data / "train"), "inference", settings, {**overrides, "num_inference_steps": steps})
+    run_stages(BUNDLE, str(run_dir), str(data / "train"), "inference", settings, overrides)
     seconds = (time.time() - start) / settings["inference"]["num_samples"]
-    run_stages(BUNDLE, str(run_dir), str(data / "train"), "evaluation", settings, {**overrides, "num_inference_steps": steps})
+    run_stages(BUNDLE, str(run_dir), str(data / "train"), "evaluation", settings, overrides)
     metrics = json.loads((run_dir / "samples" / "evaluation" / "metrics.json").read_text())
     return {**metrics["ratios_to_real"], "seconds_per_sample": seconds, "near_copies": len(metrics["memorisation_audit"]["near_copies"])}
+
+
+def keep(args, rows: list[dict], sweep: list[dict]) -> None:
+    """Every row measured so far in ``rows.json``, so that a long run that stops early still shows its curves."""
+    (args.pictures / "rows.json").write_text(json.dumps({"curves": rows, "sweep": sweep}, indent=1) + "\n")
 
 
 def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stages) -> list[dict]:
@@ -106,21 +113,25 @@ def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stag
             trained_minutes += (time.time() - start) / 60
             found = sample_and_evaluate(run_stages, run_dir, data, settings, {**common_overrides, **recipe["train"], **recipe["sample"]}, args.steps)
             rows.append({"recipe": name, "iteration": target, "train_minutes": trained_minutes, "steps": args.steps, **found})
+            keep(args, rows, [])
             shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", args.pictures / f"{name}_samples_and_real.png")
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def sweep_steps(args, settings, data, best: str, common_overrides, run_stages) -> list[dict]:
-    """The best recipe's last checkpoint sampled with each of ``--sweep-steps`` DDIM steps."""
+def sweep_steps(args, settings, data, best: str, common_overrides, run_stages, curves: list[dict]) -> list[dict]:
+    """The best recipe's last checkpoint sampled with each of ``--sweep-steps`` DDIM steps, and with the curves' steps
+    from other seeds (``SEED_CHANGE`` on): how much the numbers move with the seeds alone, against which the fewer
+    steps are judged."""
     rows = []
     recipe = RECIPES[best]
-    for steps in args.sweep_steps:
+    for steps, seed in [*((s, 0) for s in args.sweep_steps), (args.steps, SEED_CHANGE)]:
         found = sample_and_evaluate(run_stages, args.workdir / "recipes" / best, data, settings,
-                                    {**common_overrides, **recipe["train"], **recipe["sample"]}, steps)
-        rows.append({"recipe": best, "iteration": args.iterations, "steps": steps, **found})
+                                    {**common_overrides, **recipe["train"], **recipe["sample"]}, steps, seed)
+        rows.append({"recipe": best if not seed else f"{best}, seeds {seed}+", "iteration": args.iterations, "steps": steps, **found})
         shutil.copy(args.workdir / "recipes" / best / "samples" / "evaluation" / "samples_and_real.png",
-                    args.pictures / f"{best}_{steps}_steps_samples_and_real.png")
+                    args.pictures / f"{best}_{steps}_steps{'_seeds' if seed else ''}_samples_and_real.png")
+        keep(args, curves, rows)
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -175,7 +186,7 @@ def table(rows: list[dict], first: str) -> list[str]:
 
 
 def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings: dict, revision: str, minutes: float,
-                 vqgan_minutes: float) -> str:
+                 vqgan_minutes: float | None) -> str:
     """``convergence.md``: the command, the setup, the curves' table and the sampling-steps table."""
     import torch
 
@@ -187,7 +198,7 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         f"Command: `python benchmarks/convergence.py --size {args.size} --recipes {','.join(args.recipes)} --iterations "
         f"{args.iterations} --every {args.every}` (commit {revision}). Machine: {platform.machine()}, {torch.get_num_threads()} "
         f"threads, device {args.device}, torch {torch.__version__}. Wall time {minutes:.1f} min "
-        f"(VQ-GAN {vqgan_minutes:.1f} min{' (reused from --workdir)' if vqgan_minutes < 0.5 else ''}).",
+        f"(VQ-GAN {'reused from --workdir' if vqgan_minutes is None else f'{vqgan_minutes:.1f} min'}).",
         "",
         f"Data: {args.train} training and {args.heldout} held-out subjects of the real-anatomy population; settings "
         f"{'of the demo (common.pipeline.DEMO_SETTINGS)' if args.size == 32 else 'of benchmarks/quality.py'}; one VQ-GAN, "
@@ -200,11 +211,13 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "",
         *table(rows, "recipe"),
         "",
-        f"Fewer sampling steps, `{best}` (the closest to real at {args.iterations} iterations) from its last checkpoint:",
+        f"Fewer sampling steps, `{best}` (the closest to real at {args.iterations} iterations) from its last checkpoint; the "
+        f"last row samples other seeds ({SEED_CHANGE} on) with {args.steps} steps, so its distance from the curves' last "
+        f"`{best}` row is the noise of a seed change:",
         "",
         *table(sweep, "recipe"),
         "",
-        f"Pictures (`{args.pictures.relative_to(REPO)}/`): `curves.png`, and each recipe's last samples beside real brains "
+        f"Pictures (`{args.pictures.name}/`, beside this file): `curves.png`, and each recipe's last samples beside real brains "
         "(`<recipe>_samples_and_real.png`, `<recipe>_<steps>_steps_samples_and_real.png`).",
     ]
     text = "\n".join(lines) + "\n"
@@ -221,7 +234,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=900, help="denoiser iterations of each recipe")
     parser.add_argument("--every", type=int, default=300, help="sample and evaluate every this many iterations")
     parser.add_argument("--steps", type=int, default=100, help="DDIM steps of the curves' samples")
-    parser.add_argument("--sweep-steps", default="10,25,100", help="DDIM steps tried on the best recipe's last checkpoint")
+    parser.add_argument("--sweep-steps", default="10,25", help="DDIM steps tried on the best recipe's last checkpoint")
     parser.add_argument("--train", type=int, default=20, help="training subjects")
     parser.add_argument("--heldout", type=int, default=8, help="held-out subjects")
     parser.add_argument("--samples", type=int, default=8)
@@ -253,16 +266,15 @@ def main() -> None:
     common_overrides = {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')",
                         "cache_dir": str(args.workdir / "cache")}
     vqgan = args.workdir / "vqgan"
-    vqgan_start = time.time()
+    vqgan_start, vqgan_minutes = time.time(), None
     if not (vqgan / "models" / "autoencoder.pt").is_file():
         run_stages(BUNDLE, str(vqgan), str(data / "train"), "autoencoder", settings, common_overrides)
-    vqgan_minutes = (time.time() - vqgan_start) / 60
+        vqgan_minutes = (time.time() - vqgan_start) / 60
     rows = train_recipes(args, settings, data, vqgan / "models", common_overrides, run_stages)
     finals = {r["recipe"]: r for r in rows if r["iteration"] == args.iterations}
     best = min(finals, key=lambda name: closeness(finals[name]))
-    sweep = sweep_steps(args, settings, data, best, common_overrides, run_stages)
+    sweep = sweep_steps(args, settings, data, best, common_overrides, run_stages, rows)
     plot_curves(rows, args.pictures / "curves.png")
-    (args.pictures / "rows.json").write_text(json.dumps({"curves": rows, "sweep": sweep}, indent=1) + "\n")
 
     report = write_report(args, rows, sweep, best, settings, revision, (time.time() - started) / 60, vqgan_minutes)
     print(report)
