@@ -8,7 +8,7 @@ The layers, lowest first (a module imports only from layers below its own; ``tes
   ids on the command line;
 - ``networks``, ``losses``, ``data``: the method's networks and objective, dataset readers and demo data;
 - ``engines``, ``handlers``, ``evaluation``: the training stages, ignite handlers, metrics and evaluators;
-- ``sampling``: sampling a trained latent bundle;
+- ``sampling``: the sampling scheduler and loop of every sampler, and the latent bundles' sampler;
 - ``med_ddpm``: mask-conditioned synthesis (Med-DDPM);
 - ``pipeline``: the stages of a bundle chained, and the demo;
 - ``deploy``: TorchScript exports, Model Zoo packages, safe unpacking;

@@ -35,7 +35,7 @@ EXEMPT = {"__init__", "__main__", "_deprecated"}
 CITING = {
     "networks/depth_attention_unet.py": "Khader", "networks/vqgan.py": "Khader", "networks/quantizer.py": "Khader",
     "networks/codebook_range.py": "Khader", "losses.py": "Khader", "engines/vqgan_trainer.py": "Khader",
-    "engines/latent_diffusion.py": "Khader", "sampling.py": "Khader", "evaluation/metrics.py": "Khader",
+    "engines/latent_diffusion.py": "Khader", "sampling/latent.py": "Khader", "sampling/schedulers.py": "Khader", "evaluation/metrics.py": "Khader",
     "med_ddpm/__init__.py": "Dorjsembe", "med_ddpm/prepare_batch.py": "Dorjsembe", "med_ddpm/sampler.py": "Dorjsembe",
     "med_ddpm/evaluation.py": "Dorjsembe", "med_ddpm/utility.py": "Dorjsembe",
 }

@@ -115,3 +115,43 @@ def test_the_x0_clip_is_in_codebook_range_units_and_follows_the_latent_scale(tmp
     assert scheduler.prediction_type == "v_prediction" and scheduler.clip_sample_values == [-5.0, 5.0]
     with pytest.raises(ValueError, match="clip_sample_range must be a positive number"):
         LatentSampler(CodebookRangeAutoencoder(vqgan), net, scheduler, (4, 8, 8, 8), str(tmp_path), clip_sample_range=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))])
+def test_both_samplers_leave_the_callers_random_state_as_it_was(tmp_path, device):
+    """The latent and the mask-conditioned samplers share one loop: the caller's random state (CPU, and the
+    sampling device's) is untouched, the pairs' record is in seed order, and a seed gives the same image twice."""
+    from monai.data import MetaTensor
+    from monai.networks.nets import DiffusionModelUNet
+
+    from common.med_ddpm import MaskConditionedSampler
+
+    vqgan = tiny_vqgan().train()
+    vqgan(torch.randn(1, 1, 16, 16, 16))
+    denoiser = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    latent = LatentSampler(CodebookRangeAutoencoder(vqgan).to(device), denoiser.to(device), make_sampling_scheduler(20, 20),
+                           (4, 8, 8, 4), str(tmp_path / "latent"), num_samples=2, device=device, verbose=False)
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[2:6, 2:6, 2:6] = 1
+    mask_path = save_nifti(mask, np.eye(4), tmp_path / "mask.nii.gz", dtype=np.uint8)
+
+    def read_mask(path: str) -> MetaTensor:
+        return MetaTensor(torch.as_tensor(np.asanyarray(nib.load(path).dataobj))[None], affine=torch.eye(4))
+
+    network = DiffusionModelUNet(3, 2, 1, channels=(8, 8), attention_levels=(False, False), num_res_blocks=1, norm_num_groups=4)
+    masked = MaskConditionedSampler(
+        network.to(device), make_sampling_scheduler(10, 10), [mask_path], read_mask, num_classes=1, image_size=(8, 8, 8),
+        spacing=(1.0,) * 3, image_channels=1, output_dir=tmp_path / "pairs", samples_per_mask=2, seed=3, device=device,
+        verbose=False,
+    )
+    for sampler in (latent, masked):
+        torch.manual_seed(99)
+        before = (torch.get_rng_state(), torch.cuda.get_rng_state() if device == "cuda" else None)
+        sampler.run()
+        after = (torch.get_rng_state(), torch.cuda.get_rng_state() if device == "cuda" else None)
+        assert torch.equal(after[0], before[0]) and (device == "cpu" or torch.equal(after[1], before[1]))
+    records = json.loads((tmp_path / "pairs" / "samples.json").read_text())["samples"]
+    assert [r["seed"] for r in records] == [3, 4] and records[0]["image"] == "images/mask_seed3.nii.gz"
+    first = np.asanyarray(nib.load(tmp_path / "pairs" / "images" / "mask_seed3.nii.gz").dataobj)
+    torch.manual_seed(5)  # another caller state: the same image
+    assert np.array_equal(masked.sample(read_mask(str(mask_path)), 3).numpy()[0], first)

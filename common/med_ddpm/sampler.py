@@ -19,14 +19,8 @@ from monai.networks.schedulers import Scheduler
 from monai.networks.utils import one_hot
 
 from common.data import DatasetError, nifti_stem
-from common.io import (
-    channels_last,
-    gather,
-    process_rank,
-    require_output_folder,
-    save_nifti,
-    write_json,
-)
+from common.io import channels_last, require_output_folder, save_nifti
+from common.sampling import sample_shared_out, seeded_random_state, starting_noise
 
 __all__ = ["MaskConditionedSampler"]
 
@@ -40,8 +34,9 @@ class MaskConditionedSampler:
     [-1, 1]; channels last for several modalities) and ``output_dir/labels/<name>_seed<s>.nii.gz`` (the mask's
     classes), both with the mask's affine after RAS orientation, so ``output_dir`` is itself a training dataset of
     image/label pairs. ``samples.json`` records every pair with its mask and seed; sample k of mask m uses seed
-    ``seed + m * samples_per_mask + k``. Under ``torch.distributed`` (torchrun) the images are shared out over the
-    processes, each writing its own files, and rank 0 writes ``samples.json``.
+    ``seed + m * samples_per_mask + k``, which fixes its noise and leaves the caller's random state alone, and under
+    ``torch.distributed`` (torchrun) the images are shared out over the processes, each writing its own files, and
+    rank 0 writes ``samples.json``, as every sampler of the collection does (``common.sampling.loop``).
 
     Args:
         network: the trained denoiser (in channels: image channels + classes).
@@ -131,10 +126,8 @@ class MaskConditionedSampler:
     def sample(self, classes: torch.Tensor, seed: int) -> torch.Tensor:
         """One image (C, H, W, D) for a (1, H, W, D) class map, from the noise of ``seed``."""
         condition = one_hot(torch.as_tensor(classes)[None].long(), self.num_classes + 1, dim=1)[:, 1:].float()
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn((1, self.image_channels, *self.image_size), generator=generator).to(self.device)
-        with torch.random.fork_rng(devices=[]):  # the DDPM steps draw noise too: make them follow the seed
-            torch.manual_seed(seed)
+        noise = starting_noise((1, self.image_channels, *self.image_size), seed).to(self.device)
+        with seeded_random_state(seed, self.device):  # the DDPM steps draw noise too: make them follow the seed
             image = self.inferer.sample(
                 input_noise=noise, diffusion_model=self.network,
                 conditioning=condition.to(self.device), mode="concat", verbose=self.verbose,
@@ -146,10 +139,9 @@ class MaskConditionedSampler:
         if not self.mask_files:
             raise ValueError("no masks to sample for: set mask_dir to a folder of NIfTI label masks (or give mask_files).")
         masks = [self.load(path) for path in self.mask_files]
-        rank, world = process_rank()
-        jobs = [(m, k) for m in range(len(masks)) for k in range(self.samples_per_mask)]
-        records = []
-        for m, k in jobs[rank::world]:  # under torchrun every process samples its share
+
+        def sample_and_write(jobs: list[tuple[int, int]]) -> list[tuple[int, dict[str, object]]]:
+            (m, k), = jobs
             path, classes = self.mask_files[m], masks[m]
             affine = np.asarray(classes.affine)
             seed = self.seed + m * self.samples_per_mask + k
@@ -157,10 +149,9 @@ class MaskConditionedSampler:
             name = f"{nifti_stem(path)}_seed{seed}.nii.gz"
             save_nifti(channels_last(image), affine, self.output_dir / "images" / name)
             save_nifti(np.asarray(classes[0]), affine, self.output_dir / "labels" / name, dtype=np.uint8)
-            records.append({"image": f"images/{name}", "label": f"labels/{name}", "mask": path, "seed": seed})
             logger.info("wrote %s", self.output_dir / "images" / name)
-        records = sorted(gather(records), key=lambda r: r["seed"])
-        if rank != 0:
-            return records
-        write_json({"samples": records}, self.output_dir / "samples.json")
-        return records
+            return [(seed, {"image": f"images/{name}", "label": f"labels/{name}", "mask": path, "seed": seed})]
+
+        jobs = [(m, k) for m in range(len(masks)) for k in range(self.samples_per_mask)]
+        _, everyone = sample_shared_out(jobs, sample_and_write, self.output_dir, lambda written: {"samples": [r for _, r in written]})
+        return [record for _, record in everyone]

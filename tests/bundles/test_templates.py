@@ -19,8 +19,8 @@ spec.loader.exec_module(render)
 LATENT = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 # per bundle: (training configs, inference configs, the ids both must declare alike, the networks both build)
 PAIRS = {
-    **{b: (["train_autoencoder", "train_diffusion"], ["inference"], ["image_size", "autoencoder_def", "network_def", "num_train_timesteps"], ["autoencoder_def", "network_def"]) for b in LATENT},
-    "brain_tumor_semantic": (["train"], ["inference"], ["image_size", "image_channels", "num_classes", "network_def", "num_train_timesteps"], ["network_def"]),
+    **{b: (["train_autoencoder", "train_diffusion"], ["inference"], ["image_size", "autoencoder_def", "network_def", "num_train_timesteps", "noise_schedule", "prediction_type"], ["autoencoder_def", "network_def"]) for b in LATENT},
+    "brain_tumor_semantic": (["train"], ["inference"], ["image_size", "image_channels", "num_classes", "network_def", "num_train_timesteps", "noise_schedule"], ["network_def"]),
 }
 
 
@@ -73,6 +73,23 @@ def test_training_and_inference_declare_the_same_networks(bundle):
             trained, loaded = training.get_parsed_content(network_id), inference.get_parsed_content(network_id)
         shapes = {k: v.shape for k, v in trained.state_dict().items()}
         assert shapes == {k: v.shape for k, v in loaded.state_dict().items()} and shapes, network_id
+
+
+@pytest.mark.parametrize("bundle", sorted(PAIRS))
+def test_training_and_inference_build_their_noise_schedule_from_one_id(bundle):
+    training_files, inference_files, _, _ = PAIRS[bundle]
+    schedules = {}
+    for schedule in ("cosine", "linear_beta"):
+        built = []
+        for files in (training_files, inference_files):
+            parser = ConfigParser()
+            parser.read_config(config_files(bundle, *files))
+            parser.update({"noise_schedule": schedule, "num_inference_steps": parser["num_train_timesteps"]})
+            built.append(parser.get_parsed_content("noise_scheduler"))
+        trained, sampling = built
+        assert torch.equal(trained.betas, sampling.betas) and trained.prediction_type == sampling.prediction_type
+        schedules[schedule] = trained.betas
+    assert not torch.allclose(schedules["cosine"], schedules["linear_beta"])  # the id decides, in both
 
 
 @pytest.mark.parametrize("bundle", sorted(PAIRS))

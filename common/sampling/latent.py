@@ -1,8 +1,8 @@
-"""Sampling synthetic volumes from a trained latent bundle: scheduler choice, the sampling loop, NIfTI files and a picture.
+"""Sampling synthetic volumes from a trained latent bundle: the sampling loop, NIfTI files and a picture.
 
 Khader et al., Sci Rep 2023, Sec. 2.3 "Putting It All Together": reverse diffusion from Gaussian noise in the
 codebook-range latent space, then quantisation to the codebook and decoding. Besides the paper's ancestral DDPM
-over all T steps, DDIM (Song et al., ICLR 2021) samples in fewer steps.
+over all T steps, DDIM (Song et al., ICLR 2021) samples in fewer steps (``make_sampling_scheduler``).
 """
 
 from __future__ import annotations
@@ -14,41 +14,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.inferers import LatentDiffusionInferer
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from common.evaluation.pictures import save_three_plane_montage
-from common.io import (
-    gather,
-    process_rank,
-    require_output_folder,
-    save_nifti,
-    write_json,
-)
+from common.io import process_rank, require_output_folder, save_nifti
 from common.networks import CodebookRangeAutoencoder
 
-__all__ = ["LatentSampler", "make_sampling_scheduler", "volume_affine"]
+from .loop import sample_shared_out, seeded_random_state, starting_noise
 
-
-def make_sampling_scheduler(
-    num_train_timesteps: int = 300,
-    num_inference_steps: int | None = None,
-    schedule: str = "cosine",
-    prediction_type: str = "epsilon",
-) -> Scheduler:
-    """The paper's ancestral DDPM over all ``num_train_timesteps`` steps, or DDIM when fewer steps are asked for.
-
-    ``schedule`` and ``prediction_type`` must be what the model was trained with (the bundles read both from one
-    config id each). The predicted x0 is clipped, to [-1, 1] as the paper does unless ``LatentSampler`` sets
-    another range (``clip_sample_range``).
-    """
-    steps = num_train_timesteps if num_inference_steps is None else int(num_inference_steps)
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
-    settings = dict(num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type, clip_sample=True)
-    scheduler: Scheduler = DDPMScheduler(**settings) if steps == num_train_timesteps else DDIMScheduler(**settings)
-    scheduler.set_timesteps(steps)
-    return scheduler
+__all__ = ["LatentSampler", "volume_affine"]
 
 
 def volume_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
@@ -61,10 +36,10 @@ def volume_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
 class LatentSampler:
     """Draw synthetic volumes with ``LatentDiffusionInferer`` and write them as NIfTI plus a PNG montage.
 
-    Sample ``i`` starts from noise drawn with seed ``seed + i``, and the random draws of the sampler's steps
-    (DDPM adds noise at every step) come from the global generator seeded with the first seed of each batch.
-    So with ``batch_size`` 1 (the default) any sample is regenerated exactly, on the same device, by sampling its
-    seed alone; with larger batches, by repeating the same seed, ``num_samples``, ``batch_size`` and number of
+    Sample ``i`` has seed ``seed + i``: its starting noise, and the random draws of its steps (with the batch's
+    first seed), follow from it as ``common.sampling.loop`` says, and the caller's random state is left alone. So
+    with ``batch_size`` 1 (the default) any sample is regenerated exactly, on the same device, by sampling its seed
+    alone; with larger batches, by repeating the same seed, ``num_samples``, ``batch_size`` and number of
     processes. The seed is in each file name and in ``samples.json``.
 
     Args:
@@ -129,61 +104,48 @@ class LatentSampler:
         self.device = torch.device(device)
         self.verbose = verbose
 
-    def noise(self, seed: int) -> torch.Tensor:
-        """The starting noise of the sample with this seed (drawn on the CPU, identical on every machine)."""
-        generator = torch.Generator().manual_seed(seed)
-        return torch.randn(self.latent_shape, generator=generator)
-
     @torch.no_grad()
     def sample(self, seeds: Sequence[int]) -> torch.Tensor:
         """Volumes (N, C, H, W, D) in [-1, 1] for the given seeds."""
-        noise = torch.stack([self.noise(s) for s in seeds]).to(self.device)
+        noise = torch.stack([starting_noise(self.latent_shape, s) for s in seeds]).to(self.device)
         self.network.eval()
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # leave the caller's random state alone
-            torch.manual_seed(seeds[0])
+        with seeded_random_state(seeds[0], self.device):
             images = self.inferer.sample(
                 input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.network, verbose=self.verbose
             )
         return images.clamp(-1, 1).cpu()
 
     def run(self) -> list[str]:
-        """Sample ``num_samples`` volumes, write them and the montage; returns this process's NIfTI paths.
+        """Sample ``num_samples`` volumes, write them, ``samples.json`` and the montage of the first ones; returns this
+        process's NIfTI paths (under torchrun every rank writes its share, ``common.sampling.loop``)."""
+        previews: list[tuple[int, np.ndarray]] = []
 
-        Under ``torch.distributed`` (e.g. torchrun) sample ``i`` goes to rank ``i % world_size``: every rank draws
-        its own seeds and writes its own files, and rank 0 writes ``samples.json`` for all of them and the montage
-        of its own first samples.
-        """
-        rank, world = process_rank()
-        indices = list(range(rank, self.num_samples, world))
-        written: list[tuple[int, int, str]] = []
-        previews = []
-        for start in range(0, len(indices), self.batch_size):
-            batch = indices[start : start + self.batch_size]
+        def sample_and_write(batch: list[int]) -> list[tuple[int, int, str]]:
             seeds = [self.seed + i for i in batch]
+            written = []
             for index, seed, image in zip(batch, seeds, self.sample(seeds)):
                 volume = image[0].numpy()
                 path = save_nifti(volume, volume_affine(volume.shape, self.spacing), self.output_dir / f"sample_{index:04d}_seed{seed}.nii.gz")
-                written.append((index, seed, path))
+                written.append((index, seed, str(path)))
                 if len(previews) < 8:
                     previews.append((seed, volume))
-        everything = gather(written)
-        if rank == 0:
-            records = sorted(everything)
-            if previews:
-                save_three_plane_montage(
-                    [v for _, v in previews], self.output_dir / "samples.png", [f"seed {s}" for s, _ in previews]
-                )
-            record = {
-                "files": [os.path.basename(path) for _, _, path in records],
-                "seeds": [seed for _, seed, _ in records],
-                "spacing": self.spacing,
-                # what else fixes a sample: each batch's random draws are seeded with its first sample's seed
-                "batch_size": self.batch_size,
-                "processes": world,
-                "num_inference_steps": len(self.inferer.scheduler.timesteps),
-                "prediction_type": self.inferer.scheduler.prediction_type,
-                "latent_scale": float(self.autoencoder.latent_scale.factor()),
-            }
-            write_json(record, self.output_dir / "samples.json", indent=4)
-        return [path for _, _, path in written]
+            return written
+
+        mine, _ = sample_shared_out(range(self.num_samples), sample_and_write, self.output_dir, self.record, self.batch_size)
+        if previews and process_rank()[0] == 0:  # rank 0 shows its own first samples
+            save_three_plane_montage([v for _, v in previews], self.output_dir / "samples.png", [f"seed {s}" for s, _ in previews])
+        return [path for _, _, path in mine]
+
+    def record(self, written: list[tuple[int, int, str]]) -> dict[str, object]:
+        """``samples.json``: the files, their seeds and everything else that fixes a sample."""
+        return {
+            "files": [os.path.basename(path) for _, _, path in written],
+            "seeds": [seed for _, seed, _ in written],
+            "spacing": self.spacing,
+            # what else fixes a sample: each batch's random draws are seeded with its first sample's seed
+            "batch_size": self.batch_size,
+            "processes": process_rank()[1],
+            "num_inference_steps": len(self.inferer.scheduler.timesteps),
+            "prediction_type": self.inferer.scheduler.prediction_type,
+            "latent_scale": float(self.autoencoder.latent_scale.factor()),
+        }

@@ -1,0 +1,12 @@
+"""Sampling trained models: the scheduler (``make_sampling_scheduler``), the loop every sampler shares (seeds, the
+random state, the work shared out over processes, ``samples.json``: ``loop``), and the latent bundles' sampler
+(``LatentSampler``, Khader et al., Sec. 2.3). Med-DDPM's ``common.med_ddpm.MaskConditionedSampler`` uses the same
+scheduler and loop."""
+
+from common.io import gather, process_rank, save_nifti  # noqa: F401  (release 0.1 paths: docs/migration.md)
+
+from .latent import LatentSampler, volume_affine
+from .loop import sample_shared_out, seeded_random_state, starting_noise
+from .schedulers import make_sampling_scheduler
+
+__all__ = ["LatentSampler", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state", "starting_noise", "volume_affine"]
