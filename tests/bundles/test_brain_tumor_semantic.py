@@ -123,7 +123,7 @@ def test_full_size_defaults_match_the_paper():
     assert parser["network_def"]["channels"] == [64, 64, 128, 192, 256] and parser["network_def"]["num_res_blocks"] == 1
     assert parser["network_def"]["attention_levels"] == [False, False, False, True, False]  # 16^3 of 128^3
     assert parser["num_train_timesteps"] == 250 and parser["lr"] == 1e-5 and parser["image_size"] == [128, 128, 128]
-    assert parser["noise_scheduler"]["schedule"] == "cosine" and parser["ema"]["decay"] == 0.995
+    assert parser.get_parsed_content("noise_scheduler#schedule") == "cosine" and parser["ema"]["decay"] == 0.995
     meta = json.loads((REPO / CONFIGS / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"] and "einops" in meta["required_packages_version"]
     image = meta["network_data_format"]["inputs"]["image"]
