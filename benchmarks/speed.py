@@ -12,7 +12,7 @@ Cases:
   ``DepthAttentionUNet`` at the paper's configurations (brain latent 8x32x32x32, widths 32-256; knee latent
   8x64x64x8, widths 64-512), also with its bfloat16 autocast option and (at batch 2) gradient checkpointing,
   and of MONAI's ``DiffusionModelUNet`` at a matched parameter count, batch 1 and 2, with FLOPs counted by
-  ``torch.utils.flop_counter``; the authors' U-Net figures from issue 6 are set beside ours (not rerun);
+  ``torch.utils.flop_counter``; the authors' U-Net figures, measured earlier on this machine with their released code, are set beside ours (not rerun);
 - sampler: DDPM over 300 steps against DDIM over 50 and 25 (per-step time times steps, brain latent);
 - codebook: nearest-code search of 65,536 vectors among 16,384 codes (knee, batch 2) with faiss and with the
   chunked torch search, against MONAI's full-matrix ``EMAQuantizer`` (at 16,384 vectors: its 65,536-vector run
@@ -44,7 +44,7 @@ VARIANTS = {  # DepthAttentionUNet options measured beside the plain network
     "ours_bf16_checkpointing": dict(autocast_dtype="bfloat16", use_checkpointing=True),
 }
 NAMES = {"ours": "DepthAttentionUNet", "ours_bf16": "DepthAttentionUNet, bfloat16 autocast", "ours_checkpointing": "DepthAttentionUNet, checkpointing", "ours_bf16_checkpointing": "DepthAttentionUNet, bfloat16 autocast and checkpointing", "monai": "DiffusionModelUNet"}
-# The authors' released denoiser at the same configuration, as measured on this machine for issue 6 (not rerun
+# The authors' released denoiser at the same configuration, as measured earlier on this machine with their released code (not rerun
 # here: their code is not part of this repository): training step and peak memory at batch 1 and 2, sampling step.
 AUTHORS = {
     "brain": {"train_step_s": {1: 5.4, 2: 12.3}, "peak_gib": {1: 2.3, 2: 4.0}, "sample_step_s": 2.4},
@@ -314,7 +314,7 @@ def report(results: dict, repeats: int) -> str:
         "",
         "## Against the authors' released U-Net at the same configuration",
         "",
-        "Their figures are those measured on this machine for issue 6: not rerun here, so not side by side, and the "
+        "Their figures are those measured earlier on this machine with their released code: not rerun here, so not side by side, and the "
         "machine varies by about 20%. Training step, peak memory (as a fraction of theirs) and one sampling step:",
         "",
         "| latent | batch | authors' step | ours float32 | ours bfloat16 | authors' peak | ours peak float32 | ours peak bfloat16 "

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py, the one-command GPU check (issue 16), at its tiny sizes on the CPU: every case of a
+"""benchmarks/gpu_check.py, the one-command GPU check, at its tiny sizes on the CPU: every case of a
 latent bundle and of Med-DDPM must run with the bundle's own configs, so that the one short GPU run finds no bug
 that a CPU could have found."""
 

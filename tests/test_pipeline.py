@@ -32,7 +32,9 @@ def test_the_demo_settings_at_a_small_scale(tmp_path):
         assert (samples / "evaluation" / f"{picture}.png").is_file(), picture
     events = EventAccumulator(str(tmp_path / "logs"))
     events.Reload()
-    assert "heldout/psnr_db" in events.Tags()["scalars"]  # the VQ-GAN training reported its held-out quality
+    tags = events.Tags()["scalars"]
+    assert "heldout/psnr_db" in tags  # the VQ-GAN training reported its held-out quality, once per measurement
+    assert not [tag for tag in tags if tag.startswith("heldout_psnr")]  # and not again per epoch
     printed = summary(metrics, samples / "evaluation", "[brain_mri] ")
     assert "[brain_mri] VQ-GAN reconstruction of 8 held-out volumes: PSNR" in printed and "near copies of a training volume: " in printed
     assert f"sharpness {metrics['ratios_to_real']['sharpness']:.2f}x (reconstructions: " in printed

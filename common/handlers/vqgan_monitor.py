@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 
 class HeldoutReconstruction:
     """Every ``interval`` iterations (and when training completes), the PSNR of the VQ-GAN's quantised
-    reconstructions of held-out volumes: written to TensorBoard (``heldout/psnr_db``, in ``log_dir``), logged, and
-    kept in ``engine.state.metrics["heldout_psnr_db"]``. Does nothing without held-out volumes (``heldout_dir``).
+    reconstructions of held-out volumes: written to TensorBoard (``heldout/psnr_db``, in ``log_dir``) and logged, once
+    each, at the iteration it was measured, and kept in ``measured`` as (iteration, dB) pairs. Not in
+    ``engine.state.metrics``: the epoch-end handlers would log and plot it again at every epoch as if it were new.
+    Does nothing without held-out volumes (``heldout_dir``).
 
     The network is switched to eval mode for the measurement (the codebook is not updated) and back.
 
@@ -52,6 +54,7 @@ class HeldoutReconstruction:
         self.log_dir = log_dir
         self.device = torch.device(device)
         self.max_volumes = max_volumes
+        self.measured: list[tuple[int, float]] = []
         self._volumes: torch.Tensor | None = None
         self._writer = None
 
@@ -85,11 +88,10 @@ class HeldoutReconstruction:
         return sum(values) / len(values)
 
     def __call__(self, engine: Engine) -> None:
-        if engine.state.metrics.get("heldout_psnr_iteration") == engine.state.iteration:
+        if self.measured and self.measured[-1][0] == engine.state.iteration:
             return  # the last iteration is also a multiple of the interval
         psnr = self.measure()
-        engine.state.metrics["heldout_psnr_db"] = psnr
-        engine.state.metrics["heldout_psnr_iteration"] = engine.state.iteration
+        self.measured.append((engine.state.iteration, psnr))
         logger.info("iteration %d: held-out reconstruction PSNR %.2f dB (%d volumes)", engine.state.iteration, psnr, len(self.volumes()))
         if self.log_dir is not None:
             if self._writer is None:
