@@ -30,7 +30,8 @@ common.packaging                      common.deploy
 common.semantic                       common.med_ddpm common.data
 common.semantic_evaluation            common.med_ddpm
 common.transforms                     common.data common.data.transforms
-common.utility                        common.med_ddpm.utility
+common.utility                        common.med_ddpm.segmentation_utility
+common.med_ddpm.utility               common.med_ddpm.segmentation_utility
 common.visualize                      common.evaluation.pictures
 """
 MOVED_MODULES: dict[str, tuple[str, ...]] = {line.split()[0]: tuple(line.split()[1:]) for line in _MOVES.strip().splitlines()}
@@ -47,6 +48,10 @@ MOVED_NAMES: dict[str, str] = {
     "common.handlers.checkpoint_saver.save_atomically": "common.io.save_torch",
     "common.engines.ConcatConditionPrepareBatch": "common.med_ddpm.ConcatConditionPrepareBatch",
     "common.semantic.stem": "common.data.nifti_stem",
+    # renamed in 0.2.2 for what they are (a MONAI reader takes Evaluator for monai.engines' and channels_last for a
+    # memory format)
+    "common.evaluation.Evaluator": "common.evaluation.SyntheticEvaluationBase",
+    "common.io.channels_last": "common.io.to_nifti_layout",
 }
 
 

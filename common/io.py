@@ -31,7 +31,6 @@ __all__ = [
     "REPO_ROOT",
     "atomic_path",
     "bundle_dir",
-    "channels_last",
     "current_umask",
     "end_process_group",
     "gather",
@@ -42,6 +41,7 @@ __all__ = [
     "save_nifti",
     "save_torch",
     "start_process_group",
+    "to_nifti_layout",
     "write_json",
     "write_text",
 ]
@@ -156,7 +156,7 @@ def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def channels_last(image: np.ndarray) -> np.ndarray:
+def to_nifti_layout(image: np.ndarray) -> np.ndarray:
     """A (C, H, W, D) image as a NIfTI holds it: (H, W, D) for one channel, (H, W, D, C) for several."""
     return image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
 
@@ -229,3 +229,10 @@ def gather(items: list) -> list:
     everything: list = [None] * world
     dist.all_gather_object(everything, items)
     return [item for part in everything for item in part]
+
+
+def __getattr__(name: str):
+    """Names renamed in release 0.2 still resolve, with a ``FutureWarning``."""
+    from common._deprecated import moved_attribute
+
+    return moved_attribute(__name__, name)

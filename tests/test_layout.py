@@ -37,7 +37,7 @@ CITING = {
     "networks/codebook_range.py": "Khader", "losses.py": "Khader", "engines/vqgan_trainer.py": "Khader",
     "engines/latent_diffusion.py": "Khader", "sampling/latent.py": "Khader", "sampling/schedulers.py": "Khader", "evaluation/metrics.py": "Khader",
     "med_ddpm/__init__.py": "Dorjsembe", "med_ddpm/prepare_batch.py": "Dorjsembe", "med_ddpm/sampler.py": "Dorjsembe",
-    "med_ddpm/evaluation.py": "Dorjsembe", "med_ddpm/utility.py": "Dorjsembe",
+    "med_ddpm/evaluation.py": "Dorjsembe", "med_ddpm/segmentation_utility.py": "Dorjsembe",
 }
 
 
@@ -122,6 +122,9 @@ def test_the_methods_modules_cite_their_paper_and_section(relative, author):
         ("common.evaluation.memorisation_audit", "common.evaluation.audit.memorisation_audit"),
         ("common.handlers.save_atomically", "common.io.save_torch"),
         ("common.cli.DEMO_SETTINGS", "common.pipeline.DEMO_SETTINGS"),
+        ("common.evaluation.Evaluator", "common.evaluation.SyntheticEvaluationBase"),
+        ("common.io.channels_last", "common.io.to_nifti_layout"),
+        ("common.med_ddpm.utility.train_segmentation", "common.med_ddpm.segmentation_utility.train_segmentation"),
     ],
 )
 def test_old_import_paths_still_resolve_with_a_warning(old, new):

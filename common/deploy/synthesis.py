@@ -31,7 +31,7 @@ from monai.transforms import (
 )
 
 from common.data import DatasetError, find_nifti_files, nifti_stem
-from common.io import channels_last, save_nifti
+from common.io import save_nifti, to_nifti_layout
 from common.med_ddpm import MaskConditionedSampler
 from common.sampling import LatentSampler, volume_affine
 
@@ -104,7 +104,7 @@ class BundleSynthesizer:
             if fit_to_model:
                 return self._on_the_labels_grid(Path(label), seed)
             classes = self.sampler.load(str(label))
-            image = channels_last(self.sampler.sample(classes, seed).numpy())
+            image = to_nifti_layout(self.sampler.sample(classes, seed).numpy())
             return SyntheticVolume(image, np.asarray(classes.affine, dtype=np.float64), seed)
         if label is not None:
             raise SynthesisError(f"{self.bundle_dir.name} samples without a condition: it takes no label volume.")
@@ -149,7 +149,7 @@ class BundleSynthesizer:
         drawn, classes = self.fit_label(label)
         image = MetaTensor(torch.as_tensor(self.sampler.sample(classes, seed).numpy()) + 1, affine=classes.affine)
         back = ResampleToMatch(mode="bilinear", padding_mode="zeros")(image, img_dst=drawn) - 1
-        volume = channels_last(np.asarray(back, dtype=np.float32))
+        volume = to_nifti_layout(np.asarray(back, dtype=np.float32))
         return SyntheticVolume(volume, np.asarray(drawn.affine, dtype=np.float64), seed)
 
 

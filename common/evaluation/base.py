@@ -22,12 +22,12 @@ from torch.utils.data import Dataset
 from common.data import item_name
 from common.io import write_json
 
-__all__ = ["Evaluator"]
+__all__ = ["SyntheticEvaluationBase"]
 
 logger = logging.getLogger(__name__)
 
 
-class Evaluator:
+class SyntheticEvaluationBase:
     """Base of the evaluators: the settings they share and the steps every evaluation takes.
 
     Args:

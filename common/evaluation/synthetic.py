@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from . import metrics
 from .audit import NearestNeighbourSearch, memorisation_audit
-from .base import Evaluator
+from .base import SyntheticEvaluationBase
 from .pictures import (
     save_adjacent_slices,
     save_three_plane_montage,
@@ -65,10 +65,10 @@ def _summary(values: torch.Tensor) -> dict[str, float]:
     return {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0}
 
 
-class SyntheticDataEvaluator(Evaluator):
+class SyntheticDataEvaluator(SyntheticEvaluationBase):
     """Compare the samples in ``samples_dir`` with the real volumes of ``real_dataset``.
 
-    Args (besides those of ``Evaluator``, whose meaning here is given too):
+    Args (besides those of ``SyntheticEvaluationBase``, whose meaning here is given too):
         samples_dir: folder with ``samples.json`` and the NIfTI samples it lists (the inference output).
         real_dataset: the real (training) volumes, preprocessed as for training without random transforms;
             items are dicts with an ``"image"`` of shape (1, H, W, D).

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from common.evaluation import Evaluator, metrics
+from common.evaluation import SyntheticEvaluationBase, metrics
 from common.evaluation.audit import NearestNeighbourSearch, memorisation_audit
 from common.evaluation.pictures import save_three_plane_montage
 
-from . import utility
+from . import segmentation_utility
 from .sampler import MaskConditionedSampler
 
 __all__ = ["MaskConditionedEvaluator", "classes_of"]
@@ -28,10 +28,10 @@ def classes_of(onehot: torch.Tensor) -> torch.Tensor:
     return torch.where(onehot.sum(0, keepdim=True) > 0, onehot.argmax(0, keepdim=True) + 1, 0).long()
 
 
-class MaskConditionedEvaluator(Evaluator):
+class MaskConditionedEvaluator(SyntheticEvaluationBase):
     """Sample for the masks of real pairs and compare, writing ``metrics.json`` and pictures to ``evaluation_dir``.
 
-    Args (besides those of ``common.evaluation.Evaluator``):
+    Args (besides those of ``common.evaluation.SyntheticEvaluationBase``):
         sampler: the bundle's ``MaskConditionedSampler`` (its network, scheduler and seed are used).
         real_dataset: real pairs preprocessed as for training: ``{"image": (C, H, W, D), "label": one-hot}``.
         evaluation_dir: where the results go.
@@ -157,8 +157,8 @@ class MaskConditionedEvaluator(Evaluator):
         results: dict[str, Any] = {"epochs": self.utility_epochs, "training_pairs": len(training)}
         for key, images in (("trained_on_synthetic", synthetic), ("trained_on_real", [image for _, image, _ in training])):
             pairs = [(image, classes) for image, (_, _, classes) in zip(images, training)]
-            network = utility.train_segmentation(pairs, self.num_classes, self.utility_epochs, device=self.device)
-            results[key] = {"dice_per_class": utility.segmentation_dice(network, test_pairs, self.num_classes, self.device)}
+            network = segmentation_utility.train_segmentation(pairs, self.num_classes, self.utility_epochs, device=self.device)
+            results[key] = {"dice_per_class": segmentation_utility.segmentation_dice(network, test_pairs, self.num_classes, self.device)}
         return results
 
     def pictures(self, synthetic: torch.Tensor, one_mask: torch.Tensor, training: list) -> dict[str, str]:

@@ -19,7 +19,7 @@ from monai.networks.schedulers import Scheduler
 from monai.networks.utils import one_hot
 
 from common.data import DatasetError, nifti_stem
-from common.io import channels_last, require_output_folder, save_nifti
+from common.io import require_output_folder, save_nifti, to_nifti_layout
 from common.sampling import sample_shared_out, seeded_random_state, starting_noise
 
 __all__ = ["MaskConditionedSampler"]
@@ -147,7 +147,7 @@ class MaskConditionedSampler:
             seed = self.seed + m * self.samples_per_mask + k
             image = self.sample(classes, seed).numpy()
             name = f"{nifti_stem(path)}_seed{seed}.nii.gz"
-            save_nifti(channels_last(image), affine, self.output_dir / "images" / name)
+            save_nifti(to_nifti_layout(image), affine, self.output_dir / "images" / name)
             save_nifti(np.asarray(classes[0]), affine, self.output_dir / "labels" / name, dtype=np.uint8)
             logger.info("wrote %s", self.output_dir / "images" / name)
             return [(seed, {"image": f"images/{name}", "label": f"labels/{name}", "mask": path, "seed": seed})]

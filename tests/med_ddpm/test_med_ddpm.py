@@ -12,7 +12,7 @@ from monai.networks.utils import one_hot
 
 from common.data import DatasetError, RemapLabelsd
 from common.med_ddpm import MaskConditionedEvaluator, MaskConditionedSampler, classes_of
-from common.med_ddpm.utility import segmentation_dice, train_segmentation
+from common.med_ddpm.segmentation_utility import segmentation_dice, train_segmentation
 from common.sampling import make_sampling_scheduler
 
 SIZE = 32
