@@ -38,21 +38,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from common.pipeline import SMALL_IMAGE_SIZE, SMALL_SETTINGS  # noqa: E402  (the repository's, as the bundles run it)
+
 LATENT = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 GROUPS = [*LATENT, "brain_tumor_semantic", "codebook", "multi_gpu"]
 PAPER_BATCH = {"brain_mri": 10, "knee_mri": 40, "breast_mri": 40, "chest_ct": 50, "brain_tumor_semantic": 1}
-TINY_DENOISER = {"network_def#channels": [8, 16], "network_def#spatial_attention": [False, True], "network_def#num_heads": 2,
-                 "network_def#head_channels": 4}
-TINY = {  # every bundle small enough for a CPU in seconds
-    "brain_mri": {"image_size": [16, 16, 16], "autoencoder_def#base_channels": 4, "autoencoder_def#num_embeddings": 64, **TINY_DENOISER},
-    "knee_mri": {"image_size": [32, 32, 16], "autoencoder_def#base_channels": 4, "autoencoder_def#num_embeddings": 64, **TINY_DENOISER},
-    "breast_mri": {"image_size": [32, 32, 16], "autoencoder_def#base_channels": 4, "autoencoder_def#num_embeddings": 64, **TINY_DENOISER},
-    "chest_ct": {"image_size": [16, 16, 16], "autoencoder_def#base_channels": 4, "autoencoder_def#num_embeddings": 64, **TINY_DENOISER},
+TINY = {  # every bundle small enough for a CPU in seconds: the latent bundles' documented small models
+    **{name: {"image_size": SMALL_IMAGE_SIZE[name], **SMALL_SETTINGS["shared"], **SMALL_SETTINGS["denoiser"]} for name in LATENT},
     "brain_tumor_semantic": {"image_size": [16, 16, 16], "network_def#channels": [16, 32], "network_def#attention_levels": [False, True],
                              "network_def#num_head_channels": [16, 32], "network_def#norm_num_groups": 8},
 }
-TINY_DISCRIMINATORS = {"image_discriminator#channels": 4, "volume_discriminator#channels": 4,
-                       "image_discriminator#num_layers_d": 2, "volume_discriminator#num_layers_d": 2}
+TINY_DISCRIMINATORS = {k: v for k, v in SMALL_SETTINGS["autoencoder"].items() if "discriminator" in k}
 
 
 # ----- measuring

@@ -23,13 +23,44 @@ from common.handlers import CheckpointDirLock, CheckpointResumer
 from common.io import bundle_dir, is_main_process
 from common.overrides import as_bool, refuse_unknown_ids
 
-__all__ = ["DEMO_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline", "run_stages", "summary", "train_stages"]
+__all__ = ["DEMO_SETTINGS", "SMALL_IMAGE_SIZE", "SMALL_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline", "run_stages", "summary", "train_stages"]
 
 logger = logging.getLogger(__name__)
 
 TRAINING_STAGES = ("autoencoder", "diffusion")
 
 STAGES = ("autoencoder", "diffusion", "inference", "evaluation")
+
+# The small models of every latent bundle, by stage as DEMO_SETTINGS: each network a few channels wide, trained
+# for a few iterations, seconds on a CPU. One source for the "Small models on a CPU" commands of each bundle's
+# docs/README.md (rendered from here by templates/render.py), the test suite and benchmarks/gpu_check.py.
+SMALL_SETTINGS: dict[str, dict[str, Any]] = {
+    "shared": {"autoencoder_def#base_channels": 4, "autoencoder_def#num_embeddings": 64},
+    "autoencoder": {
+        "image_discriminator#channels": 4,
+        "volume_discriminator#channels": 4,
+        "image_discriminator#num_layers_d": 2,
+        "volume_discriminator#num_layers_d": 2,
+        "perceptual_weight": 0,
+        "adversarial_start": 2,
+        "num_workers": 0,
+        "train#trainer#max_epochs": 2,
+        "save_interval": 2,
+    },
+    "denoiser": {
+        "network_def#channels": [8, 16],
+        "network_def#spatial_attention": [False, True],
+        "network_def#num_heads": 2,
+        "network_def#head_channels": 4,
+    },
+    "diffusion": {"num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 2, "ema#start_iteration": 2},
+    "inference": {"num_samples": 2, "num_inference_steps": 5},
+}
+# the volume size of each latent bundle's small models (each axis divisible by its compression and, in-plane, by
+# the denoiser's down-sampling)
+SMALL_IMAGE_SIZE: dict[str, list[int]] = {
+    "brain_mri": [16, 16, 16], "knee_mri": [64, 64, 16], "breast_mri": [32, 32, 16], "chest_ct": [32, 32, 32],
+}
 
 # Small models that train in 9 to 12 minutes on 2 CPU cores, on the real-anatomy demo brains (20 to train on, 8
 # held out). At 32^3 the VQ-GAN keeps the paper's brain compression of 2 (a 16^3 latent): compression 4 leaves

@@ -10,6 +10,12 @@ bundles hold is the same. So the files are written from ``templates/``:
 - ``bundles/<name>.json``: what one bundle differs in: its kind, ``shared_ids`` overrides, and per config file
   the ids to override (MONAI's ``a#b#0`` id syntax). New top-level ids go where the template has its
   ``"<bundle ids>"`` key (or at the end). ``{bundle}`` in any string becomes the bundle's name;
+- ``<kind>/readme/<part>.md``: text every bundle of a kind has in its ``docs/README.md``. The README itself is
+  the bundle's own, but each region between ``<!-- part: <part> -->`` and ``<!-- end part -->`` is rendered from
+  the part, with ``{bundle}``, ``{dataset}`` (the spec's ``"readme": {"dataset": ...}``, an example path and the
+  dataset's other ids), ``{small_data}`` (the dataset ids of the small-model commands, if any) and,
+  for the latent bundles, the small-model overrides of ``common.pipeline.SMALL_SETTINGS`` (``{small_shared}``,
+  ``{small_autoencoder}``, ...) filled in;
 - ``versions.json``: the package versions every bundle's metadata pins (``monai_version``, ``pytorch_version``,
   ``numpy_version``, ``required_packages_version``), a set that installs together on Python 3.10 to 3.13, as the
   Model Zoo's CI installs them; a template value ``"<pinned>"`` is taken from there.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,7 @@ PINNED_VALUE = "<pinned>"
 VERSIONS = TEMPLATES / "versions.json"
 BUNDLE_IDS = "<bundle ids>"
 TOP_LEVEL_FILES = ("LICENSE",)  # written to the bundle folder itself; the others go to configs/
+README_PART = re.compile(r"(<!-- part: ([\w-]+) -->\n)(.*?)(<!-- end part -->)", re.S)
 
 
 class TemplateError(ValueError):
@@ -109,10 +117,57 @@ def render_config(template: dict, shared: dict, overrides: dict, bundle: str, wh
     return _substitute(config, bundle)
 
 
+def _command_line(overrides: dict[str, Any], indent: str = "    ", width: int = 140) -> str:
+    """``--id value`` arguments as a shell takes them (lists without spaces), wrapped with backslashes."""
+    arguments = [f"--{key} {json.dumps(value, separators=(',', ':')).replace('false', 'False').replace('true', 'True')}"
+                 for key, value in overrides.items()]
+    lines, line = [], ""
+    for argument in arguments:
+        if line and len(indent) + len(line) + len(argument) + 3 > width:
+            lines.append(line)
+            line = argument
+        else:
+            line = f"{line} {argument}".strip()
+    return f" \\\n{indent}".join([*lines, line])
+
+
+def readme_values(bundle: str, spec_readme: dict[str, str]) -> dict[str, str]:
+    """What a README part's placeholders become for ``bundle``."""
+    values = {"bundle": bundle, "small_data": "", **spec_readme}
+    sys.path.insert(0, str(REPO))
+    from common.pipeline import SMALL_IMAGE_SIZE, SMALL_SETTINGS
+
+    if bundle in SMALL_IMAGE_SIZE:
+        values["small_image_size"] = json.dumps(SMALL_IMAGE_SIZE[bundle], separators=(",", ":"))
+        values.update({f"small_{stage}": _command_line(overrides) for stage, overrides in SMALL_SETTINGS.items()})
+    return values
+
+
+def render_readme(path: Path, parts: Path, values: dict[str, str], where: str) -> str | None:
+    """``path`` (a bundle's ``docs/README.md``) with every part region rendered from ``parts``; None if absent."""
+    if not path.is_file():
+        return None
+
+    def fill(match: re.Match) -> str:
+        part = parts / f"{match.group(2)}.md"
+        if not part.is_file():
+            raise TemplateError(f"{where}: README part '{match.group(2)}' is not in {parts}.")
+        text = part.read_text()
+        for key, value in values.items():
+            text = text.replace("{" + key + "}", value)
+        left = sorted(set(re.findall(r"\{(bundle|dataset|small_\w+)\}", text)))
+        if left:
+            raise TemplateError(f"{where}: README part '{match.group(2)}' needs {left}, which {path.parent.parent.name} does not give.")
+        return match.group(1) + text + match.group(4)
+
+    return README_PART.sub(fill, path.read_text())
+
+
 def render_bundle(spec_path: Path) -> dict[Path, str]:
     """Every file rendered for the bundle of ``spec_path`` (``templates/bundles/<name>.json``): path -> text."""
     bundle = spec_path.stem
     spec = json.loads(spec_path.read_text())
+    readme = spec.pop("readme", {})
     kind = TEMPLATES / spec.pop("template", "")
     if not kind.is_dir() or kind.name in ("shared", "bundles"):
         raise TemplateError(f"{spec_path}: 'template' must name a folder of {TEMPLATES} with a kind's templates.")
@@ -124,7 +179,7 @@ def render_bundle(spec_path: Path) -> dict[Path, str]:
     if new_shared:
         raise TemplateError(f"{spec_path}: shared_ids {sorted(new_shared)} are not in {shared_path}.")
     sources = {p.name: p for p in sorted((TEMPLATES / "shared").iterdir())}
-    sources.update({p.name: p for p in sorted(kind.iterdir()) if p.name != "shared_ids.json"})
+    sources.update({p.name: p for p in sorted(kind.iterdir()) if p.is_file() and p.name != "shared_ids.json"})
     unknown = sorted(set(spec) - set(sources))
     if unknown:
         raise TemplateError(f"{spec_path}: {unknown} are not files of the '{kind.name}' templates ({sorted(sources)}).")
@@ -137,6 +192,9 @@ def render_bundle(spec_path: Path) -> dict[Path, str]:
             rendered[target] = json.dumps(config, indent=4) + "\n"
         else:
             rendered[target] = source.read_text()
+    text = render_readme(folder / "docs" / "README.md", kind / "readme", readme_values(bundle, readme), str(spec_path))
+    if text is not None:
+        rendered[folder / "docs" / "README.md"] = text
     return rendered
 
 

@@ -1,4 +1,5 @@
-"""The docs stay true to the code: every test they cite exists, and every module the README's table names exists."""
+"""The docs stay true to the code: every test they cite exists, every module the README's table names exists, and
+every link between the docs reaches a file and heading that exist."""
 
 from __future__ import annotations
 
@@ -11,7 +12,43 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "bundles").glob("*/docs/README.md"), *(REPO / "benchmarks").glob("*.md")])
+DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "bundles").glob("*/docs/*.md"), *(REPO / "benchmarks").glob("*.md")])
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
+    anchors = set()
+    for line in text.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", title)))
+    return anchors
+
+
+def relative_links(text: str) -> list[tuple[str, str]]:
+    """(path, anchor) of every Markdown link that is not a URL: ``[a](../x.md#b)`` gives ("../x.md", "b")."""
+    found = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        path, _, anchor = target.partition("#")
+        found.append((path, anchor))
+    return found
+
+
+def test_the_link_parser():
+    assert heading_anchors("## Config ids you're expected to override\n### What the demo's pictures show") == {
+        "config-ids-youre-expected-to-override", "what-the-demos-pictures-show"}
+    assert relative_links("[a](../x.md#b-c), [u](https://a.org/x), [c](details.md)") == [("../x.md", "b-c"), ("details.md", "")]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_link_reaches_a_file_and_heading(doc):
+    for path, anchor in relative_links(doc.read_text()):
+        target = (doc.parent / path).resolve() if path else doc
+        assert target.exists(), f"{doc.relative_to(REPO)} links to {path}, which does not exist"
+        if anchor and target.suffix == ".md":
+            assert anchor in heading_anchors(target.read_text()), f"{doc.relative_to(REPO)} links to {path}#{anchor}: no such heading"
 
 
 def cited_tests(text: str) -> list[tuple[str, str]]:

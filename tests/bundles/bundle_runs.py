@@ -20,21 +20,15 @@ from monai.bundle import ConfigParser, create_workflow
 from monai.handlers.tensorboard_handlers import TensorBoardHandler
 
 from common.overrides import refuse_unknown_ids
+from common.pipeline import SMALL_IMAGE_SIZE, SMALL_SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]
 
-# the small-model overrides documented in each bundle's docs/README.md (plus an image_size of the bundle's)
-SMALL_SHARED: dict[str, Any] = {"autoencoder_def#base_channels": 4, "autoencoder_def#num_embeddings": 64}
-SMALL_AUTOENCODER: dict[str, Any] = {
-    "image_discriminator#channels": 4, "volume_discriminator#channels": 4,
-    "image_discriminator#num_layers_d": 2, "volume_discriminator#num_layers_d": 2,
-    "perceptual_weight": 0, "adversarial_start": 2, "num_workers": 0,
-    "train#trainer#max_epochs": 2, "save_interval": 2, "log_interval": 1,
-}
-SMALL_DENOISER: dict[str, Any] = {
-    "network_def#channels": [8, 16], "network_def#num_heads": 2, "network_def#head_channels": 4,
-    "network_def#spatial_attention": [False, True],
-}
+# the small-model overrides documented in each bundle's docs/README.md (plus an image_size of the bundle's), from
+# their one source; the tests log every VQ-GAN iteration
+SMALL_SHARED: dict[str, Any] = SMALL_SETTINGS["shared"]
+SMALL_AUTOENCODER: dict[str, Any] = {**SMALL_SETTINGS["autoencoder"], "log_interval": 1}
+SMALL_DENOISER: dict[str, Any] = SMALL_SETTINGS["denoiser"]
 
 
 def config_files(bundle: str, *names: str) -> list[str]:

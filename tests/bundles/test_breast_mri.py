@@ -11,11 +11,11 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.data.demo import make_breast_phantom, write_breast_mask, write_dicom_series
-from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
+from tests.bundles.bundle_runs import REPO, SMALL_IMAGE_SIZE, SMALL_SHARED, full_size_parser, run_pipeline
 
 CONFIGS = REPO / "bundles" / "breast_mri" / "configs"
 # small volumes: 2 x 2 x 3 mm resampling, 32x32x16 output
-SHARED = {"image_size": [32, 32, 16], **SMALL_SHARED}
+SHARED = {"image_size": SMALL_IMAGE_SIZE["breast_mri"], **SMALL_SHARED}
 PREPROCESSING = {"resample_spacing": [2.0, 2.0, 3.0]}
 ROWS, COLUMNS, SLICES = 20, 40, 4
 SPACING = (1.32, 1.32, 6.0)

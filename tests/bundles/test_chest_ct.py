@@ -14,11 +14,11 @@ from monai.bundle import ConfigParser
 
 from common.data import DatasetError, dicom_series_datalist, read_series
 from common.data.demo import make_chest_phantom, write_dicom_series
-from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
+from tests.bundles.bundle_runs import REPO, SMALL_IMAGE_SIZE, SMALL_SHARED, full_size_parser, run_pipeline
 
 CONFIGS = REPO / "bundles" / "chest_ct" / "configs"
 # small volumes: 4 mm resampling, an 80 mm crop, 32^3 output
-SHARED = {"image_size": [32, 32, 32], **SMALL_SHARED}
+SHARED = {"image_size": SMALL_IMAGE_SIZE["chest_ct"], **SMALL_SHARED}
 PREPROCESSING = {"resample_spacing": [4.0, 4.0, 4.0], "crop_size": [80, 80, 80]}
 
 

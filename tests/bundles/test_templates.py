@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 import torch
@@ -107,3 +108,37 @@ def test_configs_name_only_current_paths_of_common(bundle):
         warnings.simplefilter("error", FutureWarning)
         for name in sorted(names):
             assert pydoc.locate(name) is not None, name
+
+
+def test_readme_parts_are_rendered_and_a_hand_edit_of_one_is_found(tmp_path, monkeypatch):
+    readme = REPO / "bundles" / "knee_mri" / "docs" / "README.md"
+    text = readme.read_text()
+    assert "<!-- part: small_models -->" in text and "--autoencoder_def#num_embeddings 64" in text
+    edited = text.replace("--autoencoder_def#num_embeddings 64", "--autoencoder_def#num_embeddings 65")
+    parts = REPO / "templates" / "latent" / "readme"
+    values = render.readme_values("knee_mri", {"dataset": "/data/MRNet-v1.0"})
+    (tmp_path / "README.md").write_text(edited)
+    assert render.render_readme(tmp_path / "README.md", parts, values, "test") == text  # the part wins
+    (tmp_path / "README.md").write_text("<!-- part: nothing -->\n<!-- end part -->\n")
+    with pytest.raises(render.TemplateError, match="README part 'nothing' is not in"):
+        render.render_readme(tmp_path / "README.md", parts, values, "test")
+    (tmp_path / "README.md").write_text("<!-- part: one_command -->\n<!-- end part -->\n")
+    with pytest.raises(render.TemplateError, match=r"needs \['dataset'\]"):
+        render.render_readme(tmp_path / "README.md", parts, {"bundle": "knee_mri"}, "test")
+
+
+def test_the_small_model_settings_have_one_source():
+    """common.pipeline.SMALL_SETTINGS: the READMEs render them, the tests and the GPU check import them; no copy."""
+    from common.pipeline import SMALL_SETTINGS
+
+    copies = []  # a file holding every setting of a stage as its own literals
+    for folder in ("tests", "benchmarks", "common"):
+        for path in (REPO / folder).rglob("*.py"):
+            source = path.read_text().replace("True", "true").replace("False", "false")
+            copies += [f"{path.relative_to(REPO)} {stage}" for stage in ("shared", "autoencoder", "denoiser")
+                       if all(f'"{key}": {json.dumps(value)}' in source for key, value in SMALL_SETTINGS[stage].items())]
+    assert copies == ["common/pipeline.py shared", "common/pipeline.py autoencoder", "common/pipeline.py denoiser"]
+    for bundle in LATENT:  # every README has the rendered commands and no other copy of them
+        text = (REPO / "bundles" / bundle / "docs" / "README.md").read_text()
+        outside = re.sub(r"<!-- part: [\w-]+ -->\n.*?<!-- end part -->", "", text, flags=re.S)
+        assert "--network_def#head_channels 4" in text and "--network_def#head_channels 4" not in outside, bundle
