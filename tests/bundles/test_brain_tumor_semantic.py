@@ -207,7 +207,8 @@ def test_the_brats_variant_reads_four_modalities_and_adds_the_brain_area(tmp_pat
 def test_packaged_with_a_torchscript_denoiser_that_matches(trained, tmp_path):
     archive = package_bundle("brain_tumor_semantic", trained["models"], tmp_path, SMALL)
     folder = tmp_path / "brain_tumor_semantic"
-    assert archive.name == "brain_tumor_semantic_v0.2.1.zip"
+    version = json.loads((REPO / CONFIGS / "metadata.json").read_text())["version"]
+    assert archive.name == f"brain_tumor_semantic_v{version}.zip"
     assert sorted(p.name for p in (folder / "models").iterdir()) == ["model.pt", "model.ts"]  # the zoo's names
     assert check_bundle(folder, packaged=True) == []  # the Model Zoo's checks, the denoiser's at its packaged size
     image = json.loads((folder / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
