@@ -251,8 +251,6 @@ def main() -> None:
     args.pictures = args.out.parent / args.out.stem
     args.pictures.mkdir(parents=True, exist_ok=True)
 
-    import torch
-
     from common.data import brain_demo_datalist, brain_demo_heldout_datalist
     from common.pipeline import run_stages
 

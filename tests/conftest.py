@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny networks and small NIfTI folders the tests make themselves."""
+"""Shared fixtures: small NIfTI folders the tests make themselves, and models trained once per test session (the
+brain_mri bundle at 32^3 on five real-anatomy brains, evaluated and packaged; the Med-DDPM bundle at 16^3, packaged),
+which the bundle, deploy and integration tests share. Helpers to import are in ``tests.helpers`` and the bundles'
+``tests.bundles.bundle_runs`` and ``tests.bundles.med_ddpm_runs``."""
 
 from __future__ import annotations
 
@@ -9,22 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from common.networks import VQGAN
-
-ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+from tests.bundles.bundle_runs import EVALUATE, SIZE_32, SIZE_32_OVERRIDES, SMALL_DENOISER, make_brains, run_bundle, run_pipeline
+from tests.bundles.bundle_runs import config_files
+from tests.bundles.med_ddpm_runs import SMALL, TRAINING, write_pairs
+from tests.helpers import ANATOMICAL
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
-
-
-def tiny_vqgan(**kwargs) -> VQGAN:
-    """A VQ-GAN small enough for unit tests (compression 2, 64 codes)."""
-    settings = dict(downsample_factor=2, base_channels=4, num_embeddings=64, embedding_dim=4)
-    settings.update(kwargs)
-    return VQGAN(**settings)
 
 
 @pytest.fixture
@@ -49,3 +46,57 @@ def brain_folder(tmp_path: Path) -> Path:
         suffix = ".nii.gz" if index % 2 else ".nii"
         nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.0, 1.2, 1.0])), str(sub / f"t1{suffix}"))
     return folder
+
+
+@pytest.fixture(scope="session")
+def brain_model(tmp_path_factory) -> dict:
+    """Train both stages with train.json and sample, at 32^3 on 5 brains (2 epochs of each training, 2 samples),
+    then run evaluate.json
+    with 3 samples.
+
+    Returns the folders (``brains``, ``models``, ``logs``, ``samples``, ``evaluated``) and the overrides that
+    point evaluate.json at them (``overrides``)."""
+    root = tmp_path_factory.mktemp("brain_model")
+    brains = make_brains(root / "brains")
+    run = run_pipeline("brain_mri", brains, root, SIZE_32, epochs=2, samples=2, one_command=True)  # train.json
+    overrides = {
+        "dataset_dir": str(brains), "ckpt_dir": str(run["models"]), "log_dir": str(run["logs"]),
+        **SIZE_32, **SMALL_DENOISER, "num_workers": 0,
+    }
+    evaluated = root / "evaluated"
+    run_bundle(EVALUATE, **overrides, output_dir=str(evaluated), num_samples=3, num_inference_steps=3)
+    return {**run, "brains": brains, "evaluated": evaluated, "overrides": overrides}
+
+
+@pytest.fixture(scope="session")
+def semantic_model(tmp_path_factory) -> dict:
+    """The Med-DDPM bundle (brain_tumor_semantic) trained at 16^3 on 8 pairs whose labels decide the intensity
+    (150 epochs): its tests, packaging and the serving integrations use this one model."""
+    root = tmp_path_factory.mktemp("semantic")
+    data = write_pairs(root / "data", 8)
+    models = root / "models"
+    run_bundle(
+        config_files("brain_tumor_semantic", "train"), dataset_dir=str(data), ckpt_dir=str(models), log_dir=str(root / "logs"), **TRAINING,
+        num_workers=0, batch_size=4, lr=0.002, save_interval=0, log_interval=50,
+        **{"train#trainer#max_epochs": 150, "ema#start_iteration": 300},
+    )
+    return {"root": root, "data": data, "models": models}
+
+
+@pytest.fixture(scope="session")
+def brain_package(brain_model, tmp_path_factory) -> Path:
+    """The brain model packaged (with its evaluation's metrics): the zip; its folder is next to it."""
+    from common.deploy import package_bundle
+
+    metrics = brain_model["evaluated"] / "evaluation" / "metrics.json"
+    return package_bundle("brain_mri", brain_model["models"], tmp_path_factory.mktemp("dist"), SIZE_32_OVERRIDES, metrics)
+
+
+@pytest.fixture(scope="session")
+def semantic_package(semantic_model, tmp_path_factory) -> Path:
+    """The Med-DDPM model packaged: the package's folder."""
+    from common.deploy import package_bundle
+
+    output = tmp_path_factory.mktemp("dist_semantic")
+    package_bundle("brain_tumor_semantic", semantic_model["models"], output, SMALL)
+    return output / "brain_tumor_semantic"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.checkpoints import CheckpointError, ModelSettings, find_latest_checkpoint, load_weights
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 
 def test_loads_a_named_entry(tmp_path):

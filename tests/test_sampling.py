@@ -11,7 +11,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from common.io import save_nifti
 from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet
 from common.sampling import LatentSampler, make_sampling_scheduler, volume_affine
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 
 def test_full_steps_use_the_papers_ddpm_and_fewer_use_ddim():

@@ -1,5 +1,6 @@
 """Running a bundle's configs as a user does, in this process (``monai.bundle.run``, the function behind
-``python -m monai.bundle run``) or, where a fresh process is the point, on the command line."""
+``python -m monai.bundle run``) or, where a fresh process is the point, on the command line; the latent bundles'
+small settings and the brains the tests train them on."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import monai.utils.misc as monai_misc
+import nibabel as nib
 import numpy as np
 import torch
 from monai.bundle import ConfigParser, create_workflow
 from monai.handlers.tensorboard_handlers import TensorBoardHandler
 
 from common.overrides import refuse_unknown_ids
-from common.pipeline import SMALL_IMAGE_SIZE, SMALL_SETTINGS
+from common.pipeline import SMALL_SETTINGS
+from tests.helpers import ANATOMICAL
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -181,3 +184,25 @@ def full_size_parser(bundle: str, image_shape: tuple[int, int, int]) -> tuple[Co
     with torch.no_grad():
         latent = autoencoder.encode(torch.zeros(1, 1, *image_shape))
     return parser, tuple(latent.shape), autoencoder
+
+
+# 32^3: the 3D MS-SSIM at 3 scales needs 25 voxels per axis
+SIZE_32 = {"image_size": [32, 32, 32], **SMALL_SHARED}
+# the same model's overrides, as `python -m common package --overrides` takes them
+SIZE_32_OVERRIDES = {**SIZE_32, **SMALL_DENOISER}
+EVALUATE = config_files("brain_mri", "train_autoencoder", "inference", "evaluate")
+
+
+def make_brains(folder: Path, count: int = 5) -> Path:
+    """NIfTI brains made from nibabel's real T1 crop: different positions in the field of view and smooth
+    intensity bias fields, so no two are the same volume after min-max scaling."""
+    data = np.clip(np.asanyarray(nib.load(str(ANATOMICAL)).dataobj).astype(np.float32), 0, None)
+    rng = np.random.default_rng(3)
+    folder.mkdir(parents=True)
+    for index in range(count):
+        before = rng.integers(0, 9, size=3)
+        volume = np.pad(data, [(int(b), int(8 - b)) for b in before])
+        grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in volume.shape], indexing="ij")
+        bias = 1 + 0.3 * sum(rng.uniform(-1, 1) * g for g in grid)
+        nib.save(nib.Nifti1Image(volume * bias, np.eye(4)), str(folder / f"brain_{index}.nii.gz"))
+    return folder

@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 
 from common.data import DatasetError, paired_datalist
 from common.deploy import check_bundle, package_bundle
-from tests.bundles.conftest import SAMPLING, SIZE, SMALL, TRAINING, head_labels, write_pairs
+from tests.bundles.med_ddpm_runs import SAMPLING, SIZE, SMALL, TRAINING, head_labels, write_pairs
 from tests.bundles.bundle_runs import (
     REPO,
     as_arguments,

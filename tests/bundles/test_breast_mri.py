@@ -11,7 +11,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.data.demo import make_breast_phantom, write_breast_mask, write_dicom_series
-from tests.bundles.bundle_runs import REPO, SMALL_IMAGE_SIZE, SMALL_SHARED, full_size_parser, run_pipeline
+from common.pipeline import SMALL_IMAGE_SIZE
+from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
 
 CONFIGS = REPO / "bundles" / "breast_mri" / "configs"
 # small volumes: 2 x 2 x 3 mm resampling, 32x32x16 output

@@ -14,7 +14,8 @@ from monai.bundle import ConfigParser
 
 from common.data import DatasetError, dicom_series_datalist, read_series
 from common.data.demo import make_chest_phantom, write_dicom_series
-from tests.bundles.bundle_runs import REPO, SMALL_IMAGE_SIZE, SMALL_SHARED, full_size_parser, run_pipeline
+from common.pipeline import SMALL_IMAGE_SIZE
+from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
 
 CONFIGS = REPO / "bundles" / "chest_ct" / "configs"
 # small volumes: 4 mm resampling, an 80 mm crop, 32^3 output

@@ -12,7 +12,7 @@ from monai.transforms import Randomizable
 from common.io import save_nifti, write_json
 from common.sampling import volume_affine
 from tests.bundles.bundle_runs import REPO, config_files, run_bundle
-from tests.bundles.conftest import EVALUATE
+from tests.bundles.bundle_runs import EVALUATE
 
 CONFIGS = REPO / "bundles" / "brain_mri" / "configs"
 

@@ -12,7 +12,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.data import DatasetError, mrnet_datalist
-from tests.bundles.bundle_runs import REPO, SMALL_IMAGE_SIZE, SMALL_SHARED, full_size_parser, run_pipeline
+from common.pipeline import SMALL_IMAGE_SIZE
+from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
 
 CONFIGS = REPO / "bundles" / "knee_mri" / "configs"
 SHARED = {"image_size": SMALL_IMAGE_SIZE["knee_mri"], **SMALL_SHARED}

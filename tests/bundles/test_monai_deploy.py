@@ -15,7 +15,7 @@ import pytest
 from common.data import DatasetError
 from common.deploy import BundleSynthesizer, SynthesisError, find_bundle_folder, plan_requests, write_volume
 from tests.bundles.bundle_runs import REPO
-from tests.bundles.conftest import SIZE, head_labels, save_labels
+from tests.bundles.med_ddpm_runs import SIZE, head_labels, save_labels
 
 APP = REPO / "integrations" / "monai_deploy" / "synthesis_app"
 
@@ -58,7 +58,7 @@ def test_a_wrong_label_is_named_before_any_sampling(semantic_package, tmp_path, 
 
 
 def test_labels_on_another_grid_with_fit_to_model(semantic_package, tmp_path):
-    from tests.bundles.test_synthesis import drawn_on_another_grid
+    from tests.bundles.med_ddpm_runs import drawn_on_another_grid
 
     (tmp_path / "in").mkdir()
     labels, affine = drawn_on_another_grid(tmp_path / "in" / "scan_7.nii.gz")

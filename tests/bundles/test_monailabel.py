@@ -25,8 +25,8 @@ import pytest
 import torch
 
 from tests.bundles.bundle_runs import REPO
-from tests.bundles.conftest import SIZE, head_labels, save_labels
-from tests.bundles.test_synthesis import drawn_on_another_grid
+from tests.bundles.med_ddpm_runs import SIZE, head_labels, save_labels
+from tests.bundles.med_ddpm_runs import drawn_on_another_grid
 from tests.environments import make_environment, pip_install
 
 APP = REPO / "integrations" / "monailabel"

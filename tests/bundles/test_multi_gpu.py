@@ -27,7 +27,7 @@ from tests.bundles.bundle_runs import (
     config_files,
     run_bundle,
 )
-from tests.bundles.conftest import SIZE_32
+from tests.bundles.bundle_runs import SIZE_32
 
 CONFIGS = "bundles/brain_mri/configs"
 

@@ -22,7 +22,7 @@ from tests.bundles.bundle_runs import (
     error_chain,
     run_bundle,
 )
-from tests.bundles.conftest import SIZE_32, make_brains
+from tests.bundles.bundle_runs import SIZE_32, make_brains
 
 SHARED = {"image_size": [16, 16, 16], **SMALL_SHARED}
 
@@ -276,7 +276,7 @@ def test_evaluation_only_reads_and_runs_beside_a_training_that_holds_the_folder(
     shutil.copytree(brain_model["models"], models)
     training = hold_in_another_process(models)
     try:
-        from tests.bundles.conftest import EVALUATE
+        from tests.bundles.bundle_runs import EVALUATE
 
         run_bundle(EVALUATE, **{**brain_model["overrides"], "ckpt_dir": str(models)}, output_dir=str(tmp_path / "evaluated"),
                    num_samples=2, num_inference_steps=2)

@@ -1,5 +1,5 @@
 """configs/train.json of the latent bundles: both stages in one command, continued in the stage a killed run was
-in, and ids of either stage checked before anything runs. The brain_mri session model (tests/bundles/conftest.py)
+in, and ids of either stage checked before anything runs. The brain_mri session model (tests/conftest.py)
 is trained with it; tests/bundles/test_multi_gpu.py runs it under torchrun."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.bundles.bundle_runs import (
     error_chain,
     run_bundle,
 )
-from tests.bundles.conftest import make_brains
+from tests.bundles.bundle_runs import make_brains
 
 LATENT = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from common.deploy import export_torchscript
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 
 def test_a_traced_vqgan_searches_the_codebook_for_inputs_larger_than_traced(tmp_path):

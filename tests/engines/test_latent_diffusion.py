@@ -9,7 +9,7 @@ from monai.networks.schedulers import DDPMScheduler
 
 from common.engines import LatentDiffusionPrepareBatch
 from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 
 def _autoencoder() -> CodebookRangeAutoencoder:

@@ -14,7 +14,7 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd, ScaleIntensityd
 from common.engines import VQGANTrainer
 from common.losses import VQGANLoss
 from tests.bundles.bundle_runs import SMALL_AUTOENCODER, SMALL_SHARED
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from common.evaluation import SyntheticDataEvaluator, metrics
 from common.io import save_nifti
 from common.networks import CodebookRangeAutoencoder
 from common.sampling import volume_affine
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 SIZE = (32, 32, 32)
 

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from common.handlers import LatentStatistics, measure_latents
 from common.networks import CodebookRangeAutoencoder, LatentScale
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 
 def _autoencoder(scaling: str = "codebook_range") -> CodebookRangeAutoencoder:

@@ -9,7 +9,7 @@ from ignite.engine import Engine, Events
 from monai.data import Dataset
 
 from common.handlers import CodebookCollapseWarning, HeldoutReconstruction
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 
 def _engine(outputs: list[dict]) -> Engine:

@@ -5,7 +5,7 @@ import torch
 from monai.networks.nets import VQVAE
 
 from common.networks import CodebookRangeAutoencoder, LatentScale
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 
 def _trained_like(vqgan):

@@ -12,7 +12,7 @@ from common.networks import (
     depth_attention_unet,
 )
 from common.networks.depth_attention_unet import DepthAttention, SpatialAttention
-from tests.conftest import tiny_vqgan
+from tests.helpers import tiny_vqgan
 
 
 def small_unet(**kwargs) -> DepthAttentionUNet:

@@ -8,7 +8,7 @@ import pytest
 
 from common.data import DatasetError
 from common.deploy import BundleSynthesizer, SynthesisError
-from tests.bundles.conftest import SIZE, head_labels, save_labels
+from tests.bundles.med_ddpm_runs import SIZE, drawn_on_another_grid, head_labels, save_labels
 
 
 def test_an_unconditional_sample_of_a_latent_package(brain_package):
@@ -42,14 +42,6 @@ def test_a_folder_that_is_not_a_bundle_or_an_unknown_id(tmp_path, semantic_packa
         BundleSynthesizer(tmp_path)
     with pytest.raises(KeyError, match=r"no ids \['not_an_id'\] to override"):
         BundleSynthesizer(semantic_package, overrides={"not_an_id": 1})
-
-
-def drawn_on_another_grid(path, centre=(5, 8, 8)) -> tuple[np.ndarray, np.ndarray]:
-    """The 16^3 head label as drawn on another scan: 0.7 x 0.7 x 0.9 mm voxels, flipped axes, another origin."""
-    from scipy.ndimage import zoom
-
-    labels = zoom(head_labels(centre), (1 / 0.7, 1 / 0.7, 1 / 0.9), order=0).astype(np.uint8)
-    return labels, save_labels(path, labels, origin=(20, 30, -5), zooms=(-0.7, -0.7, 0.9))
 
 
 def test_a_label_drawn_on_another_grid_is_fitted_and_the_image_returned_on_its_grid(semantic_package, tmp_path):
