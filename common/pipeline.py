@@ -178,10 +178,11 @@ def summary(metrics: dict[str, Any], evaluation_dir: Path, prefix: str = "") -> 
 
 
 def config_files_of(configs: Path) -> dict[str, list[str]]:
-    """The config files each stage runs, from a latent bundle's ``configs`` folder."""
+    """The config files each stage runs, from a latent bundle's ``configs`` folder: the training stages' as the
+    bundle's ``train.json`` names them (its ``stage_configs``, the one source), then sampling and evaluation."""
+    training = json.loads((configs / "train.json").read_text())["stage_configs"]
     return {
-        "autoencoder": [str(configs / "train_autoencoder.json")],
-        "diffusion": [str(configs / "train_autoencoder.json"), str(configs / "train_diffusion.json")],
+        **{stage: [str(configs / name) for name in training[stage]] for stage in TRAINING_STAGES},
         "inference": [str(configs / "inference.json")],
         "evaluation": [str(configs / name) for name in ("train_autoencoder.json", "inference.json", "evaluate.json")],
     }
