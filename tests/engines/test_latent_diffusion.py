@@ -42,7 +42,7 @@ def test_supervised_trainer_fits_the_noise_on_latents():
         inferer=DiffusionInferer(scheduler), prepare_batch=LatentDiffusionPrepareBatch(autoencoder, 300),
         decollate=False,
     )
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].detach().item()))
     trainer.run()
     # L1 of a zero prediction of unit Gaussian noise is about 0.8; the denoiser must do better than that
     assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6

@@ -68,6 +68,7 @@ def test_vqgan_learns_to_reconstruct_a_real_t1_volume(real_t1):
 
 
 @pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")  # this test's hooks, on the input convolution
 def test_bundle_trainer_under_bfloat16_on_a_cpu_runs_its_steps_without_onednn(amp, tmp_path):
     """oneDNN's CPU bfloat16 3D-convolution weight gradients were now and then non-finite (torch 2.13, Zen 4): the
     bundle's VQ-GAN trainer, with amp on a CPU (bfloat16), runs both steps, forward and backward, without it; in

@@ -67,6 +67,7 @@ def test_psnr_and_ssim_of_known_pairs():
     assert torch.allclose(metrics.ssim(x, x), torch.ones(2), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")  # a handful of volumes: a singular covariance
 def test_fid_with_medicalnet_weights_from_a_local_file(tmp_path):
     from monai.networks.nets import resnet10
 
