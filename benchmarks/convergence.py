@@ -99,11 +99,12 @@ def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stag
     iterations_per_epoch = args.train // settings["diffusion"]["batch_size"]
     for name in args.recipes:
         recipe = RECIPES[name]
+        length = args.lengths.get(name, args.iterations)
         run_dir = args.workdir / "recipes" / name
         (run_dir / "models").mkdir(parents=True, exist_ok=True)
         shutil.copy2(vqgan_models / "autoencoder.pt", run_dir / "models" / "autoencoder.pt")
         trained_minutes = 0.0
-        for target in range(args.every, args.iterations + 1, args.every):
+        for target in range(args.every, length + 1, args.every):
             chunk = copy.deepcopy(settings)
             chunk["diffusion"].update({"train#trainer#max_epochs": target // iterations_per_epoch,
                                        "ema#start_iteration": args.iterations // 2})
@@ -195,7 +196,7 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
     lines = [
         f"# Convergence of the diffusion recipes: brain_mri at {args.size}^3",
         "",
-        f"Command: `python benchmarks/convergence.py --size {args.size} --recipes {','.join(args.recipes)} --iterations "
+        f"Command: `python benchmarks/convergence.py --size {args.size} --recipes {args.recipes_given} --iterations "
         f"{args.iterations} --every {args.every}` (commit {revision}). Machine: {platform.machine()}, {torch.get_num_threads()} "
         f"threads, device {args.device}, torch {torch.__version__}. Wall time {minutes:.1f} min "
         f"(VQ-GAN {'reused from --workdir' if vqgan_minutes is None else f'{vqgan_minutes:.1f} min'}).",
@@ -230,7 +231,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, choices=(32, 64), default=32, help="32: the demo's settings; 64: the paper's size")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--paper-widths", action="store_true", help="with --size 64: the paper's widths (for a GPU)")
-    parser.add_argument("--recipes", default="paper,v_prediction,unit_variance_v", help=f"comma-separated, of {', '.join(RECIPES)}")
+    parser.add_argument("--recipes", default="paper,v_prediction,unit_variance_v",
+                        help=f"comma-separated, of {', '.join(RECIPES)}; name:N trains that one only N iterations (EMA as the others)")
     parser.add_argument("--iterations", type=int, default=900, help="denoiser iterations of each recipe")
     parser.add_argument("--every", type=int, default=300, help="sample and evaluate every this many iterations")
     parser.add_argument("--steps", type=int, default=100, help="DDIM steps of the curves' samples")
@@ -242,10 +244,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data, the VQ-GAN and every recipe's run")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "convergence.md")
     args = parser.parse_args()
-    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    unknown = sorted(set(args.recipes) - set(RECIPES))
-    if unknown or args.every < 1 or args.iterations % args.every:
-        parser.error(f"unknown recipes {unknown}" if unknown else "--iterations must be a multiple of --every")
+    args.recipes_given = args.recipes
+    given = [r.strip().split(":") for r in args.recipes.split(",") if r.strip()]
+    args.recipes = [g[0] for g in given]
+    args.lengths = {g[0]: int(g[1]) for g in given if len(g) == 2 and g[1].isdigit()}
+    unknown = sorted(set(args.recipes) - set(RECIPES)) + [":".join(g) for g in given if len(g) > 2 or (len(g) == 2 and not g[1].isdigit())]
+    if unknown or args.every < 1 or any(n % args.every or n > args.iterations for n in [args.iterations, *args.lengths.values()]):
+        parser.error(f"unknown recipes {unknown}" if unknown else "--iterations (and every name:N) must be a multiple of --every, N at most --iterations")
+    if all(args.lengths.get(name, args.iterations) < args.iterations for name in args.recipes):
+        parser.error("at least one recipe must train all --iterations")
     args.sweep_steps = [int(s) for s in args.sweep_steps.split(",") if s.strip()]
     args.out = args.out.resolve()
     args.pictures = args.out.parent / args.out.stem
