@@ -41,14 +41,21 @@ class ModelSettings:
     checkpoint needs.
 
     Args:
+        written_before: the settings of every checkpoint written before settings were stored (for the latent
+            bundles, the paper's recipe, the only one before release 0.2.2), so that such a checkpoint is refused
+            too when it is sampled with another; None lets it pass.
         settings: names and values (strings, numbers, booleans).
     """
 
-    def __init__(self, **settings: str | int | float | bool) -> None:
-        for name, value in settings.items():
+    def __init__(self, written_before: Mapping[str, str | int | float | bool] | None = None, **settings: str | int | float | bool) -> None:
+        for name, value in {**settings, **(written_before or {})}.items():
             if not isinstance(value, (str, int, float, bool)):
                 raise TypeError(f"setting '{name}' must be a string, number or boolean, got {type(value).__name__}.")
+        unknown = sorted(set(written_before or {}) - set(settings))
+        if unknown:
+            raise ValueError(f"written_before names {unknown}, which are not settings ({sorted(settings)}).")
         self.settings = dict(settings)
+        self.written_before = dict(written_before or {})
 
     def state_dict(self) -> dict[str, str | int | float | bool]:
         return dict(self.settings)
@@ -63,10 +70,16 @@ class ModelSettings:
             )
 
     def check(self, checkpoint: Any, path: str | os.PathLike, key: str = "model_settings") -> None:
-        """Compare with the settings stored in ``checkpoint``, the content of the file ``path`` (one written before
-        settings were stored passes)."""
+        """Compare with the settings stored in ``checkpoint``, the content of the file ``path``; one written before
+        settings were stored is compared with ``written_before``."""
         if isinstance(checkpoint, Mapping) and key in checkpoint:
             load_state(self, checkpoint[key], path, key)
+        elif self.written_before:
+            try:
+                self.load_state_dict(self.written_before)
+            except ValueError as error:
+                raise CheckpointError(f"checkpoint {path} holds no settings, so it was written before they were stored "
+                                      f"and {error}") from None
 
 
 def check_state_objects(objects: Mapping[str, Any], method: str, argument: str) -> dict[str, Any]:

@@ -75,3 +75,11 @@ def test_model_settings_are_stored_and_a_difference_is_refused_with_the_setting_
                      ModelSettings(num_train_timesteps=300, noise_schedule="cosine", prediction_type="epsilon"))
     with pytest.raises(TypeError, match="setting 'schedule' must be a string, number or boolean"):
         ModelSettings(schedule=["cosine"])
+    # an older checkpoint was trained with what written_before says: sampled with another setting, it is refused too
+    paper = {"prediction_type": "epsilon"}
+    load_weights(network, tmp_path / "older.pt", "ema_network", ModelSettings(written_before=paper, prediction_type="epsilon"))
+    with pytest.raises(CheckpointError, match=r"older.pt holds no settings, so it was written before they were stored and "
+                                              r"the model was trained with prediction_type 'epsilon' \(configured: 'v_prediction'\)"):
+        load_weights(network, tmp_path / "older.pt", "ema_network", ModelSettings(written_before=paper, prediction_type="v_prediction"))
+    with pytest.raises(ValueError, match=r"written_before names \['schedule'\]"):
+        ModelSettings(written_before={"schedule": "cosine"}, prediction_type="epsilon")

@@ -34,7 +34,9 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     for key in MODEL_DEFINING:
         assert training[key] == inference[key] == shared[key], key
     assert training["model_settings"] == inference["model_settings"] == shared["model_settings"]
-    assert {k: f"@{k}" for k in MODEL_DEFINING} == {k: v for k, v in shared["model_settings"].items() if k != "_target_"}
+    assert {k: f"@{k}" for k in MODEL_DEFINING} == {k: v for k, v in shared["model_settings"].items() if k not in ("_target_", "written_before")}
+    # a checkpoint written before the settings were stored was trained with the paper's recipe, the only one then
+    assert shared["model_settings"]["written_before"] == {"noise_schedule": "cosine", "prediction_type": "epsilon", "latent_scaling": "codebook_range"}
     assert training["noise_scheduler"]["schedule"] == "@noise_schedule"
     assert training["noise_scheduler"]["prediction_type"] == "@prediction_type"
     assert training["train#trainer"]["prepare_batch"]["scheduler"] == "@noise_scheduler"  # the target follows it
