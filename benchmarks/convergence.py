@@ -102,9 +102,18 @@ def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stag
         length = args.lengths.get(name, args.iterations)
         run_dir = args.workdir / "recipes" / name
         (run_dir / "models").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(vqgan_models / "autoencoder.pt", run_dir / "models" / "autoencoder.pt")
+        if name not in args.already:
+            shutil.copy2(vqgan_models / "autoencoder.pt", run_dir / "models" / "autoencoder.pt")
         trained_minutes = 0.0
         for target in range(args.every, length + 1, args.every):
+            if target <= args.already.get(name, (0, 0.0))[0]:  # trained by an earlier run into --workdir
+                trained_minutes = args.already[name][1] * target / args.already[name][0]
+                if target < args.already[name][0]:
+                    continue
+                found = sample_and_evaluate(run_stages, run_dir, data, settings, {**common_overrides, **recipe["train"], **recipe["sample"]}, args.steps)
+                rows.append({"recipe": name, "iteration": target, "train_minutes": trained_minutes, "steps": args.steps, **found})
+                keep(args, rows, [])
+                continue
             chunk = copy.deepcopy(settings)
             chunk["diffusion"].update({"train#trainer#max_epochs": target // iterations_per_epoch,
                                        "ema#start_iteration": args.iterations // 2})
@@ -241,6 +250,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=8, help="held-out subjects")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--autoencoder-epochs", type=int, help="VQ-GAN epochs (default: the settings')")
+    parser.add_argument("--already", default="", help="name:iterations:minutes,...: recipes an interrupted run into --workdir "
+                        "trained that far in that many minutes; they continue from their checkpoint (--resume)")
     parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data, the VQ-GAN and every recipe's run")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "convergence.md")
     args = parser.parse_args()
@@ -254,6 +265,7 @@ def main() -> None:
     if all(args.lengths.get(name, args.iterations) < args.iterations for name in args.recipes):
         parser.error("at least one recipe must train all --iterations")
     args.sweep_steps = [int(s) for s in args.sweep_steps.split(",") if s.strip()]
+    args.already = {a.split(":")[0]: (int(a.split(":")[1]), float(a.split(":")[2])) for a in args.already.split(",") if a.strip()}
     args.out = args.out.resolve()
     args.pictures = args.out.parent / args.out.stem
     args.pictures.mkdir(parents=True, exist_ok=True)
