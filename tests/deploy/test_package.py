@@ -42,7 +42,8 @@ def packaged(brain_package):
 
 
 def test_the_archive_has_the_model_zoo_layout_hashes_and_metrics(packaged):
-    assert packaged.name == "brain_mri_v0.2.2.zip"  # what --source github --version 0.2.2 asks a release for
+    version = json.loads((REPO / "bundles" / "brain_mri" / "configs" / "metadata.json").read_text())["version"]
+    assert packaged.name == f"brain_mri_v{version}.zip"  # what --source github --version <version> asks a release for
     names = set(zipfile.ZipFile(packaged).namelist())
     for name in ("configs/inference.json", "configs/metadata.json", "docs/README.md", "LICENSE", "large_files.yml",
                  "models/autoencoder.pt", "models/model.pt", "models/autoencoder.ts", "models/model.ts",
