@@ -113,6 +113,7 @@ def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stag
                 found = sample_and_evaluate(run_stages, run_dir, data, settings, {**common_overrides, **recipe["train"], **recipe["sample"]}, args.steps)
                 rows.append({"recipe": name, "iteration": target, "train_minutes": trained_minutes, "steps": args.steps, **found})
                 keep(args, rows, [])
+                shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", args.pictures / f"{name}_{target}_samples_and_real.png")
                 continue
             chunk = copy.deepcopy(settings)
             chunk["diffusion"].update({"train#trainer#max_epochs": target // iterations_per_epoch,
@@ -124,7 +125,7 @@ def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stag
             found = sample_and_evaluate(run_stages, run_dir, data, settings, {**common_overrides, **recipe["train"], **recipe["sample"]}, args.steps)
             rows.append({"recipe": name, "iteration": target, "train_minutes": trained_minutes, "steps": args.steps, **found})
             keep(args, rows, [])
-            shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", args.pictures / f"{name}_samples_and_real.png")
+            shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", args.pictures / f"{name}_{target}_samples_and_real.png")
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -227,8 +228,8 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "",
         *table(sweep, "recipe"),
         "",
-        f"Pictures (`{args.pictures.name}/`, beside this file): `curves.png`, and each recipe's last samples beside real brains "
-        "(`<recipe>_samples_and_real.png`, `<recipe>_<steps>_steps_samples_and_real.png`).",
+        f"Pictures (`{args.pictures.name}/`, beside this file): `curves.png`, and each recipe's samples at each point beside real brains "
+        "(`<recipe>_<iteration>_samples_and_real.png`, `<recipe>_<steps>_steps_samples_and_real.png`).",
     ]
     text = "\n".join(lines) + "\n"
     write_text(text, args.out)
@@ -250,6 +251,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=8, help="held-out subjects")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--autoencoder-epochs", type=int, help="VQ-GAN epochs (default: the settings')")
+    parser.add_argument("--sweep-only", action="store_true", help="the curves from rows.json of an earlier run (same --out, "
+                        "--workdir), then only the sweep of the steps and seeds")
     parser.add_argument("--already", default="", help="name:iterations:minutes,...: recipes an interrupted run into --workdir "
                         "trained that far in that many minutes; they continue from their checkpoint (--resume)")
     parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data, the VQ-GAN and every recipe's run")
@@ -287,7 +290,10 @@ def main() -> None:
     if not (vqgan / "models" / "autoencoder.pt").is_file():
         run_stages(BUNDLE, str(vqgan), str(data / "train"), "autoencoder", settings, common_overrides)
         vqgan_minutes = (time.time() - vqgan_start) / 60
-    rows = train_recipes(args, settings, data, vqgan / "models", common_overrides, run_stages)
+    if args.sweep_only:  # the curves of an earlier run into --workdir and --out, then the sweep
+        rows = json.loads((args.pictures / "rows.json").read_text())["curves"]
+    else:
+        rows = train_recipes(args, settings, data, vqgan / "models", common_overrides, run_stages)
     finals = {r["recipe"]: r for r in rows if r["iteration"] == args.iterations}
     best = min(finals, key=lambda name: closeness(finals[name]))
     sweep = sweep_steps(args, settings, data, best, common_overrides, run_stages, rows)
