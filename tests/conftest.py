@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from tests.bundles.bundle_runs import EVALUATE, SIZE_32, SIZE_32_OVERRIDES, SMALL_DENOISER, make_brains, run_bundle, run_pipeline
-from tests.bundles.bundle_runs import config_files
+from tests.bundles.bundle_runs import (
+    EVALUATE,
+    SIZE_32,
+    SIZE_32_OVERRIDES,
+    SMALL_DENOISER,
+    config_files,
+    make_brains,
+    run_bundle,
+    run_pipeline,
+)
 from tests.bundles.med_ddpm_runs import SMALL, TRAINING, write_pairs
 from tests.helpers import ANATOMICAL
 

@@ -1,7 +1,12 @@
-"""Helpers the tests import: tiny networks and the real T1 crop that ships with nibabel (fixtures are in conftest)."""
+"""Helpers the tests import: tiny networks, the real T1 crop that ships with nibabel, and a process that holds a
+checkpoint folder's lock (fixtures are in conftest)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -17,3 +22,24 @@ def tiny_vqgan(**kwargs) -> VQGAN:
     settings = dict(downsample_factor=2, base_channels=4, num_embeddings=64, embedding_dim=4)
     settings.update(kwargs)
     return VQGAN(**settings)
+
+
+_HOLD = """
+import sys, time
+from common.handlers import CheckpointDirLock
+CheckpointDirLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextmanager
+def lock_held_in_another_process(folder: Path, seconds: float = 600) -> Iterator[subprocess.Popen]:
+    """A process that holds the lock of checkpoint folder ``folder`` (as a training run does) until the block ends
+    or ``seconds`` pass; it is killed and waited for, and its pipe closed, on the way out."""
+    with subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout.readline().strip() == "held"
+            yield process
+        finally:
+            process.kill()

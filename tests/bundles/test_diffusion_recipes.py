@@ -16,8 +16,7 @@ from monai.bundle import ConfigParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common.handlers import measure_latents
-from tests.bundles.bundle_runs import REPO, SMALL_DENOISER, config_files, error_chain, run_bundle
-from tests.bundles.bundle_runs import SIZE_32
+from tests.bundles.bundle_runs import REPO, SIZE_32, SMALL_DENOISER, config_files, error_chain, run_bundle
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling")

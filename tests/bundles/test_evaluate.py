@@ -11,8 +11,7 @@ from monai.transforms import Randomizable
 
 from common.io import save_nifti, write_json
 from common.sampling import volume_affine
-from tests.bundles.bundle_runs import REPO, config_files, run_bundle
-from tests.bundles.bundle_runs import EVALUATE
+from tests.bundles.bundle_runs import EVALUATE, REPO, config_files, run_bundle
 
 CONFIGS = REPO / "bundles" / "brain_mri" / "configs"
 

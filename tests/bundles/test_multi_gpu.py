@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.bundles.bundle_runs import (
     REPO,
+    SIZE_32,
     SMALL_AUTOENCODER,
     SMALL_DENOISER,
     SMALL_SHARED,
@@ -27,7 +28,6 @@ from tests.bundles.bundle_runs import (
     config_files,
     run_bundle,
 )
-from tests.bundles.bundle_runs import SIZE_32
 
 CONFIGS = "bundles/brain_mri/configs"
 

@@ -13,6 +13,8 @@ import torch
 
 from common.checkpoints import CheckpointError
 from tests.bundles.bundle_runs import (
+    EVALUATE,
+    SIZE_32,
     SMALL_AUTOENCODER,
     SMALL_DENOISER,
     SMALL_SHARED,
@@ -20,9 +22,10 @@ from tests.bundles.bundle_runs import (
     command_line,
     config_files,
     error_chain,
+    make_brains,
     run_bundle,
 )
-from tests.bundles.bundle_runs import SIZE_32, make_brains
+from tests.helpers import lock_held_in_another_process
 
 SHARED = {"image_size": [16, 16, 16], **SMALL_SHARED}
 
@@ -219,23 +222,17 @@ def test_resuming_a_finished_run_is_an_error(brain_model, tmp_path):
 
 
 def test_a_second_run_on_a_checkpoint_folder_in_use_is_refused(tmp_path):
-    from tests.handlers.test_run_lock import hold_in_another_process
-
     brains = make_brains(tmp_path / "brains", count=2)
     models = tmp_path / "models"
-    running = hold_in_another_process(models)  # a training run that holds the folder
-    in_flight = models / ".autoencoder_iteration=200.pt.k3j2.tmp.pt"  # the checkpoint it is writing right now
-    in_flight.write_bytes(b"half")
-    try:
+    with lock_held_in_another_process(models) as running:  # a training run that holds the folder
+        in_flight = models / ".autoencoder_iteration=200.pt.k3j2.tmp.pt"  # the checkpoint it is writing right now
+        in_flight.write_bytes(b"half")
         with pytest.raises(Exception) as info:
             train_autoencoder(brains, tmp_path)
         chain = error_chain(info.value)
         assert f"CheckpointDirLockedError: {models} is in use by the training run of process {running.pid}" in chain
         assert in_flight.read_bytes() == b"half"  # the refused run touched nothing of the running one
         assert sorted(p.name for p in models.iterdir()) == [".autoencoder_iteration=200.pt.k3j2.tmp.pt", ".training.lock"]
-    finally:
-        running.kill()
-        running.wait()
     # that run is gone: the next run gets the folder, cleans up after it, and trains
     train_autoencoder(brains, tmp_path)
     assert not in_flight.exists() and (models / "autoencoder.pt").is_file()
@@ -271,17 +268,9 @@ def test_weights_with_nan_are_refused_at_load_with_the_file_named(brain_model, t
 
 
 def test_evaluation_only_reads_and_runs_beside_a_training_that_holds_the_folder(brain_model, tmp_path):
-    from tests.handlers.test_run_lock import hold_in_another_process
-
     models = tmp_path / "models"
     shutil.copytree(brain_model["models"], models)
-    training = hold_in_another_process(models)
-    try:
-        from tests.bundles.bundle_runs import EVALUATE
-
+    with lock_held_in_another_process(models):  # a training run that holds the folder
         run_bundle(EVALUATE, **{**brain_model["overrides"], "ckpt_dir": str(models)}, output_dir=str(tmp_path / "evaluated"),
                    num_samples=2, num_inference_steps=2)
-    finally:
-        training.kill()
-        training.wait()
     assert (tmp_path / "evaluated" / "evaluation" / "metrics.json").is_file()

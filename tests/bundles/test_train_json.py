@@ -19,9 +19,9 @@ from tests.bundles.bundle_runs import (
     collect_log,
     config_files,
     error_chain,
+    make_brains,
     run_bundle,
 )
-from tests.bundles.bundle_runs import make_brains
 
 LATENT = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 

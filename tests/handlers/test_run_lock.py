@@ -8,21 +8,12 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from ignite.engine import Engine, Events
 
 from common.handlers import CheckpointDirLock, CheckpointDirLockedError
-
-HOLD = """
-import sys, time
-from common.handlers import CheckpointDirLock
-CheckpointDirLock(sys.argv[1]).acquire()
-print("held", flush=True)
-time.sleep(float(sys.argv[2]))
-"""
-
+from tests.helpers import lock_held_in_another_process
 
 def _engine(lock: CheckpointDirLock, fail: bool = False) -> Engine:
     def step(engine, batch):
@@ -35,13 +26,6 @@ def _engine(lock: CheckpointDirLock, fail: bool = False) -> Engine:
     return engine
 
 
-def hold_in_another_process(folder: Path, seconds: float = 600) -> subprocess.Popen:
-    """A process that holds the lock of ``folder`` until killed (or ``seconds`` pass)."""
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "held"
-    return process
-
-
 def test_the_lock_is_held_while_training_and_given_up_however_the_run_ends(tmp_path):
     lock = CheckpointDirLock(tmp_path / "models")
     seen = []
@@ -52,19 +36,15 @@ def test_the_lock_is_held_while_training_and_given_up_however_the_run_ends(tmp_p
     with pytest.raises(RuntimeError, match="broken step"):
         _engine(CheckpointDirLock(tmp_path / "models"), fail=True).run(range(2), max_epochs=1)
     assert not CheckpointDirLock(tmp_path / "models").held
-    other = hold_in_another_process(tmp_path / "models", seconds=0)  # the lock was free again for another process
-    other.wait()
+    with lock_held_in_another_process(tmp_path / "models", seconds=0) as other:  # the lock was free again for another process
+        other.wait()
 
 
 def test_a_run_holding_the_lock_refuses_others_until_it_ends(tmp_path, caplog):
-    holder = hold_in_another_process(tmp_path)
-    try:
+    with lock_held_in_another_process(tmp_path) as holder:
         with pytest.raises(CheckpointDirLockedError, match=rf"{tmp_path} is in use by the training run of process {holder.pid} on "):
             _engine(CheckpointDirLock(tmp_path)).run(range(1), max_epochs=1)
         assert json.loads((tmp_path / ".training.lock").read_text())["pid"] == holder.pid  # untouched
-    finally:
-        holder.kill()
-        holder.wait()
     with caplog.at_level(logging.WARNING):  # killed: the kernel dropped its lock; its note is taken over
         _engine(CheckpointDirLock(tmp_path)).run(range(1), max_epochs=1)
     assert f"process {holder.pid} on" in caplog.text and "ended without releasing it" in caplog.text
@@ -87,6 +67,7 @@ def test_two_runs_starting_at_once_cannot_both_get_the_lock(tmp_path):
     (tmp_path / "stop").touch()
     for run in runs:
         run.wait()
+        run.stdout.close()
     assert sorted(outcomes) == ["got it", "refused", "refused"]
 
 
