@@ -76,6 +76,7 @@ def server(semantic_package, brain_package, tmp_path_factory):
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
+                log.close()
                 pytest.fail("the MONAI Label server did not start:\n" + (root / "server.log").read_text()[-4000:])
             time.sleep(0.5)
     yield {"url": base, "log": root / "server.log"}

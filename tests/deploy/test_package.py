@@ -142,6 +142,7 @@ def test_monai_download_fetches_it_and_it_samples_without_this_repository(packag
         monai_download(name="brain_mri", url=url, bundle_dir=str(downloads))
     finally:
         server.shutdown()
+        server.server_close()  # the listening socket, else a ResourceWarning at collection
     bundle = downloads / "brain_mri"
     result = subprocess.run(
         [sys.executable, "-c", WITHOUT_REPOSITORY, "run", "--config_file", "configs/inference.json",

@@ -124,4 +124,5 @@ def test_held_out_volumes_give_the_reconstruction_picture_the_held_out_diversity
     )
     picture = tmp_path / "evaluation" / "reconstructions.png"
     assert result["pictures"]["reconstructions"] == str(picture) and picture.stat().st_size > 10_000
-    assert Image.open(picture).size[1] > Image.open(tmp_path / "evaluation" / "adjacent_slices.png").size[1]  # 4 rows: 2 pairs
+    with Image.open(picture) as reconstructions, Image.open(tmp_path / "evaluation" / "adjacent_slices.png") as adjacent:
+        assert reconstructions.size[1] > adjacent.size[1]  # 4 rows: 2 pairs
