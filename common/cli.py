@@ -7,7 +7,7 @@ import sys
 
 import fire
 
-from common.deploy import ZooCheckError, check_zoo, package_bundle, unpack_bundle
+from common.deploy import PackagingError, UnsafeArchiveError, ZooCheckError, check_zoo, package_bundle, unpack_bundle
 from common.pipeline import demo, pipeline
 
 __all__ = ["COMMANDS", "main"]
@@ -19,7 +19,8 @@ def main() -> None:
     """Run the command named on the command line."""
     try:
         fire.Fire(COMMANDS)
-    except ZooCheckError as error:  # a finding, not a crash: the problems and exit status 1, no traceback
+    except (ZooCheckError, PackagingError, UnsafeArchiveError) as error:  # findings, not crashes: the problem and
+        # exit status 1, no traceback
         sys.exit(str(error))
 
 

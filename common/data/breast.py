@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 
-from .checks import DatasetError, is_hidden, raise_if_problems, require_folder
+from .checks import DatasetError, dataset_files, raise_if_problems, require_folder
 from .dicom import dicom_series_datalist
 from .nifti import NIFTI_SUFFIXES, nifti_datalist, nifti_stem
 
@@ -63,7 +63,7 @@ def breast_datalist(
     one are cropped by the documented fallback of ``CropBreastSided`` and counted in a warning.
     """
     root = require_folder(dataset_dir).resolve()
-    if any(p.is_file() and p.suffix.lower() == ".dcm" and not is_hidden(p, root) for p in root.rglob("*")):
+    if dataset_files(root, (".dcm",)):
         images = [d["image"] for d in dicom_series_datalist(root, modality="MR", series_description=series_description)]
     else:
         images = [d["image"] for d in nifti_datalist(root, allow_4d=False)]  # the bundle loads them "no_channel"

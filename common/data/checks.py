@@ -7,6 +7,7 @@ error, so one pass over the data fixes them before hours of training are spent.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DatasetError", "check_all", "check_intensities", "is_hidden", "item_name", "raise_if_problems", "require_folder"]
+__all__ = [
+    "DatasetError",
+    "check_all",
+    "check_intensities",
+    "dataset_files",
+    "is_hidden",
+    "item_name",
+    "raise_if_problems",
+    "require_folder",
+]
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -37,6 +49,42 @@ def is_hidden(path: Path, root: Path) -> bool:
     """Whether ``path`` lies under ``root`` in a hidden file or folder (a dot-name): readers skip those, so a
     file still being written (``common.io.atomic_path``'s temporary names) or a tool's cache folder is never data."""
     return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def dataset_files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Sorted files under ``root`` whose names end in one of ``suffixes`` (any letter case), hidden files and folders
+    skipped. Linked folders are followed (datasets on shared storage often are links), each real folder once: a
+    link loop, or a second link to a folder already read, is skipped with a warning naming it. A link with such a
+    name whose target is missing is a ``DatasetError`` naming the link and its target, so no volume is left out
+    without a word."""
+    files, dangling, repeated = [], [], []
+    visited = {os.path.realpath(root)}
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        here = Path(folder)
+        entered = []
+        for name in sorted(subfolders):
+            if name.startswith("."):
+                continue
+            real = os.path.realpath(here / name)
+            if real in visited:
+                repeated.append(f"{here / name} -> {real}")
+            else:
+                visited.add(real)
+                entered.append(name)
+        subfolders[:] = entered
+        for name in names:
+            path = here / name
+            if name.startswith(".") or not name.lower().endswith(suffixes):
+                continue
+            if path.is_file():
+                files.append(path)
+            elif path.is_symlink() and not path.exists():
+                dangling.append(f"{path}: a link to {os.readlink(path)}, which does not exist.")
+    if repeated:
+        logger.warning("%s: %d linked folders lead to a folder read already (a link loop, or two links to one folder), "
+                       "each read once: %s", root, len(repeated), "; ".join(repeated[:10]))
+    raise_if_problems(dangling, f"the links in {root}")
+    return sorted(files)
 
 
 def check_intensities(path: str | os.PathLike, data: np.ndarray) -> None:

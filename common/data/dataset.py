@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from monai.data import CacheDataset
-from monai.transforms import Compose
+from monai.transforms import Compose, apply_transform
 
 from common.io import gather, is_main_process, process_rank
 from common.overrides import as_bool
@@ -32,12 +32,32 @@ from .preprocessed_store import PreprocessedStore, deterministic_part
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckedCacheDataset", "describe_failure"]
+__all__ = ["CheckedCacheDataset", "describe_failure", "explain_degenerate"]
 
 
-def describe_failure(name: str, error: BaseException) -> str:
+def explain_degenerate(image: Any, after: str) -> str:
+    """What is unusable about a volume a transform failed on, in the user's terms, or "" when its shape is not the
+    reason. ``after`` names the transform that made it (the crop to the foreground leaves nothing of a volume
+    without a voxel above 0; a resize to the longest side leaves no voxel along an axis of a few slices)."""
+    shape = tuple(int(s) for s in getattr(image, "shape", ())[1:])
+    if not shape:
+        return ""
+    if min(shape) == 0:
+        why = (" keeps the voxels above 0 and this volume has none (inverted, or a background above its tissue?)"
+               if "CropForeground" in after else " leaves nothing of it")
+        return f"; {after}{why}, shape {shape}: nothing to train on"
+    thinnest = min(range(len(shape)), key=shape.__getitem__)
+    if shape[thinnest] * 16 <= max(shape):
+        return (f"; the volume is {'x'.join(map(str, shape))} voxels after {after}: {shape[thinnest]} along axis "
+                f"{thinnest} against {max(shape)} along the longest, too thin to resize (a 2D image or a few slices "
+                "saved as a volume?): the bundle needs 3D volumes")
+    return ""
+
+
+def describe_failure(name: str, error: BaseException, explanation: str = "") -> str:
     """"<name>: <reason>" for an exception raised while preprocessing ``name``: our own ``DatasetError`` as it is
-    (it names the file already), otherwise the transform MONAI's ``Compose`` was applying and the innermost cause."""
+    (it names the file already), otherwise the transform MONAI's ``Compose`` was applying, the innermost cause, and
+    ``explanation`` (``explain_degenerate``'s) after it."""
     chain, seen = [], set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -50,7 +70,7 @@ def describe_failure(name: str, error: BaseException) -> str:
     cause = chain[-1]
     where = f" at {transforms[-1].rsplit('.', 1)[-1]}" if transforms else ""
     message = (str(cause).strip().splitlines() or [""])[0]
-    return f"{name}: the bundle's preprocessing fails{where} ({type(cause).__name__}: {message})."
+    return f"{name}: the bundle's preprocessing fails{where} ({type(cause).__name__}: {message}){explanation}."
 
 
 class CheckedCacheDataset(CacheDataset):
@@ -146,13 +166,26 @@ class CheckedCacheDataset(CacheDataset):
         try:
             item = super()._load_cache_item(idx)
         except Exception as error:  # any transform's error, named and collected
-            self._problems.append((idx, describe_failure(self.name(idx), error)))
+            self._problems.append((idx, describe_failure(self.name(idx), error, self.explain(idx))))
             return None
         problem = self.problem_with(item)
         if problem:
             self._problems.append((idx, f"{self.name(idx)}: {problem}"))
             return None
         return item
+
+    def explain(self, index: int) -> str:
+        """``explain_degenerate`` of what the failing transform of item ``index`` was given: the deterministic
+        transforms are run again one at a time (only after a failure) up to the one that raises."""
+        data, after = self.data[index], "reading"
+        for transform in deterministic_part(self.transform):
+            try:
+                result = apply_transform(transform, data)
+            except Exception:
+                image = data.get(self.image_key) if isinstance(data, dict) else data
+                return explain_degenerate(image, after)
+            data, after = result, type(transform).__name__
+        return ""
 
     def problem_with(self, item: Any) -> str | None:
         """What is wrong with a preprocessed item, or None."""
@@ -164,7 +197,7 @@ class CheckedCacheDataset(CacheDataset):
             return (f"after preprocessing {int((~torch.isfinite(values)).sum())} voxels are NaN or infinite "
                     "(intensities too large for float32, or a non-finite affine?).")
         if values.numel() == 0 or values.max() == values.min():
-            level = float(values.flatten()[0]) if values.numel() else float("nan")
+            level = float(values.flatten()[0]) + 0.0 if values.numel() else float("nan")  # + 0.0: no "-0"
             return (f"after preprocessing every voxel is {level:g}: nothing of the volume is left (no voxel above 0 for "
                     "the crop to the foreground, or no intensity range to scale?).")
         if self.image_size is not None and tuple(values.shape[1:]) != self.image_size:
@@ -181,10 +214,23 @@ class CheckedCacheDataset(CacheDataset):
         return item
 
     def _from_store(self, index: int) -> Any:
-        """The item's preprocessing read from the store (or computed, if it was removed), then the random transforms."""
+        """The item's preprocessing read from the store, then the random transforms. An entry that is missing,
+        damaged (``PreprocessedStore.read`` warns and removes it) or fails the checks of a fresh one (values or
+        shape) is computed again and stored again, with a warning naming the file: the cache heals itself."""
         source = self.data[index]
-        item = self.store.read(source) if self.store.has(source) else self._deterministic(source)
-        problem = self.problem_with(item)  # also what an earlier run stored: shapes and values as this run needs
-        if problem:
-            raise DatasetError(f"{self.name(index)}: {problem} (read from {self.store.path(source)})")
+        item = self.store.read(source) if self.store.has(source) else None
+        if item is not None and (problem := self.problem_with(item)):
+            logger.warning("%s: the preprocessing cache entry of %s is unusable (%s); it is computed again.",
+                           self.store.path(source), self.name(index), problem)
+            item = None
+        if item is None:
+            item = self._deterministic(source)
+            problem = self.problem_with(item)
+            if problem:
+                raise DatasetError(f"{self.name(index)}: {problem}")
+            try:
+                self.store.write(source, item)
+            except Exception as error:  # training can go on from the fresh item; the next run tries again
+                logger.warning("%s: cannot be stored again in %s (%s: %s).", self.name(index), self.store.folder,
+                               type(error).__name__, error)
         return self.transform(item, start=self._first_random) if self._first_random < len(self.transform.transforms) else item

@@ -24,7 +24,7 @@ import numpy as np
 from monai.data import PydicomReader
 from monai.utils import MetaKeys
 
-from .checks import DatasetError, is_hidden, raise_if_problems, require_folder
+from .checks import DatasetError, dataset_files, raise_if_problems, require_folder
 
 __all__ = ["DicomSeries", "DicomSeriesReader", "dicom_files", "dicom_series_datalist", "read_series", "slice_positions"]
 
@@ -212,9 +212,8 @@ def dicom_series_datalist(
     wanted_description = re.compile(series_description, re.IGNORECASE) if series_description else None
     root = require_folder(dataset_dir)
     folders: dict[Path, int] = defaultdict(int)
-    for path in root.rglob("*"):
-        if path.is_file() and path.suffix.lower() == ".dcm" and not is_hidden(path, root):
-            folders[path.parent] += 1
+    for path in dataset_files(root, (".dcm",)):
+        folders[path.parent] += 1
     if not folders:
         raise DatasetError(f"dataset_dir {root} holds no DICOM (.dcm) files.")
     usable, problems, skipped = [], [], []

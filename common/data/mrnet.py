@@ -24,8 +24,16 @@ MRNET_SLICE_SHAPE = (256, 256)
 def check_mrnet_exam(path: str | os.PathLike) -> None:
     """Raise ``DatasetError`` unless ``path`` is an MRNet exam: a (slices, 256, 256) array, finite, not constant."""
     try:
+        with open(path, "rb") as file:
+            start = file.read(8)
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot be read ({type(error).__name__}: {error}).") from error
+    if not start.startswith((b"\x93NUMPY", b"PK")):  # NumPy would call any other file "pickled (object) data"
+        what = "an empty file" if not start else f"a file that starts with {start!r}"
+        raise DatasetError(f"{path}: is not a NumPy .npy file ({what}; text or another format under a .npy name?).")
+    try:
         data = np.load(path, allow_pickle=False)
-    except Exception as error:  # truncated or foreign files raise ValueError, OSError, EOFError, ...
+    except Exception as error:  # truncated files raise ValueError, OSError, EOFError, ...; object arrays ValueError
         raise DatasetError(f"{path}: cannot be read as a NumPy array ({type(error).__name__}: {error}).") from error
     if not isinstance(data, np.ndarray):  # e.g. an .npz archive saved under a .npy name
         if hasattr(data, "close"):

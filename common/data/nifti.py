@@ -12,7 +12,7 @@ from .checks import (
     DatasetError,
     check_all,
     check_intensities,
-    is_hidden,
+    dataset_files,
     require_folder,
 )
 
@@ -31,13 +31,12 @@ def nifti_stem(path: str | os.PathLike) -> str:
 
 
 def find_nifti_files(dataset_dir: str | os.PathLike) -> list[str]:
-    """Sorted NIfTI files under ``dataset_dir`` (recursively, any letter case of the suffix, hidden files and
-    folders skipped); errors name the folder and the problem."""
+    """Sorted NIfTI files under ``dataset_dir`` (``dataset_files``: recursively, through linked folders, any letter
+    case of the suffix, hidden files and folders skipped); errors name the folder and the problem."""
     folder = require_folder(dataset_dir)
-    found = [p for p in folder.rglob("*") if p.is_file() and not is_hidden(p, folder)]
-    files = sorted(str(p) for p in found if p.name.lower().endswith(NIFTI_SUFFIXES))
+    files = [str(p) for p in dataset_files(folder, NIFTI_SUFFIXES)]
     if not files:
-        others = len(found)
+        others = len(dataset_files(folder, ("",)))
         what = "is empty" if others == 0 else f"holds {others} files but no NIfTI (.nii or .nii.gz) file"
         raise DatasetError(f"dataset_dir {folder} {what}.")
     return files

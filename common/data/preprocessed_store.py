@@ -42,6 +42,8 @@ from common.io import save_torch
 
 __all__ = ["PreprocessedStore", "deterministic_part", "item_key", "preprocessing_key"]
 
+logger = logging.getLogger(__name__)
+
 
 def deterministic_part(transform: Compose) -> list:
     """The transforms of ``transform`` before its first random one (what a cache may keep)."""
@@ -191,9 +193,20 @@ class PreprocessedStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         save_torch(stored, self.path(item))
 
-    def read(self, item: Any) -> dict:
-        """The stored output for ``item``: tensors with their affines as ``MetaTensor``, and the other values."""
-        stored = torch.load(self.path(item), map_location="cpu", weights_only=True)
+    def read(self, item: Any) -> dict | None:
+        """The stored output for ``item``: tensors with their affines as ``MetaTensor``, and the other values. None
+        when the entry is damaged (truncated by a crash or a full disk, or not this store's format): it is removed,
+        with a warning naming it, so the caller computes it again."""
+        path = self.path(item)
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(stored, dict) or not {"tensors", "affines", "values"} <= set(stored):
+                raise ValueError("not a preprocessed item of this store")
+        except Exception as error:  # torch.load raises many types for a damaged file
+            logger.warning("%s: damaged preprocessing cache entry (%s: %s); removed, the volume is preprocessed "
+                           "again.", path, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            path.unlink(missing_ok=True)
+            return None
         read: dict[str, Any] = dict(stored["values"])
         for key, tensor in stored["tensors"].items():
             read[key] = MetaTensor(tensor, affine=stored["affines"][key]) if key in stored["affines"] else tensor

@@ -6,7 +6,8 @@ followed by a member written through it, would otherwise overwrite files anywher
 member is checked before anything is written; the archive is extracted into a temporary folder next to the
 target and renamed into place, so a refused or broken archive leaves nothing behind. Also refused: names with
 backslash separators (which Linux would write as one odd file name, and Windows tools as folders), two members
-with one name (the second would silently replace the first), and archives that unpack to more than
+with one name (the second would silently replace the first), a file member where another member needs a folder of
+that name, and archives that unpack to more than
 ``max_size_gib`` (a zip bomb fills the disk before anything else goes wrong).
 """
 
@@ -52,6 +53,16 @@ def _check_members(archive: Path, names: list[str], sizes: list[int], max_size_g
         )
 
 
+def _check_folders(archive: Path, names: list[str], folders: list[bool]) -> None:
+    """No file member where another member needs a folder of that name (extracting would fail half-way)."""
+    files = {str(PurePosixPath(name)) for name, folder in zip(names, folders) if not folder}
+    for name in names:
+        inside = next((str(parent) for parent in PurePosixPath(name).parents if str(parent) in files), None)
+        if inside is not None:
+            raise UnsafeArchiveError(f"{archive}: member '{name}' lies in a folder '{inside}', which is also a file "
+                                     "member; refused, nothing was unpacked.")
+
+
 def _check_zip(archive: Path, bundle: zipfile.ZipFile, max_size_gib: float) -> None:
     infos = bundle.infolist()
     _check_members(archive, [i.filename for i in infos], [i.file_size for i in infos], max_size_gib)
@@ -59,6 +70,7 @@ def _check_zip(archive: Path, bundle: zipfile.ZipFile, max_size_gib: float) -> N
         mode = info.external_attr >> 16
         if mode and (mode & 0o170000) not in (0o100000, 0o040000, 0):  # only regular files and folders
             raise UnsafeArchiveError(f"{archive}: member '{info.filename}' is a link or special file; nothing was unpacked.")
+    _check_folders(archive, [i.filename for i in infos], [i.is_dir() for i in infos])
 
 
 def _check_tar(archive: Path, bundle: tarfile.TarFile, max_size_gib: float) -> None:
@@ -67,13 +79,15 @@ def _check_tar(archive: Path, bundle: tarfile.TarFile, max_size_gib: float) -> N
     for member in members:
         if not (member.isfile() or member.isdir()):
             raise UnsafeArchiveError(f"{archive}: member '{member.name}' is a link or special file; nothing was unpacked.")
+    _check_folders(archive, [m.name for m in members], [m.isdir() for m in members])
 
 
 def unpack_bundle(archive: str | os.PathLike, target_dir: str | os.PathLike, max_size_gib: float = 10.0) -> Path:
     """Extract ``archive`` (.zip, .tar, .tar.gz, .tgz) into the new folder ``target_dir`` and return it.
 
     Raises ``UnsafeArchiveError`` for members with absolute paths, ``..`` components, backslash separators, links
-    or special files, for two members of one name, and for an archive that unpacks to more than ``max_size_gib``;
+    or special files, for two members of one name, for a file member where another needs a folder, and for an archive
+    that unpacks to more than ``max_size_gib``;
     ``FileExistsError`` when ``target_dir`` exists and is not empty (nothing is overwritten); ``ValueError``
     for a file that is not such an archive.
     """

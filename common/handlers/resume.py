@@ -72,6 +72,14 @@ class CheckpointResumer:
         load_state(engine, checkpoint["trainer"], latest, "trainer")
         if engine.state.max_epochs != max_epochs:  # the trainer's state brings the old run's length
             engine.state.max_epochs = max_epochs
+        final = Path(self.save_dir) / f"{self.name}.pt"
+        if latest != final and not final.exists() and engine.state.iteration >= max_epochs * engine.state.epoch_length:
+            raise CheckpointError(
+                f"resume: the newest '{self.name}' checkpoint, {latest}, is at this run's last iteration "
+                f"({engine.state.iteration}), so the run had ended, but its final checkpoint {final} is missing "
+                "(removed or moved?). Put it back to go on (train.json then starts the next stage), or raise "
+                "train#trainer#max_epochs to train longer."
+            )
         logger.info("resumed from %s at iteration %d, epoch %d.", latest, engine.state.iteration, engine.state.epoch)
 
     def move_earlier_run(self) -> None:

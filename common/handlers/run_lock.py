@@ -9,6 +9,7 @@ the process id, host, start time and command of the run that holds it, for the e
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -36,6 +37,15 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".training.lock"
 _HELD: dict[str, IO] = {}  # lock files this process holds, by path: a run of this process that failed early left it
 _PINNED: set[str] = set()  # held across several runs of this process (train.json's stages): their release waits
+
+
+@atexit.register
+def _close_held() -> None:
+    """Close the lock files a run that failed before its engine ran (its dataset check, say) left held: the process
+    ends, so the locks go anyway; closed here, not left to the garbage collector."""
+    for lock in _HELD.values():
+        lock.close()
+    _HELD.clear()
 
 
 class CheckpointDirLockedError(RuntimeError):

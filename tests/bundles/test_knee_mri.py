@@ -77,7 +77,9 @@ def test_mrnet_reader_takes_one_plane_of_both_splits(mrnet_folder):
         (np.zeros((30, 128, 128), np.uint8) + np.eye(128, dtype=np.uint8), "expected an MRNet exam of shape"),
         (np.arange(256 * 256, dtype=np.float32).reshape(256, 256), "expected an MRNet exam of shape"),
         (np.full((30, 256, 256), 7, np.uint8), "constant volume"),
-        (b"not numpy", "cannot be read as a NumPy array"),
+        (b"not numpy", r"is not a NumPy .npy file \(a file that starts with b'not nump'; text or another format"),
+        (b"", r"is not a NumPy .npy file \(an empty file"),
+        (b"\x93NUMPY\x01\x00v\x00{'descr'", "cannot be read as a NumPy array"),  # a truncated .npy
         (np.full((30, 256, 256), "x"), "voxels of type <U1, not real intensities"),
         ((np.zeros((30, 256, 256)) + 1j * np.eye(256)).astype(np.complex64), "voxels of type complex64, not real intensities"),
         ("npz", "holds a NpzFile, not one NumPy array"),

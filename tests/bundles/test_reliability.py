@@ -56,11 +56,17 @@ def test_volumes_that_pass_the_header_check_but_not_the_preprocessing_are_named(
     good = np.asanyarray(nib.load(str(brains / "brain_0.nii.gz")).dataobj).astype(np.float32)
     nib.save(nib.Nifti1Image(-good - 1.0, np.eye(4)), str(brains / "no_positive_voxel.nii.gz"))
     nib.save(nib.Nifti1Image(good.astype(np.float64) * 1e300, np.eye(4)), str(brains / "beyond_float32.nii.gz"))
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(1, 2, (200, 200, 2)).astype(np.float32), np.eye(4)),
+             str(brains / "two_slices.nii.gz"))
     with pytest.raises(Exception) as info:
         train_autoencoder(brains, tmp_path)
     chain = error_chain(info.value)
-    assert "DatasetError: 2 of 5 volumes after the bundle's preprocessing are unusable" in chain
-    assert f"{brains / 'no_positive_voxel.nii.gz'}: the bundle's preprocessing fails at Resized (ZeroDivisionError" in chain
+    assert "DatasetError: 3 of 6 volumes after the bundle's preprocessing are unusable" in chain
+    assert (f"{brains / 'no_positive_voxel.nii.gz'}: the bundle's preprocessing fails at Resized (ZeroDivisionError: "
+            "division by zero); CropForegroundd keeps the voxels above 0 and this volume has none") in chain
+    assert (f"{brains / 'two_slices.nii.gz'}: the bundle's preprocessing fails at Resized (OverflowError: cannot convert "
+            "float infinity to integer); the volume is 200x200x2 voxels after CropForegroundd: 2 along axis 2 against "
+            "200 along the longest, too thin to resize") in chain
     assert f"{brains / 'beyond_float32.nii.gz'}: after preprocessing" in chain and "NaN or infinite" in chain
     assert checkpoints_in(tmp_path / "models") == []  # nothing written but the lock
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from common.checkpoints import find_latest_checkpoint, periodic_iteration
@@ -17,6 +18,7 @@ from tests.bundles.bundle_runs import (
     as_arguments,
     collect_log,
     config_files,
+    error_chain,
     run_bundle,
 )
 
@@ -51,3 +53,9 @@ def test_a_killed_training_resumes_and_ends_at_the_same_iteration(brain_folder, 
     assert final["trainer"]["iteration"] == 120
     # the generator's Adam state continued from the checkpoint: one step per iteration over both runs
     assert {int(state["step"]) for state in final["optimizer"]["state"].values()} == {120}
+
+    (models / "autoencoder.pt").unlink()  # the ended stage's final file removed: named, not "raise max_epochs"
+    with pytest.raises(Exception) as info:
+        run_bundle(config_files("brain_mri", "train_autoencoder"), **overrides, resume=True)
+    assert (f"the newest 'autoencoder' checkpoint, {models}/autoencoder_iteration=120.pt, is at this run's last "
+            f"iteration (120), so the run had ended, but its final checkpoint {models}/autoencoder.pt is missing") in error_chain(info.value)

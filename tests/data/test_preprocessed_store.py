@@ -134,11 +134,27 @@ def test_a_file_rewritten_inside_a_series_folder_changes_the_item_key(tmp_path):
     assert item_key({"image": str(series)}) != before
 
 
-def test_what_is_read_back_is_checked_as_at_first(volumes, tmp_path):
+def test_a_damaged_entry_is_computed_again_and_stored_again_with_the_file_named(volumes, tmp_path):
     cache = tmp_path / "cache"
-    CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=cache)
+    fresh = CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=cache)[1]["image"]
     store = PreprocessedStore(cache, preprocessing())
-    store.write(volumes[0], {"image": torch.full((1, 8, 8, 8), float("nan"))})  # a corrupted stored volume
+    store.write(volumes[0], {"image": torch.full((1, 8, 8, 8), float("nan"))})  # stored values a fresh run refuses
+    truncated = store.path(volumes[1])
+    truncated.write_bytes(truncated.read_bytes()[:100])  # a crash or a full disk while it was written
     dataset = CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=cache)
-    with pytest.raises(DatasetError, match=r"v0.nii.gz: after preprocessing 512 voxels are NaN.*read from"):
+    with collect_log("common.data") as said:
+        healed = [dataset[0]["image"], dataset[1]["image"]]
+    assert any(f"{store.path(volumes[0])}: the preprocessing cache entry of {volumes[0]['image']} is unusable (after "
+               "preprocessing 512 voxels are NaN" in line for line in said), said
+    assert any(f"{truncated}: damaged preprocessing cache entry" in line and "preprocessed again" in line for line in said)
+    assert torch.isfinite(healed[0]).all() and torch.equal(healed[1].as_tensor(), fresh.as_tensor())
+    with collect_log("common.data") as said:  # stored again, whole: read without a word the next time
+        assert torch.equal(dataset[1]["image"].as_tensor(), fresh.as_tensor()) and torch.isfinite(dataset[0]["image"]).all()
+    assert said == []
+
+
+def test_a_volume_rewritten_during_training_is_preprocessed_again_and_named_if_unusable(volumes, tmp_path):
+    dataset = CheckedCacheDataset(volumes, preprocessing(), image_size=[8, 8, 8], cache_dir=tmp_path / "cache")
+    nib.save(nib.Nifti1Image(np.zeros((12, 12, 12), np.float32), np.eye(4)), volumes[0]["image"])  # its key changes
+    with pytest.raises(DatasetError, match=r"v0.nii.gz: after preprocessing every voxel is 0: nothing of the volume is left"):
         dataset[0]

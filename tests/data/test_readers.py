@@ -81,3 +81,23 @@ def test_unreadable_folder(tmp_path, monkeypatch):
     monkeypatch.setattr("common.data.checks.os.access", lambda path, mode: False)
     with pytest.raises(DatasetError, match=f"dataset_dir {tmp_path} cannot be read \\(permission denied\\)"):
         find_nifti_files(tmp_path)
+
+
+def test_linked_subject_folders_are_read_and_loops_and_dangling_links_are_named(tmp_path, caplog):
+    shared = tmp_path / "shared_storage" / "sub-02"
+    shared.mkdir(parents=True)
+    _save(shared / "t1.nii.gz", np.random.rand(6, 6, 6))
+    dataset = tmp_path / "dataset"
+    (dataset / "sub-01").mkdir(parents=True)
+    _save(dataset / "sub-01" / "t1.nii.gz", np.random.rand(6, 6, 6))
+    (dataset / "sub-02").symlink_to(shared, target_is_directory=True)  # a subject folder on shared storage
+    (dataset / "sub-01" / "loop").symlink_to(dataset, target_is_directory=True)
+    with caplog.at_level("WARNING"):
+        files = find_nifti_files(dataset)
+    assert files == [str(dataset / "sub-01" / "t1.nii.gz"), str(dataset / "sub-02" / "t1.nii.gz")]
+    assert f"{dataset / 'sub-01' / 'loop'} -> {dataset}" in caplog.text  # read once, and said
+    (dataset / "sub-03.nii.gz").symlink_to(tmp_path / "moved" / "sub-03.nii.gz")
+    (dataset / "readme.txt").symlink_to(tmp_path / "gone.txt")  # not a volume: not the reader's concern
+    with pytest.raises(DatasetError, match=rf"1 of the links in {dataset} are unusable:\n  {dataset / 'sub-03.nii.gz'}: "
+                                           rf"a link to {tmp_path / 'moved' / 'sub-03.nii.gz'}, which does not exist"):
+        find_nifti_files(dataset)

@@ -93,6 +93,22 @@ def test_backslash_names_and_duplicate_members_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_member_where_another_member_needs_a_folder_is_refused(tmp_path):
+    archive = _zip(tmp_path / "b.zip", {"brain_mri/models": b"a file", "brain_mri/models/autoencoder.pt": b"x"})
+    result = subprocess.run([sys.executable, "-m", "common", "unpack", str(archive), str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert ("member 'brain_mri/models/autoencoder.pt' lies in a folder 'brain_mri/models', which is also a file member; "
+            "refused, nothing was unpacked.") in result.stderr
+    conflicting = tmp_path / "c.tar"
+    with tarfile.open(conflicting, "w") as tar:
+        for name in ("b/configs/inference.json", "b/configs"):
+            member = tarfile.TarInfo(name)
+            tar.addfile(member, io.BytesIO(b""))
+    with pytest.raises(UnsafeArchiveError, match="lies in a folder 'b/configs', which is also a file member"):
+        unpack_bundle(conflicting, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_archive_larger_than_the_limit_is_refused_unless_the_limit_is_raised(tmp_path):
     big = _zip(tmp_path / "big.zip", {"b/weights.pt": bytes(3 * 2**20)})  # 3 MiB of zeros, a few KiB zipped
     with pytest.raises(UnsafeArchiveError, match=r"unpacks to 0.00 GiB, more than the limit of 0.001 GiB.*--max_size_gib"):
