@@ -12,6 +12,7 @@ this is and collect what every process made; without it they answer for a single
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -115,12 +116,17 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         os.chmod(tmp, mode)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
-    except BaseException:
+    except BaseException as error:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in _FULL_OR_READ_ONLY:  # say which file, not only why
+            raise OSError(error.errno, f"{error.strerror}: writing {path} failed; nothing was written there") from error
         raise
+
+
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -151,8 +157,8 @@ def write_json(data: Any, path: str | os.PathLike, indent: int = 2) -> Path:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically: checkpoints are never half-written."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:  # a Python file: a full disk is an OSError, not
+        torch.save(obj, file)  # the "unexpected pos" RuntimeError of torch's own writer
     return Path(path)
 
 

@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from monai.bundle import ConfigParser
 from monai.bundle import run as run_bundle
 
 from common.checkpoints import checkpoint_iteration, find_latest_checkpoint
 from common.handlers import CheckpointDirLock, CheckpointResumer
 from common.io import bundle_dir, is_main_process
+from common.networks import check_image_size
 from common.overrides import as_bool, refuse_unknown_ids
 
 __all__ = ["DEMO_SETTINGS", "SMALL_IMAGE_SIZE", "SMALL_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline", "run_stages", "summary", "train_stages"]
@@ -274,6 +276,15 @@ def _plan_by_rank_0(ckpt_dir: Path, resume: bool) -> dict[str, bool]:
     return plan
 
 
+def _check_image_size(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """The diffusion stage's networks (the VQ-GAN and the denoiser on its latents) take ``image_size``: checked
+    before the VQ-GAN stage trains, not when the second stage fails on it."""
+    parser = ConfigParser()
+    parser.read_config(list(files))
+    parser.update(dict(overrides))
+    check_image_size(parser.get_parsed_content("image_size"), *parser.get_parsed_content("size_checked_networks"))
+
+
 def _unescaped(value: Any) -> Any:
     """``stage_overrides`` values as the stage should read them: train.json's parser resolves ``$`` and ``@`` in
     them in its own namespace, so a stage's own expression or reference is written with a backslash first
@@ -332,6 +343,7 @@ def train_stages(
             raise ValueError("resume and ckpt_dir go to both stages together: set --resume and --ckpt_dir, not in stage_overrides.")
         refuse_unknown_ids(files, list(chosen), f"in stage_overrides for the {stage} stage")
         plan[stage] = (files, {**{k: _forwardable(v) for k, v in forwarded.items()}, **chosen})
+    _check_image_size(*plan["diffusion"])
     ckpt_dir = Path(forwarded["ckpt_dir"])
     with CheckpointDirLock(ckpt_dir).held_across_runs():
         resumes = _plan_by_rank_0(ckpt_dir, resume)

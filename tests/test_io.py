@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import stat
@@ -62,6 +63,22 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
             (folder / "half.txt").write_text("half")
             raise RuntimeError("crash")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch):
+    save_torch({"w": torch.ones(2)}, tmp_path / "model.pt")
+
+    def save_on_a_full_disk(obj, file):  # part of the file is out, then the file system is full
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    with pytest.raises(OSError, match=rf"No space left on device: writing {tmp_path / 'model.pt'} failed; nothing "
+                                      "was written there"):
+        save_torch({"w": torch.zeros(2)}, tmp_path / "model.pt")
+    monkeypatch.undo()
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
 def test_the_temporary_name_keeps_the_suffix_writers_choose_the_format_by(tmp_path):

@@ -20,7 +20,7 @@ from monai.data import DataLoader
 from torch.utils.data import Dataset
 
 from common.data import item_name
-from common.io import write_json
+from common.io import require_output_folder, write_json
 
 __all__ = ["SyntheticEvaluationBase"]
 
@@ -63,7 +63,7 @@ class SyntheticEvaluationBase:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
         self.real_dataset = real_dataset
-        self.evaluation_dir = Path(evaluation_dir)
+        self.evaluation_dir = require_output_folder(evaluation_dir, "evaluation_dir")  # before, not after, the work
         self.heldout_dataset = heldout_dataset
         self.reference_volumes = reference_volumes
         self.max_pairs = max_pairs

@@ -23,7 +23,7 @@ from typing import IO
 
 from ignite.engine import Engine, Events
 
-from common.io import is_main_process, output_mode
+from common.io import is_main_process, output_mode, require_output_folder
 
 try:
     import fcntl
@@ -111,6 +111,7 @@ stages of ``train.json``), so no other run can slip in between them.
         """Take the lock, or raise ``CheckpointDirLockedError`` naming the run that has it."""
         if self.held or fcntl is None or not is_main_process():
             return
+        require_output_folder(self.save_dir, "ckpt_dir")
         self.save_dir.mkdir(parents=True, exist_ok=True)
         lock = open(os.open(self.path, os.O_RDWR | os.O_CREAT, output_mode()), "r+")
         try:

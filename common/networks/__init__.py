@@ -3,7 +3,8 @@ latent wrapper that lets MONAI's latent diffusion inferer train and sample on th
 
 from .codebook_range import LATENT_SCALINGS, CodebookRangeAutoencoder, LatentScale
 from .depth_attention_unet import DepthAttentionUNet
+from .image_size import check_image_size, size_multiple
 from .quantizer import CodebookQuantizer
 from .vqgan import VQGAN
 
-__all__ = ["LATENT_SCALINGS", "CodebookQuantizer", "CodebookRangeAutoencoder", "DepthAttentionUNet", "LatentScale", "VQGAN"]
+__all__ = ["LATENT_SCALINGS", "CodebookQuantizer", "CodebookRangeAutoencoder", "DepthAttentionUNet", "LatentScale", "VQGAN", "check_image_size", "size_multiple"]

@@ -209,6 +209,33 @@ def test_a_dataset_smaller_than_one_batch_is_an_error(tmp_path):
     assert checkpoints_in(tmp_path / "models") == []  # nothing written but the lock
 
 
+def test_an_image_size_the_networks_cannot_take_is_named_before_any_data_are_read(brain_model, tmp_path):
+    with pytest.raises(Exception) as info:
+        train_autoencoder(tmp_path / "no_data", tmp_path, image_size=[16, 15, 16])
+    assert ("image_size [16, 15, 16] cannot be taken by the networks: each axis must be a multiple of [2, 2, 2] "
+            "(VQGAN divides H, W, D by [2, 2, 2]). Nearest valid image_size: [16, 16, 16].") in error_chain(info.value)
+    with pytest.raises(Exception) as info:  # sampling: the size a user asks of trained models
+        run_bundle(config_files("brain_mri", "inference"), ckpt_dir=str(brain_model["models"]), **SMALL_DENOISER,
+                   **{**SIZE_32, "image_size": [32, 30, 32]}, output_dir=str(tmp_path / "out"))
+    assert ("image_size [32, 30, 32] cannot be taken by the networks: each axis must be a multiple of [4, 4, 2] "
+            "(VQGAN divides H, W, D by [2, 2, 2]; DepthAttentionUNet divides H, W, D by [2, 2, 1]). Nearest valid "
+            "image_size: [32, 32, 32].") in error_chain(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folders_that_cannot_be_written_stop_training_and_evaluation_before_they_start(brain_model, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    brains = make_brains(tmp_path / "brains", count=2)
+    with pytest.raises(Exception) as info:
+        train_autoencoder(brains, tmp_path / "a_file")  # its ckpt_dir is a_file/models
+    assert f"ckpt_dir {tmp_path / 'a_file' / 'models'} lies under the file {tmp_path / 'a_file'}, not a folder" in error_chain(info.value)
+    with pytest.raises(Exception) as info:  # found before sampling, not after
+        run_bundle(EVALUATE, **brain_model["overrides"], output_dir=str(tmp_path / "samples"), num_samples=2,
+                   num_inference_steps=2, evaluation_dir=str(tmp_path / "a_file" / "evaluation"))
+    assert f"evaluation_dir {tmp_path / 'a_file' / 'evaluation'} lies under the file" in error_chain(info.value)
+    assert not (tmp_path / "samples").exists()
+
+
 def test_zero_epochs_is_an_error(tmp_path):
     brains = make_brains(tmp_path / "brains", count=2)
     with pytest.raises(Exception) as info:

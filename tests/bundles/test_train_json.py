@@ -63,8 +63,8 @@ def train(four_brains, models, **extra):
         "diffusion": {**SMALL_DENOISER, "batch_size": 2, "train#trainer#max_epochs": 1, "ema#start_iteration": 1},
     }
     run_bundle(config_files("brain_mri", "train"), dataset_dir=str(four_brains), ckpt_dir=str(models),
-               log_dir=str(models.parent / "logs"), image_size=[16, 16, 16], num_workers=0,
-               stage_overrides=overrides, **extra)
+               log_dir=str(models.parent / "logs"), num_workers=0, stage_overrides=overrides,
+               **{"image_size": [16, 16, 16], **extra})
 
 
 def iteration_of(path) -> int:
@@ -126,3 +126,14 @@ def test_stage_overrides_are_checked_before_anything_runs(tmp_path):
     assert "--network_def#channels" in text and "for the autoencoder stage" in text
     assert "not 'vqgan'" in refused({"vqgan": {}}).replace("['vqgan']", "'vqgan'")
     assert "set --resume" in refused({"both": {"resume": True}, "autoencoder": {}, "diffusion": {}})
+
+
+def test_an_image_size_the_denoiser_cannot_take_stops_train_json_before_the_vqgan_trains(tmp_path):
+    # the small VQ-GAN (compression 2) takes 18^3; its 9^3 latents cannot pass the small denoiser's 2 levels. The
+    # dataset folder does not exist: the size is checked before any data are read, and nothing is trained
+    with pytest.raises(Exception) as info:
+        train(tmp_path / "no_data", tmp_path / "models", image_size=[18, 16, 16])
+    assert ("image_size [18, 16, 16] cannot be taken by the networks: each axis must be a multiple of [4, 4, 2] "
+            "(VQGAN divides H, W, D by [2, 2, 2]; DepthAttentionUNet divides H, W, D by [2, 2, 1]). Nearest valid "
+            "image_size: [16, 16, 16], or [20, 16, 16] not to lose voxels.") in error_chain(info.value)
+    assert not (tmp_path / "models").exists()
