@@ -7,7 +7,9 @@ InstanceNumber) order the slices the same way and agree on which files belong to
 ``.dcm`` file of the folder, whatever the letter case). The check reads only the headers (fast), before training
 starts, and refuses what a radiologist would not accept as one volume: two series in a folder, a lone 2D image,
 slices of different sizes, orientations or pixel spacings, duplicated or missing slices, uneven slice steps, and
-a CT series whose stored values cannot be turned into Hounsfield units (no RescaleSlope/RescaleIntercept).
+a CT series whose stored values cannot be turned into Hounsfield units (no RescaleSlope/RescaleIntercept). A
+series acquired with a gantry tilt (slices sheared along the stack) is warned about with its angle. An enhanced
+multi-frame file (one file, every slice a frame; modern CT and MR scanners write them) is a series of its frames.
 """
 
 from __future__ import annotations
@@ -26,12 +28,23 @@ from monai.utils import MetaKeys
 
 from .checks import DatasetError, dataset_files, raise_if_problems, require_folder
 
-__all__ = ["DicomSeries", "DicomSeriesReader", "dicom_files", "dicom_series_datalist", "read_series", "slice_positions"]
+__all__ = [
+    "DicomSeries",
+    "DicomSeriesReader",
+    "dicom_files",
+    "dicom_series_datalist",
+    "frame_count",
+    "frames_as_slices",
+    "gantry_tilt",
+    "read_series",
+    "slice_positions",
+]
 
 logger = logging.getLogger(__name__)
 
 UNEVEN_STEP = 0.1  # how far (in slice steps) a slice may lie off an even grid of positions
 MISSING_STEP = 1.5  # a step this many times the usual one means slices are missing
+MAX_TILT = 0.5  # degrees between the slice normal and the stacking direction before a series counts as tilted
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,61 @@ class DicomSeries:
 def dicom_files(folder: str | os.PathLike) -> list[Path]:
     """The files of one series folder: every ``.dcm`` (any letter case, hidden files skipped), sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() == ".dcm" and not p.name.startswith("."))
+
+
+def frame_count(header) -> int:
+    """How many frames a DICOM file holds (1 for a classic image)."""
+    try:
+        return max(1, int(getattr(header, "NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+# the functional groups of an enhanced multi-frame image that hold what a classic slice has at its top level
+_FRAME_GROUPS = {
+    "PlanePositionSequence": ("ImagePositionPatient",),
+    "PlaneOrientationSequence": ("ImageOrientationPatient",),
+    "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+}
+
+
+def frames_as_slices(dataset) -> list:
+    """The frames of an enhanced multi-frame DICOM image (one file, many frames: what modern CT and MR scanners
+    write) as classic single-frame datasets, so the series check and the loader treat them as the slices of a
+    classic series. Each frame gets its position, orientation, pixel spacing and rescale from its per-frame
+    functional groups (or the shared ones); with pixel data, its own (uncompressed) pixels. A file of one frame is
+    returned as it is."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    frames = frame_count(dataset)
+    if frames == 1:
+        return [dataset]
+    per_frame = list(getattr(dataset, "PerFrameFunctionalGroupsSequence", []) or [])
+    shared = (getattr(dataset, "SharedFunctionalGroupsSequence", None) or [None])[0]
+    pixels = dataset.pixel_array if "PixelData" in dataset else None
+    dropped = {"PixelData", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "NumberOfFrames"}
+    slices = []
+    for index in range(frames):
+        frame = pydicom.Dataset()
+        for element in dataset:
+            if element.keyword not in dropped:
+                frame.add(element)
+        for group, keywords in _FRAME_GROUPS.items():
+            for source in (per_frame[index] if index < len(per_frame) else None, shared):
+                items = getattr(source, group, None) if source is not None else None
+                if items:
+                    for keyword in keywords:
+                        if keyword in items[0]:
+                            setattr(frame, keyword, getattr(items[0], keyword))
+                    break
+        if pixels is not None:
+            frame.PixelData = np.ascontiguousarray(pixels[index]).tobytes()
+        frame.file_meta = pydicom.dataset.FileMetaDataset(getattr(dataset, "file_meta", pydicom.Dataset()))
+        frame.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        slices.append(frame)
+    return slices
 
 
 def slice_positions(headers: Sequence) -> np.ndarray:
@@ -107,6 +175,29 @@ def _check_steps(folder: Path, positions: np.ndarray) -> float:
     return spacing
 
 
+def gantry_tilt(headers: Sequence) -> float:
+    """The angle (degrees) between the slice normal and the line from the first slice's position to the last's, in
+    position order: 0 for a straight stack, the gantry tilt for a CT series acquired with a tilted gantry (its
+    slices are offset along the column direction, so the voxel grid is sheared)."""
+    orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = np.asarray(headers[-1].ImagePositionPatient, float) - np.asarray(headers[0].ImagePositionPatient, float)
+    cosine = abs(float(np.dot(normal, along))) / max(float(np.linalg.norm(normal) * np.linalg.norm(along)), 1e-12)
+    return float(np.degrees(np.arccos(min(cosine, 1.0))))
+
+
+def _warn_if_tilted(folder: Path, headers: Sequence) -> None:
+    tilt = gantry_tilt(headers)
+    if tilt > MAX_TILT:
+        stated = getattr(headers[0], "GantryDetectorTilt", None)
+        logger.warning(
+            "%s: the slices are sheared by %.1f degrees (a gantry tilt%s): the bundle trains on the voxel grid as "
+            "stored, so the anatomy is slanted by that angle along the slices. Resample the series to an untilted "
+            "grid first (a tilt-correcting DICOM converter), or leave it out.", folder, tilt,
+            f"; GantryDetectorTilt says {float(stated):g}" if stated not in (None, "") else "",
+        )
+
+
 def read_series(folder: str | os.PathLike) -> DicomSeries:
     """Read and check the headers of the ``.dcm`` files of one folder as a single 3D series.
 
@@ -121,12 +212,15 @@ def read_series(folder: str | os.PathLike) -> DicomSeries:
     files = dicom_files(folder)
     if not files:
         raise DatasetError(f"{folder}: no .dcm files.")
-    headers = []
+    headers, names = [], []
     for path in files:
         try:
-            headers.append(pydicom.dcmread(str(path), stop_before_pixels=True))
+            header = pydicom.dcmread(str(path), stop_before_pixels=True)
         except Exception as error:  # InvalidDicomError, truncated files, ...
             raise DatasetError(f"{path}: cannot be read as DICOM ({type(error).__name__}: {error}).") from error
+        frames = frames_as_slices(header)  # an enhanced multi-frame file: its frames are the slices
+        headers += frames
+        names += [path] if len(frames) == 1 else [Path(f"{path} (frame {i + 1})") for i in range(len(frames))]
     series = {str(getattr(h, "SeriesInstanceUID", "")) for h in headers}
     if len(series) > 1:
         raise DatasetError(
@@ -134,8 +228,12 @@ def read_series(folder: str | os.PathLike) -> DicomSeries:
         )
     if len(headers) < 2:
         raise DatasetError(f"{folder}: a single 2D image ({files[0].name}), not a 3D series.")
-    _check_slices(folder, files, headers)
-    typical = _check_steps(folder, np.sort(slice_positions(headers)))
+    if len(files) > 1 and len(headers) > len(files):
+        raise DatasetError(f"{folder}: holds a multi-frame file among {len(files)} files; put each series in its own folder.")
+    _check_slices(folder, names, headers)
+    positions = slice_positions(headers)
+    typical = _check_steps(folder, np.sort(positions))
+    _warn_if_tilted(folder, [headers[i] for i in np.argsort(positions, kind="stable")])
     first = headers[0]
     row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
     return DicomSeries(
@@ -166,11 +264,15 @@ class DicomSeriesReader(PydicomReader):
         if len(names) != 1 or not Path(f"{names[0]}").is_dir():
             return super().read(data, **kwargs)
         files = dicom_files(names[0])
-        if len(files) < 2:
-            raise DatasetError(f"{names[0]}: not a DICOM series ({len(files)} .dcm file).")
-        datasets = [pydicom.dcmread(str(path), **{**self.kwargs, **kwargs}) for path in files]
+        datasets, sources = [], []
+        for path in files:
+            frames = frames_as_slices(pydicom.dcmread(str(path), **{**self.kwargs, **kwargs}))
+            datasets += frames
+            sources += [str(path)] * len(frames)
+        if len(datasets) < 2:
+            raise DatasetError(f"{names[0]}: not a DICOM series ({len(files)} .dcm file of one frame).")
         order = np.argsort(slice_positions(datasets), kind="stable")
-        self.filenames = [[str(files[i]) for i in order]]
+        self.filenames = [[sources[i] for i in order]]
         self.has_series = True
         return [datasets[i] for i in order]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -196,3 +197,81 @@ def test_series_a_radiologist_would_not_accept_are_named(tmp_path):
     header.save_as(str(spacing / "0002.dcm"))
     with pytest.raises(DatasetError, match=r"0002.dcm: pixel spacing \[0.8, 0.8\] mm differs from the other slices"):
         read_series(spacing)
+
+
+def test_a_series_acquired_with_a_gantry_tilt_is_named_with_its_angle(tmp_path, caplog):
+    import pydicom
+
+    tilted = tmp_path / "tilted"
+    write_dicom_series(np.random.default_rng(0).normal(size=(8, 8, 6)).astype(np.float32) * 100, tilted, spacing=(1.0, 1.0, 2.0))
+    for index, path in enumerate(sorted(tilted.glob("*.dcm"))):  # each slice 2 mm further and offset along y
+        header = pydicom.dcmread(str(path))
+        header.ImagePositionPatient = [0.0, 2.0 * index * np.tan(np.radians(15.0)), 2.0 * index]
+        header.GantryDetectorTilt = 15.0
+        header.save_as(str(path))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train_autoencoder.json"))
+    with caplog.at_level(logging.WARNING, logger="common.data.dicom"):
+        assert parser.get_parsed_content("read_datalist")(str(tmp_path)) == [{"image": str(tilted)}]  # the bundle's reader
+    assert (f"{tilted}: the slices are sheared by 15.0 degrees (a gantry tilt; GantryDetectorTilt says 15): the bundle "
+            "trains on the voxel grid as stored") in caplog.text
+    caplog.clear()
+    write_dicom_series(np.zeros((8, 8, 6), np.float32), tmp_path / "straight", spacing=(1.0, 1.0, 2.0))
+    with caplog.at_level(logging.WARNING, logger="common.data.dicom"):
+        read_series(tmp_path / "straight")
+    assert "sheared" not in caplog.text
+
+
+def _enhanced_ct(classic: Path, path: Path) -> None:
+    """One enhanced multi-frame CT file holding the slices of a classic series (what a modern scanner writes):
+    positions, spacing and rescale in the functional groups, the frames in reverse order of position."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    slices = [pydicom.dcmread(str(p)) for p in sorted(classic.glob("*.dcm"))][::-1]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = EnhancedCTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedCTImageStorage, meta.MediaStorageSOPInstanceUID
+    first = slices[0]
+    for keyword in ("Modality", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns", "SamplesPerPixel",
+                    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+        setattr(ds, keyword, getattr(first, keyword))
+    ds.NumberOfFrames = len(slices)
+
+    def item(**values) -> Dataset:
+        element = Dataset()
+        for keyword, value in values.items():
+            setattr(element, keyword, value)
+        return element
+
+    shared = item(PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=first.ImageOrientationPatient)]),
+                  PixelMeasuresSequence=Sequence([item(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)]),
+                  PixelValueTransformationSequence=Sequence([item(RescaleSlope=first.RescaleSlope,
+                                                                  RescaleIntercept=first.RescaleIntercept, RescaleType="HU")]))
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(
+        [item(PlanePositionSequence=Sequence([item(ImagePositionPatient=s.ImagePositionPatient)])) for s in slices])
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+
+
+def test_an_enhanced_multi_frame_file_is_read_as_the_series_of_its_frames(tmp_path):
+    hu = make_chest_phantom(np.random.default_rng(0), shape=(24, 24, 8))
+    write_dicom_series(hu, tmp_path / "classic" / "series", spacing=(2.0, 2.0, 5.0))
+    _enhanced_ct(tmp_path / "classic" / "series", tmp_path / "enhanced" / "series" / "ct.dcm")
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train_autoencoder.json"))
+    datalist = parser.get_parsed_content("read_datalist")(str(tmp_path / "enhanced"))  # the bundle's check
+    assert datalist == [{"image": str(tmp_path / "enhanced" / "series")}]
+    classic_series = read_series(tmp_path / "classic" / "series")
+    assert read_series(tmp_path / "enhanced" / "series") == replace(classic_series, folder=str(tmp_path / "enhanced" / "series"))
+    load = _preprocessing()[0]  # the bundle's loader: the same voxels, in position order, and the same affine
+    enhanced, classic = load({"image": str(tmp_path / "enhanced" / "series")})["image"], load({"image": str(tmp_path / "classic" / "series")})["image"]
+    assert enhanced.shape == classic.shape == (24, 24, 8)
+    assert torch.equal(torch.as_tensor(enhanced), torch.as_tensor(classic))
+    assert np.allclose(np.asarray(enhanced.affine), np.asarray(classic.affine))
