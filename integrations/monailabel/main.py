@@ -15,7 +15,9 @@ model's size and spacing already). A request the model cannot answer (a bad seed
 region larger than the model's field of view; with ``fit_to_model`` false, another size or spacing) is answered
 with HTTP 422 and the reason. App settings (``--conf``):
 ``bundles`` (comma-separated folders; default: every bundle folder under ``<app>/model/``),
-``num_inference_steps`` (default 50 DDIM steps) and ``device`` (default: a GPU if there is one).
+``num_inference_steps`` (default 50 DDIM steps), ``device`` (default: a GPU if there is one) and ``max_queued``
+(default 8: requests computing or waiting per server process; beyond it a request is answered 503 at once). Serve it
+with ``run_server.py``, whose ``/infer`` samples off the server's event loop (``synthesis_server.py``).
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ class SynthesisApp(MONAILabelApp):
         self.bundles = bundle_folders(app_dir, conf.get("bundles"))
         self.num_inference_steps = int(conf.get("num_inference_steps", "50"))
         self.device = conf.get("device") or None
+        self.max_queued = int(conf.get("max_queued", "8"))  # read by synthesis_server's /infer
+        if self.max_queued < 1:
+            raise ValueError(f"--conf max_queued must be 1 or more, got {self.max_queued}.")
         super().__init__(
             app_dir=app_dir, studies=studies, conf=conf, name="medical-diffusion-synthesis",
             description="Synthetic 3D volumes from Medical Diffusion and Med-DDPM bundles", version="0.2.1",

@@ -1,48 +1,32 @@
-"""Start the MONAI Label server for this app without itk, SimpleITK or pydicom-seg installed.
+"""Start the MONAI Label server for this app: MONAI Label's command line, serving ``synthesis_server:app``.
 
-``monailabel`` 0.8.5 imports those three when its web application loads, but uses them only for DICOM-SEG
-output, ``.bin`` label uploads and its default ITK writer, none of which this app reaches (it writes NIfTI
-itself). pydicom-seg also cannot be installed beside pydicom 3, which this project needs. So, only while the
-server's modules load and only for the modules that are not installed, stand-ins are registered that raise a
-clear ``ModuleNotFoundError`` if anything does use them; they are removed afterwards, so MONAI's own optional
-imports still see the modules as absent. With the three installed, nothing is replaced.
+``synthesis_server`` is MONAI Label's web application with this app's ``/infer/{model}`` (sampling off the event
+loop, a bounded queue, every bad request a 422 with its reason, no upload left behind), and it loads without itk,
+SimpleITK or pydicom-seg installed (see its docstring). Every uvicorn worker imports it, so ``--workers N`` serves
+with N processes, each holding its own copy of the models.
 
 Usage, with the arguments of ``monailabel``:
     python integrations/monailabel/run_server.py start_server --app integrations/monailabel --studies STUDIES \
-        --host 127.0.0.1 --port 8000 [--conf bundles PATH[,PATH]] [--conf num_inference_steps 50]
+        --host 127.0.0.1 --port 8000 [--conf bundles PATH[,PATH]] [--conf num_inference_steps 50] \
+        [--conf max_queued 8] [--workers N]
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-import types
+from pathlib import Path
 
-import monai.data  # noqa: F401  (MONAI first: its optional imports must not meet the stand-ins)
-
-OPTIONAL_AT_IMPORT = ("itk", "SimpleITK", "pydicom_seg")
-
-
-class _NotInstalled(types.ModuleType):
-    """A stand-in for a module that is not installed: any use names it."""
-
-    def __getattr__(self, attribute: str):
-        if attribute.startswith("__"):
-            raise AttributeError(attribute)
-        raise ModuleNotFoundError(f"{self.__name__} is not installed (this MONAI Label app does not need it).")
+SERVER_APP = "synthesis_server:app"
 
 
 def main() -> None:
-    stand_ins = {name: _NotInstalled(name) for name in OPTIONAL_AT_IMPORT if importlib.util.find_spec(name) is None}
-    sys.modules.update(stand_ins)
-    try:
-        import monailabel.app  # noqa: F401  (loaded once; the server reuses the loaded module)
-    finally:
-        for name in stand_ins:
-            sys.modules.pop(name, None)
+    if any(argument == "--uvicorn_app" or argument.startswith("--uvicorn_app=") for argument in sys.argv[1:]):
+        sys.exit(f"run_server.py serves {SERVER_APP} (this app's /infer); leave out --uvicorn_app.")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # workers inherit it, and import synthesis_server
+    import synthesis_server  # noqa: F401  (MONAI Label's application loaded first, with its stand-ins)
     from monailabel.main import Main
 
-    sys.argv[0] = "monailabel"
+    sys.argv = ["monailabel", *sys.argv[1:], *(["--uvicorn_app", SERVER_APP] if "start_server" in sys.argv else [])]
     Main().run()
 
 

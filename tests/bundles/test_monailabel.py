@@ -9,6 +9,7 @@ dependencies, which would replace the CPU torch, then ``integrations/monailabel/
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import nibabel as nib
@@ -41,51 +43,63 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(semantic_package, brain_package, tmp_path_factory):
-    root = tmp_path_factory.mktemp("monailabel")
-    python = make_environment(root / "venv", on_top_of_this_one=True)
+def monailabel_python(tmp_path_factory) -> str:
+    """A virtual environment with monailabel installed as docs/deployment.md says, on top of this one."""
+    python = make_environment(tmp_path_factory.mktemp("monailabel_venv") / "venv", on_top_of_this_one=True)
     pip_install(python, "-q", "--no-deps", MONAILABEL)
     pip_install(python, "-q", "-r", str(APP / "requirements.txt"))
     probe = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
     assert probe.stdout.strip() == torch.__version__, probe.stderr[-2000:]  # the install kept this environment's torch
+    return python
 
+
+@contextlib.contextmanager
+def running_server(python: str, root, bundles: str, *arguments: str):
+    """``run_server.py start_server`` on a free loopback port, serving ``bundles`` with 10 sampling steps; yields the
+    URL, the log and the server's temporary folder, and stops it (SIGINT) at the end."""
     app = root / "app"  # the server writes logs/, model/ and the like into the app folder
-    app.mkdir()
+    app.mkdir(parents=True)
     shutil.copy2(APP / "main.py", app / "main.py")
     (root / "studies").mkdir()
     (root / "tmp").mkdir()
-    bundles = f"{semantic_package},{brain_package.parent / 'brain_mri'}"
     quiet = {f"MONAI_LABEL_{key}": "false" for key in (
         "TASKS_TRAIN", "TASKS_STRATEGY", "TASKS_SCORING", "TASKS_BATCH_INFER", "SESSIONS", "AUTO_UPDATE_SCORING",
         "DATASTORE_AUTO_RELOAD", "TRACKING_ENABLED")}
     environment = {**os.environ, **quiet, "TMPDIR": str(root / "tmp"), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     port = _free_port()
-    log = open(root / "server.log", "wb")
-    process = subprocess.Popen(
-        [python, str(APP / "run_server.py"), "start_server", "--app", str(app), "--studies", str(root / "studies"),
-         "--host", "127.0.0.1", "--port", str(port), "--conf", "bundles", bundles, "--conf", "num_inference_steps", "10",
-         "--conf", "device", "cpu"],
-        cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_SECONDS
-    while True:
+    with open(root / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [python, str(APP / "run_server.py"), "start_server", "--app", str(app), "--studies", str(root / "studies"),
+             "--host", "127.0.0.1", "--port", str(port), "--conf", "bundles", bundles, "--conf", "num_inference_steps",
+             "10", "--conf", "device", "cpu", *arguments],
+            cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT,
+        )
         try:
-            urllib.request.urlopen(f"{base}/info/", timeout=5).read()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + START_SECONDS
+            while True:
+                try:
+                    urllib.request.urlopen(f"{base}/info/", timeout=5).read()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail("the MONAI Label server did not start:\n" + (root / "server.log").read_text()[-4000:])
+                    time.sleep(0.5)
+            yield {"url": base, "log": root / "server.log", "tmp": root / "tmp"}
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                log.close()
-                pytest.fail("the MONAI Label server did not start:\n" + (root / "server.log").read_text()[-4000:])
-            time.sleep(0.5)
-    yield {"url": base, "log": root / "server.log"}
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(monailabel_python, semantic_package, brain_package, tmp_path_factory):
+    bundles = f"{semantic_package},{brain_package.parent / 'brain_mri'}"
+    with running_server(monailabel_python, tmp_path_factory.mktemp("monailabel"), bundles) as running:
+        yield running
 
 
 def _client():
@@ -165,3 +179,74 @@ def test_the_client_can_be_run_in_3d_slicers_console(monkeypatch):
     namespace = {"__name__": "__main__"}
     exec((APP / "client.py").read_text(), namespace)
     assert callable(namespace["synthesize"])
+
+
+def _post(server, model: str, params: str, upload: bytes = b"any file") -> tuple[int, str, dict]:
+    """A raw multipart POST to /infer/<model>: (status, body, headers), whatever the status."""
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{params}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload.nii.gz"\r\n\r\n').encode()
+    body += upload + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{server['url']}/infer/{model}?output=json", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode(), {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read().decode(), {k.lower(): v for k, v in error.headers.items()}
+
+
+def test_bad_requests_are_refused_with_the_reason_and_leave_no_upload_behind(server):
+    kept = set(server["tmp"].iterdir())  # what the server keeps there itself
+    cases = [
+        ("brain_mri", "{seed: 1", "params is not JSON (Expecting property name enclosed in double quotes"),
+        ("brain_mri", "[1, 2]", "params must be a JSON object of named settings, got a list"),
+        ("no_such_model", "{}", "no model 'no_such_model' on this server; it serves ['brain_mri', 'brain_tumor_semantic']"),
+        ("brain_mri", '{"num_inference_steps": 5}', "brain_mri does not take ['num_inference_steps']; its parameters are ['seed']"),
+        ("brain_mri", '{"seed": -1}', "seed must be an integer in [0, 2**63)"),  # refused by the task, after the upload
+    ]
+    for model, params, reason in cases:
+        status, body, _ = _post(server, model, params)
+        assert status == 422 and reason in json.loads(body)["detail"], (params, status, body)
+    assert set(server["tmp"].iterdir()) == kept  # no upload of a refused request is left
+
+
+def test_the_server_answers_while_it_samples_and_refuses_beyond_its_queue(server):
+    import concurrent.futures
+
+    finished: dict[str, float] = {}
+
+    def sample(seed: int) -> int:
+        status = _post(server, "brain_mri", json.dumps({"seed": seed}))[0]
+        finished[f"sample {seed}"] = time.monotonic()
+        return status
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        samples = [pool.submit(sample, seed) for seed in (0, 1)]
+        time.sleep(0.3)  # both requests are at the server: one samples, one waits
+        json.load(urllib.request.urlopen(f"{server['url']}/info/", timeout=120))
+        finished["info"] = time.monotonic()
+        assert [s.result() for s in samples] == [200, 200]
+    # MONAI Label's own /infer sampled on the event loop: /info/ waited for both samples
+    assert finished["info"] < max(finished["sample 0"], finished["sample 1"])
+
+    burst = 16  # more than the 8 requests (--conf max_queued) a server holds computing or waiting
+    with concurrent.futures.ThreadPoolExecutor(burst) as pool:
+        answers = list(pool.map(lambda seed: _post(server, "brain_mri", json.dumps({"seed": seed})), range(burst)))
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses.count(200) >= 8 and set(statuses) <= {200, 503} and 503 in statuses, statuses
+    refused = next(answer for answer in answers if answer[0] == 503)
+    assert "the limit (--conf max_queued 8); try again later" in json.loads(refused[1])["detail"]
+    assert refused[2]["retry-after"] == "10"
+
+
+def test_workers_serve_the_app_each_with_its_own_process(monailabel_python, brain_package, tmp_path):
+    bundle = str(brain_package.parent / "brain_mri")
+    with running_server(monailabel_python, tmp_path, bundle, "--workers", "2") as running:
+        assert json.load(urllib.request.urlopen(f"{running['url']}/info/", timeout=120))["models"].keys() == {"brain_mri"}
+        assert [_post(running, "brain_mri", json.dumps({"seed": seed}))[0] for seed in (0, 1)] == [200, 200]
+        assert running["log"].read_text().count("Started server process") == 2  # MONAI Label's own app crash-looped
+
