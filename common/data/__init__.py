@@ -22,6 +22,7 @@ from .dataset import CheckedCacheDataset, describe_failure
 from .demo import (
     brain_demo_datalist,
     brain_demo_heldout_datalist,
+    brain_lesion_demo_datalist,
     breast_demo_datalist,
     chest_demo_datalist,
     knee_demo_datalist,
@@ -62,6 +63,7 @@ __all__ = [
     "WarnUnlessSkullStrippedd",
     "brain_demo_datalist",
     "brain_demo_heldout_datalist",
+    "brain_lesion_demo_datalist",
     "breast_datalist",
     "breast_demo_datalist",
     "check_all",

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
-__all__ = ["TEMPLATE", "TEMPLATE_LICENSE", "deform_brain", "load_template"]
+__all__ = ["TEMPLATE", "TEMPLATE_LICENSE", "deform_brain", "load_template", "smooth_field"]
 
 TEMPLATE = Path(__file__).resolve().parent / "assets" / "icbm152_2009a_t1_brain_2mm.nii.gz"
 TEMPLATE_LICENSE = TEMPLATE.parent / "ICBM152_2009a_LICENSE.txt"
@@ -38,7 +38,7 @@ def load_template() -> tuple[np.ndarray, np.ndarray]:
     return volume, affine
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
     """Smooth random field of unit standard deviation, made on a 4x coarser grid (fast) and zoomed up."""
     coarse = tuple(max(2, n // 4) for n in shape)
     field = gaussian_filter(rng.standard_normal(coarse), sigma / 4)
@@ -68,12 +68,12 @@ def deform_brain(template: np.ndarray, rng: np.random.Generator, strength: float
     size = 1 + strength * rng.uniform(-0.08, 0.08, 3)
     matrix = _rotation(np.deg2rad(strength * rng.uniform(-5, 5, 3))) @ np.diag(1 / size)  # output -> template
     coords = matrix @ (grid - centre[:, None]) + centre[:, None]
-    displacement = np.stack([_smooth_field(rng, shape, 6.0) for _ in range(3)]) * 1.25 * strength  # voxels of 2 mm
+    displacement = np.stack([smooth_field(rng, shape, 6.0) for _ in range(3)]) * 1.25 * strength  # voxels of 2 mm
     coords = coords.reshape(3, *shape) + displacement
     warped = map_coordinates(template, coords, order=1, mode="constant", cval=0.0).astype(np.float32)
     inside = warped > 0.02
     gamma = rng.uniform(0.85, 1.15)
-    bias = np.exp(0.08 * _smooth_field(rng, shape, 10.0))
+    bias = np.exp(0.08 * smooth_field(rng, shape, 10.0))
     brain = np.clip(warped, 0, 1) ** gamma * bias * rng.uniform(0.8, 1.2)
     return np.where(inside, np.clip(brain, 1e-3, None), 0.0).astype(np.float32)
 

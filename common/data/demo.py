@@ -7,7 +7,9 @@ trained on. (``make_brain_phantom``, the geometric brain of release 0.1, stays u
 soft tissue. Chest CTs: DICOM series (int16 with rescale slope and intercept) of a body with lungs, heart, spine
 and ribs in Hounsfield units. Breast MRIs: axial non-fat-saturated T1 MR series (bright fat, darker glandular
 tissue, dark pectoral muscle) with NIfTI breast masks, as the Duke layout. Heads with tumours: T1c-like whole-head
-volumes with a ring-enhancing tumour and their label masks (0 background, 1 head, 2 tumour) as image/label pairs.
+volumes with a ring-enhancing tumour and their label masks (0 background, 1 head, 2 tumour) as image/label pairs;
+and brains of the real-anatomy population with a simulated lesion each (``common.data.lesions``: BraTS labels for
+the necrotic core, the oedema and the enhancing rim) as image/label pairs, with held-out pairs.
 Each subject has its own shape, size and contrast. Apart from the brains they are not anatomy; they exercise the
 real readers and preprocessing end to end.
 """
@@ -25,12 +27,14 @@ from scipy.ndimage import gaussian_filter
 from common.io import atomic_path
 
 from .brain_population import deform_brain, load_template, write_subject
+from .lesions import add_lesion
 from .breast import breast_datalist
 from .pairs import paired_datalist
 
 __all__ = [
     "brain_demo_datalist",
     "brain_demo_heldout_datalist",
+    "brain_lesion_demo_datalist",
     "breast_demo_datalist",
     "chest_demo_datalist",
     "knee_demo_datalist",
@@ -106,6 +110,33 @@ def _brain_subjects(folder: Path, kind: str, count: int, seed: int) -> list[dict
             _write_once(path, lambda tmp: write_subject(volume, affine, tmp))
         datalist.append({"image": str(path)})
     return datalist
+
+
+def brain_lesion_demo_datalist(folder: str | os.PathLike, kind: str = "train", count: int = 16, seed: int = 0) -> list[dict[str, str]]:
+    """Datalist ``[{"image", "label"}, ...]`` of ``count`` real-anatomy brains with a simulated lesion each
+    (``common.data.lesions``: BraTS labels 1 necrotic core, 2 oedema, 4 enhancing rim), as image/label pairs in
+    ``folder/<kind>/images`` and ``folder/<kind>/labels`` (written there first if missing; 2 mm voxels, RAS), read
+    back by ``common.data.paired_datalist`` as the Med-DDPM bundle reads its data. ``kind`` "train" or "heldout":
+    each pair has its own random stream (``seed``, the kind, its index), so held-out pairs are other subjects with
+    other lesions and never depend on how many training pairs there are."""
+    if kind not in ("train", "heldout"):
+        raise ValueError(f"kind must be 'train' or 'heldout', got {kind!r}.")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}.")
+    root = Path(folder) / kind
+    template, affine = load_template()
+    stream = {"train": 2, "heldout": 3}[kind]  # other streams than the brains of brain_demo_datalist
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        name = f"demo_lesion_{kind}_{index:03d}.nii.gz"
+        if (root / "images" / name).exists() and (root / "labels" / name).exists():
+            continue
+        rng = np.random.default_rng([seed, stream, index])
+        image, labels, _ = add_lesion(deform_brain(template, rng), rng)
+        _write_once(root / "images" / name, lambda tmp: write_subject(image, affine, tmp))
+        _write_once(root / "labels" / name, lambda tmp: nib.save(nib.Nifti1Image(labels, affine), tmp))
+    return paired_datalist(root)
 
 
 def brain_demo_datalist(folder: str | os.PathLike, count: int = 20, seed: int = 0) -> list[dict[str, str]]:
