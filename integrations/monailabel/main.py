@@ -126,6 +126,11 @@ class SynthesisApp(MONAILabelApp):
             description="Synthetic 3D volumes from Medical Diffusion and Med-DDPM bundles", version="0.2.1",
         )
 
+    def parameters(self) -> dict[str, dict[str, Any]]:
+        """Each served model's request parameters with their defaults: what ``synthesis_server``'s ``/infer``
+        accepts in ``params`` (without ``info()``, which also scans the studies)."""
+        return {name: dict(task.config()) for name, task in self._infers.items()}  # MONAILabelApp keeps them there
+
     def init_infers(self) -> dict[str, InferTask]:
         return {folder.name: SynthesisTask(folder, self.num_inference_steps, self.device) for folder in self.bundles}
 

@@ -141,10 +141,10 @@ async def synthesize(
     instance = app_instance()
     uploads: list[str] = []
     try:
-        models = instance.info().get("models", {})
+        models = instance.parameters()
         if model not in models:
             raise HTTPException(status_code=422, detail=f"no model {model!r} on this server; it serves {sorted(models)}.")
-        settings_given = parse_params(params, model, models[model].get("config") or {})
+        settings_given = parse_params(params, model, models[model])
         if output not in OUTPUTS:
             raise HTTPException(status_code=422, detail=f"output must be one of image, json or all, got {output!r}.")
         if not file and not image:
