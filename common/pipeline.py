@@ -150,9 +150,14 @@ def pipeline(
 
 def demo(output_dir: str = "demo_output", bundle: str = "brain_mri") -> str:
     """Train small models on the embedded demo data, sample, write NIfTI volumes plus ``samples.png``, evaluate the
-    samples (``samples/evaluation/metrics.json`` and pictures), and print what the evaluation found."""
+    samples (``samples/evaluation/metrics.json`` and pictures), and print what the evaluation found. The Med-DDPM
+    bundle ``brain_tumor_semantic`` has its own demo (``common.med_ddpm.demo``: mask-conditioned pairs)."""
+    if bundle == "brain_tumor_semantic":
+        from common.med_ddpm.demo import demo as mask_conditioned_demo
+
+        return mask_conditioned_demo(output_dir)
     if bundle not in DEMO_SETTINGS:
-        raise ValueError(f"no demo settings for bundle '{bundle}' (have: {', '.join(DEMO_SETTINGS)}).")
+        raise ValueError(f"no demo settings for bundle '{bundle}' (have: {', '.join([*DEMO_SETTINGS, 'brain_tumor_semantic'])}).")
     samples = run_stages(bundle, output_dir, None, "autoencoder,diffusion,inference,evaluation", DEMO_SETTINGS[bundle], {})
     evaluation = Path(samples) / "evaluation"
     print(summary(json.loads((evaluation / "metrics.json").read_text()), evaluation, f"[{bundle}] "), flush=True)

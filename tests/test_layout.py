@@ -38,6 +38,7 @@ CITING = {
     "engines/latent_diffusion.py": "Khader", "sampling/latent.py": "Khader", "sampling/schedulers.py": "Khader", "evaluation/metrics.py": "Khader",
     "med_ddpm/__init__.py": "Dorjsembe", "med_ddpm/prepare_batch.py": "Dorjsembe", "med_ddpm/sampler.py": "Dorjsembe",
     "med_ddpm/evaluation.py": "Dorjsembe", "med_ddpm/segmentation_utility.py": "Dorjsembe",
+    "med_ddpm/mask_edits.py": "Dorjsembe", "med_ddpm/demo.py": "Dorjsembe",
 }
 
 

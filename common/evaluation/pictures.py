@@ -10,7 +10,7 @@ import numpy as np
 
 from common.io import atomic_path
 
-__all__ = ["save_adjacent_slices", "save_three_plane_montage", "save_training_curves"]
+__all__ = ["save_adjacent_slices", "save_slices_through", "save_three_plane_montage", "save_training_curves"]
 
 
 def save_three_plane_montage(
@@ -40,6 +40,42 @@ def save_three_plane_montage(
                 ax.set_title(planes[col], fontsize=9)
             if col == 0 and titles is not None:
                 ax.set_ylabel(titles[row], fontsize=8)
+    return _save(fig, path)
+
+
+def save_slices_through(
+    rows: Sequence[Sequence[np.ndarray]],
+    centres: Sequence[Sequence[int]],
+    path: str | os.PathLike,
+    column_titles: Sequence[str],
+    row_titles: Sequence[str],
+) -> str:
+    """Save a PNG of volumes side by side, each (H, W, D) volume of a row cut through that row's ``centre`` (for
+    example a lesion's): its axial slice above its coronal one, so a small structure off the middle is seen in
+    every volume of the row at the same place. Grey scale from -1 to 1, as ``save_three_plane_montage``."""
+    plt = _pyplot()
+    columns = max((len(row) for row in rows), default=0)
+    if not rows or len(centres) != len(rows) or len(row_titles) != len(rows) or len(column_titles) != columns:
+        raise ValueError("need at least one row, a centre and a title per row, and a title per column.")
+    fig, axes = plt.subplots(2 * len(rows), columns, figsize=(1.9 * columns, 3.6 * len(rows)), squeeze=False)
+    for r, (volumes, centre, title) in enumerate(zip(rows, centres, row_titles)):
+        for c in range(columns):
+            for plane, ax in enumerate((axes[2 * r][c], axes[2 * r + 1][c])):
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c >= len(volumes):
+                    ax.axis("off")
+                    continue
+                volume = np.asarray(volumes[c], dtype=np.float32)
+                if volume.ndim != 3:
+                    raise ValueError(f"expected (H, W, D) volumes, got shape {volume.shape}.")
+                index = [min(max(int(i), 0), n - 1) for i, n in zip(centre, volume.shape)]
+                image = volume[:, :, index[2]] if plane == 0 else volume[:, index[1], :]
+                ax.imshow(np.rot90(image), cmap="gray", vmin=-1, vmax=1, aspect="auto")
+                if r == 0 and plane == 0:
+                    ax.set_title(column_titles[c], fontsize=8)
+        axes[2 * r][0].set_ylabel(f"{title}\naxial", fontsize=7)
+        axes[2 * r + 1][0].set_ylabel("coronal", fontsize=7)
     return _save(fig, path)
 
 
