@@ -23,7 +23,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.bundle import run as run_bundle
 
-from common.data import brain_lesion_demo_datalist
+from common.data import brain_lesion_demo_datalist, nifti_stem
 from common.evaluation.pictures import save_slices_through
 from common.io import bundle_dir, save_nifti, write_text
 from common.overrides import refuse_unknown_ids
@@ -39,11 +39,12 @@ CLASS_NAMES = ["necrotic core", "oedema", "enhancing rim", "brain"]
 BRAIN_CLASS = 4
 TRAINING_PAIRS, HELDOUT_PAIRS, EDITED_CASES = 16, 8, 2
 
-# By stage, as common.pipeline.DEMO_SETTINGS: "shared" goes to every config (the data as the bundle reads BraTS, and
-# the network, which training and sampling must agree on), the others to their step. 2 mm brains cropped to 80x96x80
-# and resized to 32x40x32 (5 x 4.8 x 5 mm voxels); a denoiser of 16-32-64 channels (1.8 M parameters; the paper's
-# has 64-64-128-192-256, 40 M) trained for 300 iterations of batch 4 at lr 1e-3 (the paper: 1e-5 for 100,000
-# iterations of batch 1), about 2 s an iteration on 2 CPU cores. DDIM with 50 steps samples (the paper: DDPM 250).
+# By step, as common.pipeline.DEMO_SETTINGS: "shared" goes to every config (the classes, the size and the network,
+# which training and sampling must agree on), "data" to the configs that read pairs (as the bundle reads BraTS), the
+# others to their step; inference's mask spacing is derived from "data" and the size. 2 mm brains cropped to
+# 80x96x80 and resized to 32x40x32 (5 x 4.8 x 5 mm voxels); a denoiser of 16-32-64 channels (1.8 M parameters; the
+# paper's has 64-64-128-192-256, 40 M) trained for 300 iterations of batch 4 at lr 1e-3 (the paper: 1e-5 for
+# 100,000 iterations of batch 1), 1.7 s an iteration on 2 CPU cores. DDIM with 50 steps samples (the paper: DDPM 250).
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "shared": {
         "num_classes": 4,
@@ -70,7 +71,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
         "save_interval": 0,
         "log_interval": 25,
     },
-    "inference": {"num_inference_steps": 50, "spacing": [5.0, 4.8, 5.0]},
+    "inference": {"num_inference_steps": 50},
     "evaluation": {"num_masks": TRAINING_PAIRS, "samples_for_one_mask": 4, "utility_epochs": 50, "class_names": CLASS_NAMES},
 }
 
@@ -99,11 +100,15 @@ def run_demo(output_dir: str, settings: dict[str, dict[str, Any]], training_pair
     model = {"bundle_root": str(bundle_dir(BUNDLE)), "ckpt_dir": str(out / "models"), **settings["shared"]}
     reading = {**model, **settings["data"], "dataset_dir": str(data / "train")}
     samples = out / "samples"
+    data_settings, size = settings["data"], settings["shared"]["image_size"]
+    # the voxel size of the model's grid: what inference checks every mask against
+    spacing = [s * c / i for s, c, i in zip(data_settings["source_spacing"], data_settings["crop_size"], size)]
+    sampling = {**settings["inference"], "spacing": spacing}
     timings: dict[str, float] = {}
     for step, files, overrides in (
         ("training", ["train.json"], {**reading, **settings["train"], "log_dir": str(out / "logs")}),
         ("evaluation", ["train.json", "inference.json", "evaluate.json"], {
-            **reading, **settings["inference"], **settings["evaluation"],
+            **reading, **sampling, **settings["evaluation"],
             "heldout_dir": str(data / "heldout"), "output_dir": str(samples),
         }),
     ):
@@ -112,9 +117,9 @@ def run_demo(output_dir: str, settings: dict[str, dict[str, Any]], training_pair
         _run(configs, files, overrides)
         timings[step] = time.time() - start
     start = time.time()
-    edits = edited_masks(configs, reading, heldout[:edited_cases], out / "edited_masks", settings["inference"]["spacing"])
+    edits = edited_masks(configs, reading, heldout[:edited_cases], out / "edited_masks", spacing)
     _run(configs, ["inference.json"], {
-        **model, **settings["inference"], "mask_dir": str(out / "edited_masks"), "output_dir": str(samples / "edited_masks"),
+        **model, **sampling, "mask_dir": str(out / "edited_masks"), "output_dir": str(samples / "edited_masks"),
     })
     metrics_path = samples / "evaluation" / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
@@ -141,7 +146,7 @@ def edited_masks(
     for index, pair in enumerate(pairs):
         item = preprocessing(dict(pair))
         classes = classes_of(torch.as_tensor(item["label"]))[0].numpy().astype(np.uint8)
-        name = Path(pair["label"]).name.split(".")[0]
+        name = nifti_stem(pair["label"])
         variants = {"original": classes, **{edit: edit_mask(classes, edit, BRAIN_CLASS, seed=index) for edit in EDITS}}
         for variant, mask in variants.items():
             save_nifti(mask, affine, folder / f"{name}_{variant}.nii.gz", dtype=np.uint8)
@@ -154,7 +159,7 @@ def judge_edits(cases: list[dict[str, Any]], sampled: Path, metrics: dict[str, A
     against the real images' (from the evaluation), and a picture of every mask beside its sample, cut through the
     lesion (for a moved or added one, through where the edit changed the mask)."""
     records = json.loads((sampled / "samples.json").read_text())["samples"]
-    image_of = {Path(r["mask"]).name.split(".")[0]: sampled / r["image"] for r in records}
+    image_of = {nifti_stem(r["mask"]): sampled / r["image"] for r in records}
     real_means = metrics["class_mean_intensity"]["real"]
     by_variant: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     rows, centres, titles = [], [], []

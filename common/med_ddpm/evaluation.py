@@ -25,6 +25,7 @@ from .sampler import MaskConditionedSampler
 
 __all__ = ["MaskConditionedEvaluator", "class_contrast", "class_means", "classes_of", "mask_picture"]
 
+
 def class_means(images: torch.Tensor, masks: torch.Tensor, num_classes: int) -> list[float]:
     """Mean intensity of the first channel of ``images`` (N, C, H, W, D) inside each class 0..``num_classes`` of
     ``masks`` (N, 1, H, W, D), over all images; NaN for a class absent from every mask."""
@@ -168,7 +169,8 @@ class MaskConditionedEvaluator(SyntheticEvaluationBase):
             "real_different_patients": self._diversity(torch.stack([image for _, image, _ in real])),
         })
         results["class_mean_intensity"] = self.timed("class_mean_intensity", lambda: self.class_means(synthetic, real_images, training))
-        results["class_contrast"] = self.class_contrast(results["class_mean_intensity"])
+        means = results["class_mean_intensity"]
+        results["class_contrast"] = class_contrast(means["synthetic"], means["real"], self.contrast_reference_class, self.class_names)
         results["mmd"] = self.timed("mmd", lambda: {"synthetic_vs_real_same_masks": metrics.mmd(synthetic, real_images)})
         results["memorisation_audit"] = self.timed("memorisation_audit", lambda: self.audit(synthetic, names, real))
         results["segmentation_utility"] = self.timed("segmentation_utility", lambda: self.utility(synthetic, training, test))
@@ -179,9 +181,6 @@ class MaskConditionedEvaluator(SyntheticEvaluationBase):
         """Mean intensity (first channel) inside each class, synthetic and real, over the same masks."""
         masks = torch.stack([classes for _, _, classes in training])
         return {key: class_means(images, masks, self.num_classes) for key, images in (("synthetic", synthetic), ("real", real_images))}
-
-    def class_contrast(self, means: dict[str, list[float]]) -> dict[str, Any]:
-        return class_contrast(means["synthetic"], means["real"], self.contrast_reference_class, self.class_names)
 
     def audit(self, synthetic: torch.Tensor, names: list[str], real: list) -> dict[str, Any]:
         """Nearest real image of every sample, leaving out the real image whose mask the sample was made from

@@ -18,7 +18,7 @@ def test_the_demo_settings_at_a_small_scale(tmp_path):
     settings = copy.deepcopy(DEMO_SETTINGS)
     settings["shared"]["image_size"] = [16, 16, 16]
     settings["train"].update({"train#trainer#max_epochs": 2, "ema#start_iteration": 1})
-    settings["inference"].update({"num_inference_steps": 3, "spacing": [10.0, 12.0, 10.0]})  # 2 mm x 80/96/80 / 16
+    settings["inference"].update({"num_inference_steps": 3})
     settings["evaluation"].update({"num_masks": 4, "samples_for_one_mask": 2, "utility_epochs": 2})
     with in_repository(), isolated_state():
         samples = Path(run_demo(str(tmp_path), settings, training_pairs=4, heldout_pairs=2, edited_cases=1))
@@ -39,6 +39,7 @@ def test_the_demo_settings_at_a_small_scale(tmp_path):
     assert written == sorted(f"demo_lesion_heldout_000_{v}.nii.gz" for v in ("original", "moved", "grown", "added"))
     original, moved = (np.asarray(nib.load(tmp_path / "edited_masks" / f"demo_lesion_heldout_000_{v}.nii.gz").dataobj) for v in ("original", "moved"))
     assert original.shape == (16, 16, 16) and set(np.unique(original)) <= {0, 1, 2, 3, 4}
+    assert nib.load(tmp_path / "edited_masks" / "demo_lesion_heldout_000_moved.nii.gz").header.get_zooms() == (10.0, 12.0, 10.0)  # 2 mm x 80/96/80 / 16
     assert [(moved == c).sum() for c in range(5)] == [(original == c).sum() for c in range(5)] and (moved != original).any()
     records = json.loads((samples / "edited_masks" / "samples.json").read_text())["samples"]
     assert len(records) == 4 and all((samples / "edited_masks" / r["image"]).is_file() for r in records)
