@@ -41,6 +41,12 @@ RECIPES: dict[str, dict[str, dict]] = {
     "unit_variance_v": {"train": {"latent_scaling": "unit_variance", "prediction_type": "v_prediction"},
                         "sample": {"clip_sample_range": 1.25}},
     "sample_prediction": {"train": {**PAPER, "prediction_type": "sample"}, "sample": {"clip_sample_range": 1.25}},
+    # the paper's four levels and width multipliers (1, 2, 4, 8) at half its base width, attention in the two
+    # smallest levels, instead of quality.py's two levels: context across the whole slice at a lower cost per
+    # iteration on a CPU (the first level, where the volume is largest, is half as wide)
+    "v_prediction_4_levels": {"train": {**PAPER, "prediction_type": "v_prediction", "network_def#channels": [16, 32, 64, 128],
+                                        "network_def#spatial_attention": [False, False, True, True]},
+                              "sample": {"clip_sample_range": 1.25}},
 }
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
@@ -218,7 +224,10 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "Ratios to real (about 1 is real-like; for the histogram distances the real value is half of the real "
         "volumes against the other half, so below 1 is as close as real data are to each other).",
         "",
-        "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in args.recipes) + ".",
+        "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in dict.fromkeys(r["recipe"] for r in rows)) + ".",
+        *([f"The curves of {', '.join(sorted({r['recipe'] for r in args.earlier_rows}))} come from an earlier run into "
+           f"the same --workdir (`--earlier {args.earlier.name}`: the same VQ-GAN, data and seeds); its training minutes "
+           "were measured then, under that day's load.", ""] if args.earlier_rows else []),
         "",
         *table(rows, "recipe"),
         "",
@@ -255,6 +264,8 @@ def main() -> None:
                         "--workdir), then only the sweep of the steps and seeds")
     parser.add_argument("--already", default="", help="name:iterations:minutes,...: recipes an interrupted run into --workdir "
                         "trained that far in that many minutes; they continue from their checkpoint (--resume)")
+    parser.add_argument("--earlier", type=Path, help="rows.json of an earlier run into the same --workdir (the same VQ-GAN, data "
+                        "and seeds): its curves are shown beside this run's")
     parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data, the VQ-GAN and every recipe's run")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "convergence.md")
     args = parser.parse_args()
@@ -270,6 +281,10 @@ def main() -> None:
     args.sweep_steps = [int(s) for s in args.sweep_steps.split(",") if s.strip()]
     args.already = {a.split(":")[0]: (int(a.split(":")[1]), float(a.split(":")[2])) for a in args.already.split(",") if a.strip()}
     args.out = args.out.resolve()
+    args.earlier_rows = json.loads(args.earlier.read_text())["curves"] if args.earlier else []
+    overlap = sorted({r["recipe"] for r in args.earlier_rows} & set(args.recipes))
+    if overlap:
+        parser.error(f"--earlier already has curves of {overlap}; train other recipes beside them")
     args.pictures = args.out.parent / args.out.stem
     args.pictures.mkdir(parents=True, exist_ok=True)
 
@@ -293,7 +308,7 @@ def main() -> None:
     if args.sweep_only:  # the curves of an earlier run into --workdir and --out, then the sweep
         rows = json.loads((args.pictures / "rows.json").read_text())["curves"]
     else:
-        rows = train_recipes(args, settings, data, vqgan / "models", common_overrides, run_stages)
+        rows = args.earlier_rows + train_recipes(args, settings, data, vqgan / "models", common_overrides, run_stages)
     finals = {r["recipe"]: r for r in rows if r["iteration"] == args.iterations}
     best = min(finals, key=lambda name: closeness(finals[name]))
     sweep = sweep_steps(args, settings, data, best, common_overrides, run_stages, rows)
