@@ -1,11 +1,12 @@
 """The two training stages of Medical Diffusion on MONAI's ignite engines: the VQ-GAN (``VQGANTrainer``) and the
 latent DDPM (MONAI's ``SupervisedTrainer`` with ``LatentDiffusionPrepareBatch``). Med-DDPM's batches are in
-``common.med_ddpm``."""
+``common.med_ddpm``; both learn the target their scheduler's ``prediction_type`` names (``PredictionTargetPrepareBatch``)."""
 
-from .latent_diffusion import PREDICTION_TYPES, LatentDiffusionPrepareBatch
+from .latent_diffusion import LatentDiffusionPrepareBatch
+from .prediction_target import PREDICTION_TYPES, PredictionTargetPrepareBatch
 from .vqgan_trainer import VQGANTrainer
 
-__all__ = ["PREDICTION_TYPES", "LatentDiffusionPrepareBatch", "VQGANTrainer"]
+__all__ = ["PREDICTION_TYPES", "LatentDiffusionPrepareBatch", "PredictionTargetPrepareBatch", "VQGANTrainer"]
 
 
 def __getattr__(name: str):

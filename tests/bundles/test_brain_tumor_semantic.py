@@ -256,3 +256,36 @@ def test_a_non_finite_loss_stops_the_mask_conditioned_training(trained, tmp_path
     assert "NonFiniteLossError: training stopped at iteration 1 (epoch 1): loss = inf. The batch held: " in chain
     assert str(trained["data"] / "images") in chain.split("The batch held: ")[1]
     assert not (tmp_path / "models" / "diffusion.pt").exists()
+
+
+def test_v_prediction_trains_and_samples_through_the_bundle_configs_and_other_settings_are_refused(trained, tmp_path):
+    """``prediction_type`` is stored with the checkpoint; inference with another, or a checkpoint written before
+    settings were stored sampled with a non-paper setting, is refused with the file named."""
+    models = tmp_path / "models"
+    run_bundle(
+        config_files(BUNDLE, "train"), dataset_dir=str(trained["data"]), ckpt_dir=str(models), log_dir=str(tmp_path / "logs"),
+        **TRAINING, num_workers=0, batch_size=4, save_interval=0, prediction_type="v_prediction",
+        **{"train#trainer#max_epochs": 2, "ema#start_iteration": 1},
+    )
+    assert torch.load(models / "diffusion.pt", weights_only=True)["model_settings"]["prediction_type"] == "v_prediction"
+    sampling = {**SAMPLING, "ckpt_dir": str(models), "num_inference_steps": 2}
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    nib.save(nib.Nifti1Image(head_labels((8, 8, 8)), np.eye(4)), str(masks / "one.nii.gz"))
+    run_bundle(config_files(BUNDLE, "inference"), **sampling, mask_dir=str(masks), output_dir=str(tmp_path / "out"), prediction_type="v_prediction")
+    assert len(list((tmp_path / "out").glob("*.nii.gz"))) >= 1
+    with pytest.raises(Exception) as mismatch:
+        run_bundle(config_files(BUNDLE, "inference"), **sampling, mask_dir=str(masks), output_dir=str(tmp_path / "refused"))
+    assert "trained with prediction_type 'v_prediction' (configured: 'epsilon'); set --prediction_type" in error_chain(mismatch.value)
+    assert not (tmp_path / "refused").exists()
+    # the session's model was trained with the paper's settings, and stores them
+    assert torch.load(trained["models"] / "diffusion.pt", weights_only=True)["model_settings"] == {
+        "num_train_timesteps": 250, "noise_schedule": "cosine", "prediction_type": "epsilon"}
+    # a checkpoint without settings (written before 0.2.3) is the paper's: sampling it with v-prediction is refused
+    older = torch.load(models / "diffusion.pt", weights_only=True)
+    del older["model_settings"]
+    torch.save(older, tmp_path / "older.pt")
+    with pytest.raises(Exception) as before:
+        run_bundle(config_files(BUNDLE, "inference"), **sampling, mask_dir=str(masks), output_dir=str(tmp_path / "refused"),
+                   diffusion_path=str(tmp_path / "older.pt"), prediction_type="v_prediction")
+    assert f"checkpoint {tmp_path / 'older.pt'} holds no settings" in error_chain(before.value)

@@ -21,7 +21,7 @@ LATENT = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 # per bundle: (training configs, inference configs, the ids both must declare alike, the networks both build)
 PAIRS = {
     **{b: (["train_autoencoder", "train_diffusion"], ["inference"], ["image_size", "autoencoder_def", "network_def", "num_train_timesteps", "noise_schedule", "prediction_type"], ["autoencoder_def", "network_def"]) for b in LATENT},
-    "brain_tumor_semantic": (["train"], ["inference"], ["image_size", "image_channels", "num_classes", "network_def", "num_train_timesteps", "noise_schedule"], ["network_def"]),
+    "brain_tumor_semantic": (["train"], ["inference"], ["image_size", "image_channels", "num_classes", "network_def", "num_train_timesteps", "noise_schedule", "prediction_type", "model_settings"], ["network_def"]),
 }
 
 
@@ -78,17 +78,21 @@ def test_training_and_inference_declare_the_same_networks(bundle):
 
 @pytest.mark.parametrize("bundle", sorted(PAIRS))
 def test_training_and_inference_build_their_noise_schedule_from_one_id(bundle):
+    """The schedule, the prediction type and the settings stored with the checkpoint follow one id each, alike in
+    training and inference."""
     training_files, inference_files, _, _ = PAIRS[bundle]
     schedules = {}
-    for schedule in ("cosine", "linear_beta"):
-        built = []
+    for schedule, prediction_type in (("cosine", "epsilon"), ("linear_beta", "v_prediction")):
+        built, stored = [], []
         for files in (training_files, inference_files):
             parser = ConfigParser()
             parser.read_config(config_files(bundle, *files))
-            parser.update({"noise_schedule": schedule, "num_inference_steps": parser["num_train_timesteps"]})
+            parser.update({"noise_schedule": schedule, "prediction_type": prediction_type, "num_inference_steps": parser["num_train_timesteps"]})
             built.append(parser.get_parsed_content("noise_scheduler"))
+            stored.append(parser.get_parsed_content("model_settings").state_dict())
         trained, sampling = built
-        assert torch.equal(trained.betas, sampling.betas) and trained.prediction_type == sampling.prediction_type
+        assert torch.equal(trained.betas, sampling.betas) and trained.prediction_type == sampling.prediction_type == prediction_type
+        assert stored[0] == stored[1] and stored[0]["noise_schedule"] == schedule and stored[0]["prediction_type"] == prediction_type
         schedules[schedule] = trained.betas
     assert not torch.allclose(schedules["cosine"], schedules["linear_beta"])  # the id decides, in both
 

@@ -74,3 +74,21 @@ def test_the_evaluator_writes_every_metric(tmp_path):
     assert len(utility["trained_on_synthetic"]["dice_per_class"]) == 2 and len(utility["trained_on_real"]["dice_per_class"]) == 2
     for picture in ("masks_real_synthetic", "one_mask_diversity"):
         assert (tmp_path / "evaluation" / f"{picture}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_the_mask_conditioned_target_is_what_the_scheduler_predicts(prediction_type):
+    from monai.networks.schedulers import DDPMScheduler
+
+    from common.med_ddpm import ConcatConditionPrepareBatch
+
+    scheduler = DDPMScheduler(num_train_timesteps=250, schedule="cosine", prediction_type=prediction_type)
+    images, labels = torch.randn(3, 1, 8, 8, 8), torch.rand(3, 2, 8, 8, 8).round()
+    inputs, target, _, kwargs = ConcatConditionPrepareBatch(250, scheduler=scheduler)({"image": images, "label": labels})
+    noise, timesteps = kwargs["noise"], kwargs["timesteps"]
+    alpha = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+    expected = {"epsilon": noise, "sample": images, "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * images}
+    assert torch.allclose(target, expected[prediction_type], atol=1e-6)
+    assert torch.equal(kwargs["condition"], labels) and kwargs["mode"] == "concat" and torch.equal(inputs, images)
+    with pytest.raises(ValueError, match="250 training timesteps but num_train_timesteps is 300"):
+        ConcatConditionPrepareBatch(300, scheduler=scheduler)
