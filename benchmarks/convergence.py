@@ -225,7 +225,7 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "volumes against the other half, so below 1 is as close as real data are to each other).",
         "",
         "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in dict.fromkeys(r["recipe"] for r in rows)) + ".",
-        *([f"The curves of {', '.join(sorted({r['recipe'] for r in args.earlier_rows}))} come from an earlier run into "
+        *(["", f"The curves of {', '.join(sorted({r['recipe'] for r in args.earlier_rows}))} come from an earlier run into "
            f"the same --workdir (`--earlier {args.earlier.name}`: the same VQ-GAN, data and seeds); its training minutes "
            "were measured then, under that day's load.", ""] if args.earlier_rows else []),
         "",
