@@ -1,7 +1,6 @@
 """The Medical Diffusion VQ-GAN objective, built from MONAI's losses and discriminators.
 
-Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + commitment`` (plus, not in the paper,
-``spectral_weight`` times MONAI's ``JukeboxLoss``: the distance of the volumes' Fourier amplitudes), and from
+Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + commitment``, and from
 ``adversarial_start`` on, the generator hinge losses -mean(D(fake)) of a 2D discriminator on that slice and of a
 3D discriminator on the volume, plus ``feature_matching_weight`` times the L1 distance between their intermediate
 features on real and reconstructed input. Discriminators: hinge loss on real versus reconstructed slice / volume.
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from monai.losses import JukeboxLoss, PatchAdversarialLoss, PerceptualLoss
+from monai.losses import PatchAdversarialLoss, PerceptualLoss
 from torch import nn
 
 __all__ = ["VQGANLoss", "build_perceptual_loss", "depth_slices", "feature_matching_loss"]
@@ -108,11 +107,6 @@ class VQGANLoss(nn.Module):
             4 x (4 / (layers + 1)) x the sum over the layers + 1 feature maps.
         adversarial_start: iteration from which the adversarial and feature-matching terms count and the
             discriminators train (the paper: 10000).
-        spectral_weight: weight of MONAI's ``JukeboxLoss`` on the whole volume, the mean squared distance of the
-            3D Fourier amplitudes of input and reconstruction (Dhariwal et al., 2020, Sec. 3.3); not in the paper (0).
-            L1 alone lets the reconstruction lose fine detail; a loss on the amplitudes asks for the detail's power
-            even where its place is uncertain. Where the LPIPS weights cannot be had (offline), it is the one
-            sharpening term that needs no download before the adversarial phase.
     """
 
     def __init__(
@@ -126,7 +120,6 @@ class VQGANLoss(nn.Module):
         volume_gan_weight: float = 1.0,
         feature_matching_weight: float = 16.0,
         adversarial_start: int = 10000,
-        spectral_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if perceptual_weight > 0 and perceptual_loss is None:
@@ -136,8 +129,6 @@ class VQGANLoss(nn.Module):
             )
         if adversarial_start < 0:
             raise ValueError(f"adversarial_start must be >= 0, got {adversarial_start}.")
-        if spectral_weight < 0:
-            raise ValueError(f"spectral_weight must be >= 0, got {spectral_weight}.")
         self.image_discriminator = image_discriminator
         self.volume_discriminator = volume_discriminator
         self.perceptual_loss = perceptual_loss if perceptual_weight > 0 else None
@@ -147,8 +138,6 @@ class VQGANLoss(nn.Module):
         self.volume_gan_weight = volume_gan_weight
         self.feature_matching_weight = feature_matching_weight
         self.adversarial_start = adversarial_start
-        self.spectral_weight = spectral_weight
-        self.spectral = JukeboxLoss(spatial_dims=3) if spectral_weight > 0 else None
         self.adversarial = PatchAdversarialLoss(criterion="hinge")
 
     def train(self, mode: bool = True) -> VQGANLoss:
@@ -178,9 +167,6 @@ class VQGANLoss(nn.Module):
         if self.perceptual_loss is not None:
             terms["perceptual"] = self.perceptual_loss(fake_slice.float(), real_slice.float())
             total = total + self.perceptual_weight * terms["perceptual"]
-        if self.spectral is not None:
-            terms["spectral"] = self.spectral(fake.float(), real.float())
-            total = total + self.spectral_weight * terms["spectral"]
         if self.adversarial_active(iteration):
             # the generator step trains no discriminator weights: bypass a DistributedDataParallel wrapper, whose
             # gradient synchronisation would expect discriminator gradients
