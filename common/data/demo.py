@@ -112,13 +112,16 @@ def _brain_subjects(folder: Path, kind: str, count: int, seed: int) -> list[dict
     return datalist
 
 
-def brain_lesion_demo_datalist(folder: str | os.PathLike, kind: str = "train", count: int = 16, seed: int = 0) -> list[dict[str, str]]:
+def brain_lesion_demo_datalist(
+    folder: str | os.PathLike, kind: str = "train", count: int = 16, seed: int = 0, radius_range: tuple[float, float] = (4.0, 8.0)
+) -> list[dict[str, str]]:
     """Datalist ``[{"image", "label"}, ...]`` of ``count`` real-anatomy brains with a simulated lesion each
     (``common.data.lesions``: BraTS labels 1 necrotic core, 2 oedema, 4 enhancing rim), as image/label pairs in
     ``folder/<kind>/images`` and ``folder/<kind>/labels`` (written there first if missing; 2 mm voxels, RAS), read
     back by ``common.data.paired_datalist`` as the Med-DDPM bundle reads its data. ``kind`` "train" or "heldout":
     each pair has its own random stream (``seed``, the kind, its index), so held-out pairs are other subjects with
-    other lesions and never depend on how many training pairs there are."""
+    other lesions and never depend on how many training pairs there are. ``radius_range``: the tumours' mean radii
+    in voxels (``add_lesion``); pairs already in the folder are kept as they are, so give each size its own folder."""
     if kind not in ("train", "heldout"):
         raise ValueError(f"kind must be 'train' or 'heldout', got {kind!r}.")
     if count < 1:
@@ -133,7 +136,7 @@ def brain_lesion_demo_datalist(folder: str | os.PathLike, kind: str = "train", c
         if (root / "images" / name).exists() and (root / "labels" / name).exists():
             continue
         rng = np.random.default_rng([seed, stream, index])
-        image, labels, _ = add_lesion(deform_brain(template, rng), rng)
+        image, labels, _ = add_lesion(deform_brain(template, rng), rng, radius_range=radius_range)
         _write_once(root / "images" / name, lambda tmp: write_subject(image, affine, tmp))
         _write_once(root / "labels" / name, lambda tmp: nib.save(nib.Nifti1Image(labels, affine), tmp))
     return paired_datalist(root)

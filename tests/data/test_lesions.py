@@ -3,6 +3,7 @@ seed, inside the brain, classes nested as BraTS declares them, a look per class,
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -66,6 +67,10 @@ def test_demo_pairs_are_written_once_held_out_apart_and_read_by_the_bundle(tmp_p
     assert [tmp_path.joinpath(p).stat().st_mtime_ns for p in (train[0]["image"], train[0]["label"])] == stamps
     with pytest.raises(ValueError, match="kind must be 'train' or 'heldout'"):
         brain_lesion_demo_datalist(tmp_path, "test")
+    # the same subject with a larger tumour when the radii are given
+    larger = brain_lesion_demo_datalist(tmp_path / "larger", "heldout", count=1, radius_range=(10.0, 12.0))
+    lesion_voxels = [int((nib.load(str(tmp_path.joinpath(p[0]["label"]))).get_fdata() > 0).sum()) for p in (heldout, larger)]
+    assert lesion_voxels[1] > 1.5 * lesion_voxels[0]
     # the bundle's own preprocessing, with the label set of BraTS as its brats config declares it (one channel)
     parser = ConfigParser()
     parser.read_config(config_files("brain_tumor_semantic", "train"))
