@@ -123,7 +123,7 @@ def run_demo(output_dir: str, settings: dict[str, dict[str, Any]], training_pair
         _run(configs, files, overrides)
         timings[step] = time.time() - start
     start = time.time()
-    edits = edited_masks(configs, reading, heldout[:edited_cases], out / "edited_masks", spacing)
+    edits = edited_masks(configs, reading, heldout, out / "edited_masks", spacing, edited_cases)
     _run(configs, ["inference.json"], {
         **model, **sampling, "mask_dir": str(out / "edited_masks"), "output_dir": str(samples / "edited_masks"),
     })
@@ -138,11 +138,13 @@ def run_demo(output_dir: str, settings: dict[str, dict[str, Any]], training_pair
 
 
 def edited_masks(
-    configs: Path, reading: dict[str, Any], pairs: list[dict[str, str]], folder: Path, spacing: list[float],
+    configs: Path, reading: dict[str, Any], pairs: list[dict[str, str]], folder: Path, spacing: list[float], count: int,
 ) -> list[dict[str, Any]]:
-    """For each held-out pair, its mask on the model's grid (the bundle's own preprocessing) and the mask edited
-    each way (``EDITS``), written to ``folder`` as NIfTI label masks at the model's spacing, ready for
-    ``inference.json``'s ``mask_dir``. Returns the cases: name, real image, and the class map of each variant."""
+    """For the first ``count`` held-out pairs whose lesion every edit can place, the mask on the model's grid (the
+    bundle's own preprocessing) and the mask edited each way (``EDITS``), written to ``folder`` as NIfTI label masks
+    at the model's spacing, ready for ``inference.json``'s ``mask_dir``. A pair whose lesion (with its oedema) has
+    no other place in the brain is passed over, and said. Returns the cases: name, real image, and the class map of
+    each variant."""
     parser = ConfigParser()
     parser.read_config([str(configs / "train.json")])
     parser.update(reading)
@@ -150,13 +152,22 @@ def edited_masks(
     affine = np.diag([*spacing, 1.0])
     cases = []
     for index, pair in enumerate(pairs):
+        if len(cases) == count:
+            break
         item = preprocessing(dict(pair))
         classes = classes_of(torch.as_tensor(item["label"]))[0].numpy().astype(np.uint8)
         name = nifti_stem(pair["label"])
-        variants = {"original": classes, **{edit: edit_mask(classes, edit, BRAIN_CLASS, seed=index) for edit in EDITS}}
+        try:
+            variants = {"original": classes, **{edit: edit_mask(classes, edit, BRAIN_CLASS, seed=index) for edit in EDITS}}
+        except ValueError as error:
+            print(f"edited masks: {name} passed over ({error})", flush=True)
+            continue
         for variant, mask in variants.items():
             save_nifti(mask, affine, folder / f"{name}_{variant}.nii.gz", dtype=np.uint8)
         cases.append({"name": name, "image": torch.as_tensor(item["image"])[0].numpy(), "variants": variants})
+    if len(cases) < count:
+        raise ValueError(f"only {len(cases)} of {len(pairs)} held-out pairs have a lesion that every edit can place, "
+                         f"{count} asked for: write more held-out pairs or ask for fewer edited cases.")
     return cases
 
 
