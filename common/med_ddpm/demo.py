@@ -110,6 +110,8 @@ def run_demo(output_dir: str, settings: dict[str, dict[str, Any]], training_pair
     # the voxel size of the model's grid: what inference checks every mask against
     spacing = [s * c / i for s, c, i in zip(data_settings["source_spacing"], data_settings["crop_size"], size)]
     sampling = {**settings["inference"], "spacing": spacing}
+    # the edited masks first: a lesion set no edit can place stops the demo before minutes of training, not after
+    edits = edited_masks(configs, reading, heldout, out / "edited_masks", spacing, edited_cases)
     timings: dict[str, float] = {}
     for step, files, overrides in (
         ("training", ["train.json"], {**reading, **settings["train"], "log_dir": str(out / "logs")}),
@@ -123,7 +125,6 @@ def run_demo(output_dir: str, settings: dict[str, dict[str, Any]], training_pair
         _run(configs, files, overrides)
         timings[step] = time.time() - start
     start = time.time()
-    edits = edited_masks(configs, reading, heldout, out / "edited_masks", spacing, edited_cases)
     _run(configs, ["inference.json"], {
         **model, **sampling, "mask_dir": str(out / "edited_masks"), "output_dir": str(samples / "edited_masks"),
     })

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from common.med_ddpm import demo
 from common.med_ddpm.demo import CLASS_NAMES, DEMO_SETTINGS, run_demo, summary
@@ -16,13 +17,17 @@ from tests.bundles.bundle_runs import in_repository, isolated_state
 
 
 def test_the_demo_settings_at_a_small_scale(tmp_path, monkeypatch):
-    # at 16^3 a glioma-sized lesion with its oedema fills so much of the brain that no edit can move it: smaller ones
-    monkeypatch.setattr(demo, "LESION_RADIUS", (4.0, 8.0))
     settings = copy.deepcopy(DEMO_SETTINGS)
     settings["shared"]["image_size"] = [16, 16, 16]
     settings["train"].update({"train#trainer#max_epochs": 2, "ema#start_iteration": 1})
     settings["inference"].update({"num_inference_steps": 3})
     settings["evaluation"].update({"num_masks": 4, "samples_for_one_mask": 2, "utility_epochs": 2})
+    # at 16^3 a glioma-sized lesion with its oedema fills so much of the brain that no edit can move it: the demo
+    # says so before it trains anything
+    with in_repository(), isolated_state(), pytest.raises(ValueError, match="only 0 of 2 held-out pairs have a lesion that every edit can place"):
+        run_demo(str(tmp_path / "large"), settings, training_pairs=4, heldout_pairs=2, edited_cases=1)
+    assert not (tmp_path / "large" / "models").exists()
+    monkeypatch.setattr(demo, "LESION_RADIUS", (4.0, 8.0))  # add_lesion's default radii leave room at 16^3
     with in_repository(), isolated_state():
         samples = Path(run_demo(str(tmp_path), settings, training_pairs=4, heldout_pairs=2, edited_cases=1))
     metrics = json.loads((samples / "evaluation" / "metrics.json").read_text())
