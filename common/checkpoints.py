@@ -6,6 +6,7 @@ hold tensors, numbers, strings and containers of them, never arbitrary pickled o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -44,25 +45,34 @@ class ModelSettings:
         written_before: the settings of every checkpoint written before settings were stored (for the latent
             bundles, the paper's recipe, the only one before release 0.2.2), so that such a checkpoint is refused
             too when it is sampled with another; None lets it pass.
-        settings: names and values (strings, numbers, booleans).
+        settings: names and values: strings, numbers, booleans, None, and lists and string-keyed mappings of them
+            (for a class-conditional model, its ``class_labels``); compared as JSON values, so a tuple equals a list.
     """
 
-    def __init__(self, written_before: Mapping[str, str | int | float | bool] | None = None, **settings: str | int | float | bool) -> None:
-        for name, value in {**settings, **(written_before or {})}.items():
-            if not isinstance(value, (str, int, float, bool)):
-                raise TypeError(f"setting '{name}' must be a string, number or boolean, got {type(value).__name__}.")
-        unknown = sorted(set(written_before or {}) - set(settings))
+    def __init__(self, written_before: Mapping[str, Any] | None = None, **settings: Any) -> None:
+        self.settings = {name: self._plain(name, value) for name, value in settings.items()}
+        self.written_before = {name: self._plain(name, value) for name, value in (written_before or {}).items()}
+        unknown = sorted(set(self.written_before) - set(settings))
         if unknown:
             raise ValueError(f"written_before names {unknown}, which are not settings ({sorted(settings)}).")
-        self.settings = dict(settings)
-        self.written_before = dict(written_before or {})
+
+    @staticmethod
+    def _plain(name: str, value: Any) -> Any:
+        """``value`` as plain JSON data (what a checkpoint read with ``weights_only`` holds); ``TypeError`` otherwise."""
+        try:
+            return json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError):
+            raise TypeError(f"setting '{name}' must be a string, number, boolean or None, or lists and mappings of "
+                            f"them, got {value!r}.") from None
 
     def state_dict(self) -> dict[str, str | int | float | bool]:
         return dict(self.settings)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        # a setting added after the checkpoint was written had, in it, the value every earlier checkpoint had
+        state = {**{k: v for k, v in self.written_before.items() if k not in state}, **state}
         differ = [f"{name} {state[name]!r} (configured: {value!r})" for name, value in self.settings.items()
-                  if name in state and state[name] != value]
+                  if name in state and self._plain(name, state[name]) != value]
         if differ:
             raise ValueError(
                 f"the model was trained with {', '.join(differ)}; set {' and '.join(f'--{d.split()[0]}' for d in differ)} "

@@ -167,10 +167,16 @@ def to_nifti_layout(image: np.ndarray) -> np.ndarray:
     return image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
 
 
-def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype = np.float32) -> str:
-    """Write a volume as NIfTI (voxel units mm) to ``path`` atomically; returns the path."""
+def save_nifti(
+    volume: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: np.dtype = np.float32, description: str | None = None,
+) -> str:
+    """Write a volume as NIfTI (voxel units mm) to ``path`` atomically; returns the path. ``description`` goes into
+    the header's ``descrip`` field (80 bytes: a longer one is cut, ending in "...")."""
     image = nib.Nifti1Image(np.asarray(volume, dtype=dtype), affine)
     image.header.set_xyzt_units("mm")
+    if description is not None:
+        encoded = description.encode("utf-8")
+        image.header["descrip"] = encoded if len(encoded) <= 79 else encoded[:76] + b"..."
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return str(path)

@@ -73,8 +73,14 @@ def test_model_settings_are_stored_and_a_difference_is_refused_with_the_setting_
     with pytest.raises(CheckpointError, match=r"trained with prediction_type 'v_prediction' \(configured: 'epsilon'\); set --prediction_type"):
         load_weights(network, tmp_path / "diffusion.pt", "ema_network",
                      ModelSettings(num_train_timesteps=300, noise_schedule="cosine", prediction_type="epsilon"))
-    with pytest.raises(TypeError, match="setting 'schedule' must be a string, number or boolean"):
-        ModelSettings(schedule=["cosine"])
+    with pytest.raises(TypeError, match="setting 'schedule' must be a string, number, boolean or None, or lists"):
+        ModelSettings(schedule=torch.zeros(1))
+    # a class-conditional model's classes are a setting too: compared as JSON data, so a tuple is the list it was
+    conditional = ModelSettings(class_labels={"acl": ("intact", "tear")})
+    torch.save({"model_settings": conditional.state_dict(), "ema_network": network.state_dict()}, tmp_path / "conditional.pt")
+    load_weights(network, tmp_path / "conditional.pt", "ema_network", ModelSettings(class_labels={"acl": ["intact", "tear"]}))
+    with pytest.raises(CheckpointError, match=r"trained with class_labels \{'acl': \['intact', 'tear'\]\} \(configured: None\)"):
+        load_weights(network, tmp_path / "conditional.pt", "ema_network", ModelSettings(class_labels=None))
     # an older checkpoint was trained with what written_before says: sampled with another setting, it is refused too
     paper = {"prediction_type": "epsilon"}
     load_weights(network, tmp_path / "older.pt", "ema_network", ModelSettings(written_before=paper, prediction_type="epsilon"))

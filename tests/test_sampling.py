@@ -155,3 +155,37 @@ def test_both_samplers_leave_the_callers_random_state_as_it_was(tmp_path, device
     first = np.asanyarray(nib.load(tmp_path / "pairs" / "images" / "mask_seed3.nii.gz").dataobj)
     torch.manual_seed(5)  # another caller state: the same image
     assert np.array_equal(masked.sample(read_mask(str(mask_path)), 3).numpy()[0], first)
+
+
+def test_guidance_scale_one_is_the_conditional_model_zero_the_unconditional_and_labels_are_recorded(tmp_path):
+    vqgan = tiny_vqgan().train()
+    vqgan(torch.randn(1, 1, 16, 16, 16))
+    torch.manual_seed(0)
+    net = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4, class_counts=[2, 3])
+    for table in net.class_embedding.tables:  # as if trained: every label moves the prediction
+        torch.nn.init.normal_(table.weight)
+    classes = {"side": ["left", "right"], "grade": ["low", "mid", "high"]}
+
+    def sampler(scale, labels, folder="s"):
+        return LatentSampler(CodebookRangeAutoencoder(vqgan), net, make_sampling_scheduler(20, 3), (4, 8, 8, 4), str(tmp_path / folder),
+                             num_samples=2, verbose=False, class_labels=classes, labels=labels, guidance_scale=scale)
+
+    asked = {"side": "right", "grade": "high"}
+    conditional = sampler(1.0, asked).sample([0], [(1, 2)])
+    unconditional = sampler(1.0, None).sample([0], [None])
+    assert not torch.allclose(conditional, unconditional)
+    # MONAI's guidance at scale 1 (one batch of both predictions) gives the conditional model's volume
+    guided = sampler(1.0, asked)
+    guided.guidance_scale = 1.0 + 1e-9  # the path with both predictions, at scale 1 in float32
+    assert torch.allclose(guided.sample([0], [(1, 2)]), conditional, atol=1e-5)
+    assert torch.allclose(sampler(0.0, asked).sample([0], [(1, 2)]), unconditional, atol=1e-5)
+    assert not torch.allclose(sampler(3.0, asked).sample([0], [(1, 2)]), conditional, atol=1e-3)
+
+    paths = sampler(2.0, [asked, None], "written").run()
+    record = json.loads((tmp_path / "written" / "samples.json").read_text())
+    assert record["labels"] == [asked, None] and record["guidance_scale"] == 2.0 and record["class_labels"] == classes
+    assert [nib.load(p).header["descrip"].item().decode() for p in paths] == ["side=right grade=high", "no label"]
+    with pytest.raises(ValueError, match="the denoiser is class-conditional but class_labels is not set"):
+        LatentSampler(CodebookRangeAutoencoder(vqgan), net, make_sampling_scheduler(20, 3), (4, 8, 8, 4), str(tmp_path))
+    with pytest.raises(ValueError, match="guidance_scale must be a number >= 0"):
+        sampler(-1.0, asked)

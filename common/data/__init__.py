@@ -18,6 +18,17 @@ from .checks import (
     raise_if_problems,
     require_folder,
 )
+from .class_labels import (
+    LABELS_KEY,
+    LabelRow,
+    check_class_labels,
+    class_counts,
+    label_indices,
+    labelled_datalist,
+    mrnet_labels,
+    read_labels_file,
+    requested_labels,
+)
 from .dataset import CheckedCacheDataset, describe_failure
 from .demo import (
     brain_demo_datalist,
@@ -49,6 +60,15 @@ from .suitability import CheckedScaleIntensityd, WarnFewSlicesd, WarnUnlessSkull
 from .transforms import CropBreastSided, RemapLabelsd
 
 __all__ = [
+    "LABELS_KEY",
+    "LabelRow",
+    "check_class_labels",
+    "class_counts",
+    "label_indices",
+    "labelled_datalist",
+    "mrnet_labels",
+    "read_labels_file",
+    "requested_labels",
     "CheckedCacheDataset",
     "CheckedScaleIntensityd",
     "CropBreastSided",

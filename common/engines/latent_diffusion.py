@@ -1,7 +1,9 @@
 """Batches for the diffusion stage: images encoded to codebook-range latents, then noised as MONAI does it.
 
 Khader et al., Sci Rep 2023, Sec. 2.3 "Putting It All Together": the DDPM learns the VQ-GAN's unquantized,
-codebook-range normalised latents.
+codebook-range normalised latents. For a class-conditional denoiser (not in the paper) the batch's labels go with
+them, dropped at a rate so that the same network also learns the unconditional model that classifier-free
+guidance needs (Ho & Salimans, 2022).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from monai.networks.schedulers import Scheduler
 from monai.utils import CommonKeys as Keys
 
 from common.engines.prediction_target import PREDICTION_TYPES, PredictionTargetPrepareBatch
-from common.networks import CodebookRangeAutoencoder
+from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 
 __all__ = ["PREDICTION_TYPES", "LatentDiffusionPrepareBatch"]
 
@@ -31,13 +33,26 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         autoencoder: the wrapped VQ-GAN that maps images to normalised latents.
         num_train_timesteps: number of diffusion steps T (the paper: 300).
         scheduler: the training noise scheduler; None: epsilon prediction.
+        condition_name: for a class-conditional denoiser, the batch entry holding the labels, an integer tensor
+            (B, variables); passed to the inferer as ``condition`` (the network's ``context``). None: unconditional.
+        label_dropout: the share of volumes whose labels are all replaced by ``NULL_LABEL`` ("not given"), each
+            volume drawn independently; 0.1 to 0.2 is usual (Ho & Salimans). 0 trains no unconditional model, so
+            guidance scales other than 1 have nothing to push from.
     """
 
     def __init__(
-        self, autoencoder: CodebookRangeAutoencoder, num_train_timesteps: int, scheduler: Scheduler | None = None
+        self,
+        autoencoder: CodebookRangeAutoencoder,
+        num_train_timesteps: int,
+        scheduler: Scheduler | None = None,
+        condition_name: str | None = None,
+        label_dropout: float = 0.1,
     ) -> None:
-        super().__init__(num_train_timesteps=num_train_timesteps, scheduler=scheduler)
+        super().__init__(num_train_timesteps=num_train_timesteps, scheduler=scheduler, condition_name=condition_name)
+        if isinstance(label_dropout, bool) or not 0.0 <= float(label_dropout) < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout!r}.")
         self.autoencoder = autoencoder
+        self.label_dropout = float(label_dropout)
 
     def __call__(
         self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
@@ -45,4 +60,19 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         images, _ = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         with torch.no_grad():
             latents = self.autoencoder.encode_stage_2_inputs(torch.as_tensor(images))
-        return super().__call__({Keys.IMAGE: latents}, device, non_blocking, **kwargs)
+        batch = {Keys.IMAGE: latents}
+        if self.condition_name is not None:
+            if self.condition_name not in batchdata:
+                raise KeyError(
+                    f"the batch has no '{self.condition_name}' entry: a class-conditional denoiser needs every volume's "
+                    "labels (set class_labels and the labels file, or train unconditionally)."
+                )
+            batch[self.condition_name] = self.drop_labels(torch.as_tensor(batchdata[self.condition_name]))
+        return super().__call__(batch, device, non_blocking, **kwargs)
+
+    def drop_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` (B, variables) with every label of a ``label_dropout`` share of volumes set to ``NULL_LABEL``."""
+        if labels.ndim != 2 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor (B, variables), got {labels.dtype} of shape {tuple(labels.shape)}.")
+        dropped = torch.rand(labels.shape[0], device=labels.device) < self.label_dropout
+        return torch.where(dropped[:, None], torch.full_like(labels, NULL_LABEL), labels)

@@ -1,10 +1,11 @@
 """Networks that MONAI lacks: the depth-attention denoiser, the VQ-GAN with its codebook, and the codebook-range
 latent wrapper that lets MONAI's latent diffusion inferer train and sample on the VQ-GAN's latents."""
 
+from .class_embedding import NULL_LABEL, ClassEmbedding
 from .codebook_range import LATENT_SCALINGS, CodebookRangeAutoencoder, LatentScale
 from .depth_attention_unet import DepthAttentionUNet
 from .image_size import check_image_size, size_multiple
 from .quantizer import CodebookQuantizer
 from .vqgan import VQGAN
 
-__all__ = ["LATENT_SCALINGS", "CodebookQuantizer", "CodebookRangeAutoencoder", "DepthAttentionUNet", "LatentScale", "VQGAN", "check_image_size", "size_multiple"]
+__all__ = ["LATENT_SCALINGS", "NULL_LABEL", "ClassEmbedding", "CodebookQuantizer", "CodebookRangeAutoencoder", "DepthAttentionUNet", "LatentScale", "VQGAN", "check_image_size", "size_multiple"]

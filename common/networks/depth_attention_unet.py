@@ -22,6 +22,8 @@ from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .class_embedding import ClassEmbedding
+
 __all__ = ["DepthAttentionUNet"]
 
 
@@ -196,7 +198,8 @@ class DepthAttentionUNet(nn.Module):
     """Denoising U-Net of Medical Diffusion (Khader et al.) for latents of layout (B, C, H, W, D).
 
     It is called like MONAI's ``DiffusionModelUNet`` (``net(x, timesteps, context=None)``), so it works inside
-    ``DiffusionInferer`` and ``LatentDiffusionInferer`` unchanged.
+    ``DiffusionInferer`` and ``LatentDiffusionInferer`` unchanged. A class-conditional one (``class_counts``) takes
+    its labels as ``context``: what those inferers pass as ``condition`` / ``conditioning`` (mode "crossattn").
 
     Args:
         in_channels: channels of the noisy input (the VQ-GAN's embedding dimension, 8 in the paper).
@@ -227,6 +230,9 @@ class DepthAttentionUNet(nn.Module):
             ``"float16"``) on the input's device, and return the input's dtype. MONAI's trainers autocast on CUDA
             only; this also gives bfloat16 on CPUs, where it made a training step 15-40% faster and needed 0.6-0.8
             of the memory here. Changes results by rounding, so it is off (``None``) by default.
+        class_counts: for a class-conditional denoiser (not in the paper), the number of classes of each labelled
+            variable; its labels, an integer tensor (B, variables) with ``NULL_LABEL`` for "not given", are summed
+            into the timestep embedding (``ClassEmbedding``). None (the paper's): unconditional.
     """
 
     def __init__(
@@ -244,6 +250,7 @@ class DepthAttentionUNet(nn.Module):
         depth_position_embedding: bool = False,
         use_checkpointing: bool = False,
         autocast_dtype: str | torch.dtype | None = None,
+        class_counts: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         levels = len(channels)
@@ -278,6 +285,7 @@ class DepthAttentionUNet(nn.Module):
             self.depth_position = nn.Linear(channels[0], time_dim)
             nn.init.zeros_(self.depth_position.weight)
             nn.init.zeros_(self.depth_position.bias)
+        self.class_embedding = None if class_counts is None else ClassEmbedding(class_counts, time_dim)
         attn_args = dict(num_heads=num_heads, head_channels=head_channels, norm_groups=norm_groups, max_distance=max_distance)
 
         self.init_conv = nn.Conv2d(in_channels, channels[0], 7, padding=3)
@@ -333,8 +341,8 @@ class DepthAttentionUNet(nn.Module):
         return value
 
     def _check_input(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        if context is not None:
-            raise ValueError("DepthAttentionUNet is unconditional: context must be None.")
+        if context is not None and self.class_embedding is None:
+            raise ValueError("this DepthAttentionUNet is unconditional (no class_counts): context must be None.")
         if x.ndim != 5:
             raise ValueError(f"expected x of shape (B, C, H, W, D), got shape {tuple(x.shape)}.")
         if x.shape[1] != self.in_channels:
@@ -358,18 +366,25 @@ class DepthAttentionUNet(nn.Module):
         return module(*args)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the noise in ``x`` (B, C, H, W, D) at ``timesteps`` (shape (1,) or (B,))."""
+        """Predict the noise in ``x`` (B, C, H, W, D) at ``timesteps`` (shape (1,) or (B,)); a class-conditional
+        denoiser reads its labels (B, variables) from ``context``, None giving no label (the unconditional model)."""
         timesteps = self._check_input(x, timesteps, context)
         if self.autocast_dtype is None:
-            return self._denoise(x, timesteps)
+            return self._denoise(x, timesteps, context)
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-            return self._denoise(x, timesteps).to(x.dtype)
+            return self._denoise(x, timesteps, context).to(x.dtype)
 
-    def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         b, _, h, w, depth = x.shape
         # slices are stacked depth-major, (D * B, C, H, W) with index d * B + b, in channels-last memory format:
         # the 3x3x1 convolutions run as 2D ones and both attentions read their sequences as strided views
-        t = self.time_mlp(get_timestep_embedding(timesteps, self.channels[0]).to(x.dtype)).repeat(depth, 1)
+        t = self.time_mlp(get_timestep_embedding(timesteps, self.channels[0]).to(x.dtype))
+        if self.class_embedding is not None:
+            labels = self.class_embedding.null_labels(b, x.device) if labels is None else torch.as_tensor(labels, device=x.device)
+            if labels.shape[:1] != (b,):
+                raise ValueError(f"expected labels for {b} volumes (B, variables), got shape {tuple(labels.shape)}.")
+            t = t + self.class_embedding(labels).to(t.dtype)
+        t = t.repeat(depth, 1)
         if self.depth_position is not None:
             slices = get_timestep_embedding(torch.arange(depth, device=x.device), self.channels[0]).to(x.dtype)
             t = t + self.depth_position(slices).repeat_interleave(b, dim=0)

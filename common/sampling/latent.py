@@ -2,7 +2,9 @@
 
 Khader et al., Sci Rep 2023, Sec. 2.3 "Putting It All Together": reverse diffusion from Gaussian noise in the
 codebook-range latent space, then quantisation to the codebook and decoding. Besides the paper's ancestral DDPM
-over all T steps, DDIM (Song et al., ICLR 2021) samples in fewer steps (``make_sampling_scheduler``).
+over all T steps, DDIM (Song et al., ICLR 2021) samples in fewer steps (``make_sampling_scheduler``). A
+class-conditional denoiser (not in the paper) samples the labels asked for, with MONAI's classifier-free guidance
+(Ho & Salimans, 2022).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from monai.inferers import LatentDiffusionInferer
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
+from common.data import check_class_labels, requested_labels
 from common.evaluation.pictures import save_three_plane_montage
 from common.io import process_rank, require_output_folder, save_nifti
-from common.networks import CodebookRangeAutoencoder
+from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 
@@ -58,6 +61,12 @@ class LatentSampler:
         verbose: show a progress bar per batch.
         clip_sample_range: the predicted x0 is clipped to plus or minus this, in codebook-range units: the
             scheduler's clip is set to it times the autoencoder's latent scale (the paper: 1, with scale 1).
+        class_labels: a class-conditional model's labelled variables and their classes (as trained); None for an
+            unconditional one.
+        labels: the labels asked for (``common.data.requested_labels``): None (every sample unconditional), one
+            ``{variable: class}`` for all samples, a list of them (one per sample), or a CSV/JSON file of them.
+        guidance_scale: classifier-free guidance scale w (``unconditional + w * (conditional - unconditional)``):
+            1 samples the conditional model alone, larger follows the labels more closely with less variety.
     """
 
     def __init__(
@@ -74,6 +83,9 @@ class LatentSampler:
         device: str | torch.device = "cpu",
         verbose: bool = True,
         clip_sample_range: float = 1.0,
+        class_labels: dict[str, Sequence[str]] | None = None,
+        labels: object = None,
+        guidance_scale: float = 1.0,
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
@@ -103,15 +115,34 @@ class LatentSampler:
         self.spacing = tuple(float(s) for s in spacing)
         self.device = torch.device(device)
         self.verbose = verbose
+        self.class_labels = check_class_labels(class_labels)
+        conditional = getattr(network, "class_embedding", None) is not None
+        if conditional != (self.class_labels is not None):
+            raise ValueError(
+                f"the denoiser is {'class-conditional' if conditional else 'unconditional'} but class_labels is "
+                f"{'not set' if self.class_labels is None else 'set'}: set it as the model was trained."
+            )
+        self.labels = requested_labels(labels, self.class_labels, num_samples)
+        if isinstance(guidance_scale, bool) or not math.isfinite(float(guidance_scale)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
+        self.guidance_scale = float(guidance_scale)
 
     @torch.no_grad()
-    def sample(self, seeds: Sequence[int]) -> torch.Tensor:
-        """Volumes (N, C, H, W, D) in [-1, 1] for the given seeds."""
+    def sample(self, seeds: Sequence[int], labels: Sequence[Sequence[int] | None] | None = None) -> torch.Tensor:
+        """Volumes (N, C, H, W, D) in [-1, 1] for the given seeds; a class-conditional model's for the given
+        class indices per sample (None: no label)."""
         noise = torch.stack([starting_noise(self.latent_shape, s) for s in seeds]).to(self.device)
+        conditioning, guidance = None, {}
+        if self.class_labels is not None:
+            rows = [[NULL_LABEL] * len(self.class_labels) if row is None else list(row) for row in labels or [None] * len(seeds)]
+            conditioning = torch.tensor(rows, dtype=torch.long, device=self.device)
+            if self.guidance_scale != 1.0:  # MONAI's inferer: "not given" filled with NULL_LABEL, one batch of both
+                guidance = {"cfg": self.guidance_scale, "cfg_fill_value": NULL_LABEL}
         self.network.eval()
         with seeded_random_state(seeds[0], self.device):
             images = self.inferer.sample(
-                input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.network, verbose=self.verbose
+                input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.network, verbose=self.verbose,
+                conditioning=conditioning, mode="crossattn", **guidance,
             )
         return images.clamp(-1, 1).cpu()
 
@@ -123,9 +154,10 @@ class LatentSampler:
         def sample_and_write(batch: list[int]) -> list[tuple[int, int, str]]:
             seeds = [self.seed + i for i in batch]
             written = []
-            for index, seed, image in zip(batch, seeds, self.sample(seeds)):
+            for index, seed, image in zip(batch, seeds, self.sample(seeds, [self.labels[i][1] for i in batch])):
                 volume = image[0].numpy()
-                path = save_nifti(volume, volume_affine(volume.shape, self.spacing), self.output_dir / f"sample_{index:04d}_seed{seed}.nii.gz")
+                path = save_nifti(volume, volume_affine(volume.shape, self.spacing), self.output_dir / f"sample_{index:04d}_seed{seed}.nii.gz",
+                                  description=self.description(index))
                 written.append((index, seed, str(path)))
                 if len(previews) < 8:
                     previews.append((seed, volume))
@@ -136,11 +168,25 @@ class LatentSampler:
             save_three_plane_montage([v for _, v in previews], self.output_dir / "samples.png", [f"seed {s}" for s, _ in previews])
         return [path for _, _, path in mine]
 
+    def description(self, index: int) -> str | None:
+        """What sample ``index`` was asked for, for its NIfTI header ("acl=tear meniscus=intact"; "no label" for the
+        unconditional model); None for an unconditional model."""
+        if self.class_labels is None:
+            return None
+        asked = self.labels[index][0]
+        return "no label" if asked is None else " ".join(f"{name}={value}" for name, value in asked.items())
+
     def record(self, written: list[tuple[int, int, str]]) -> dict[str, object]:
-        """``samples.json``: the files, their seeds and everything else that fixes a sample."""
+        """``samples.json``: the files, their seeds, the labels asked for, and everything else that fixes a sample."""
+        conditional = {} if self.class_labels is None else {
+            "labels": [self.labels[index][0] for index, _, _ in written],
+            "class_labels": {name: list(classes) for name, classes in self.class_labels.items()},
+            "guidance_scale": self.guidance_scale,
+        }
         return {
             "files": [os.path.basename(path) for _, _, path in written],
             "seeds": [seed for _, seed, _ in written],
+            **conditional,
             "spacing": self.spacing,
             # what else fixes a sample: each batch's random draws are seeded with its first sample's seed
             "batch_size": self.batch_size,

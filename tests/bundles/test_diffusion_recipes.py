@@ -19,7 +19,7 @@ from common.handlers import measure_latents
 from tests.bundles.bundle_runs import REPO, SIZE_32, SMALL_DENOISER, config_files, error_chain, run_bundle
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
-MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling")
+MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling", "class_labels")
 RECIPE = {"latent_scaling": "unit_variance", "prediction_type": "v_prediction"}
 
 
@@ -35,23 +35,25 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     assert training["model_settings"] == inference["model_settings"] == shared["model_settings"]
     assert {k: f"@{k}" for k in MODEL_DEFINING} == {k: v for k, v in shared["model_settings"].items() if k not in ("_target_", "written_before")}
     # a checkpoint written before the settings were stored was trained with the paper's recipe, the only one then
-    assert shared["model_settings"]["written_before"] == {"noise_schedule": "cosine", "prediction_type": "epsilon", "latent_scaling": "codebook_range"}
+    assert shared["model_settings"]["written_before"] == {"noise_schedule": "cosine", "prediction_type": "epsilon",
+                                                          "latent_scaling": "codebook_range", "class_labels": None}
     assert training["noise_scheduler"]["schedule"] == "@noise_schedule"
     assert training["noise_scheduler"]["prediction_type"] == "@prediction_type"
     assert training["train#trainer"]["prepare_batch"]["scheduler"] == "@noise_scheduler"  # the target follows it
     assert "@noise_schedule, @prediction_type" in inference["noise_scheduler"]
-    for key in ("noise_schedule", "prediction_type", "latent_scaling"):  # train.json passes them to the diffusion stage
+    for key in ("noise_schedule", "prediction_type", "latent_scaling", "class_labels"):  # train.json passes them to the diffusion stage
         assert one_command["stage_overrides"]["diffusion"][key] == f"@{key}"
     assert inference["sampler"]["clip_sample_range"] == "@clip_sample_range"
-    # the paper's recipe is the default
+    # the paper's recipe is the default, unconditional
     assert (shared["noise_schedule"], shared["prediction_type"], shared["latent_scaling"]) == ("cosine", "epsilon", "codebook_range")
+    assert shared["class_labels"] is None and shared["network_def"]["class_counts"] == "$common.data.class_counts(@class_labels)"
 
 
 def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model):
     checkpoint = torch.load(brain_model["models"] / "diffusion.pt", weights_only=True)
     assert set(checkpoint["latent_scale"]) == {"value"} and float(checkpoint["latent_scale"]["value"]) == 1.0
     assert checkpoint["model_settings"] == {"num_train_timesteps": 300, "noise_schedule": "cosine",
-                                            "prediction_type": "epsilon", "latent_scaling": "codebook_range"}
+                                            "prediction_type": "epsilon", "latent_scaling": "codebook_range", "class_labels": None}
     record = json.loads((brain_model["samples"] / "samples.json").read_text())
     assert record["prediction_type"] == "epsilon" and record["latent_scale"] == 1.0
 

@@ -7,6 +7,7 @@ from monai.inferers import DiffusionInferer, LatentDiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from common.networks import (
+    NULL_LABEL,
     CodebookRangeAutoencoder,
     DepthAttentionUNet,
     depth_attention_unet,
@@ -186,7 +187,7 @@ def test_argument_and_input_errors():
         net(torch.randn(1, 3, 7, 8, 4), torch.tensor([1]))
     with pytest.raises(ValueError, match="input channels"):
         net(torch.randn(1, 5, 8, 8, 4), torch.tensor([1]))
-    with pytest.raises(ValueError, match="context must be None"):
+    with pytest.raises(ValueError, match=r"unconditional \(no class_counts\): context must be None"):
         net(torch.randn(1, 3, 8, 8, 4), torch.tensor([1]), context=torch.randn(1, 2, 4))
     with pytest.raises(ValueError, match="timesteps"):
         net(torch.randn(2, 3, 8, 8, 4), torch.tensor([1, 2, 3]))
@@ -237,3 +238,39 @@ def test_loads_weights_saved_with_1x1_convolution_projections():
     x, t = torch.randn(1, 3, 8, 8, 4), torch.tensor([9])
     with torch.no_grad():
         assert torch.equal(reloaded(x, t), net(x, t))
+
+
+def test_a_class_conditional_denoiser_learns_its_labels_and_null_is_the_unconditional_model():
+    torch.manual_seed(0)
+    net = small_unet(class_counts=[2, 3])
+    x, t = torch.randn(2, 3, 8, 8, 4), torch.tensor([5, 9])
+    labels = torch.tensor([[0, 2], [1, NULL_LABEL]])
+    # the class tables start at zero: an untrained conditional denoiser is the unconditional one
+    assert torch.equal(net(x, t, context=labels), net(x, t))
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    target = torch.stack([torch.full((3, 8, 8, 4), 1.0), torch.full((3, 8, 8, 4), -1.0)])
+    x_one = x[:1].expand(2, -1, -1, -1, -1)  # the same input: only the label tells the two targets apart
+    for _ in range(60):
+        optimiser.zero_grad()
+        loss = F.mse_loss(net(x_one, t[:1], context=torch.tensor([[0, 0], [1, 0]])), target)
+        loss.backward()
+        optimiser.step()
+    out = net(x_one, t[:1], context=torch.tensor([[0, 0], [1, 0]]))
+    assert out[0].mean() > 0.5 and out[1].mean() < -0.5
+    # no label (None, or every entry NULL_LABEL) is one and the same model
+    null = torch.full((2, 2), NULL_LABEL)
+    assert torch.equal(net(x, t, context=null), net(x, t))
+    with pytest.raises(ValueError, match=r"label 3 of variable 1 \(sample 0\) is outside its 3 classes"):
+        net(x, t, context=torch.tensor([[0, 3], [0, 0]]))
+    with pytest.raises(ValueError, match=r"labels must be an integer tensor \(B, 2\)"):
+        net(x, t, context=torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"expected labels for 2 volumes"):
+        net(x, t, context=torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        small_unet(class_counts=[1])
+
+
+def test_an_unconditional_denoiser_has_the_state_dict_it_had():
+    # checkpoints written before conditioning existed load unchanged: no new entry unless class_counts is set
+    assert not any("class" in key for key in small_unet().state_dict())
+    assert {k for k in small_unet(class_counts=[2]).state_dict() if "class" in k} == {"class_embedding.tables.0.weight"}
