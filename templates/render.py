@@ -13,7 +13,8 @@ bundles hold is the same. So the files are written from ``templates/``:
 - ``<kind>/readme/<part>.md``: text every bundle of a kind has in its ``docs/README.md``. The README itself is
   the bundle's own, but each region between ``<!-- part: <part> -->`` and ``<!-- end part -->`` is rendered from
   the part, with ``{bundle}``, ``{dataset}`` (the spec's ``"readme": {"dataset": ...}``, an example path and the
-  dataset's other ids), ``{small_data}`` (the dataset ids of the small-model commands, if any) and,
+  dataset's other ids), ``{class_labels}``, ``{labels_file}``, ``{labels_note}`` and ``{asked}`` (the spec's example
+  of class-conditional training and sampling on the dataset's own labels), ``{small_data}`` (the dataset ids of the small-model commands, if any) and,
   for the latent bundles, the small-model overrides of ``common.pipeline.SMALL_SETTINGS`` (``{small_shared}``,
   ``{small_autoencoder}``, ...) filled in;
 - ``versions.json``: the package versions every bundle's metadata pins (``monai_version``, ``pytorch_version``,
@@ -155,7 +156,7 @@ def render_readme(path: Path, parts: Path, values: dict[str, str], where: str) -
         text = part.read_text()
         for key, value in values.items():
             text = text.replace("{" + key + "}", value)
-        left = sorted(set(re.findall(r"\{(bundle|dataset|small_\w+)\}", text)))
+        left = sorted(set(re.findall(r"\{(bundle|dataset|small_\w+|class_labels|labels_file|labels_note|asked)\}", text)))
         if left:
             raise TemplateError(f"{where}: README part '{match.group(2)}' needs {left}, which {path.parent.parent.name} does not give.")
         return match.group(1) + text + match.group(4)

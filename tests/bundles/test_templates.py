@@ -120,7 +120,7 @@ def test_readme_parts_are_rendered_and_a_hand_edit_of_one_is_found(tmp_path, mon
     assert "<!-- part: small_models -->" in text and "--autoencoder_def#num_embeddings 64" in text
     edited = text.replace("--autoencoder_def#num_embeddings 64", "--autoencoder_def#num_embeddings 65")
     parts = REPO / "templates" / "latent" / "readme"
-    values = render.readme_values("knee_mri", {"dataset": "/data/MRNet-v1.0"})
+    values = render.readme_values("knee_mri", json.loads((REPO / "templates" / "bundles" / "knee_mri.json").read_text())["readme"])
     (tmp_path / "README.md").write_text(edited)
     assert render.render_readme(tmp_path / "README.md", parts, values, "test") == text  # the part wins
     (tmp_path / "README.md").write_text("<!-- part: nothing -->\n<!-- end part -->\n")
