@@ -24,7 +24,7 @@ LAYERS = {
     "sampling": 4,
     "med_ddpm": 5,
     "pipeline": 6,
-    "deploy": 7,
+    "deploy": 7, "conditional_demo": 7,
     "cli": 8,
 }
 # the package's entry points, and the old paths' stand-ins: a module's ``__getattr__`` for its moved names (e.g.

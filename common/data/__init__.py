@@ -32,6 +32,7 @@ from .class_labels import (
 from .dataset import CheckedCacheDataset, describe_failure
 from .demo import (
     brain_demo_datalist,
+    brain_ventricles_demo_datalist,
     brain_demo_heldout_datalist,
     brain_lesion_demo_datalist,
     breast_demo_datalist,
@@ -82,6 +83,7 @@ __all__ = [
     "WarnFewSlicesd",
     "WarnUnlessSkullStrippedd",
     "brain_demo_datalist",
+    "brain_ventricles_demo_datalist",
     "brain_demo_heldout_datalist",
     "brain_lesion_demo_datalist",
     "breast_datalist",

@@ -26,7 +26,7 @@ from scipy.ndimage import gaussian_filter
 
 from common.io import atomic_path
 
-from .brain_population import deform_brain, load_template, write_subject
+from .brain_population import VENTRICLE_CLASSES, deform_brain, enlarge_ventricles, load_template, write_subject
 from .lesions import add_lesion
 from .breast import breast_datalist
 from .pairs import paired_datalist
@@ -152,6 +152,37 @@ def brain_demo_heldout_datalist(folder: str | os.PathLike, count: int = 8, seed:
     """Datalist of ``count`` demo brains that are never trained on, in ``folder/heldout``: other subjects of the
     same population, for the held-out measures of the evaluation (``heldout_dir``)."""
     return _brain_subjects(Path(folder), "heldout", count, seed)
+
+
+def brain_ventricles_demo_datalist(
+    folder: str | os.PathLike, kind: str = "train", count: int = 10, seed: int = 0, amount: float = 4.0,
+) -> list[dict[str, str]]:
+    """Two classes of demo brains for class-conditional generation: ``count`` normal ones in
+    ``folder/<kind>/normal`` and ``count`` with enlarged ventricles (``enlarge_ventricles`` by ``amount``) in
+    ``folder/<kind>/enlarged``, written there first if missing, and ``folder/<kind>/labels.csv`` labelling each
+    class folder (``file,ventricles``: every volume of a folder takes its row). ``kind`` "train" or "heldout": each
+    brain has its own random stream (``seed``, the kind, the class, its index), so held-out brains are other
+    subjects. Returns the datalist, each item with its class name under ``"ventricles"``."""
+    if kind not in ("train", "heldout"):
+        raise ValueError(f"kind must be 'train' or 'heldout', got {kind!r}.")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}.")
+    template, affine = load_template()
+    root = Path(folder) / kind
+    datalist = []
+    for number, name in enumerate(VENTRICLE_CLASSES):
+        anatomy = enlarge_ventricles(template, amount) if name == "enlarged" else template
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            path = root / name / f"demo_brain_{kind}_{name}_{index:03d}.nii.gz"
+            if not path.exists():
+                volume = deform_brain(anatomy, np.random.default_rng([seed, 4 + {"train": 0, "heldout": 1}[kind], number, index]))
+                _write_once(path, lambda tmp: write_subject(volume, affine, tmp))
+            datalist.append({"image": str(path), "ventricles": name})
+    labels = root / "labels.csv"
+    if not labels.exists():
+        _write_once(labels, lambda tmp: Path(tmp).write_text("file,ventricles\n" + "".join(f"{c},{c}\n" for c in VENTRICLE_CLASSES)))
+    return datalist
 
 
 def make_knee_phantom(rng: np.random.Generator, slices: int = 28) -> np.ndarray:

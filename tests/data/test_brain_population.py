@@ -3,16 +3,23 @@ as real brains and scans do; held-out subjects never reach training."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import pytest
 from monai.bundle import ConfigParser
+from scipy.ndimage import binary_dilation
 
-from common.data import brain_demo_datalist, brain_demo_heldout_datalist
+from common.data import brain_demo_datalist, brain_demo_heldout_datalist, brain_ventricles_demo_datalist
 from common.data.brain_population import (
     TEMPLATE,
     TEMPLATE_LICENSE,
     deform_brain,
+    enlarge_ventricles,
     load_template,
+    template_ventricles,
+    ventricle_volume,
 )
 from tests.bundles.bundle_runs import config_files
 
@@ -56,3 +63,30 @@ def test_held_out_subjects_never_reach_a_training_datalist(tmp_path):
     assert not {item["image"] for item in trains} & {item["image"] for item in helds}
     parser.update({"dataset_dir": str(tmp_path / "train")})  # the user's data: no demo held-out set is made up
     assert parser.get_parsed_content("heldout_datalist") is None
+
+
+def test_enlarged_ventricles_are_a_class_the_ventricle_measure_tells_apart_after_the_bundles_preprocessing(tmp_path):
+    template, _ = load_template()
+    ventricles = template_ventricles(template)
+    enlarged = enlarge_ventricles(template)
+    assert 500 < ventricles.sum() < 2000  # the lateral and third ventricles at 2 mm, not the sulci
+    assert np.array_equal(enlarge_ventricles(template, 0.0), template)
+    # the CSF-dark region around the ventricles grows, the rest of the brain barely moves
+    dark = lambda volume: int(((volume < 0.3) & (volume > 0.02) & binary_dilation(ventricles, iterations=6)).sum())  # noqa: E731
+    assert dark(enlarged) > 1.8 * dark(template)
+    change = np.abs(enlarged - template)
+    assert change[binary_dilation(ventricles, iterations=6)].mean() > 0.05
+    assert change[~binary_dilation(ventricles, iterations=12)].max() < 0.05  # 24 mm away: untouched
+    datalist = brain_ventricles_demo_datalist(tmp_path, "train", 3)
+    assert sorted(Path(i["image"]).parent.name for i in datalist) == ["enlarged"] * 3 + ["normal"] * 3
+    assert (tmp_path / "train" / "labels.csv").read_text() == "file,ventricles\nnormal,normal\nenlarged,enlarged\n"
+    parser = ConfigParser()
+    parser.read_config(config_files("brain_mri", "train_autoencoder"))
+    parser.update({"image_size": [32, 32, 32]})
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    measured = {"normal": [], "enlarged": []}
+    for item in datalist:
+        measured[item["ventricles"]].append(ventricle_volume(np.asarray(preprocessing(dict(item))["image"])[0]))
+    assert max(measured["normal"]) < min(measured["enlarged"]), measured
+    with pytest.raises(ValueError, match="expected one volume"):
+        ventricle_volume(np.zeros((1, 8, 8, 8)))

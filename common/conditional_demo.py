@@ -1,0 +1,171 @@
+"""The class-conditional demo: train ``brain_mri`` on two classes of demo brains, normal ones and ones with
+enlarged ventricles, sample each class at several guidance scales, and judge whether the samples show their class.
+
+``python -m common demo --conditional`` runs it. Not in Medical Diffusion (Khader et al.), whose denoiser is
+unconditional: the labels enter the depth-attention U-Net as a class embedding, with classifier-free guidance
+(Ho & Salimans, 2022). The demo's models are those of the unconditional demo (``common.pipeline.DEMO_SETTINGS``),
+trained with the class labels; each stage is one of the bundle's own configs run by ``monai.bundle.run``. The
+class is judged by a measured proxy that defines it (``ventricle_volume``), a nearest-class-median classifier
+fitted on the real training brains, and every class is evaluated against the real brains of that class.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from monai.bundle import ConfigParser
+from monai.bundle import run as run_bundle
+
+from common.data import brain_ventricles_demo_datalist
+from common.data.brain_population import VENTRICLE_CLASSES, ventricle_volume
+from common.evaluation import NearestClassMedian
+from common.evaluation.pictures import save_slices_through
+from common.io import bundle_dir, write_text
+from common.pipeline import DEMO_SETTINGS, config_files_of, run_stages
+
+__all__ = ["CONDITIONAL_SETTINGS", "GUIDANCE_SCALES", "conditional_demo", "run_conditional_demo", "summary"]
+
+BUNDLE = "brain_mri"
+LABELS = {"ventricles": list(VENTRICLE_CLASSES)}
+TRAINING_PER_CLASS, HELDOUT_PER_CLASS = 10, 4
+GUIDANCE_SCALES = (1.0, 3.0)
+# The unconditional demo's settings (20 training brains, as here: 10 of each class) with the class labels, and 50
+# DDIM steps for its 8 samples per class and guidance scale.
+CONDITIONAL_SETTINGS: dict[str, dict[str, Any]] = copy.deepcopy(DEMO_SETTINGS[BUNDLE])
+CONDITIONAL_SETTINGS["denoiser"]["class_labels"] = LABELS
+CONDITIONAL_SETTINGS["inference"].update({"num_samples": 8, "num_inference_steps": 50})
+
+
+def conditional_demo(output_dir: str = "conditional_demo_output") -> str:
+    """Train, sample each class and evaluate into ``output_dir`` (models/, logs/, demo_data/, samples/); print the
+    summary and return the samples folder."""
+    return run_conditional_demo(output_dir, CONDITIONAL_SETTINGS, TRAINING_PER_CLASS, HELDOUT_PER_CLASS, GUIDANCE_SCALES)
+
+
+def run_conditional_demo(
+    output_dir: str, settings: dict[str, dict[str, Any]], per_class: int, heldout_per_class: int, guidance_scales: tuple[float, ...],
+) -> str:
+    """``conditional_demo`` with other settings (by stage, as ``CONDITIONAL_SETTINGS``), numbers of brains per class
+    and guidance scales: what the tests run small."""
+    out = Path(output_dir).resolve()
+    data = out / "demo_data"
+    train = brain_ventricles_demo_datalist(data, "train", per_class)
+    heldout = brain_ventricles_demo_datalist(data, "heldout", heldout_per_class)
+    settings = copy.deepcopy(settings)
+    settings.setdefault("diffusion", {})["labels_file"] = str(data / "train" / "labels.csv")
+    settings.setdefault("autoencoder", {})["heldout_dir"] = str(data / "heldout")
+    timings: dict[str, float] = {}
+    start = time.time()
+    run_stages(BUNDLE, str(out), str(data / "train"), "autoencoder,diffusion", settings, {})
+    timings["training"] = time.time() - start
+
+    configs = bundle_dir(BUNDLE) / "configs"
+    model = {"bundle_root": str(bundle_dir(BUNDLE)), "ckpt_dir": str(out / "models"), **settings.get("shared", {}),
+             **settings.get("denoiser", {}), **settings.get("inference", {})}
+    samples = out / "samples"
+    per_class: dict[str, dict[str, Any]] = {}
+    start = time.time()
+    for scale in guidance_scales:
+        for name in VENTRICLE_CLASSES:
+            folder = samples / f"guidance_{scale:g}" / name
+            print(f"[{BUNDLE}] sampling and evaluating '{name}' at guidance scale {scale:g}", flush=True)
+            run_bundle(
+                config_file=config_files_of(configs)["evaluation"], meta_file=str(configs / "metadata.json"),
+                logging_file=str(configs / "logging.conf"), **model, labels={"ventricles": name}, guidance_scale=scale,
+                dataset_dir=str(data / "train" / name), heldout_dir=str(data / "heldout" / name), output_dir=str(folder),
+                log_dir=str(out / "logs"),
+            )
+            metrics = json.loads((folder / "evaluation" / "metrics.json").read_text())
+            per_class.setdefault(f"{scale:g}", {})[name] = metrics["ratios_to_real"]
+    timings["sampling_and_evaluation"] = time.time() - start
+
+    metrics = judge_classes(configs, settings, train, heldout, samples, guidance_scales)
+    metrics["ratios_to_real_per_class"] = per_class
+    metrics["demo_seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    write_text(json.dumps(metrics, indent=2) + "\n", samples / "class_metrics.json")
+    print(summary(metrics, samples), flush=True)
+    return str(samples)
+
+
+def _preprocessed(configs: Path, settings: dict[str, dict[str, Any]], datalist: list[dict[str, str]]) -> list[np.ndarray]:
+    """The volumes as the bundle's training preprocessing gives them (the model's grid, intensities in [-1, 1])."""
+    parser = ConfigParser()
+    parser.read_config(str(configs / "train_autoencoder.json"))
+    parser.update({"bundle_root": str(configs.parent), **settings.get("shared", {})})
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    return [np.asarray(preprocessing(dict(item))["image"])[0] for item in datalist]
+
+
+def judge_classes(
+    configs: Path, settings: dict[str, dict[str, Any]], train: list[dict[str, str]], heldout: list[dict[str, str]],
+    samples: Path, guidance_scales: tuple[float, ...],
+) -> dict[str, Any]:
+    """Class consistency: ``ventricle_volume`` of every real and synthetic brain, a ``NearestClassMedian`` fitted on
+    the real training brains, its accuracy on the held-out real brains and on the samples of each guidance scale;
+    and a picture of each class, real beside synthetic, cut through the ventricles."""
+
+    def by_class(datalist: list[dict[str, str]]) -> dict[str, list[int]]:
+        volumes = _preprocessed(configs, settings, datalist)
+        return {name: [ventricle_volume(v) for v, item in zip(volumes, datalist) if item["ventricles"] == name] for name in VENTRICLE_CLASSES}
+
+    real_train, real_heldout = by_class(train), by_class(heldout)
+    classifier = NearestClassMedian(real_train)
+    synthetic: dict[str, dict[str, list[int]]] = {}
+    shown: dict[str, list[np.ndarray]] = {name: [] for name in VENTRICLE_CLASSES}
+    for scale in guidance_scales:
+        for name in VENTRICLE_CLASSES:
+            folder = samples / f"guidance_{scale:g}" / name
+            files = json.loads((folder / "samples.json").read_text())["files"]
+            volumes = [np.asarray(nib.load(str(folder / f)).dataobj, dtype=np.float32) for f in files]
+            synthetic.setdefault(f"{scale:g}", {})[name] = [ventricle_volume(v) for v in volumes]
+            if scale == guidance_scales[-1]:
+                shown[name] = volumes[:3]
+    heldout_volumes = _preprocessed(configs, settings, heldout)
+    rows, titles = [], []
+    for name in VENTRICLE_CLASSES:
+        real = [v for v, item in zip(heldout_volumes, heldout) if item["ventricles"] == name][:2]
+        rows.append(real + shown[name])
+        titles.append(f"{name} ventricles")
+    columns = ["real (held out)"] * 2 + [f"synthetic, guidance {guidance_scales[-1]:g}"] * max(len(v) for v in shown.values())
+    centre = [s // 2 for s in rows[0][0].shape]
+    picture = save_slices_through(rows, [centre] * len(rows), samples / "classes_real_synthetic.png", columns[: max(len(r) for r in rows)], titles)
+    return {
+        "classes": LABELS,
+        "class_consistency": {
+            "measure": "ventricle_volume: voxels darker than -0.2 in the brain's central box (common.data.brain_population)",
+            "classifier": "nearest class median of the real training brains",
+            "class_medians": classifier.medians,
+            "heldout_real": classifier.accuracy(real_heldout),
+            "samples_by_guidance_scale": {scale: classifier.accuracy(values) for scale, values in synthetic.items()},
+        },
+        "ventricle_volume": {"train_real": real_train, "heldout_real": real_heldout, "samples_by_guidance_scale": synthetic},
+        "picture": picture,
+    }
+
+
+def summary(metrics: dict[str, Any], samples: Path) -> str:
+    """The demo's findings for the terminal: class consistency of real and synthetic brains, then realism per class."""
+    prefix = f"[{BUNDLE}] "
+    consistency = metrics["class_consistency"]
+    medians = consistency["class_medians"]
+    lines = [
+        f"{prefix}class consistency (ventricle volume, nearest class median: "
+        + ", ".join(f"{name} {value:.0f}" for name, value in medians.items()) + " voxels):",
+        f"{prefix}  held-out real brains: {consistency['heldout_real']['accuracy']:.0%} judged their own class",
+    ]
+    for scale, result in consistency["samples_by_guidance_scale"].items():
+        per_class = ", ".join(f"{name} {share:.0%}" for name, share in result["per_class"].items())
+        lines.append(f"{prefix}  samples at guidance scale {scale}: {result['accuracy']:.0%} ({per_class})")
+    for scale, classes in metrics["ratios_to_real_per_class"].items():
+        for name, ratios in classes.items():
+            shown = ", ".join(f"{key} {'n/a' if ratios.get(key) is None else f'{ratios[key]:.2f}x'}" for key in (
+                "histogram_jensen_shannon", "histogram_wasserstein", "diversity_ms_ssim", "slice_consistency_ssim"))
+            lines.append(f"{prefix}  {name} at guidance {scale}, against real {name} brains: {shown}")
+    lines.append(f"{prefix}look at {samples}/classes_real_synthetic.png; per class and scale: {samples}/guidance_<scale>/<class>/evaluation")
+    return "\n".join(lines)
