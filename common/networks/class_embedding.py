@@ -23,7 +23,9 @@ NULL_LABEL = -1  # a label that is not given: dropped in training (classifier-fr
 class ClassEmbedding(nn.Module):
     """Sum of one learned embedding per labelled variable; ``NULL_LABEL`` takes each variable's "not given" row.
 
-    The tables start at zero, so every label starts as "not given" and training moves them apart.
+    The tables start as ``nn.Embedding`` does (standard normal), as MONAI's ``DiffusionModelUNet`` class embedding:
+    started at zero instead, the demo's classes were barely told apart after the same training
+    (``common.conditional_demo``: 56% against 81% class consistency of the samples at guidance scale 3).
 
     Args:
         class_counts: the number of classes of each variable (at least 2 each).
@@ -37,8 +39,6 @@ class ClassEmbedding(nn.Module):
             raise ValueError(f"class_counts must give at least one variable, each with at least 2 classes, got {class_counts!r}.")
         self.class_counts = counts
         self.tables = nn.ModuleList(nn.Embedding(count + 1, dim) for count in counts)
-        for table in self.tables:  # start at zero: an untrained conditional denoiser is the unconditional one
-            nn.init.zeros_(table.weight)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, dim) embeddings of ``labels``, an integer tensor (B, number of variables) of class indices or

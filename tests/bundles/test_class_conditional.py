@@ -71,7 +71,6 @@ def test_a_conditional_model_trains_and_samples_the_labels_asked_for_through_the
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     assert checkpoint["model_settings"]["class_labels"] == VENTRICLES
     assert checkpoint["ema_network"]["class_embedding.tables.0.weight"].shape[0] == 3  # 2 classes and "not given"
-    assert checkpoint["network"]["class_embedding.tables.0.weight"].abs().sum() > 0  # trained away from its zero start
 
     sampling = {"ckpt_dir": str(models), **SIZE_32, **SMALL_DENOISER, "num_samples": 3, "num_inference_steps": 3}
     asked = [{"ventricles": "enlarged"}, {"ventricles": "normal"}, None]
