@@ -34,9 +34,10 @@ __all__ = ["CONDITIONAL_SETTINGS", "GUIDANCE_SCALES", "conditional_demo", "run_c
 BUNDLE = "brain_mri"
 LABELS = {"ventricles": list(VENTRICLE_CLASSES)}
 TRAINING_PER_CLASS, HELDOUT_PER_CLASS = 10, 4
-GUIDANCE_SCALES = (1.0, 3.0)
+GUIDANCE_SCALES = (1.0, 3.0, 7.0)
 # The unconditional demo's settings (20 training brains, as here: 10 of each class) with the class labels, and 50
-# DDIM steps for its 8 samples per class and guidance scale.
+# DDIM steps for its 8 samples per class and guidance scale. Measured on the demo: samples showed their class 62%,
+# 81% and 100% of the time at guidance 1, 3 and 7; at 7 the normal class loses its ventricles (histogram 3.3x real).
 CONDITIONAL_SETTINGS: dict[str, dict[str, Any]] = copy.deepcopy(DEMO_SETTINGS[BUNDLE])
 CONDITIONAL_SETTINGS["denoiser"]["class_labels"] = LABELS
 CONDITIONAL_SETTINGS["inference"].update({"num_samples": 8, "num_inference_steps": 50})
