@@ -20,7 +20,8 @@ def test_evaluate_writes_every_metric_and_flags_training_volumes(brain_model, tm
     brains, overrides, out = brain_model["brains"], brain_model["overrides"], brain_model["evaluated"]
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert (metrics["samples"], metrics["real_volumes"], metrics["image_size"]) == (3, 5, [32, 32, 32])
-    assert 0 <= metrics["diversity_ms_ssim"]["synthetic"] <= 1 and 0 <= metrics["diversity_ms_ssim"]["real"] < 1
+    # MS-SSIM is at most 1 up to float rounding: two near-identical samples of a 2-epoch model measured 1.0000145
+    assert 0 <= metrics["diversity_ms_ssim"]["synthetic"] <= 1 + 1e-4 and 0 <= metrics["diversity_ms_ssim"]["real"] < 1
     assert {"synthetic_vs_real", "real_half_vs_half"} <= set(metrics["intensity_histogram"]) and "skipped" in metrics["fid"]
     assert metrics["reconstruction"]["psnr_db"]["mean"] > 0 and metrics["memorisation_audit"]["real_volumes_searched"] == 5
     assert all(entry["nearest_real"].startswith(str(brains)) for entry in metrics["memorisation_audit"]["samples"])
