@@ -111,11 +111,11 @@ def judge_classes(
     the real training brains, its accuracy on the held-out real brains and on the samples of each guidance scale;
     and a picture of each class, real beside synthetic, cut through the ventricles."""
 
-    def by_class(datalist: list[dict[str, str]]) -> dict[str, list[int]]:
-        volumes = _preprocessed(configs, settings, datalist)
+    def by_class(datalist: list[dict[str, str]], volumes: list[np.ndarray]) -> dict[str, list[int]]:
         return {name: [ventricle_volume(v) for v, item in zip(volumes, datalist) if item["ventricles"] == name] for name in VENTRICLE_CLASSES}
 
-    real_train, real_heldout = by_class(train), by_class(heldout)
+    heldout_volumes = _preprocessed(configs, settings, heldout)  # measured and shown
+    real_train, real_heldout = by_class(train, _preprocessed(configs, settings, train)), by_class(heldout, heldout_volumes)
     classifier = NearestClassMedian(real_train)
     synthetic: dict[str, dict[str, list[int]]] = {}
     shown: dict[str, list[np.ndarray]] = {name: [] for name in VENTRICLE_CLASSES}
@@ -127,7 +127,6 @@ def judge_classes(
             synthetic.setdefault(f"{scale:g}", {})[name] = [ventricle_volume(v) for v in volumes]
             if scale == guidance_scales[-1]:
                 shown[name] = volumes[:3]
-    heldout_volumes = _preprocessed(configs, settings, heldout)
     rows, titles = [], []
     for name in VENTRICLE_CLASSES:
         real = [v for v, item in zip(heldout_volumes, heldout) if item["ventricles"] == name][:2]
