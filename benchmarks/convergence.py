@@ -47,6 +47,14 @@ RECIPES: dict[str, dict[str, dict]] = {
     "v_prediction_4_levels": {"train": {**PAPER, "prediction_type": "v_prediction", "network_def#channels": [16, 32, 64, 128],
                                         "network_def#spatial_attention": [False, False, True, True]},
                               "sample": {"clip_sample_range": 1.25}},
+    # GroupNorm statistics over the whole volume (the paper's code) instead of each slice: how bright or full a
+    # slice is relative to its neighbours is kept, not left to the depth attention to restore
+    "v_prediction_volume_norm": {"train": {**PAPER, "prediction_type": "v_prediction", "volume_norm": True},
+                                 "sample": {"clip_sample_range": 1.25}},
+    "v_prediction_4_levels_volume_norm": {"train": {**PAPER, "prediction_type": "v_prediction", "network_def#channels": [16, 32, 64, 128],
+                                                    "network_def#spatial_attention": [False, False, True, True],
+                                                    "volume_norm": True},
+                                          "sample": {"clip_sample_range": 1.25}},
 }
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
@@ -73,6 +81,8 @@ def stage_settings(args: argparse.Namespace) -> dict:
             train=args.train, samples=args.samples,
         ))
     settings["inference"] = {**settings["inference"], "num_samples": args.samples}
+    if args.downsample_factor:
+        settings["shared"]["autoencoder_def#downsample_factor"] = args.downsample_factor
     return settings
 
 
@@ -91,7 +101,8 @@ def sample_and_evaluate(run_stages, run_dir: Path, data: Path, settings: dict, o
     seconds = (time.time() - start) / settings["inference"]["num_samples"]
     run_stages(BUNDLE, str(run_dir), str(data / "train"), "evaluation", settings, overrides)
     metrics = json.loads((run_dir / "samples" / "evaluation" / "metrics.json").read_text())
-    return {**metrics["ratios_to_real"], "seconds_per_sample": seconds, "near_copies": len(metrics["memorisation_audit"]["near_copies"])}
+    return {**metrics["ratios_to_real"], "seconds_per_sample": seconds, "near_copies": len(metrics["memorisation_audit"]["near_copies"]),
+            "reconstruction_psnr_db": metrics["reconstruction"]["psnr_db"]["mean"]}
 
 
 def keep(args, rows: list[dict], sweep: list[dict]) -> None:
@@ -213,7 +224,8 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         f"# Convergence of the diffusion recipes: brain_mri at {args.size}^3",
         "",
         f"Command: `python benchmarks/convergence.py --size {args.size} --recipes {args.recipes_given} --iterations "
-        f"{args.iterations} --every {args.every}` (commit {revision}). Machine: {platform.machine()}, {torch.get_num_threads()} "
+        f"{args.iterations} --every {args.every}{f' --downsample-factor {args.downsample_factor}' if args.downsample_factor else ''}` "
+        f"(commit {revision}). Machine: {platform.machine()}, {torch.get_num_threads()} "
         f"threads, device {args.device}, torch {torch.__version__}. Wall time {minutes:.1f} min "
         f"(VQ-GAN {'reused from --workdir' if vqgan_minutes is None else f'{vqgan_minutes:.1f} min'}).",
         "",
@@ -224,6 +236,9 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "Ratios to real (about 1 is real-like; for the histogram distances the real value is half of the real "
         "volumes against the other half, so below 1 is as close as real data are to each other).",
         "",
+        *([f"The VQ-GAN (compression {settings['shared']['autoencoder_def#downsample_factor']} per axis) reconstructs the held-out "
+           f"brains at {recon['reconstruction_psnr_db']:.1f} dB, sharpness {recon['reconstruction_sharpness']:.2f}x real.", ""]
+          for recon in [r for r in rows + sweep if "reconstruction_psnr_db" in r][:1]),
         "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in dict.fromkeys(r["recipe"] for r in rows)) + ".",
         *(["", f"The curves of {', '.join(sorted({r['recipe'] for r in args.earlier_rows}))} come from an earlier run into "
            f"the same --workdir (`--earlier {args.earlier.name}`: the same VQ-GAN, data and seeds); its training minutes "
@@ -260,6 +275,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=8, help="held-out subjects")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--autoencoder-epochs", type=int, help="VQ-GAN epochs (default: the settings')")
+    parser.add_argument("--downsample-factor", type=int, choices=(2, 4), help="the VQ-GAN's compression per axis (default: the "
+                        "settings', 2 as the paper's brain model); 4 gives a latent of 1/8 the voxels (use another --workdir)")
     parser.add_argument("--sweep-only", action="store_true", help="the curves from rows.json of an earlier run (same --out, "
                         "--workdir), then only the sweep of the steps and seeds")
     parser.add_argument("--already", default="", help="name:iterations:minutes,...: recipes an interrupted run into --workdir "

@@ -27,23 +27,54 @@ from .class_embedding import ClassEmbedding
 __all__ = ["DepthAttentionUNet"]
 
 
+class SliceGroupNorm(nn.GroupNorm):
+    """GroupNorm of a depth-major stack of slices (D * B, C, H, W), its statistics taken per slice or per volume.
+
+    Per slice (``over_depth=False``) it is ``nn.GroupNorm`` on the stack: every slice is normalised on its own, so
+    how bright or how full a slice is relative to its neighbours must come back through the depth attention. Per
+    volume (``over_depth=True``) the statistics span all D slices of each volume, as ``nn.GroupNorm`` on the
+    (B, C, D, H, W) tensor of the video-diffusion U-Net that Medical Diffusion's code uses (Ho et al., "Video
+    Diffusion Models"; Khader et al., Sci Rep 2023). The weights are the same either way.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, over_depth: bool = False) -> None:
+        super().__init__(num_groups, num_channels)
+        self.over_depth = over_depth
+
+    def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        if not self.over_depth:
+            return super().forward(x)
+        nd, channels, h, w = x.shape
+        # each slice's per-channel mean and variance in one pass (float32, as autocast computes group_norm), then
+        # pooled over the slices and the channels of each group of a volume: (D, B, groups, channels per group)
+        var, mean = torch.var_mean(x.float(), dim=(2, 3), correction=0)
+        shape = (depth, nd // depth, self.num_groups, channels // self.num_groups)
+        mean, square = mean.view(shape), (var + mean**2).view(shape)
+        group_mean = mean.mean(dim=(0, 3), keepdim=True)
+        group_var = (square.mean(dim=(0, 3), keepdim=True) - group_mean**2).clamp_min(0)
+        scale = torch.rsqrt(group_var + self.eps) * self.weight.view(1, 1, self.num_groups, -1)
+        shift = self.bias.view(1, 1, self.num_groups, -1) - group_mean * scale
+        scale, shift = (v.expand(shape).reshape(nd, channels, 1, 1).to(x.dtype) for v in (scale, shift))
+        return torch.addcmul(shift, x, scale)  # one pass over x, keeping its memory format
+
+
 class ResidualBlock(nn.Module):
     """Two 3x3 in-plane convolutions with GroupNorm and SiLU; the timestep embedding scales and shifts the first."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int, norm_groups: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int, norm_groups: int, volume_norm: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm1 = nn.GroupNorm(norm_groups, out_channels)
+        self.norm1 = SliceGroupNorm(norm_groups, out_channels, volume_norm)
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels * 2))
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(norm_groups, out_channels)
+        self.norm2 = SliceGroupNorm(norm_groups, out_channels, volume_norm)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
-    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor, depth: int) -> torch.Tensor:
         scale, shift = self.time_proj(time_emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.norm1(self.conv1(x))
+        h = self.norm1(self.conv1(x), depth)
         h = F.silu(h * (1 + scale) + shift)
-        h = F.silu(self.norm2(self.conv2(h)))
+        h = F.silu(self.norm2(self.conv2(h), depth))
         return h + self.skip(x)
 
 
@@ -86,12 +117,12 @@ class _Attention(nn.Module):
     Weights saved by earlier versions, whose projections were 1x1 convolutions, load too.
     """
 
-    def __init__(self, channels: int, num_heads: int, head_channels: int, norm_groups: int) -> None:
+    def __init__(self, channels: int, num_heads: int, head_channels: int, norm_groups: int, volume_norm: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_channels = head_channels
         inner = num_heads * head_channels
-        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.norm = SliceGroupNorm(norm_groups, channels, volume_norm)
         self.to_qkv = nn.Linear(channels, inner * 3, bias=False)
         self.to_out = nn.Linear(inner, channels)
         self._register_load_state_dict_pre_hook(_accept_conv_projections)
@@ -105,9 +136,9 @@ class SpatialAttention(_Attention):
     On the CPU the slices are processed a few at a time (see ``_cpu_chunk``).
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
         n, _, h, w = x.shape
-        tokens = _tokens(self.norm(x))
+        tokens = _tokens(self.norm(x, depth))
         chunk = _cpu_chunk(x, n, h * w * self.to_qkv.out_features * x.element_size())
         out = _joined([self._attend(tokens[i : i + chunk]) for i in range(0, n, chunk)], dim=0)
         return x + out.permute(0, 3, 1, 2)
@@ -135,9 +166,10 @@ class DepthAttention(_Attention):
     """
 
     def __init__(
-        self, channels: int, num_heads: int, head_channels: int, norm_groups: int, max_distance: int = 32
+        self, channels: int, num_heads: int, head_channels: int, norm_groups: int, max_distance: int = 32,
+        volume_norm: bool = False,
     ) -> None:
-        super().__init__(channels, num_heads, head_channels, norm_groups)
+        super().__init__(channels, num_heads, head_channels, norm_groups, volume_norm)
         self.max_distance = max_distance
         self.relative_bias = nn.Embedding(2 * max_distance + 1, num_heads)
         nn.init.zeros_(self.relative_bias.weight)
@@ -151,7 +183,7 @@ class DepthAttention(_Attention):
     def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
         nd, channels, h, w = x.shape
         positions = nd // depth * h * w  # B * H * W sequences of slices
-        tokens = _tokens(self.norm(x)).reshape(depth, positions, channels)
+        tokens = _tokens(self.norm(x, depth)).reshape(depth, positions, channels)
         bias = self.position_bias(depth, x.device, x.dtype)
         chunk = _cpu_chunk(x, positions, depth * self.to_qkv.out_features * x.element_size())
         out = _joined([self._attend(tokens[:, i : i + chunk], bias) for i in range(0, positions, chunk)], dim=1)
@@ -179,16 +211,17 @@ class AttentionPair(nn.Module):
         head_channels: int,
         norm_groups: int,
         max_distance: int,
+        volume_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.spatial = SpatialAttention(channels, num_heads, head_channels, norm_groups) if spatial else None
+        self.spatial = SpatialAttention(channels, num_heads, head_channels, norm_groups, volume_norm) if spatial else None
         self.depth = (
-            DepthAttention(channels, num_heads, head_channels, norm_groups, max_distance) if depth else None
+            DepthAttention(channels, num_heads, head_channels, norm_groups, max_distance, volume_norm) if depth else None
         )
 
     def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
         if self.spatial is not None:
-            x = self.spatial(x)
+            x = self.spatial(x, depth)
         if self.depth is not None:
             x = self.depth(x, depth)
         return x
@@ -217,6 +250,10 @@ class DepthAttentionUNet(nn.Module):
         num_heads: attention heads.
         head_channels: channels per attention head.
         norm_groups: GroupNorm groups; must divide every width.
+        volume_norm: take every GroupNorm's statistics over the whole volume, as the paper's code does (its
+            video-diffusion U-Net normalises the (B, C, D, H, W) tensor), instead of over each slice (False, this
+            implementation's layout; see ``SliceGroupNorm``). Same weights either way; it changes the outputs, so
+            it defines the model.
         max_distance: largest slice offset with its own relative position bias.
         depth_position_embedding: add a sinusoidal embedding of each slice's index to that slice's timestep
             embedding. Not in the paper: without it, nothing but the depth attention's relative bias tells the
@@ -246,6 +283,7 @@ class DepthAttentionUNet(nn.Module):
         num_heads: int = 8,
         head_channels: int = 32,
         norm_groups: int = 8,
+        volume_norm: bool = False,
         max_distance: int = 32,
         depth_position_embedding: bool = False,
         use_checkpointing: bool = False,
@@ -286,7 +324,8 @@ class DepthAttentionUNet(nn.Module):
             nn.init.zeros_(self.depth_position.weight)
             nn.init.zeros_(self.depth_position.bias)
         self.class_embedding = None if class_counts is None else ClassEmbedding(class_counts, time_dim)
-        attn_args = dict(num_heads=num_heads, head_channels=head_channels, norm_groups=norm_groups, max_distance=max_distance)
+        attn_args = dict(num_heads=num_heads, head_channels=head_channels, norm_groups=norm_groups, max_distance=max_distance,
+                         volume_norm=volume_norm)
 
         self.init_conv = nn.Conv2d(in_channels, channels[0], 7, padding=3)
         self.init_attention = AttentionPair(channels[0], spatial=False, depth=use_depth, **attn_args)
@@ -296,16 +335,16 @@ class DepthAttentionUNet(nn.Module):
         self.downsamplers = nn.ModuleList()
         for level, width in enumerate(channels):
             self.down_blocks.append(
-                nn.ModuleList(ResidualBlock(width, width, time_dim, norm_groups) for _ in range(num_res_blocks))
+                nn.ModuleList(ResidualBlock(width, width, time_dim, norm_groups, volume_norm) for _ in range(num_res_blocks))
             )
             self.down_attention.append(AttentionPair(width, spatial[level], depth[level], **attn_args))
             last = level == levels - 1
             self.downsamplers.append(nn.Identity() if last else nn.Conv2d(width, channels[level + 1], 4, 2, 1))
 
         mid = channels[-1]
-        self.mid_block1 = ResidualBlock(mid, mid, time_dim, norm_groups)
+        self.mid_block1 = ResidualBlock(mid, mid, time_dim, norm_groups, volume_norm)
         self.mid_attention = AttentionPair(mid, spatial=True, depth=use_depth, **attn_args)
-        self.mid_block2 = ResidualBlock(mid, mid, time_dim, norm_groups)
+        self.mid_block2 = ResidualBlock(mid, mid, time_dim, norm_groups, volume_norm)
 
         self.up_blocks = nn.ModuleList()
         self.up_attention = nn.ModuleList()
@@ -314,7 +353,7 @@ class DepthAttentionUNet(nn.Module):
             width = channels[level]
             self.up_blocks.append(
                 nn.ModuleList(
-                    ResidualBlock(width * 2 if i == 0 else width, width, time_dim, norm_groups)
+                    ResidualBlock(width * 2 if i == 0 else width, width, time_dim, norm_groups, volume_norm)
                     for i in range(num_res_blocks)
                 )
             )
@@ -323,7 +362,7 @@ class DepthAttentionUNet(nn.Module):
                 nn.ConvTranspose2d(width, channels[level - 1], 4, 2, 1) if level else nn.Identity()
             )
 
-        self.final_block = ResidualBlock(channels[0] * 2, channels[0], time_dim, norm_groups)
+        self.final_block = ResidualBlock(channels[0] * 2, channels[0], time_dim, norm_groups, volume_norm)
         self.final_conv = nn.Conv2d(channels[0], self.out_channels, 1)
 
     @staticmethod
@@ -396,21 +435,21 @@ class DepthAttentionUNet(nn.Module):
         skips = []
         for blocks, attention, down in zip(self.down_blocks, self.down_attention, self.downsamplers):
             for block in blocks:
-                hidden = self._run(block, hidden, t)
+                hidden = self._run(block, hidden, t, depth)
             hidden = self._run(attention, hidden, depth)
             skips.append(hidden)
             hidden = down(hidden)
 
-        hidden = self._run(self.mid_block1, hidden, t)
+        hidden = self._run(self.mid_block1, hidden, t, depth)
         hidden = self._run(self.mid_attention, hidden, depth)
-        hidden = self._run(self.mid_block2, hidden, t)
+        hidden = self._run(self.mid_block2, hidden, t, depth)
 
         for blocks, attention, up in zip(self.up_blocks, self.up_attention, self.upsamplers):
             hidden = torch.cat([hidden, skips.pop()], dim=1)
             for block in blocks:
-                hidden = self._run(block, hidden, t)
+                hidden = self._run(block, hidden, t, depth)
             hidden = up(self._run(attention, hidden, depth))
 
-        hidden = self.final_block(torch.cat([hidden, stem], dim=1), t)
+        hidden = self.final_block(torch.cat([hidden, stem], dim=1), t, depth)
         out = self.final_conv(hidden)
         return out.reshape(depth, b, self.out_channels, h, w).permute(1, 2, 3, 4, 0)

@@ -1,7 +1,8 @@
 """The diffusion recipes of the latent bundles through their own configs: the paper's (codebook-range latents,
-epsilon prediction) by default, and latents scaled to unit variance with v-prediction by two overrides; the scale
-computed from the training data and stored with the checkpoint; every setting that defines the trained model read
-from one id by training and inference, and a sampling run that disagrees with its checkpoint refused."""
+epsilon prediction) by default, and latents scaled to unit variance with v-prediction (and GroupNorm over the whole
+volume) by overrides; the scale computed from the training data and stored with the checkpoint; every setting that
+defines the trained model read from one id by training and inference, and a sampling run that disagrees with its
+checkpoint refused."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from common.handlers import measure_latents
 from tests.bundles.bundle_runs import REPO, SIZE_32, SMALL_DENOISER, config_files, error_chain, run_bundle
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
-MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling", "class_labels")
-RECIPE = {"latent_scaling": "unit_variance", "prediction_type": "v_prediction"}
+MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling", "class_labels", "volume_norm")
+# the measured alternatives to the paper, all at once: scaled latents, v-prediction, GroupNorm over the whole volume
+RECIPE = {"latent_scaling": "unit_variance", "prediction_type": "v_prediction", "volume_norm": True}
 
 
 @pytest.mark.parametrize("bundle", LATENT_BUNDLES)
@@ -36,29 +38,32 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     assert {k: f"@{k}" for k in MODEL_DEFINING} == {k: v for k, v in shared["model_settings"].items() if k not in ("_target_", "written_before")}
     # a checkpoint written before the settings were stored was trained with the paper's recipe, the only one then
     assert shared["model_settings"]["written_before"] == {"noise_schedule": "cosine", "prediction_type": "epsilon",
-                                                          "latent_scaling": "codebook_range", "class_labels": None}
+                                                          "latent_scaling": "codebook_range", "class_labels": None,
+                                                          "volume_norm": False}
     assert training["noise_scheduler"]["schedule"] == "@noise_schedule"
     assert training["noise_scheduler"]["prediction_type"] == "@prediction_type"
     assert training["train#trainer"]["prepare_batch"]["scheduler"] == "@noise_scheduler"  # the target follows it
     assert "@noise_schedule, @prediction_type" in inference["noise_scheduler"]
-    for key in ("noise_schedule", "prediction_type", "latent_scaling", "class_labels"):  # train.json passes them to the diffusion stage
+    for key in ("noise_schedule", "prediction_type", "latent_scaling", "class_labels", "volume_norm"):  # train.json passes them to the diffusion stage
         assert one_command["stage_overrides"]["diffusion"][key] == f"@{key}"
     assert inference["sampler"]["clip_sample_range"] == "@clip_sample_range"
     # the paper's recipe is the default, unconditional
     assert (shared["noise_schedule"], shared["prediction_type"], shared["latent_scaling"]) == ("cosine", "epsilon", "codebook_range")
     assert shared["class_labels"] is None and shared["network_def"]["class_counts"] == "$common.data.class_counts(@class_labels)"
+    assert shared["volume_norm"] is False and shared["network_def"]["volume_norm"] == "@volume_norm"
 
 
 def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model):
     checkpoint = torch.load(brain_model["models"] / "diffusion.pt", weights_only=True)
     assert set(checkpoint["latent_scale"]) == {"value"} and float(checkpoint["latent_scale"]["value"]) == 1.0
     assert checkpoint["model_settings"] == {"num_train_timesteps": 300, "noise_schedule": "cosine",
-                                            "prediction_type": "epsilon", "latent_scaling": "codebook_range", "class_labels": None}
+                                            "prediction_type": "epsilon", "latent_scaling": "codebook_range", "class_labels": None,
+                                            "volume_norm": False}
     record = json.loads((brain_model["samples"] / "samples.json").read_text())
     assert record["prediction_type"] == "epsilon" and record["latent_scale"] == 1.0
 
 
-def test_unit_variance_and_v_prediction_train_and_sample_through_the_bundle_configs(brain_model, tmp_path):
+def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the_bundle_configs(brain_model, tmp_path):
     models, logs = tmp_path / "models", tmp_path / "logs"
     models.mkdir()
     shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")  # the VQ-GAN trained once
@@ -69,6 +74,7 @@ def test_unit_variance_and_v_prediction_train_and_sample_through_the_bundle_conf
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     assert checkpoint["model_settings"]["prediction_type"] == "v_prediction"
     assert checkpoint["model_settings"]["latent_scaling"] == "unit_variance"
+    assert checkpoint["model_settings"]["volume_norm"] is True
     parser = ConfigParser()
     parser.read_config(config_files("brain_mri", "train_autoencoder", "train_diffusion"))
     parser.update({**training, "bundle_root": str(REPO / "bundles" / "brain_mri")})
@@ -90,11 +96,15 @@ def test_unit_variance_and_v_prediction_train_and_sample_through_the_bundle_conf
 
     # sampling with the paper's settings from this checkpoint would give wrong volumes silently: refused, with the id
     with pytest.raises(Exception) as mismatch:
-        run_bundle(config_files("brain_mri", "inference"), **sampling, latent_scaling="unit_variance",
+        run_bundle(config_files("brain_mri", "inference"), **sampling, latent_scaling="unit_variance", volume_norm=True,
                    output_dir=str(tmp_path / "wrong"))
     assert "trained with prediction_type 'v_prediction' (configured: 'epsilon'); set --prediction_type" in error_chain(mismatch.value)
     with pytest.raises(Exception) as mismatch:
-        run_bundle(config_files("brain_mri", "inference"), **sampling, prediction_type="v_prediction",
+        run_bundle(config_files("brain_mri", "inference"), **sampling, prediction_type="v_prediction", volume_norm=True,
                    output_dir=str(tmp_path / "wrong"))
     assert "trained with latent_scaling 'unit_variance' (configured: 'codebook_range'); set --latent_scaling" in error_chain(mismatch.value)
+    with pytest.raises(Exception) as mismatch:  # same weights either way, so only the stored setting can tell
+        run_bundle(config_files("brain_mri", "inference"), **sampling, **{**RECIPE, "volume_norm": False},
+                   output_dir=str(tmp_path / "wrong"))
+    assert "trained with volume_norm True (configured: False); set --volume_norm" in error_chain(mismatch.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))

@@ -12,7 +12,7 @@ from common.networks import (
     DepthAttentionUNet,
     depth_attention_unet,
 )
-from common.networks.depth_attention_unet import DepthAttention, SpatialAttention
+from common.networks.depth_attention_unet import DepthAttention, SliceGroupNorm, SpatialAttention
 from tests.helpers import tiny_vqgan
 
 
@@ -90,6 +90,30 @@ def test_without_depth_attention_slices_are_independent(position):
     assert torch.all(others == 0), f"slices other than 2 changed: {influence.tolist()}"
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_volume_norm_is_group_norm_over_the_whole_volume(memory_format):
+    norm = SliceGroupNorm(2, 4, over_depth=True)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    volumes = torch.randn(3, 4, 5, 6, 7) * torch.linspace(0.5, 3, 7)  # (B, C, H, W, D), slices of different spread
+    stack = volumes.permute(4, 0, 1, 2, 3).reshape(7 * 3, 4, 5, 6).contiguous(memory_format=memory_format)
+    expected = F.group_norm(volumes, 2, norm.weight, norm.bias, norm.eps).permute(4, 0, 1, 2, 3).reshape(21, 4, 5, 6)
+    assert torch.allclose(norm(stack, depth=7), expected, atol=1e-5)
+    per_slice = SliceGroupNorm(2, 4, over_depth=False)
+    per_slice.load_state_dict(norm.state_dict())
+    assert torch.allclose(per_slice(stack, depth=7), F.group_norm(stack, 2, norm.weight, norm.bias, norm.eps), atol=1e-6)
+    assert not torch.allclose(per_slice(stack, depth=7), expected, atol=1e-2)
+
+
+def test_volume_norm_lets_slices_see_each_other_but_not_other_volumes():
+    net = small_unet(depth_attention=False, spatial_attention=True, volume_norm=True).eval()
+    influence = _depth_influence(net, k=2)
+    assert torch.all(influence > 1e-6), f"a volume-wide norm should carry slice 2 everywhere: {influence.tolist()}"
+    x, t = torch.randn(2, 3, 8, 8, 4), torch.tensor([5, 200])
+    with torch.no_grad():
+        assert torch.allclose(net(x, t), torch.cat([net(x[:1], t[:1]), net(x[1:], t[1:])]), atol=1e-5)
+
+
 def test_depth_attention_mixes_slices():
     net = small_unet(depth_attention=True).eval()
     for module in net.modules():  # the relative bias starts at zero; give it values so the test is generic
@@ -103,7 +127,8 @@ def _reference_attention(attention: SpatialAttention | DepthAttention, x: torch.
     """Softmax attention written out with einsum on a depth-major slice stack (slice index d * B + b)."""
     n, _, h, w = x.shape
     heads, e = attention.num_heads, attention.head_channels
-    qkv = torch.einsum("nchw,oc->nhwo", attention.norm(x), attention.to_qkv.weight).reshape(n, h, w, 3, heads, e)
+    normed = torch.nn.functional.group_norm(x, attention.norm.num_groups, attention.norm.weight, attention.norm.bias, attention.norm.eps)
+    qkv = torch.einsum("nchw,oc->nhwo", normed, attention.to_qkv.weight).reshape(n, h, w, 3, heads, e)
     q, k, v = qkv.unbind(3)  # each (n, h, w, heads, e)
     if depth is None:  # tokens are the in-plane positions of one slice
         q, k, v = (t.reshape(n, h * w, heads, e) for t in (q, k, v))
@@ -131,7 +156,7 @@ def test_attention_matches_reference_softmax_attention(memory_format, chunk_byte
         if depth is not None:  # the bias starts at zero; clipped offsets (5 slices, max_distance 3) get tested too
             torch.nn.init.normal_(attention.relative_bias.weight)
         x = torch.randn(5 * 2, 8, 4, 3).contiguous(memory_format=memory_format)  # (D * B, C, H, W), B = 2, D = 5
-        out = attention(x) if depth is None else attention(x, depth=depth)
+        out = attention(x, depth=5)
         assert torch.allclose(out, _reference_attention(attention, x, depth), atol=1e-5)
 
 
