@@ -180,6 +180,12 @@ def test_guidance_scale_one_is_the_conditional_model_zero_the_unconditional_and_
     assert torch.allclose(guided.sample([0], [(1, 2)]), conditional, atol=1e-5)
     assert torch.allclose(sampler(0.0, asked).sample([0], [(1, 2)]), unconditional, atol=1e-5)
     assert not torch.allclose(sampler(3.0, asked).sample([0], [(1, 2)]), conditional, atol=1e-3)
+    # no label asked for: guidance changes nothing, and the denoiser sees one prediction's batch, not two
+    batches = []
+    hook = net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    assert torch.allclose(sampler(3.0, None).sample([0, 1], [None, None])[:1], unconditional, atol=1e-5)
+    hook.remove()
+    assert set(batches) == {2}
 
     paths = sampler(2.0, [asked, None], "written").run()
     record = json.loads((tmp_path / "written" / "samples.json").read_text())

@@ -136,7 +136,9 @@ class LatentSampler:
         if self.class_labels is not None:
             rows = [[NULL_LABEL] * len(self.class_labels) if row is None else list(row) for row in labels or [None] * len(seeds)]
             conditioning = torch.tensor(rows, dtype=torch.long, device=self.device)
-            if self.guidance_scale != 1.0:  # MONAI's inferer: "not given" filled with NULL_LABEL, one batch of both
+            # MONAI's inferer: "not given" filled with NULL_LABEL, one batch of both; with no label asked at all both
+            # predictions are the unconditional one, so the batch is not doubled for nothing
+            if self.guidance_scale != 1.0 and bool((conditioning != NULL_LABEL).any()):
                 guidance = {"cfg": self.guidance_scale, "cfg_fill_value": NULL_LABEL}
         self.network.eval()
         with seeded_random_state(seeds[0], self.device):
