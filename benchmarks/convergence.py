@@ -47,14 +47,14 @@ RECIPES: dict[str, dict[str, dict]] = {
     "v_prediction_4_levels": {"train": {**PAPER, "prediction_type": "v_prediction", "network_def#channels": [16, 32, 64, 128],
                                         "network_def#spatial_attention": [False, False, True, True]},
                               "sample": {"clip_sample_range": 1.25}},
+    "unit_variance_v_4_levels": {"train": {"latent_scaling": "unit_variance", "prediction_type": "v_prediction",
+                                           "network_def#channels": [16, 32, 64, 128],
+                                           "network_def#spatial_attention": [False, False, True, True]},
+                                 "sample": {"clip_sample_range": 1.25}},
     # GroupNorm statistics over the whole volume (the paper's code) instead of each slice: how bright or full a
     # slice is relative to its neighbours is kept, not left to the depth attention to restore
     "v_prediction_volume_norm": {"train": {**PAPER, "prediction_type": "v_prediction", "volume_norm": True},
                                  "sample": {"clip_sample_range": 1.25}},
-    "v_prediction_4_levels_volume_norm": {"train": {**PAPER, "prediction_type": "v_prediction", "network_def#channels": [16, 32, 64, 128],
-                                                    "network_def#spatial_attention": [False, False, True, True],
-                                                    "volume_norm": True},
-                                          "sample": {"clip_sample_range": 1.25}},
 }
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
