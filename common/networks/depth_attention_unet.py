@@ -30,19 +30,19 @@ __all__ = ["DepthAttentionUNet"]
 class SliceGroupNorm(nn.GroupNorm):
     """GroupNorm of a depth-major stack of slices (D * B, C, H, W), its statistics taken per slice or per volume.
 
-    Per slice (``over_depth=False``) it is ``nn.GroupNorm`` on the stack: every slice is normalised on its own, so
+    Per slice (``volume_norm=False``) it is ``nn.GroupNorm`` on the stack: every slice is normalised on its own, so
     how bright or how full a slice is relative to its neighbours must come back through the depth attention. Per
-    volume (``over_depth=True``) the statistics span all D slices of each volume, as ``nn.GroupNorm`` on the
+    volume (``volume_norm=True``) the statistics span all D slices of each volume, as ``nn.GroupNorm`` on the
     (B, C, D, H, W) tensor of the video-diffusion U-Net that Medical Diffusion's code uses (Ho et al., "Video
     Diffusion Models"; Khader et al., Sci Rep 2023). The weights are the same either way.
     """
 
-    def __init__(self, num_groups: int, num_channels: int, over_depth: bool = False) -> None:
+    def __init__(self, num_groups: int, num_channels: int, volume_norm: bool = False) -> None:
         super().__init__(num_groups, num_channels)
-        self.over_depth = over_depth
+        self.volume_norm = volume_norm
 
     def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
-        if not self.over_depth:
+        if not self.volume_norm:
             return super().forward(x)
         nd, channels, h, w = x.shape
         # each slice's per-channel mean and variance in one pass (float32, as autocast computes group_norm), then

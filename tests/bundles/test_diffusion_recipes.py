@@ -21,7 +21,7 @@ from tests.bundles.bundle_runs import REPO, SIZE_32, SMALL_DENOISER, config_file
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling", "class_labels", "volume_norm")
-# the measured alternatives to the paper, all at once: scaled latents, v-prediction, GroupNorm over the whole volume
+# every non-default recipe setting at once: scaled latents, v-prediction, and the paper's volume-wide GroupNorm
 RECIPE = {"latent_scaling": "unit_variance", "prediction_type": "v_prediction", "volume_norm": True}
 
 

@@ -92,14 +92,14 @@ def test_without_depth_attention_slices_are_independent(position):
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_volume_norm_is_group_norm_over_the_whole_volume(memory_format):
-    norm = SliceGroupNorm(2, 4, over_depth=True)
+    norm = SliceGroupNorm(2, 4, volume_norm=True)
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
     volumes = torch.randn(3, 4, 5, 6, 7) * torch.linspace(0.5, 3, 7)  # (B, C, H, W, D), slices of different spread
     stack = volumes.permute(4, 0, 1, 2, 3).reshape(7 * 3, 4, 5, 6).contiguous(memory_format=memory_format)
     expected = F.group_norm(volumes, 2, norm.weight, norm.bias, norm.eps).permute(4, 0, 1, 2, 3).reshape(21, 4, 5, 6)
     assert torch.allclose(norm(stack, depth=7), expected, atol=1e-5)
-    per_slice = SliceGroupNorm(2, 4, over_depth=False)
+    per_slice = SliceGroupNorm(2, 4, volume_norm=False)
     per_slice.load_state_dict(norm.state_dict())
     assert torch.allclose(per_slice(stack, depth=7), F.group_norm(stack, 2, norm.weight, norm.bias, norm.eps), atol=1e-6)
     assert not torch.allclose(per_slice(stack, depth=7), expected, atol=1e-2)
