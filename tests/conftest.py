@@ -17,6 +17,7 @@ from tests.bundles.bundle_runs import (
     SIZE_32,
     SIZE_32_OVERRIDES,
     SMALL_DENOISER,
+    VENTRICLES,
     config_files,
     make_brains,
     run_bundle,
@@ -74,6 +75,36 @@ def brain_model(tmp_path_factory) -> dict:
     evaluated = root / "evaluated"
     run_bundle(EVALUATE, **overrides, output_dir=str(evaluated), num_samples=3, num_inference_steps=3)
     return {**run, "brains": brains, "evaluated": evaluated, "overrides": overrides}
+
+
+@pytest.fixture(scope="session")
+def conditional_brain_model(brain_model, tmp_path_factory) -> dict:
+    """brain_mri's diffusion stage trained class-conditional (``class_labels`` VENTRICLES, a labels file of the five
+    brains) on the VQ-GAN of ``brain_model``, through the bundle's configs: its ``models`` folder, ``labels`` file
+    and the overrides of its training."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("conditional_brain_model")
+    models = root / "models"
+    models.mkdir()
+    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")  # the VQ-GAN trained once
+    labels = root / "labels.csv"
+    labels.write_text("file,ventricles\n" + "".join(f"brain_{i}.nii.gz,{'enlarged' if i % 2 else 'normal'}\n" for i in range(5)))
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(root / "logs"), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 2, "ema#start_iteration": 2}
+    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, class_labels=VENTRICLES,
+               labels_file=str(labels))
+    return {"models": models, "labels": labels, "training": training}
+
+
+@pytest.fixture(scope="session")
+def conditional_brain_package(conditional_brain_model, tmp_path_factory) -> Path:
+    """The class-conditional brain model packaged: the package's folder."""
+    from common.deploy import package_bundle
+
+    output = tmp_path_factory.mktemp("dist_conditional")
+    package_bundle("brain_mri", conditional_brain_model["models"], output, {**SIZE_32_OVERRIDES, "class_labels": VENTRICLES})
+    return output / "brain_mri"
 
 
 @pytest.fixture(scope="session")

@@ -178,19 +178,27 @@ def _denoiser_inputs(metadata: dict, spatial_shape: Sequence[int] | None) -> dic
     return {"_meta_#network_data_format#inputs#image": image}
 
 
+def _labels_input(metadata: dict, device: str) -> dict[str, torch.Tensor]:
+    """A class-conditional denoiser's ``context`` for one sample, as ``network_data_format`` names it (one class
+    index per variable; the first classes); nothing for other networks."""
+    context = metadata["network_data_format"]["inputs"].get("context")
+    return {} if context is None else {"context": torch.zeros(1, context["num_channels"], dtype=torch.long, device=device)}
+
+
 def check_networks(folder: Path, device: str = "cpu", spatial_shape: Sequence[int] | None = None) -> list[str]:
-    """The zoo's ``verify_data_shape`` (MONAI's ``verify_net_in_out``) for the denoiser, with ``timesteps`` as its
-    extra forward argument, and the same for the VQ-GAN against ``autoencoder_data_format`` (its forward returns
-    the reconstruction and the quantisation loss; the reconstruction is checked). ``spatial_shape`` runs the
-    denoiser at another size than the metadata's (it is fully convolutional), for a quick check on a CPU."""
+    """The zoo's ``verify_data_shape`` (MONAI's ``verify_net_in_out``) for the denoiser, with ``timesteps`` (and a
+    class-conditional denoiser's labels, ``context``) as its extra forward arguments, and the same for the VQ-GAN
+    against ``autoencoder_data_format`` (its forward returns the reconstruction and the quantisation loss; the
+    reconstruction is checked). ``spatial_shape`` runs the denoiser at another size than the metadata's (it is fully
+    convolutional), for a quick check on a CPU."""
     meta_file, config_file = folder / "configs" / "metadata.json", folder / "configs" / "inference.json"
     metadata = _read_json(meta_file)
     problems = []
     try:
         verify_net_in_out(
             "network_def", meta_file=str(meta_file), config_file=str(config_file), device=device,
-            extra_forward_args={"timesteps": torch.tensor([1], device=device)}, bundle_root=str(folder),
-            **_denoiser_inputs(metadata, spatial_shape),
+            extra_forward_args={"timesteps": torch.tensor([1], device=device), **_labels_input(metadata, device)},
+            bundle_root=str(folder), **_denoiser_inputs(metadata, spatial_shape),
         )
     except Exception as error:
         problems.append(f"{config_file}: network_def fails MONAI's verify_net_in_out: {type(error).__name__}: {error}")

@@ -24,7 +24,9 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.checkpoints import CheckpointError, read_checkpoint
+from common.data import check_class_labels
 from common.io import REPO_ROOT, atomic_path, bundle_dir, output_mode
+from common.networks import NULL_LABEL
 from common.pipeline import DEMO_SETTINGS
 
 from .export import export_torchscript
@@ -106,6 +108,12 @@ def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
             autoencoder.codebook.search_backend = "torch"  # the torch search traces as one addmm + argmin
         image = torch.rand(1, 1, *parser["image_size"]) * 2 - 1
         export_torchscript(autoencoder, (image,), models / "autoencoder.ts", embedded)
+        classes = check_class_labels(parser.get_parsed_content("class_labels"))
+        if classes is not None:  # traced with labels: one sample asks for the first classes, one for none
+            noisy = torch.randn(2, *parser.get_parsed_content("latent_shape"))
+            labels = torch.tensor([[0] * len(classes), [NULL_LABEL] * len(classes)])
+            export_torchscript(parser.get_parsed_content("network"), (noisy, torch.tensor([1, 1]), labels), models / "model.ts", embedded)
+            return
         noisy = torch.randn(1, *parser.get_parsed_content("latent_shape"))
     else:  # the noisy image with the one-hot mask channels
         channels = parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes")
@@ -126,6 +134,9 @@ def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict
             for entry in metadata["network_data_format"][part].values():
                 if entry["spatial_shape"]:
                     entry["spatial_shape"], entry["num_channels"] = latent_shape, embedding
+        classes = check_class_labels(parser["class_labels"])
+        if classes is not None:
+            metadata["network_data_format"]["inputs"]["context"] = class_labels_input(classes)
     else:  # mask-conditioned: image + mask channels in, image channels out
         channels = {"inputs": parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes"),
                     "outputs": parser.get_parsed_content("image_channels")}
@@ -142,6 +153,25 @@ def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict
     if metrics_file is not None:
         metadata["eval_metrics"] = _eval_metrics(json.loads(Path(metrics_file).read_text()))
     return metadata
+
+
+def class_labels_input(class_labels: Mapping[str, Any]) -> dict[str, Any]:
+    """``network_data_format`` of a class-conditional denoiser's labels (its ``context``), named per variable as the
+    Model Zoo's brain LDM bundle names its conditioning: one class index per variable, ``NULL_LABEL`` for "not
+    given" (the unconditional model)."""
+    return {
+        "type": "tabular",
+        "format": "class indices",
+        "num_channels": len(class_labels),
+        "spatial_shape": [],
+        "dtype": "int64",
+        "value_range": [NULL_LABEL, max(len(classes) for classes in class_labels.values()) - 1],
+        "is_patch_data": False,
+        "channel_def": {
+            str(k): f"{name}: " + ", ".join(f"{i} {value}" for i, value in enumerate(classes)) + f", {NULL_LABEL} not given"
+            for k, (name, classes) in enumerate(class_labels.items())
+        },
+    }
 
 
 def _eval_metrics(metrics: dict) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """One synthetic volume at a time from a bundle folder: what serving applications (MONAI Label, MONAI Deploy) call.
 
 A bundle's ``configs/inference.json`` builds its networks, weights, scheduler and sampler once; each request then
-asks for one volume: an unconditional sample of a latent bundle (Khader et al., Sci Rep 2023, Sec. 2.3: reverse
-diffusion in the codebook-range latent space, quantisation, decoding), or, for a mask-conditioned bundle, an image
+asks for one volume: a sample of a latent bundle (Khader et al., Sci Rep 2023, Sec. 2.3: reverse diffusion in the
+codebook-range latent space, quantisation, decoding), of the classes asked for if the bundle was trained
+class-conditional (classifier-free guidance, Ho & Salimans 2022), or, for a mask-conditioned bundle, an image
 that follows the user's label volume (Dorjsembe et al., Med-DDPM, 2024: the one-hot mask joined to the noisy
 image at every step). The result carries the affine it belongs to, so a viewer lays it over the label it came from.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,10 @@ from monai.transforms import (
     Spacing,
 )
 
-from common.data import DatasetError, find_nifti_files, nifti_stem
+from common.data import DatasetError, find_nifti_files, nifti_stem, requested_labels
 from common.io import save_nifti, to_nifti_layout
 from common.med_ddpm import MaskConditionedSampler
-from common.sampling import LatentSampler, volume_affine
+from common.sampling import LatentSampler, checked_guidance_scale, volume_affine
 
 __all__ = [
     "BundleSynthesizer", "SynthesisError", "SynthesisRequest", "SyntheticVolume", "find_bundle_folder", "plan_requests",
@@ -42,16 +44,21 @@ __all__ = [
 
 
 class SynthesisError(ValueError):
-    """A request a bundle cannot answer: no label for a mask-conditioned bundle, a label for an unconditional one."""
+    """A request a bundle cannot answer: no label for a mask-conditioned bundle, a label for an unconditional one,
+    classes a class-conditional bundle was not trained with."""
 
 
 @dataclass
 class SyntheticVolume:
-    """A synthetic image (H, W, D) or (H, W, D, C) in [-1, 1] with its voxel-to-world affine and seed."""
+    """A synthetic image (H, W, D) or (H, W, D, C) in [-1, 1] with its voxel-to-world affine and seed; for a
+    class-conditional bundle, ``labels`` asked for ({variable: class}, None: no label) and ``description``, what the
+    NIfTI header says of them ("ventricles=enlarged", "no label")."""
 
     image: np.ndarray
     affine: np.ndarray
     seed: int
+    labels: dict[str, str] | None = None
+    description: str | None = None
 
 
 class BundleSynthesizer:
@@ -93,23 +100,69 @@ class BundleSynthesizer:
         self.sampler: LatentSampler | MaskConditionedSampler = parser.get_parsed_content("sampler")
         self.conditional = isinstance(self.sampler, MaskConditionedSampler)
 
-    def __call__(self, label: str | os.PathLike | None = None, seed: int = 0, fit_to_model: bool = False) -> SyntheticVolume:
-        """One volume from the noise of ``seed``; for a mask-conditioned bundle, following the NIfTI ``label``, which
-        holds the model's classes and is at its size and spacing (``DatasetError`` naming the file otherwise), or,
-        with ``fit_to_model``, on any grid: then the label is fitted to the model's grid (``fit_label``) and the
-        image resampled back onto the label's grid."""
+    @property
+    def class_labels(self) -> dict[str, tuple[str, ...]] | None:
+        """A class-conditional latent bundle's labelled variables and their classes (as trained); None otherwise."""
+        return getattr(self.sampler, "class_labels", None)
+
+    def __call__(
+        self,
+        label: str | os.PathLike | None = None,
+        seed: int = 0,
+        fit_to_model: bool = False,
+        labels: Mapping[str, str] | None = None,
+        guidance_scale: float | None = None,
+    ) -> SyntheticVolume:
+        """One volume from the noise of ``seed``.
+
+        For a mask-conditioned bundle, following the NIfTI ``label``, which holds the model's classes and is at its
+        size and spacing (``DatasetError`` naming the file otherwise), or, with ``fit_to_model``, on any grid: then
+        the label is fitted to the model's grid (``fit_label``) and the image resampled back onto the label's grid.
+        For a class-conditional latent bundle, of the classes ``labels`` asks for ({variable: class}, every variable;
+        None: the unconditional model), guided with ``guidance_scale`` (by default the bundle's ``guidance_scale``).
+        """
         if self.conditional:
             if label is None:
                 raise SynthesisError(f"{self.bundle_dir.name} makes images from label masks: give a label volume.")
+            if labels is not None or guidance_scale is not None:
+                raise SynthesisError(f"{self.bundle_dir.name} makes images from label masks: it takes no class labels "
+                                     "or guidance scale.")
             if fit_to_model:
                 return self._on_the_labels_grid(Path(label), seed)
             classes = self.sampler.load(str(label))
             image = to_nifti_layout(self.sampler.sample(classes, seed).numpy())
             return SyntheticVolume(image, np.asarray(classes.affine, dtype=np.float64), seed)
         if label is not None:
-            raise SynthesisError(f"{self.bundle_dir.name} samples without a condition: it takes no label volume.")
-        volume = self.sampler.sample([seed])[0, 0].numpy()
-        return SyntheticVolume(volume, volume_affine(volume.shape, self.sampler.spacing), seed)
+            raise SynthesisError(f"{self.bundle_dir.name} samples without a label volume: it takes none.")
+        ((names, indices),) = self.requested([labels] if labels is not None else None, 1)
+        scale = None if guidance_scale is None else self.checked_guidance_scale(guidance_scale)
+        volume = self.sampler.sample([seed], [indices], scale)[0, 0].numpy()
+        description = None if self.class_labels is None else (
+            "no label" if names is None else " ".join(f"{name}={value}" for name, value in names.items()))
+        return SyntheticVolume(volume, volume_affine(volume.shape, self.sampler.spacing), seed, names, description)
+
+    def checked_guidance_scale(self, scale: object) -> float:
+        """``scale`` as a guidance scale of a class-conditional latent bundle; ``SynthesisError`` naming the bundle
+        and the problem otherwise."""
+        if self.class_labels is None:
+            raise SynthesisError(f"{self.bundle_dir.name} was trained without class labels: it takes no guidance scale.")
+        try:
+            return checked_guidance_scale(scale)
+        except ValueError as error:
+            raise SynthesisError(f"{self.bundle_dir.name}: {error}") from None
+
+    def requested(
+        self, labels: Sequence[Mapping[str, str] | None] | str | os.PathLike | None, count: int,
+    ) -> list[tuple[dict[str, str] | None, tuple[int, ...] | None]]:
+        """The labels of ``count`` volumes of a latent bundle, checked against the classes it was trained with
+        (``common.data.requested_labels``: a list, one per volume, or a CSV/JSON file of them; None: no labels);
+        ``SynthesisError`` naming the bundle and the problem otherwise."""
+        if labels is not None and self.class_labels is None:
+            raise SynthesisError(f"{self.bundle_dir.name} was trained without class labels: it takes none.")
+        try:
+            return requested_labels(labels, self.class_labels, count)
+        except ValueError as error:
+            raise SynthesisError(f"{self.bundle_dir.name}: {error}") from None
 
     def fit_label(self, label: str | os.PathLike) -> tuple[MetaTensor, MetaTensor]:
         """A label drawn on any grid, fitted to the model's: (the label as drawn, its classes on the model's grid).
@@ -167,18 +220,26 @@ def find_bundle_folder(model_path: str | os.PathLike) -> Path:
 
 
 def write_volume(volume: SyntheticVolume, path: str | os.PathLike) -> str:
-    """Write ``volume`` as NIfTI (float32, its affine); returns the path."""
-    return save_nifti(volume.image, volume.affine, path)
+    """Write ``volume`` as NIfTI (float32, its affine, the labels it was asked for in the header's description);
+    returns the path."""
+    return save_nifti(volume.image, volume.affine, path, description=volume.description)
 
 
 @dataclass
 class SynthesisRequest:
-    """One volume to make: the file name to write it as, its seed, and its label (mask-conditioned bundles)."""
+    """One volume to make: the file name to write it as, its seed, and its label volume (mask-conditioned bundles)
+    or class labels and guidance scale (class-conditional latent bundles)."""
 
     name: str
     seed: int
     label: str | None = None
     fit_to_model: bool = False
+    labels: dict[str, str] | None = None
+    guidance_scale: float | None = None
+
+    def answer(self, synthesizer: BundleSynthesizer) -> SyntheticVolume:
+        """The volume this request asks ``synthesizer`` for."""
+        return synthesizer(self.label, self.seed, self.fit_to_model, self.labels, self.guidance_scale)
 
 
 def plan_requests(
@@ -187,15 +248,24 @@ def plan_requests(
     num_samples: int = 1,
     seed: int = 0,
     fit_to_model: bool = False,
+    labels: Mapping[str, str] | Sequence[Mapping[str, str] | None] | str | os.PathLike | None = None,
+    guidance_scale: float | None = None,
 ) -> list[SynthesisRequest]:
-    """The volumes a folder request asks for, as a batch application gets it, checked before any sampling: for a
-    mask-conditioned bundle, one image per NIfTI label under ``input_dir`` (sub-folders included), named
+    """The volumes a folder request asks for, as a batch application gets it, checked before any sampling.
+
+    For a mask-conditioned bundle, one image per NIfTI label under ``input_dir`` (sub-folders included), named
     ``<label name>_seed<seed>.nii.gz`` (every label is read and checked here, as it is or, with ``fit_to_model``,
     fitted to the model's grid: ``BundleSynthesizer.fit_label``; two labels of one name in different sub-folders
-    are refused); for a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``."""
+    are refused). For a latent bundle, ``num_samples`` volumes named ``sample_<k>_seed<seed + k>.nii.gz``; a
+    class-conditional one's of the classes ``labels`` asks for (one {variable: class} for every volume, a list of
+    them, or a CSV/JSON file of them, one per volume, as ``inference.json``'s ``labels``; None: unconditional),
+    guided with ``guidance_scale`` (by default the bundle's)."""
     if synthesizer.conditional:
         if input_dir is None:
             raise SynthesisError(f"{synthesizer.bundle_dir.name} makes images from label masks: give an input folder of them.")
+        if labels is not None or guidance_scale is not None:
+            raise SynthesisError(f"{synthesizer.bundle_dir.name} makes images from label masks: it takes no class "
+                                 "labels or guidance scale.")
         labels = find_nifti_files(input_dir)
         names = [f"{nifti_stem(label)}_seed{seed}.nii.gz" for label in labels]
         clashes = sorted(label for label, name in zip(labels, names) if names.count(name) > 1)
@@ -206,4 +276,7 @@ def plan_requests(
         return [SynthesisRequest(name, seed, label, fit_to_model) for label, name in zip(labels, names)]
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
-    return [SynthesisRequest(f"sample_{k:04d}_seed{seed + k}.nii.gz", seed + k) for k in range(num_samples)]
+    asked = synthesizer.requested([labels] * num_samples if isinstance(labels, Mapping) else labels, num_samples)
+    guidance_scale = None if guidance_scale is None else synthesizer.checked_guidance_scale(guidance_scale)
+    return [SynthesisRequest(f"sample_{k:04d}_seed{seed + k}.nii.gz", seed + k, labels=names, guidance_scale=guidance_scale)
+            for k, (names, _) in enumerate(asked)]

@@ -10,6 +10,7 @@ class-conditional denoiser (not in the paper) samples the labels asked for, with
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 
-__all__ = ["LatentSampler", "volume_affine"]
+__all__ = ["LatentSampler", "checked_guidance_scale", "volume_affine"]
 
 
 def volume_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
@@ -34,6 +35,13 @@ def volume_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     affine = np.diag([*map(float, spacing), 1.0])
     affine[:3, 3] = -(np.asarray(shape[:3], dtype=float) - 1) / 2 * np.asarray(spacing, dtype=float)
     return affine
+
+
+def checked_guidance_scale(scale: object) -> float:
+    """A classifier-free guidance scale as a float: a finite number >= 0 (``ValueError`` naming it otherwise)."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)) or scale < 0:
+        raise ValueError(f"guidance_scale must be a number >= 0, got {scale!r}.")
+    return float(scale)
 
 
 class LatentSampler:
@@ -123,23 +131,24 @@ class LatentSampler:
                 f"{'not set' if self.class_labels is None else 'set'}: set it as the model was trained."
             )
         self.labels = requested_labels(labels, self.class_labels, num_samples)
-        if isinstance(guidance_scale, bool) or not math.isfinite(float(guidance_scale)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
-        self.guidance_scale = float(guidance_scale)
+        self.guidance_scale = checked_guidance_scale(guidance_scale)
 
     @torch.no_grad()
-    def sample(self, seeds: Sequence[int], labels: Sequence[Sequence[int] | None] | None = None) -> torch.Tensor:
+    def sample(
+        self, seeds: Sequence[int], labels: Sequence[Sequence[int] | None] | None = None, guidance_scale: float | None = None,
+    ) -> torch.Tensor:
         """Volumes (N, C, H, W, D) in [-1, 1] for the given seeds; a class-conditional model's for the given
-        class indices per sample (None: no label)."""
+        class indices per sample (None: no label), guided with ``guidance_scale`` (by default the sampler's)."""
         noise = torch.stack([starting_noise(self.latent_shape, s) for s in seeds]).to(self.device)
+        scale = self.guidance_scale if guidance_scale is None else checked_guidance_scale(guidance_scale)
         conditioning, guidance = None, {}
         if self.class_labels is not None:
             rows = [[NULL_LABEL] * len(self.class_labels) if row is None else list(row) for row in labels or [None] * len(seeds)]
             conditioning = torch.tensor(rows, dtype=torch.long, device=self.device)
             # MONAI's inferer: "not given" filled with NULL_LABEL, one batch of both; with no label asked at all both
             # predictions are the unconditional one, so the batch is not doubled for nothing
-            if self.guidance_scale != 1.0 and bool((conditioning != NULL_LABEL).any()):
-                guidance = {"cfg": self.guidance_scale, "cfg_fill_value": NULL_LABEL}
+            if scale != 1.0 and bool((conditioning != NULL_LABEL).any()):
+                guidance = {"cfg": scale, "cfg_fill_value": NULL_LABEL}
         self.network.eval()
         with seeded_random_state(seeds[0], self.device):
             images = self.inferer.sample(

@@ -36,15 +36,25 @@ def infer(server: str, model: str, upload: str | Path, params: dict, answer: str
         raise RuntimeError(f"{server} refused {upload} for {model} (HTTP {error.code}): {error.read().decode()[:2000]}") from None
 
 
-def synthesize(server: str, model: str, upload: str | Path, output: str | Path, seed: int = 0) -> Path:
+def synthesize(
+    server: str, model: str, upload: str | Path, output: str | Path, seed: int = 0, labels: dict | None = None,
+    guidance_scale: float | None = None,
+) -> Path:
     """A synthetic volume written to ``output`` (NIfTI): for a mask-conditioned bundle following the label volume
-    ``upload``; for a latent bundle ``upload`` is any small file (not used)."""
+    ``upload``; for a latent bundle ``upload`` is any small file (not used), and a class-conditional one samples the
+    classes ``labels`` asks for ({variable: class}) with ``guidance_scale`` (None: the server's default)."""
+    params: dict = {"seed": seed}
+    if labels is not None:
+        params["labels"] = labels
+    if guidance_scale is not None:
+        params["guidance_scale"] = guidance_scale
     output = Path(output)
-    output.write_bytes(infer(server, model, upload, {"seed": seed}))
+    output.write_bytes(infer(server, model, upload, params))
     return output
 
 
 if __name__ == "__main__" and sys.argv[0].endswith("client.py"):  # not when exec'd in 3D Slicer's console
-    if len(sys.argv) not in (5, 6):
-        sys.exit("usage: client.py SERVER MODEL UPLOAD OUTPUT [SEED]")
-    print(synthesize(*sys.argv[1:5], seed=int(sys.argv[5]) if len(sys.argv) == 6 else 0))
+    if len(sys.argv) not in (5, 6, 7):
+        sys.exit("usage: client.py SERVER MODEL UPLOAD OUTPUT [SEED [LABELS as JSON, e.g. '{\"ventricles\": \"enlarged\"}']]")
+    print(synthesize(*sys.argv[1:5], seed=int(sys.argv[5]) if len(sys.argv) > 5 else 0,
+                     labels=json.loads(sys.argv[6]) if len(sys.argv) > 6 else None))

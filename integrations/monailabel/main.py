@@ -5,8 +5,10 @@ Each bundle folder (a package from ``python -m common package``, unpacked) becom
 - a mask-conditioned bundle (Med-DDPM, ``brain_tumor_semantic``): the label volume posted to ``/infer/<name>`` (as
   ``file``, or as ``label`` beside a studies image) gives a synthetic image that follows it, on the label's grid
   (its affine), so a viewer lays the two over each other;
-- a latent bundle (Medical Diffusion, ``brain_mri`` and the others): an unconditional sample (post any small file,
-  or name a studies image; the input is not used).
+- a latent bundle (Medical Diffusion, ``brain_mri`` and the others): a sample (post any small file, or name a
+  studies image; the input is not used): unconditional, or, from a class-conditional bundle, of the classes
+  ``params`` asks for in ``labels`` (``{"labels": {"ventricles": "enlarged"}, "guidance_scale": 3}``; every labelled
+  variable, or none for the unconditional model); the NIfTI header's description names them.
 
 The result is a float32 NIfTI image in [-1, 1]. ``params`` may hold ``seed`` (default 0) and, for a mask-conditioned
 bundle, ``fit_to_model`` (default true: a label drawn on any image is fitted to the model's grid, see
@@ -75,12 +77,19 @@ class SynthesisTask(InferTask):
         from common.deploy import BundleSynthesizer
 
         self.synthesizer = BundleSynthesizer(bundle, device=device, num_inference_steps=num_inference_steps)
-        what = ("a synthetic image that follows the posted label volume" if self.synthesizer.conditional
-                else "an unconditional synthetic volume")
+        classes = self.synthesizer.class_labels
+        if self.synthesizer.conditional:
+            what, own = "a synthetic image that follows the posted label volume", {"fit_to_model": True}
+        elif classes is not None:
+            asked = ", ".join(f"{name}: {' | '.join(values)}" for name, values in classes.items())
+            what = f"a synthetic volume of the classes asked for in params labels ({asked}; none: unconditional)"
+            own = {"labels": None, "guidance_scale": self.synthesizer.sampler.guidance_scale}
+        else:
+            what, own = "an unconditional synthetic volume", {}
         what += f" ({num_inference_steps} sampling steps)"
         super().__init__(
             type=InferType.OTHERS, labels=None, dimension=3, description=f"{bundle.name}: {what}",
-            config={"seed": 0, **({"fit_to_model": True} if self.synthesizer.conditional else {})},
+            config={"seed": 0, **own},
         )
 
     def is_valid(self) -> bool:
@@ -98,9 +107,13 @@ class SynthesisTask(InferTask):
             raise HTTPException(status_code=422, detail=f"seed must be an integer in [0, 2**63), got {settings['seed']!r}.")
         if not isinstance(settings["fit_to_model"], bool):
             raise HTTPException(status_code=422, detail=f"fit_to_model must be true or false, got {settings['fit_to_model']!r}.")
+        classes = settings.get("labels")
+        if classes is not None and not isinstance(classes, dict):  # a mapping only: never a file on the server
+            raise HTTPException(status_code=422, detail=f"labels must be a JSON object of {{variable: class}}, got {classes!r}.")
         label = (request.get("label") or request.get("image")) if self.synthesizer.conditional else None
         try:
-            volume = self.synthesizer(label, seed=seed, fit_to_model=settings["fit_to_model"])
+            volume = self.synthesizer(label, seed=seed, fit_to_model=settings["fit_to_model"], labels=classes,
+                                      guidance_scale=settings.get("guidance_scale"))
         except (DatasetError, SynthesisError) as error:  # the request's fault: say why to the client
             reason = str(error).replace(str(label), "the posted label") if label else str(error)  # not a temp name
             raise HTTPException(status_code=422, detail=reason) from error
@@ -108,7 +121,8 @@ class SynthesisTask(InferTask):
         os.close(handle)
         write_volume(volume, path)
         logger.info("%s: seed %d -> %s", self.synthesizer.bundle_dir.name, seed, path)
-        return path, {"seed": seed, "shape": list(volume.image.shape), "bundle": self.synthesizer.bundle_dir.name}
+        asked = {} if self.synthesizer.class_labels is None else {"labels": volume.labels}
+        return path, {"seed": seed, "shape": list(volume.image.shape), "bundle": self.synthesizer.bundle_dir.name, **asked}
 
 
 class SynthesisApp(MONAILabelApp):
@@ -123,7 +137,7 @@ class SynthesisApp(MONAILabelApp):
             raise ValueError(f"--conf max_queued must be 1 or more, got {self.max_queued}.")
         super().__init__(
             app_dir=app_dir, studies=studies, conf=conf, name="medical-diffusion-synthesis",
-            description="Synthetic 3D volumes from Medical Diffusion and Med-DDPM bundles", version="0.2.1",
+            description="Synthetic 3D volumes from Medical Diffusion and Med-DDPM bundles", version="0.2.2",
         )
 
     def parameters(self) -> dict[str, dict[str, Any]]:

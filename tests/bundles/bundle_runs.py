@@ -190,6 +190,7 @@ def full_size_parser(bundle: str, image_shape: tuple[int, int, int]) -> tuple[Co
 SIZE_32 = {"image_size": [32, 32, 32], **SMALL_SHARED}
 # the same model's overrides, as `python -m common package --overrides` takes them
 SIZE_32_OVERRIDES = {**SIZE_32, **SMALL_DENOISER}
+VENTRICLES = {"ventricles": ["normal", "enlarged"]}  # the class-conditional models' one labelled variable
 EVALUATE = config_files("brain_mri", "train_autoencoder", "inference", "evaluate")
 
 

@@ -5,7 +5,6 @@ classes, and inference samples the labels asked for, records them, and refuses w
 from __future__ import annotations
 
 import json
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -14,10 +13,9 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.data import LABELS_KEY
-from tests.bundles.bundle_runs import REPO, SIZE_32, SMALL_DENOISER, config_files, error_chain, run_bundle
+from tests.bundles.bundle_runs import REPO, SIZE_32, SMALL_DENOISER, VENTRICLES, config_files, error_chain, run_bundle
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
-VENTRICLES = {"ventricles": ["normal", "enlarged"]}
 
 
 @pytest.mark.parametrize("bundle", LATENT_BUNDLES)
@@ -53,21 +51,17 @@ def test_the_knee_bundle_reads_mrnets_label_files_from_the_dataset_folder(tmp_pa
         ("0000.npy", [0]), ("0001.npy", [1]), ("1130.npy", [0])]
 
 
-def test_a_conditional_model_trains_and_samples_the_labels_asked_for_through_the_bundle_configs(brain_model, tmp_path):
-    models = tmp_path / "models"
-    models.mkdir()
-    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")  # the VQ-GAN trained once
-    labels = tmp_path / "labels.csv"
-    labels.write_text("file,ventricles\n" + "".join(f"brain_{i}.nii.gz,{'enlarged' if i % 2 else 'normal'}\n" for i in range(5)))
-    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(tmp_path / "logs"), **SIZE_32,
-                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 2, "ema#start_iteration": 2}
+def test_a_conditional_model_trains_and_samples_the_labels_asked_for_through_the_bundle_configs(
+    brain_model, conditional_brain_model, tmp_path,
+):
+    training = {**conditional_brain_model["training"], "ckpt_dir": str(tmp_path / "unlabelled")}
     # class_labels without labels: stopped before training, with what to give
     with pytest.raises(Exception) as missing:
         run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, class_labels=VENTRICLES)
     assert "every training volume needs its labels: give a labels file (--labels_file" in error_chain(missing.value)
-    assert not (models / "diffusion.pt").exists()
-    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, class_labels=VENTRICLES,
-               labels_file=str(labels))
+    assert not (tmp_path / "unlabelled" / "diffusion.pt").exists()
+    # the fixture's run, with the labels file: the checkpoint records the classes
+    models = conditional_brain_model["models"]
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     assert checkpoint["model_settings"]["class_labels"] == VENTRICLES
     assert checkpoint["ema_network"]["class_embedding.tables.0.weight"].shape[0] == 3  # 2 classes and "not given"

@@ -22,7 +22,7 @@ APP = REPO / "integrations" / "monai_deploy" / "synthesis_app"
 
 def answer(synthesizer: BundleSynthesizer, *args, **kwargs) -> list:
     """What the application's operators do: plan the request, then make and hand on one volume at a time."""
-    return [(r.name, synthesizer(r.label, r.seed, r.fit_to_model)) for r in plan_requests(synthesizer, *args, **kwargs)]
+    return [(r.name, r.answer(synthesizer)) for r in plan_requests(synthesizer, *args, **kwargs)]
 
 
 def _labels(folder: Path, centres: dict[str, tuple[int, int, int]]) -> Path:
@@ -140,6 +140,16 @@ def test_the_apps_settings_are_checked():
         app.checked_settings({"num_samples": 2.5})
     with pytest.raises(ValueError, match=r"unknown settings \['samples'\]"):
         app.checked_settings({"samples": 2})
+    asked = {"labels": {"ventricles": "enlarged"}, "guidance_scale": 3}  # a class-conditional latent bundle's
+    assert app.checked_settings(asked) == asked and app.checked_settings({"labels": "labels.csv"}) == {"labels": "labels.csv"}
+    with pytest.raises(ValueError, match="labels must be a mapping or file path, got 3"):
+        app.checked_settings({"labels": 3})
+    with pytest.raises(ValueError, match="guidance_scale must be a int or float, got True"):
+        app.checked_settings({"guidance_scale": True})
+    # a labels file is found in the input folder unless its path is absolute; a mapping is kept as it is
+    assert app.labels_setting("labels.csv", Path("/in")) == "/in/labels.csv"
+    assert app.labels_setting("/tables/labels.csv", Path("/in")) == "/tables/labels.csv"
+    assert app.labels_setting({"ventricles": "normal"}, Path("/in")) == {"ventricles": "normal"}
 
 
 def test_the_apps_requirements_are_the_packages_plus_the_holoscan_release():

@@ -96,9 +96,12 @@ def running_server(python: str, root, bundles: str, *arguments: str):
 
 
 @pytest.fixture(scope="module")
-def server(monailabel_python, semantic_package, brain_package, tmp_path_factory):
-    bundles = f"{semantic_package},{brain_package.parent / 'brain_mri'}"
-    with running_server(monailabel_python, tmp_path_factory.mktemp("monailabel"), bundles) as running:
+def server(monailabel_python, semantic_package, brain_package, conditional_brain_package, tmp_path_factory):
+    root = tmp_path_factory.mktemp("monailabel")
+    ventricles = root / "brain_mri_ventricles"  # the class-conditional package, served under its own name
+    shutil.copytree(conditional_brain_package, ventricles)
+    bundles = f"{semantic_package},{brain_package.parent / 'brain_mri'},{ventricles}"
+    with running_server(monailabel_python, root, bundles) as running:
         yield running
 
 
@@ -115,11 +118,15 @@ def _client():
 def test_the_server_lists_one_task_per_bundle(server):
     info = json.load(urllib.request.urlopen(f"{server['url']}/info/", timeout=30))
     models = info["models"]
-    assert set(models) == {"brain_tumor_semantic", "brain_mri"}
+    assert set(models) == {"brain_tumor_semantic", "brain_mri", "brain_mri_ventricles"}
     assert models["brain_tumor_semantic"]["description"].endswith("a synthetic image that follows the posted label volume (10 sampling steps)")
     assert models["brain_mri"]["config"] == {"seed": 0}
     assert models["brain_tumor_semantic"]["config"] == {"seed": 0, "fit_to_model": True}
     assert models["brain_mri"]["description"] == "brain_mri: an unconditional synthetic volume (10 sampling steps)"
+    assert models["brain_mri_ventricles"]["config"] == {"seed": 0, "labels": None, "guidance_scale": 1.0}
+    assert models["brain_mri_ventricles"]["description"] == (
+        "brain_mri_ventricles: a synthetic volume of the classes asked for in params labels (ventricles: normal | "
+        "enlarged; none: unconditional) (10 sampling steps)")
 
 
 def test_a_posted_label_comes_back_as_an_image_that_follows_it(server, tmp_path):
@@ -144,6 +151,32 @@ def test_an_unconditional_sample_of_the_latent_bundle(server, tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), str(upload))
     image = nib.load(str(_client().synthesize(server["url"], "brain_mri", upload, tmp_path / "sample.nii.gz", seed=1)))
     assert image.shape == (32, 32, 32) and np.isfinite(np.asanyarray(image.dataobj)).all()
+
+
+def test_a_class_conditional_bundle_samples_the_classes_asked_for(server, tmp_path):
+    upload = tmp_path / "unused.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), str(upload))
+    client = _client()
+    volumes = {}
+    for asked in ({"ventricles": "enlarged"}, {"ventricles": "normal"}, None):
+        path = client.synthesize(server["url"], "brain_mri_ventricles", upload, tmp_path / f"{asked}.nii.gz", seed=1,
+                                 labels=asked, guidance_scale=2.0 if asked else None)
+        image = nib.load(str(path))
+        assert image.header["descrip"].item().decode() == (f"ventricles={asked['ventricles']}" if asked else "no label")
+        volumes[str(asked)] = np.asanyarray(image.dataobj)
+    assert not np.allclose(volumes[str({"ventricles": "enlarged"})], volumes[str({"ventricles": "normal"})], atol=1e-3)
+    record = json.loads(client.infer(server["url"], "brain_mri_ventricles", upload, {"seed": 2, "labels": {"ventricles": "normal"}}, answer="json"))
+    assert record == {"seed": 2, "shape": [32, 32, 32], "bundle": "brain_mri_ventricles", "labels": {"ventricles": "normal"}}
+    for params, reason in (
+        ({"labels": {"ventricles": "large"}}, "brain_mri_ventricles: labels, sample 0: 'ventricles' is 'large', not one of its classes"),
+        ({"labels": "/etc/passwd"}, "labels must be a JSON object of {variable: class}, got '/etc/passwd'"),  # no server files
+        ({"labels": {"ventricles": "normal"}, "guidance_scale": "strong"}, "guidance_scale must be a number >= 0, got 'strong'"),
+    ):
+        with pytest.raises(RuntimeError, match="HTTP 422") as refused:
+            client.infer(server["url"], "brain_mri_ventricles", upload, params)
+        assert reason in str(refused.value)
+    with pytest.raises(RuntimeError, match=r"HTTP 422\): .*brain_mri does not take \['labels'\]; its parameters are \['seed'\]"):
+        client.infer(server["url"], "brain_mri", upload, {"labels": {"ventricles": "normal"}})
 
 
 def test_a_label_drawn_on_another_scan_comes_back_on_its_grid(server, tmp_path):
@@ -204,7 +237,7 @@ def test_bad_requests_are_refused_with_the_reason_and_leave_no_upload_behind(ser
     cases = [
         ("brain_mri", "{seed: 1", "params is not JSON (Expecting property name enclosed in double quotes"),
         ("brain_mri", "[1, 2]", "params must be a JSON object of named settings, got a list"),
-        ("no_such_model", "{}", "no model 'no_such_model' on this server; it serves ['brain_mri', 'brain_tumor_semantic']"),
+        ("no_such_model", "{}", "no model 'no_such_model' on this server; it serves ['brain_mri', 'brain_mri_ventricles', 'brain_tumor_semantic']"),
         ("brain_mri", '{"num_inference_steps": 5}', "brain_mri does not take ['num_inference_steps']; its parameters are ['seed']"),
         ("brain_mri", '{"seed": -1}', "seed must be an integer in [0, 2**63)"),  # refused by the task, after the upload
     ]

@@ -18,7 +18,7 @@ def test_an_unconditional_sample_of_a_latent_package(brain_package):
     assert -1 <= volume.image.min() < volume.image.max() <= 1
     assert np.allclose(np.abs(np.diag(volume.affine)[:3]), 2.7)  # the bundle's spacing (mm)
     assert np.array_equal(synthesizer(seed=4).image, volume.image) and not np.allclose(synthesizer(seed=5).image, volume.image)
-    with pytest.raises(SynthesisError, match="brain_mri samples without a condition: it takes no label volume"):
+    with pytest.raises(SynthesisError, match="brain_mri samples without a label volume: it takes none"):
         synthesizer("label.nii.gz")
 
 

@@ -2,14 +2,17 @@
 
 Mask-conditioned bundle (Med-DDPM, ``brain_tumor_semantic``): every NIfTI label under the input folder gives a
 synthetic image that follows it, written to the output folder with the label's affine. Latent bundle (Medical
-Diffusion: ``brain_mri``, ``chest_ct``, ...): ``num_samples`` unconditional volumes. The model folder is a packaged
+Diffusion: ``brain_mri``, ``chest_ct``, ...): ``num_samples`` volumes, unconditional, or, from a class-conditional
+bundle, of the classes ``labels`` asks for (the labels in each file's NIfTI description). The model folder is a packaged
 bundle (``python -m common package``), or a folder holding one; its own copy of ``common`` is imported, so the
 application needs only the SDK, MONAI and the bundle's requirements.
 
 Run: ``python synthesis_app -i LABELS -o OUTPUT -m BUNDLE`` (or set HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH,
 HOLOSCAN_MODEL_PATH); the ``synthesis`` section of ``app.yaml`` (``HOLOSCAN_CONFIG_PATH``) sets ``num_samples``,
 ``seed``, ``num_inference_steps``, ``device`` and ``fit_to_model`` (labels on any grid are fitted to the model's,
-and each image is returned on its label's grid).
+and each image is returned on its label's grid); for a class-conditional latent bundle ``labels`` (one
+``{variable: class}`` mapping for every volume, or a CSV/JSON file of them, one row per volume, as ``inference.json``
+reads it; a relative path is taken in the input folder) and ``guidance_scale``.
 """
 
 from __future__ import annotations
@@ -38,14 +41,26 @@ def _importable(module: str) -> bool:
 
 def checked_settings(settings: dict) -> dict:
     """The ``synthesis`` section of app.yaml, each value of the type it must have (``ValueError`` naming it)."""
-    types = {"num_samples": int, "seed": int, "num_inference_steps": int, "device": str, "fit_to_model": bool}
+    types: dict[str, tuple[type, ...]] = {
+        "num_samples": (int,), "seed": (int,), "num_inference_steps": (int,), "device": (str,), "fit_to_model": (bool,),
+        "labels": (dict, str), "guidance_scale": (int, float),
+    }
     unknown = sorted(set(settings) - set(types))
     if unknown:
         raise ValueError(f"app.yaml synthesis: unknown settings {unknown} (known: {', '.join(types)}).")
     for key, value in settings.items():
-        if value is not None and (not isinstance(value, types[key]) or (types[key] is int and isinstance(value, bool))):
-            raise ValueError(f"app.yaml synthesis: {key} must be a {types[key].__name__}, got {value!r}.")
+        if value is not None and (not isinstance(value, types[key]) or (bool not in types[key] and isinstance(value, bool))):
+            kinds = " or ".join({"dict": "mapping", "str": "file path" if key == "labels" else "str"}.get(t.__name__, t.__name__)
+                                for t in types[key])
+            raise ValueError(f"app.yaml synthesis: {key} must be a {kinds}, got {value!r}.")
     return {key: value for key, value in settings.items() if value is not None}
+
+
+def labels_setting(labels: dict | str | None, input_dir: Path | None) -> dict | str | None:
+    """app.yaml's ``labels``: a mapping as it is; a file path, relative to the input folder unless absolute."""
+    if isinstance(labels, str) and input_dir is not None and not Path(labels).is_absolute():
+        return str(input_dir / labels)
+    return labels
 
 
 def bundle_folder(model_path: str | os.PathLike) -> Path:
@@ -69,11 +84,12 @@ def bundle_folder(model_path: str | os.PathLike) -> Path:
 
 
 class SynthesisApp(Application):
-    """Labels in, synthetic images out (mask-conditioned bundle), or unconditional samples (latent bundle)."""
+    """Labels in, synthetic images out (mask-conditioned bundle), or samples of a latent bundle (of the classes
+    asked for, if it is class-conditional)."""
 
     name = "medical_diffusion_synthesis"
     description = "Synthetic 3D volumes from a Medical Diffusion or Med-DDPM bundle"
-    version = "0.2.1"
+    version = "0.2.2"
 
     def compose(self) -> None:
         context: AppContext = Application.init_app_context(self.argv)
@@ -84,9 +100,11 @@ class SynthesisApp(Application):
         logging.info("bundle %s, input %s, output %s, settings %s", bundle, input_dir, context.output_path, settings)
         from common.deploy.synthesis import BundleSynthesizer, plan_requests
 
+        labels = labels_setting(settings.get("labels"), input_dir)
         synthesizer = BundleSynthesizer(bundle, device=settings.get("device"), num_inference_steps=settings.get("num_inference_steps"))
         requests = plan_requests(synthesizer, input_dir, settings.get("num_samples", 1), settings.get("seed", 0),
-                                 settings.get("fit_to_model", False))  # every label checked before sampling
+                                 settings.get("fit_to_model", False), labels,
+                                 settings.get("guidance_scale"))  # every label checked before sampling
         synthesis = SynthesisOperator(self, CountCondition(self, len(requests)), synthesizer=synthesizer,
                                       requests=requests, name="synthesis")
         writer = NiftiWriterOperator(self, output_dir=Path(context.output_path), name="nifti_writer")

@@ -26,7 +26,7 @@ class SynthesisOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         request = self.requests[self.done]
         self.done += 1
-        volume = self.synthesizer(request.label, request.seed, request.fit_to_model)
+        volume = request.answer(self.synthesizer)
         op_output.emit((request.name, volume), "volume", PYTHON_OBJECT)
 
 
