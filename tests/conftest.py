@@ -5,6 +5,7 @@ which the bundle, deploy and integration tests share. Helpers to import are in `
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -80,10 +81,8 @@ def brain_model(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def conditional_brain_model(brain_model, tmp_path_factory) -> dict:
     """brain_mri's diffusion stage trained class-conditional (``class_labels`` VENTRICLES, a labels file of the five
-    brains) on the VQ-GAN of ``brain_model``, through the bundle's configs: its ``models`` folder, ``labels`` file
-    and the overrides of its training."""
-    import shutil
-
+    brains) on the VQ-GAN of ``brain_model``, through the bundle's configs: its ``models`` folder and the overrides
+    of its training."""
     root = tmp_path_factory.mktemp("conditional_brain_model")
     models = root / "models"
     models.mkdir()
@@ -94,7 +93,7 @@ def conditional_brain_model(brain_model, tmp_path_factory) -> dict:
                 **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 2, "ema#start_iteration": 2}
     run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, class_labels=VENTRICLES,
                labels_file=str(labels))
-    return {"models": models, "labels": labels, "training": training}
+    return {"models": models, "training": training}
 
 
 @pytest.fixture(scope="session")

@@ -109,16 +109,15 @@ def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
         image = torch.rand(1, 1, *parser["image_size"]) * 2 - 1
         export_torchscript(autoencoder, (image,), models / "autoencoder.ts", embedded)
         classes = check_class_labels(parser.get_parsed_content("class_labels"))
-        if classes is not None:  # traced with labels: one sample asks for the first classes, one for none
-            noisy = torch.randn(2, *parser.get_parsed_content("latent_shape"))
+        if classes is None:
+            inputs: tuple[torch.Tensor, ...] = (torch.randn(1, *parser.get_parsed_content("latent_shape")), torch.tensor([1]))
+        else:  # traced with labels: one sample asks for the first classes, one for none
             labels = torch.tensor([[0] * len(classes), [NULL_LABEL] * len(classes)])
-            export_torchscript(parser.get_parsed_content("network"), (noisy, torch.tensor([1, 1]), labels), models / "model.ts", embedded)
-            return
-        noisy = torch.randn(1, *parser.get_parsed_content("latent_shape"))
+            inputs = (torch.randn(2, *parser.get_parsed_content("latent_shape")), torch.tensor([1, 1]), labels)
     else:  # the noisy image with the one-hot mask channels
         channels = parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes")
-        noisy = torch.randn(1, channels, *parser["image_size"])
-    export_torchscript(parser.get_parsed_content("network"), (noisy, torch.tensor([1])), models / "model.ts", embedded)
+        inputs = (torch.randn(1, channels, *parser["image_size"]), torch.tensor([1]))
+    export_torchscript(parser.get_parsed_content("network"), inputs, models / "model.ts", embedded)
 
 
 def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict:
@@ -134,7 +133,7 @@ def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict
             for entry in metadata["network_data_format"][part].values():
                 if entry["spatial_shape"]:
                     entry["spatial_shape"], entry["num_channels"] = latent_shape, embedding
-        classes = check_class_labels(parser["class_labels"])
+        classes = check_class_labels(parser.get_parsed_content("class_labels"))
         if classes is not None:
             metadata["network_data_format"]["inputs"]["context"] = class_labels_input(classes)
     else:  # mask-conditioned: image + mask channels in, image channels out

@@ -35,7 +35,7 @@ from monai.transforms import (
 from common.data import DatasetError, find_nifti_files, nifti_stem, requested_labels
 from common.io import save_nifti, to_nifti_layout
 from common.med_ddpm import MaskConditionedSampler
-from common.sampling import LatentSampler, checked_guidance_scale, volume_affine
+from common.sampling import LatentSampler, checked_guidance_scale, labels_description, volume_affine
 
 __all__ = [
     "BundleSynthesizer", "SynthesisError", "SynthesisRequest", "SyntheticVolume", "find_bundle_folder", "plan_requests",
@@ -137,8 +137,7 @@ class BundleSynthesizer:
         ((names, indices),) = self.requested([labels] if labels is not None else None, 1)
         scale = None if guidance_scale is None else self.checked_guidance_scale(guidance_scale)
         volume = self.sampler.sample([seed], [indices], scale)[0, 0].numpy()
-        description = None if self.class_labels is None else (
-            "no label" if names is None else " ".join(f"{name}={value}" for name, value in names.items()))
+        description = None if self.class_labels is None else labels_description(names)
         return SyntheticVolume(volume, volume_affine(volume.shape, self.sampler.spacing), seed, names, description)
 
     def checked_guidance_scale(self, scale: object) -> float:
@@ -152,10 +151,11 @@ class BundleSynthesizer:
             raise SynthesisError(f"{self.bundle_dir.name}: {error}") from None
 
     def requested(
-        self, labels: Sequence[Mapping[str, str] | None] | str | os.PathLike | None, count: int,
+        self, labels: Mapping[str, str] | Sequence[Mapping[str, str] | None] | str | os.PathLike | None, count: int,
     ) -> list[tuple[dict[str, str] | None, tuple[int, ...] | None]]:
         """The labels of ``count`` volumes of a latent bundle, checked against the classes it was trained with
-        (``common.data.requested_labels``: a list, one per volume, or a CSV/JSON file of them; None: no labels);
+        (``common.data.requested_labels``: one mapping for all, a list, one per volume, or a CSV/JSON file of them;
+        None: no labels);
         ``SynthesisError`` naming the bundle and the problem otherwise."""
         if labels is not None and self.class_labels is None:
             raise SynthesisError(f"{self.bundle_dir.name} was trained without class labels: it takes none.")
@@ -276,7 +276,7 @@ def plan_requests(
         return [SynthesisRequest(name, seed, label, fit_to_model) for label, name in zip(labels, names)]
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
-    asked = synthesizer.requested([labels] * num_samples if isinstance(labels, Mapping) else labels, num_samples)
+    asked = synthesizer.requested(labels, num_samples)
     guidance_scale = None if guidance_scale is None else synthesizer.checked_guidance_scale(guidance_scale)
     return [SynthesisRequest(f"sample_{k:04d}_seed{seed + k}.nii.gz", seed + k, labels=names, guidance_scale=guidance_scale)
             for k, (names, _) in enumerate(asked)]

@@ -5,11 +5,11 @@ scheduler and loop."""
 
 from common.io import gather, process_rank, save_nifti  # noqa: F401  (release 0.1 paths: docs/migration.md)
 
-from .latent import LatentSampler, checked_guidance_scale, volume_affine
+from .latent import LatentSampler, checked_guidance_scale, labels_description, volume_affine
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 from .schedulers import make_sampling_scheduler
 
 __all__ = [
-    "LatentSampler", "checked_guidance_scale", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state",
+    "LatentSampler", "checked_guidance_scale", "labels_description", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state",
     "starting_noise", "volume_affine",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 
-__all__ = ["LatentSampler", "checked_guidance_scale", "volume_affine"]
+__all__ = ["LatentSampler", "checked_guidance_scale", "labels_description", "volume_affine"]
 
 
 def volume_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
@@ -42,6 +42,12 @@ def checked_guidance_scale(scale: object) -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)) or scale < 0:
         raise ValueError(f"guidance_scale must be a number >= 0, got {scale!r}.")
     return float(scale)
+
+
+def labels_description(asked: Mapping[str, str] | None) -> str:
+    """The labels a class-conditional sample was asked for, as its NIfTI header says them: "acl=tear
+    meniscus=intact", or "no label" (the unconditional model)."""
+    return "no label" if asked is None else " ".join(f"{name}={value}" for name, value in asked.items())
 
 
 class LatentSampler:
@@ -180,12 +186,9 @@ class LatentSampler:
         return [path for _, _, path in mine]
 
     def description(self, index: int) -> str | None:
-        """What sample ``index`` was asked for, for its NIfTI header ("acl=tear meniscus=intact"; "no label" for the
-        unconditional model); None for an unconditional model."""
-        if self.class_labels is None:
-            return None
-        asked = self.labels[index][0]
-        return "no label" if asked is None else " ".join(f"{name}={value}" for name, value in asked.items())
+        """What sample ``index`` was asked for, for its NIfTI header (``labels_description``); None for an
+        unconditional model."""
+        return None if self.class_labels is None else labels_description(self.labels[index][0])
 
     def record(self, written: list[tuple[int, int, str]]) -> dict[str, object]:
         """``samples.json``: the files, their seeds, the labels asked for, and everything else that fixes a sample."""

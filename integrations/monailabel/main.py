@@ -107,12 +107,12 @@ class SynthesisTask(InferTask):
             raise HTTPException(status_code=422, detail=f"seed must be an integer in [0, 2**63), got {settings['seed']!r}.")
         if not isinstance(settings["fit_to_model"], bool):
             raise HTTPException(status_code=422, detail=f"fit_to_model must be true or false, got {settings['fit_to_model']!r}.")
-        classes = settings.get("labels")
-        if classes is not None and not isinstance(classes, dict):  # a mapping only: never a file on the server
-            raise HTTPException(status_code=422, detail=f"labels must be a JSON object of {{variable: class}}, got {classes!r}.")
+        asked = settings.get("labels")
+        if asked is not None and not isinstance(asked, dict):  # a mapping only: never a file on the server
+            raise HTTPException(status_code=422, detail=f"labels must be a JSON object of {{variable: class}}, got {asked!r}.")
         label = (request.get("label") or request.get("image")) if self.synthesizer.conditional else None
         try:
-            volume = self.synthesizer(label, seed=seed, fit_to_model=settings["fit_to_model"], labels=classes,
+            volume = self.synthesizer(label, seed=seed, fit_to_model=settings["fit_to_model"], labels=asked,
                                       guidance_scale=settings.get("guidance_scale"))
         except (DatasetError, SynthesisError) as error:  # the request's fault: say why to the client
             reason = str(error).replace(str(label), "the posted label") if label else str(error)  # not a temp name
@@ -121,8 +121,8 @@ class SynthesisTask(InferTask):
         os.close(handle)
         write_volume(volume, path)
         logger.info("%s: seed %d -> %s", self.synthesizer.bundle_dir.name, seed, path)
-        asked = {} if self.synthesizer.class_labels is None else {"labels": volume.labels}
-        return path, {"seed": seed, "shape": list(volume.image.shape), "bundle": self.synthesizer.bundle_dir.name, **asked}
+        labelled = {} if self.synthesizer.class_labels is None else {"labels": volume.labels}
+        return path, {"seed": seed, "shape": list(volume.image.shape), "bundle": self.synthesizer.bundle_dir.name, **labelled}
 
 
 class SynthesisApp(MONAILabelApp):

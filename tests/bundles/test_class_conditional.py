@@ -5,6 +5,7 @@ classes, and inference samples the labels asked for, records them, and refuses w
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -55,6 +56,8 @@ def test_a_conditional_model_trains_and_samples_the_labels_asked_for_through_the
     brain_model, conditional_brain_model, tmp_path,
 ):
     training = {**conditional_brain_model["training"], "ckpt_dir": str(tmp_path / "unlabelled")}
+    (tmp_path / "unlabelled").mkdir()
+    shutil.copy2(brain_model["models"] / "autoencoder.pt", tmp_path / "unlabelled" / "autoencoder.pt")
     # class_labels without labels: stopped before training, with what to give
     with pytest.raises(Exception) as missing:
         run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, class_labels=VENTRICLES)

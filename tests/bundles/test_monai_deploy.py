@@ -144,12 +144,13 @@ def test_the_apps_settings_are_checked():
     assert app.checked_settings(asked) == asked and app.checked_settings({"labels": "labels.csv"}) == {"labels": "labels.csv"}
     with pytest.raises(ValueError, match="labels must be a mapping or file path, got 3"):
         app.checked_settings({"labels": 3})
-    with pytest.raises(ValueError, match="guidance_scale must be a int or float, got True"):
+    with pytest.raises(ValueError, match="guidance_scale must be a number, got True"):
         app.checked_settings({"guidance_scale": True})
     # a labels file is found in the input folder unless its path is absolute; a mapping is kept as it is
     assert app.labels_setting("labels.csv", Path("/in")) == "/in/labels.csv"
     assert app.labels_setting("/tables/labels.csv", Path("/in")) == "/tables/labels.csv"
     assert app.labels_setting({"ventricles": "normal"}, Path("/in")) == {"ventricles": "normal"}
+    assert app.labels_setting("~/labels.csv", Path("/in")) == str(Path.home() / "labels.csv")
 
 
 def test_the_apps_requirements_are_the_packages_plus_the_holoscan_release():

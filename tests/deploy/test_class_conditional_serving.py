@@ -102,7 +102,18 @@ def test_a_batch_request_takes_one_mapping_or_a_labels_file(conditional_brain_pa
 
 
 def test_packaging_a_conditional_model_without_its_classes_is_refused(conditional_brain_model, tmp_path):
-    with pytest.raises(Exception) as refused:
-        package_bundle("brain_mri", conditional_brain_model["models"], tmp_path, SIZE_32_OVERRIDES)
-    assert "trained with class_labels {'ventricles': ['normal', 'enlarged']} (configured: None)" in error_chain(refused.value)
-    assert not list(tmp_path.iterdir())  # nothing written
+    for classes in (None, {"ventricles": ["enlarged", "normal"]}):  # none, or the same in another order
+        with pytest.raises(Exception) as refused:
+            package_bundle("brain_mri", conditional_brain_model["models"], tmp_path, {**SIZE_32_OVERRIDES, "class_labels": classes})
+        assert f"trained with class_labels {VENTRICLES} (configured: {classes})" in error_chain(refused.value)
+        assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_zoo_shape_check_gives_the_denoiser_the_labels_the_metadata_names(conditional_brain_package, brain_package):
+    from common.deploy.model_zoo import _labels_input
+
+    metadata = json.loads((conditional_brain_package / "configs" / "metadata.json").read_text())
+    context = _labels_input(metadata, "cpu")["context"]
+    assert context.shape == (1, 1) and context.dtype == torch.int64
+    unconditional = json.loads((brain_package.parent / "brain_mri" / "configs" / "metadata.json").read_text())
+    assert "context" not in unconditional["network_data_format"]["inputs"] and _labels_input(unconditional, "cpu") == {}

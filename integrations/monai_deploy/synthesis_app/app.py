@@ -50,17 +50,18 @@ def checked_settings(settings: dict) -> dict:
         raise ValueError(f"app.yaml synthesis: unknown settings {unknown} (known: {', '.join(types)}).")
     for key, value in settings.items():
         if value is not None and (not isinstance(value, types[key]) or (bool not in types[key] and isinstance(value, bool))):
-            kinds = " or ".join({"dict": "mapping", "str": "file path" if key == "labels" else "str"}.get(t.__name__, t.__name__)
-                                for t in types[key])
+            kinds = {"labels": "mapping or file path", "guidance_scale": "number"}.get(key, types[key][0].__name__)
             raise ValueError(f"app.yaml synthesis: {key} must be a {kinds}, got {value!r}.")
     return {key: value for key, value in settings.items() if value is not None}
 
 
 def labels_setting(labels: dict | str | None, input_dir: Path | None) -> dict | str | None:
-    """app.yaml's ``labels``: a mapping as it is; a file path, relative to the input folder unless absolute."""
-    if isinstance(labels, str) and input_dir is not None and not Path(labels).is_absolute():
-        return str(input_dir / labels)
-    return labels
+    """app.yaml's ``labels``: a mapping as it is; a file path (``~`` expanded), relative to the input folder unless
+    absolute (to the working folder when the application has no input folder)."""
+    if not isinstance(labels, str):
+        return labels
+    path = Path(labels).expanduser()
+    return str(input_dir / path if input_dir is not None and not path.is_absolute() else path)
 
 
 def bundle_folder(model_path: str | os.PathLike) -> Path:
