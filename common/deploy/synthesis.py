@@ -155,8 +155,7 @@ class BundleSynthesizer:
     ) -> list[tuple[dict[str, str] | None, tuple[int, ...] | None]]:
         """The labels of ``count`` volumes of a latent bundle, checked against the classes it was trained with
         (``common.data.requested_labels``: one mapping for all, a list, one per volume, or a CSV/JSON file of them;
-        None: no labels);
-        ``SynthesisError`` naming the bundle and the problem otherwise."""
+        None: no labels); ``SynthesisError`` naming the bundle and the problem otherwise."""
         if labels is not None and self.class_labels is None:
             raise SynthesisError(f"{self.bundle_dir.name} was trained without class labels: it takes none.")
         try:
