@@ -280,6 +280,10 @@ def test_workers_serve_the_app_each_with_its_own_process(monailabel_python, brai
     bundle = str(brain_package.parent / "brain_mri")
     with running_server(monailabel_python, tmp_path, bundle, "--workers", "2") as running:
         assert json.load(urllib.request.urlopen(f"{running['url']}/info/", timeout=120))["models"].keys() == {"brain_mri"}
+        # one worker may answer while the other still loads its models (a loaded machine): wait for the second start
+        deadline = time.monotonic() + START_SECONDS
+        while running["log"].read_text().count("Started server process") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert [_post(running, "brain_mri", json.dumps({"seed": seed}))[0] for seed in (0, 1)] == [200, 200]
         assert running["log"].read_text().count("Started server process") == 2  # MONAI Label's own app crash-looped
 
