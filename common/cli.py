@@ -1,5 +1,6 @@
 """The command line, ``python -m common <command>``: ``demo`` (``common.pipeline``, ``common.conditional_demo``
-with ``--conditional``, ``common.med_ddpm.demo`` with ``--bundle brain_tumor_semantic``), ``pipeline``, ``package``,
+with ``--conditional``, ``common.med_ddpm.demo`` with ``--bundle brain_tumor_semantic``), ``pipeline``, ``evaluate_classes``
+(``common.class_evaluation``), ``package``,
 ``check_zoo`` and ``unpack`` (``common.deploy``). Each command's help: ``python -m common <command> --help``."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import sys
 
 import fire
 
+from common.class_evaluation import evaluate_classes
 from common.conditional_demo import conditional_demo
 from common.deploy import PackagingError, UnsafeArchiveError, ZooCheckError, check_zoo, package_bundle, unpack_bundle
 from common.pipeline import demo as unconditional_demo
@@ -33,7 +35,8 @@ def demo(output_dir: str | None = None, bundle: str = "brain_mri", conditional: 
         return conditional_demo(output_dir or "conditional_demo_output")
     return unconditional_demo(output_dir or "demo_output", bundle)
 
-COMMANDS = {"demo": demo, "pipeline": pipeline, "package": package_bundle, "check_zoo": check_zoo, "unpack": unpack_bundle}
+COMMANDS = {"demo": demo, "pipeline": pipeline, "evaluate_classes": evaluate_classes, "package": package_bundle, "check_zoo": check_zoo,
+            "unpack": unpack_bundle}
 
 
 def main() -> None:

@@ -20,14 +20,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monai.bundle import ConfigParser
-from monai.bundle import run as run_bundle
 
+from common.class_evaluation import class_folder, evaluate_classes
 from common.data import brain_ventricles_demo_datalist
 from common.data.brain_population import VENTRICLE_CLASSES, ventricle_volume
 from common.evaluation import NearestClassMedian
 from common.evaluation.pictures import save_slices_through
 from common.io import bundle_dir, write_text
-from common.pipeline import DEMO_SETTINGS, config_files_of, run_stages
+from common.pipeline import DEMO_SETTINGS, run_stages
 
 __all__ = ["CONDITIONAL_SETTINGS", "GUIDANCE_SCALES", "conditional_demo", "run_conditional_demo", "summary"]
 
@@ -67,27 +67,21 @@ def run_conditional_demo(
     timings["training"] = time.time() - start
 
     configs = bundle_dir(BUNDLE) / "configs"
-    model = {"bundle_root": str(bundle_dir(BUNDLE)), "ckpt_dir": str(out / "models"), **settings.get("shared", {}),
-             **settings.get("denoiser", {}), **settings.get("inference", {})}
+    model = {**settings.get("shared", {}), **settings.get("denoiser", {}), **settings.get("inference", {})}
     samples = out / "samples"
-    per_class: dict[str, dict[str, Any]] = {}
     start = time.time()
-    for scale in guidance_scales:
-        for name in VENTRICLE_CLASSES:
-            folder = samples / f"guidance_{scale:g}" / name
-            print(f"[{BUNDLE}] sampling and evaluating '{name}' at guidance scale {scale:g}", flush=True)
-            run_bundle(
-                config_file=config_files_of(configs)["evaluation"], meta_file=str(configs / "metadata.json"),
-                logging_file=str(configs / "logging.conf"), **model, labels={"ventricles": name}, guidance_scale=scale,
-                dataset_dir=str(data / "train" / name), heldout_dir=str(data / "heldout" / name), output_dir=str(folder),
-                log_dir=str(out / "logs"),
-            )
-            metrics = json.loads((folder / "evaluation" / "metrics.json").read_text())
-            per_class.setdefault(f"{scale:g}", {})[name] = metrics["ratios_to_real"]
+    # what a user runs on a labelled dataset: every class sampled and compared with the real brains of its class
+    evaluate_classes(
+        BUNDLE, str(out / "models"), str(samples), str(data / "train"), str(data / "train" / "labels.csv"), str(data / "heldout"),
+        str(data / "heldout" / "labels.csv"), guidance_scales, **model, log_dir=str(out / "logs"),
+    )
     timings["sampling_and_evaluation"] = time.time() - start
+    by_class = json.loads((samples / "class_metrics.json").read_text())
 
-    metrics = judge_classes(configs, settings, train, heldout, samples, guidance_scales)
-    metrics["ratios_to_real_per_class"] = per_class
+    metrics = {**by_class, **judge_classes(configs, settings, train, heldout, samples, guidance_scales)}
+    metrics["class_consistency"]["intensity_profile"] = by_class["class_consistency"]["per_variable"]["ventricles"]
+    metrics["ratios_to_real_per_class"] = {scale: {name: found[class_folder({"ventricles": name})] for name in VENTRICLE_CLASSES}
+                                           for scale, found in by_class["ratios_to_real_per_class"].items()}
     metrics["demo_seconds"] = {k: round(v, 1) for k, v in timings.items()}
     write_text(json.dumps(metrics, indent=2) + "\n", samples / "class_metrics.json")
     print(summary(metrics, samples), flush=True)
@@ -121,7 +115,7 @@ def judge_classes(
     shown: dict[str, list[np.ndarray]] = {name: [] for name in VENTRICLE_CLASSES}
     for scale in guidance_scales:
         for name in VENTRICLE_CLASSES:
-            folder = samples / f"guidance_{scale:g}" / name
+            folder = samples / f"guidance_{scale:g}" / class_folder({"ventricles": name})
             files = json.loads((folder / "samples.json").read_text())["files"]
             volumes = [np.asarray(nib.load(str(folder / f)).dataobj, dtype=np.float32) for f in files]
             synthetic.setdefault(f"{scale:g}", {})[name] = [ventricle_volume(v) for v in volumes]
@@ -162,6 +156,10 @@ def summary(metrics: dict[str, Any], samples: Path) -> str:
     for scale, result in consistency["samples_by_guidance_scale"].items():
         per_class = ", ".join(f"{name} {share:.0%}" for name, share in result["per_class"].items())
         lines.append(f"{prefix}  samples at guidance scale {scale}: {result['accuracy']:.0%} ({per_class})")
+    profile = consistency["intensity_profile"]
+    lines.append(f"{prefix}the same judged by the generic classifier of `python -m common evaluate_classes` (intensity profile): "
+                 f"held-out real {profile['heldout_real']['accuracy']:.0%}, samples "
+                 + ", ".join(f"{result['accuracy']:.0%} at {scale}" for scale, result in profile["samples_by_guidance_scale"].items()))
     for scale, classes in metrics["ratios_to_real_per_class"].items():
         for name, ratios in classes.items():
             shown = ", ".join(f"{key} {'n/a' if ratios.get(key) is None else f'{ratios[key]:.2f}x'}" for key in (

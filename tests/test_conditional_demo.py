@@ -29,15 +29,19 @@ def test_the_conditional_demo_settings_at_a_small_scale(tmp_path):
     # each class was sampled with its label and evaluated against the real brains of that class only
     for scale in ("1", "2"):
         for name in ("normal", "enlarged"):
-            folder = samples / f"guidance_{scale}" / name
+            folder = samples / f"guidance_{scale}" / f"ventricles={name}"
             record = json.loads((folder / "samples.json").read_text())
             assert record["labels"] == [{"ventricles": name}] * 2 and record["guidance_scale"] == float(scale)
             evaluated = json.loads((folder / "evaluation" / "metrics.json").read_text())
-            assert evaluated["real_volumes"] == 2
+            assert evaluated["real_volumes"] == 2 and evaluated["classes"]["real_volumes_of_class"] == {"ventricles": name}
+            assert evaluated["reconstruction"]["count"] == 1  # the held-out brain of this class alone
             assert all(f"/train/{name}/" in e["nearest_real"] for e in evaluated["memorisation_audit"]["samples"])
             assert "histogram_jensen_shannon" in metrics["ratios_to_real_per_class"][scale][name]
+    profile = consistency["intensity_profile"]  # the generic classifier of evaluate_classes, beside the proxy
+    assert profile["heldout_real"]["volumes"] == 2 and set(profile["samples_by_guidance_scale"]) == {"1", "2"}
+    assert [c["labels"] for c in metrics["classes_evaluated"]] == [{"ventricles": "normal"}, {"ventricles": "enlarged"}]
     assert (samples / "classes_real_synthetic.png").stat().st_size > 1000
     checkpoint_settings = torch.load(tmp_path / "models" / "diffusion.pt", weights_only=True)["model_settings"]
     assert checkpoint_settings["class_labels"] == {"ventricles": ["normal", "enlarged"]}
     printed = summary(metrics, samples)
-    assert "held-out real brains: " in printed and "samples at guidance scale 2: " in printed
+    assert "held-out real brains: " in printed and "samples at guidance scale 2: " in printed and "intensity profile" in printed

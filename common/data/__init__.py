@@ -24,10 +24,12 @@ from .class_labels import (
     check_class_labels,
     class_counts,
     label_indices,
+    labels_description,
     labelled_datalist,
     mrnet_labels,
     read_labels_file,
     requested_labels,
+    volumes_of_class,
 )
 from .dataset import CheckedCacheDataset, describe_failure
 from .demo import (
@@ -66,10 +68,12 @@ __all__ = [
     "check_class_labels",
     "class_counts",
     "label_indices",
+    "labels_description",
     "labelled_datalist",
     "mrnet_labels",
     "read_labels_file",
     "requested_labels",
+    "volumes_of_class",
     "CheckedCacheDataset",
     "CheckedScaleIntensityd",
     "CropBreastSided",

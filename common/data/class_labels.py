@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,10 +29,12 @@ __all__ = [
     "check_class_labels",
     "class_counts",
     "label_indices",
+    "labels_description",
     "labelled_datalist",
     "mrnet_labels",
     "read_labels_file",
     "requested_labels",
+    "volumes_of_class",
 ]
 
 LABELS_KEY = "class_labels"  # the datalist entry (and batch entry) holding a volume's labels
@@ -246,6 +249,7 @@ def labelled_datalist(
     labels: str | os.PathLike | Sequence[LabelRow] | None,
     dataset_dir: str | os.PathLike | None = None,
     image_key: str = "image",
+    kind: str = "training",
 ) -> list[dict[str, Any]]:
     """``datalist`` with every volume's labels under ``LABELS_KEY`` (an integer tensor, one class index per
     variable); unchanged when ``class_labels`` is None.
@@ -256,6 +260,7 @@ def labelled_datalist(
         labels: a labels file (``read_labels_file``) or rows already read (``mrnet_labels``).
         dataset_dir: the folder that relative paths in the labels file start from.
         image_key: the entry naming each volume.
+        kind: what the volumes are, for the errors ("training", "held-out").
 
     ``DatasetError`` (every problem, each naming the labels file and row) for a row that names no volume of the
     datalist or several, a volume with two rows or none.
@@ -267,7 +272,7 @@ def labelled_datalist(
                              "their classes (--class_labels), or leave out the labels file to train unconditionally.")
         return [dict(item) for item in datalist]
     if labels is None:
-        raise ValueError(f"class_labels {dict(classes)} is set, so every training volume needs its labels: give a "
+        raise ValueError(f"class_labels {dict(classes)} is set, so every {kind} volume needs its labels: give a "
                          f"labels file (--labels_file, a CSV or JSON of {FILE_COLUMN},{','.join(classes)}).")
     source = labels if isinstance(labels, (str, os.PathLike)) else None
     rows = read_labels_file(labels, classes) if source is not None else list(labels)
@@ -290,7 +295,7 @@ def labelled_datalist(
         name = name if name in volumes or name in folders else Path(name).as_posix().strip("/")
         named = volumes.get(name) or folders.get(name)
         if not named:
-            problems.append(f"{row.where}: '{row.volume}' is no training volume (a path relative to {root or 'the dataset folder'}, "
+            problems.append(f"{row.where}: '{row.volume}' is no {kind} volume (a path relative to {root or 'the dataset folder'}, "
                             "an absolute path, a volume's name, or a folder of volumes under the dataset folder).")
             continue
         if name not in folders and len(named) > 1:
@@ -303,8 +308,64 @@ def labelled_datalist(
                 found[image] = row
     unlabelled = sorted({str(item[image_key]) for item in datalist} - set(found))
     problems += [f"{image}: no row in {source or 'the labels'}." for image in unlabelled]
-    _raise_if_problems(problems, f"the labels of {len(datalist)} training volumes")
+    _raise_if_problems(problems, f"the labels of {len(datalist)} {kind} volumes")
     return [{**item, LABELS_KEY: torch.tensor(found[str(item[image_key])].indices, dtype=torch.long)} for item in datalist]
+
+
+def volumes_of_class(
+    datalist: Sequence[Mapping[str, Any]],
+    class_labels: Mapping[str, Sequence[str]] | None,
+    labels: str | os.PathLike | Sequence[LabelRow] | None,
+    dataset_dir: str | os.PathLike | None,
+    wanted: Mapping[str, str] | None,
+    setting: str = "labels_file",
+    kind: str = "training",
+) -> list[dict[str, Any]]:
+    """The volumes of ``datalist`` whose labels are the class ``wanted`` (class names by variable, every variable):
+    the real volumes that samples asked for that class are compared with. All of them when ``wanted`` is None.
+
+    ``labels`` is read and checked as for training (``labelled_datalist``) whenever given. ``setting`` names the
+    labels file's config id in the errors: a class wanted without labels to select by, a request that is not one
+    class for all samples, or no volume of the class.
+    """
+    if labels is not None or class_labels is None:
+        datalist = labelled_datalist(datalist, class_labels, labels, dataset_dir, kind=kind)
+    if wanted is None:
+        return [dict(item) for item in datalist]
+    classes = check_class_labels(class_labels)
+    if classes is None:
+        raise ValueError(f"the {kind} volumes are to be of the class {dict(wanted)!r}, but the model is unconditional "
+                         "(class_labels is not set).")
+    if not isinstance(wanted, Mapping):
+        raise ValueError(f"comparing samples with the real volumes of their class needs one {{variable: class}} for "
+                         f"all samples (labels), got {wanted!r}: evaluate one class at a time, or leave out {setting} "
+                         "to compare the samples with the volumes of every class.")
+    if labels is None:
+        raise ValueError(f"the samples are of the class {dict(wanted)!r} and are compared with the {kind} volumes of "
+                         f"that class, so those volumes need their labels too: set {setting} (a CSV or JSON of "
+                         f"{FILE_COLUMN},{','.join(classes)}).")
+    unknown = sorted(set(wanted) - set(classes))
+    if unknown:
+        raise ValueError(f"{unknown} are no labelled variables (class_labels: {list(classes)}).")
+    indices = torch.tensor(label_indices(wanted, classes, "the class evaluated"), dtype=torch.long)
+    chosen = [item for item in datalist if torch.equal(item[LABELS_KEY], indices)]
+    if not chosen:
+        counts = Counter(tuple(int(i) for i in item[LABELS_KEY]) for item in datalist)
+        found = ", ".join(f"{_class_text(key, classes)}: {n}" for key, n in sorted(counts.items()))
+        raise DatasetError(f"no {kind} volume is of the class {_class_text(indices.tolist(), classes)} in {setting} "
+                           f"({labels if isinstance(labels, (str, os.PathLike)) else 'the labels read'}); it has {found}.")
+    return chosen
+
+
+def _class_text(indices: Sequence[int], classes: Mapping[str, Sequence[str]]) -> str:
+    """Class indices as ``variable=class,...``."""
+    return ",".join(f"{name}={names[int(i)]}" for (name, names), i in zip(classes.items(), indices))
+
+
+def labels_description(asked: Mapping[str, str] | None) -> str:
+    """The labels a class-conditional sample was asked for, as its NIfTI header says them: "acl=tear
+    meniscus=intact", or "no label" (the unconditional model)."""
+    return "no label" if asked is None else " ".join(f"{name}={value}" for name, value in asked.items())
 
 
 def requested_labels(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from . import metrics
+from common.data import labels_description
+
 from .audit import NearestNeighbourSearch, memorisation_audit
 from .base import SyntheticEvaluationBase
 from .pictures import (
@@ -88,6 +91,9 @@ class SyntheticDataEvaluator(SyntheticEvaluationBase):
         device: where the autoencoder and the feature network run.
         num_workers: processes preprocessing the real volumes.
         seed: seed of the random pairs and halves.
+        real_class: for a class-conditional model, the class (class names by variable) that ``real_dataset`` and
+            ``heldout_dataset`` were selected for (``common.data.volumes_of_class``); every sample must have been
+            asked for it. None: the real volumes are of every class (``metrics.json`` says so).
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class SyntheticDataEvaluator(SyntheticEvaluationBase):
         device: str | torch.device = "cpu",
         num_workers: int = 0,
         seed: int = 0,
+        real_class: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             real_dataset, evaluation_dir, heldout_dataset, reference_volumes, max_pairs, copy_threshold, device, num_workers, seed
@@ -119,18 +126,44 @@ class SyntheticDataEvaluator(SyntheticEvaluationBase):
         self.fid_weights = fid_weights
         self.fid_depth = fid_depth
         self.log_dir = log_dir
+        self.real_class = None if real_class is None else {str(k): str(v) for k, v in dict(real_class).items()}
 
     # ----- inputs
-    def load_samples(self) -> tuple[torch.Tensor, list[str]]:
-        """The synthetic volumes listed in ``samples.json``, as (N, 1, H, W, D)."""
+    def load_samples(self) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
+        """The synthetic volumes listed in ``samples.json``, as (N, 1, H, W, D), their files, and what classes they
+        were asked for against which real volumes (``class_comparison``)."""
         record_path = self.samples_dir / "samples.json"
         if not record_path.is_file():
             raise FileNotFoundError(f"{record_path} does not exist: run inference (inference.json) into {self.samples_dir} first.")
-        files = json.loads(record_path.read_text())["files"]
+        record = json.loads(record_path.read_text())
+        files = record["files"]
         if len(files) < 2:
             raise ValueError(f"{record_path} lists {len(files)} sample; the evaluation needs at least 2 (raise num_samples).")
+        classes = self.class_comparison(record, record_path)
         volumes = [np.asanyarray(nib.load(str(self.samples_dir / name)).dataobj) for name in files]
-        return metrics.as_batch(volumes), files
+        return metrics.as_batch(volumes), files, classes
+
+    def class_comparison(self, record: Mapping[str, Any], record_path: Path) -> dict[str, Any]:
+        """The classes the samples were asked for (from ``samples.json``) and the class of the real volumes they
+        are compared with; ``ValueError`` when a sample was asked for another class than ``real_class``."""
+        asked = record.get("labels")
+        if asked is None:
+            if self.real_class is not None:
+                raise ValueError(f"the real volumes were selected for the class {self.real_class} but {record_path} records "
+                                 "no labels: the samples are of an unconditional model.")
+            return {"samples_asked_for": None, "real_volumes_of_class": None}
+        counts = Counter(labels_description(labels) for labels in asked)
+        if self.real_class is not None:
+            other = sorted(set(counts) - {labels_description(self.real_class)})
+            if other:
+                raise ValueError(f"{record_path} records samples asked for {other}, but the real volumes were selected for "
+                                 f"{labels_description(self.real_class)}: sample that class alone (labels) to compare it with them.")
+        else:
+            logger.warning("the samples were asked for %s and are compared with real volumes of every class: give the "
+                           "labels of the real volumes (labels_file, heldout_labels_file) to compare a class with its own.",
+                           ", ".join(counts))
+        return {"samples_asked_for": dict(counts), "real_volumes_of_class": self.real_class,
+                "guidance_scale": record.get("guidance_scale")}
 
     def _volumes(self, dataset: Dataset) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, (1, 1, H, W, D) volume) of every item of a dataset, in order."""
@@ -201,7 +234,7 @@ class SyntheticDataEvaluator(SyntheticEvaluationBase):
     # ----- the run
     def run(self) -> dict[str, Any]:
         """Compute everything, write ``metrics.json`` and the PNGs to ``evaluation_dir``, and return the metrics."""
-        samples, sample_files = self.load_samples()
+        samples, sample_files, classes = self.load_samples()
         scan = self.timed("reading_real_volumes", lambda: self.scan_real(samples))
         reference_items = scan["reference"]
         reference = torch.cat([v for _, v in reference_items])
@@ -212,6 +245,7 @@ class SyntheticDataEvaluator(SyntheticEvaluationBase):
             "samples": len(samples),
             "real_volumes": len(reference),
             "image_size": list(samples.shape[2:]),
+            "classes": classes,
         }
 
         def diversity() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from monai.inferers import LatentDiffusionInferer
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
-from common.data import check_class_labels, requested_labels
+from common.data import check_class_labels, labels_description, requested_labels
 from common.evaluation.pictures import save_three_plane_montage
 from common.io import process_rank, require_output_folder, save_nifti
 from common.networks import NULL_LABEL, CodebookRangeAutoencoder
@@ -42,12 +42,6 @@ def checked_guidance_scale(scale: object) -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)) or scale < 0:
         raise ValueError(f"guidance_scale must be a number >= 0, got {scale!r}.")
     return float(scale)
-
-
-def labels_description(asked: Mapping[str, str] | None) -> str:
-    """The labels a class-conditional sample was asked for, as its NIfTI header says them: "acl=tear
-    meniscus=intact", or "no label" (the unconditional model)."""
-    return "no label" if asked is None else " ".join(f"{name}={value}" for name, value in asked.items())
 
 
 class LatentSampler:

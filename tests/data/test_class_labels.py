@@ -17,6 +17,7 @@ from common.data import (
     mrnet_labels,
     read_labels_file,
     requested_labels,
+    volumes_of_class,
 )
 
 KNEE = {"abnormal": ["normal", "abnormal"], "acl": ["intact", "tear"]}
@@ -179,3 +180,30 @@ def test_a_folder_row_labels_every_volume_under_it_as_clinical_tables_label_pati
     (tmp_path / "clinical.csv").write_text("file,er\nBreast_MRI_001,positive\nBreast_MRI_002,negative\nBreast_MRI_002/study/pre,positive\n")
     with pytest.raises(DatasetError, match=r"clinical.csv line 4: .*Breast_MRI_002/study/pre has labels already \(.*clinical.csv line 3\)"):
         labelled_datalist(datalist, {"er": ["negative", "positive"]}, tmp_path / "clinical.csv", root)
+
+
+def test_volumes_of_class_selects_the_real_volumes_a_class_is_compared_with(tmp_path):
+    root, datalist = nifti_dataset(tmp_path)
+    table = tmp_path / "labels.csv"
+    table.write_text("file,diagnosis,sex\nsub-01/anat/t1.nii.gz,AD,F\nsub-02/anat/t1.nii.gz,CN,M\nsub-03,AD,F\n")
+    chosen = volumes_of_class(datalist, BRAIN, table, root, {"sex": "F", "diagnosis": "AD"})
+    assert [Path(i["image"]).relative_to(root).as_posix() for i in chosen] == ["sub-01/anat/t1.nii.gz", "sub-03.nii.gz"]
+    assert len(volumes_of_class(datalist, BRAIN, table, root, None)) == 3  # no class asked for: all, labels checked
+    assert volumes_of_class(datalist, BRAIN, None, root, None) == datalist
+    # every way it cannot select is named, with the setting to give
+    with pytest.raises(DatasetError, match=r"no held-out volume is of the class diagnosis=MCI,sex=M in heldout_labels_file \(.*labels.csv\); "
+                       r"it has diagnosis=CN,sex=M: 1, diagnosis=AD,sex=F: 2"):
+        volumes_of_class(datalist, BRAIN, table, root, {"diagnosis": "MCI", "sex": "M"}, "heldout_labels_file", "held-out")
+    with pytest.raises(ValueError, match=r"so those volumes need their labels too: set heldout_labels_file"):
+        volumes_of_class(datalist, BRAIN, None, root, {"diagnosis": "AD", "sex": "F"}, "heldout_labels_file", "held-out")
+    with pytest.raises(ValueError, match=r"needs one \{variable: class\} for all samples"):
+        volumes_of_class(datalist, BRAIN, table, root, [{"diagnosis": "AD", "sex": "F"}])
+    with pytest.raises(ValueError, match=r"'diagnosis' is 'ad', not one of its classes"):
+        volumes_of_class(datalist, BRAIN, table, root, {"diagnosis": "ad", "sex": "F"})
+    with pytest.raises(ValueError, match=r"\['age'\] are no labelled variables"):
+        volumes_of_class(datalist, BRAIN, table, root, {"diagnosis": "AD", "sex": "F", "age": "71"})
+    with pytest.raises(ValueError, match="a labels file is given but class_labels is not set"):
+        volumes_of_class(datalist, None, table, root, None)
+    with pytest.raises(DatasetError, match=r"'sub-09' is no held-out volume"):
+        table.write_text("file,diagnosis,sex\nsub-01/anat/t1.nii.gz,AD,F\nsub-02/anat/t1.nii.gz,CN,M\nsub-03,AD,F\nsub-09,CN,F\n")
+        volumes_of_class(datalist, BRAIN, table, root, None, "heldout_labels_file", "held-out")
