@@ -11,8 +11,9 @@ The layers, lowest first (a module imports only from layers below its own; ``tes
 - ``sampling``: the sampling scheduler and loop of every sampler, and the latent bundles' sampler;
 - ``med_ddpm``: mask-conditioned synthesis (Med-DDPM);
 - ``pipeline``: the stages of a bundle chained, and the demo;
-- ``deploy``, ``conditional_demo``: TorchScript exports, Model Zoo packages, safe unpacking; the class-conditional
-  demo;
+- ``deploy``, ``class_evaluation``: TorchScript exports, Model Zoo packages, safe unpacking; a class-conditional
+  model evaluated class by class on a labelled dataset;
+- ``conditional_demo``: the class-conditional demo;
 - ``cli``: ``python -m common``.
 
 Bundle configs ``import common`` and refer to ``common.<package>.<name>``, so the packages are imported here.

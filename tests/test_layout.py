@@ -24,8 +24,9 @@ LAYERS = {
     "sampling": 4,
     "med_ddpm": 5,
     "pipeline": 6,
-    "deploy": 7, "conditional_demo": 7,
-    "cli": 8,
+    "deploy": 7, "class_evaluation": 7,
+    "conditional_demo": 8,
+    "cli": 9,
 }
 # the package's entry points, and the old paths' stand-ins: a module's ``__getattr__`` for its moved names (e.g.
 # ``common.engines.ConcatConditionPrepareBatch``) reaches ``common.med_ddpm`` at run time, through _deprecated only

@@ -30,7 +30,7 @@ def test_evaluate_writes_every_metric_and_flags_training_volumes(brain_model, tm
 
     # the training volumes themselves, preprocessed as the model sees them, given as "samples": all are copies
     parser = ConfigParser()
-    parser.read_config(config_files("brain_mri", "train_autoencoder", "evaluate"))
+    parser.read_config(EVALUATE)
     parser.update({"dataset_dir": str(brains), "image_size": [32, 32, 32]})
     dataset = parser.get_parsed_content("real_dataset")
     copies = tmp_path / "copies"
