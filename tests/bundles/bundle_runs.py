@@ -4,9 +4,11 @@ small settings and the brains the tests train them on."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -147,6 +149,33 @@ def run_pipeline(
         num_samples=samples, num_inference_steps=3,
     )
     return {**paths, "autoencoder_log": "\n".join(printed)}
+
+
+def train_and_sample_conditional(
+    bundle: str, run: dict[str, Any], dataset_dir: Path, shared: dict[str, Any], class_labels: dict[str, list[str]],
+    labels_file: Path | None = None, preprocessing: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """The diffusion stage trained again class-conditional on the VQ-GAN of ``run`` (``run_pipeline``), through
+    the bundle's configs, then a sample asked for each class of the first variable and one unconditional sample
+    at guidance scale 2: the samples' ``samples.json`` and their folder."""
+    models = run["models"].parent / "conditional_models"
+    models.mkdir()
+    shutil.copy2(run["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    labels = {} if labels_file is None else {"labels_file": str(labels_file)}
+    run_bundle(
+        config_files(bundle, "train_autoencoder", "train_diffusion"), dataset_dir=str(dataset_dir), ckpt_dir=str(models),
+        log_dir=str(run["logs"]), **shared, **(preprocessing or {}), **SMALL_DENOISER, num_workers=0, batch_size=2,
+        **{"train#trainer#max_epochs": 1, "ema#start_iteration": 1}, class_labels=class_labels, **labels,
+    )
+    first = next(iter(class_labels))
+    asked = [{**{name: classes[0] for name, classes in class_labels.items()}, first: value} for value in class_labels[first]] + [None]
+    out = run["models"].parent / "conditional_samples"
+    run_bundle(config_files(bundle, "inference"), ckpt_dir=str(models), **shared, **SMALL_DENOISER, class_labels=class_labels,
+               labels=asked, guidance_scale=2.0, output_dir=str(out), num_samples=len(asked), num_inference_steps=3)
+    record = json.loads((out / "samples.json").read_text())
+    assert record["labels"] == asked and record["class_labels"] == class_labels and record["guidance_scale"] == 2.0
+    assert torch.load(models / "diffusion.pt", weights_only=True)["model_settings"]["class_labels"] == class_labels
+    return record, out
 
 
 class _Collect(logging.Handler):

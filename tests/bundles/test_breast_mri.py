@@ -12,7 +12,7 @@ from monai.bundle import ConfigParser
 
 from common.data.demo import make_breast_phantom, write_breast_mask, write_dicom_series
 from common.pipeline import SMALL_IMAGE_SIZE
-from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
+from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline, train_and_sample_conditional
 
 CONFIGS = REPO / "bundles" / "breast_mri" / "configs"
 # small volumes: 2 x 2 x 3 mm resampling, 32x32x16 output
@@ -97,6 +97,11 @@ def test_train_autoencoder_then_diffusion_then_inference(duke_folder, tmp_path):
     assert {"network", "ema_network"} <= set(torch.load(run["models"] / "diffusion.pt", weights_only=True))
     image = nib.load(str(run["samples"] / "sample_0000_seed0.nii.gz"))
     assert image.shape == (32, 32, 16) and np.allclose(image.header.get_zooms(), [0.66, 0.66, 3.0])
+    # class-conditional, labels per patient as Duke's clinical table gives them (a patient's folder)
+    labels = tmp_path / "duke_er.csv"
+    labels.write_text("file,er\nBreast_MRI_001,positive\nBreast_MRI_002,negative\nBreast_MRI_003,positive\n")
+    record, out = train_and_sample_conditional("breast_mri", run, duke_folder, SHARED, {"er": ["negative", "positive"]}, labels, preprocessing)
+    assert [nib.load(str(out / f)).header["descrip"].item().decode() for f in record["files"]] == ["er=negative", "er=positive", "no label"]
 
 
 def test_full_size_defaults_match_the_paper():

@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 from common.data import DatasetError, dicom_series_datalist, read_series
 from common.data.demo import make_chest_phantom, write_dicom_series
 from common.pipeline import SMALL_IMAGE_SIZE
-from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
+from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline, train_and_sample_conditional
 
 CONFIGS = REPO / "bundles" / "chest_ct" / "configs"
 # small volumes: 4 mm resampling, an 80 mm crop, 32^3 output
@@ -121,6 +121,13 @@ def test_train_autoencoder_then_diffusion_then_inference(lidc_folder, tmp_path):
     assert {"network", "ema_network"} <= set(torch.load(run["models"] / "diffusion.pt", weights_only=True))
     image = nib.load(str(run["samples"] / "sample_0000_seed0.nii.gz"))
     assert image.shape == (32, 32, 32) and np.allclose(image.header.get_zooms(), 2.5)
+    # class-conditional, two variables labelled per patient folder of the DICOM download
+    labels = tmp_path / "lidc_diagnosis.csv"
+    labels.write_text("file,diagnosis,size\nLIDC-IDRI-0000,benign,small\nLIDC-IDRI-0001,malignant,large\nLIDC-IDRI-0002,benign,large\n")
+    classes = {"diagnosis": ["benign", "malignant"], "size": ["small", "large"]}
+    record, out = train_and_sample_conditional("chest_ct", run, lidc_folder, SHARED, classes, labels, PREPROCESSING)
+    assert [nib.load(str(out / f)).header["descrip"].item().decode() for f in record["files"]] == [
+        "diagnosis=benign size=small", "diagnosis=malignant size=small", "no label"]
 
 
 def test_full_size_defaults_match_the_paper():

@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser
 
 from common.data import DatasetError, mrnet_datalist
 from common.pipeline import SMALL_IMAGE_SIZE
-from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline
+from tests.bundles.bundle_runs import REPO, SMALL_SHARED, full_size_parser, run_pipeline, train_and_sample_conditional
 
 CONFIGS = REPO / "bundles" / "knee_mri" / "configs"
 SHARED = {"image_size": SMALL_IMAGE_SIZE["knee_mri"], **SMALL_SHARED}
@@ -114,6 +114,11 @@ def test_train_autoencoder_then_diffusion_then_inference(mrnet_folder, tmp_path)
     assert {"network", "ema_network"} <= set(torch.load(run["models"] / "diffusion.pt", weights_only=True))
     image = nib.load(str(run["samples"] / "sample_0000_seed0.nii.gz"))
     assert image.shape == (64, 64, 16) and np.allclose(image.header.get_zooms(), (0.6, 0.6, 3.0))
+    # class-conditional, on MRNet's label files as released beside train/ and valid/ (no labels file)
+    for split, cases in (("train", (0, 1, 2)), ("valid", (1130,))):
+        (mrnet_folder / f"{split}-acl.csv").write_text("".join(f"{case},{case % 2}\n" for case in cases))
+    record, out = train_and_sample_conditional("knee_mri", run, mrnet_folder, SHARED, {"acl": ["intact", "tear"]})
+    assert [nib.load(str(out / f)).header["descrip"].item().decode() for f in record["files"]] == ["acl=intact", "acl=tear", "no label"]
 
 
 def test_full_size_defaults_match_the_paper():
