@@ -90,7 +90,7 @@ def evaluate_classes(
     Args:
         bundle: a latent bundle under ``bundles/``.
         ckpt_dir: the trained models (``autoencoder.pt``, ``diffusion.pt``).
-        output_dir: ``guidance_<scale>/<class>/`` (samples and their ``evaluation/``) and ``class_metrics.json``.
+        output_dir: ``guidance_<scale>/<variable>=<class>/`` (samples and their ``evaluation/``) and ``class_metrics.json``.
         dataset_dir, labels_file: the training volumes and their labels, as the model was trained (knee_mri reads
             MRNet's label files from ``dataset_dir``).
         heldout_dir, heldout_labels_file: held-out volumes and their labels (strongly advised: without them the
@@ -215,8 +215,8 @@ def summary(metrics: dict[str, Any], out: Path, prefix: str = "") -> str:
     """The findings for the terminal: class consistency on held-out real volumes and on samples, realism per class."""
     lines = [f"{prefix}class consistency ({metrics['class_consistency']['classifier'].split(' (')[0]}, per variable):"]
     for name, found in metrics["class_consistency"]["per_variable"].items():
-        real = found["heldout_real"]
-        lines.append(f"{prefix}  {name}: held-out real volumes {'unknown (no heldout_dir)' if real is None else format(real['accuracy'], '.0%')} judged their own class")
+        real = "unknown (no heldout_dir)" if found["heldout_real"] is None else format(found["heldout_real"]["accuracy"], ".0%")
+        lines.append(f"{prefix}  {name}: held-out real volumes {real} judged their own class")
         for scale, result in found["samples_by_guidance_scale"].items():
             per_class = ", ".join(f"{c} {share:.0%}" for c, share in result["per_class"].items())
             lines.append(f"{prefix}  {name}: samples at guidance scale {scale}: {result['accuracy']:.0%} ({per_class})")
@@ -228,5 +228,5 @@ def summary(metrics: dict[str, Any], out: Path, prefix: str = "") -> str:
     if metrics["classes_skipped"]:
         lines.append(f"{prefix}not evaluated (fewer than {MIN_VOLUMES} training volumes): "
                      + ", ".join(labels_description(c["labels"]) for c in metrics["classes_skipped"]))
-    lines.append(f"{prefix}per class and scale: {out}/guidance_<scale>/<class>/evaluation (metrics.json, samples_and_real.png)")
+    lines.append(f"{prefix}per class and scale: {out}/guidance_<scale>/<variable>=<class>/evaluation (metrics.json, samples_and_real.png)")
     return "\n".join(lines)

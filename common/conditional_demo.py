@@ -165,5 +165,5 @@ def summary(metrics: dict[str, Any], samples: Path) -> str:
             shown = ", ".join(f"{key} {'n/a' if ratios.get(key) is None else f'{ratios[key]:.2f}x'}" for key in (
                 "histogram_jensen_shannon", "histogram_wasserstein", "diversity_ms_ssim", "slice_consistency_ssim"))
             lines.append(f"{prefix}  {name} at guidance {scale}, against real {name} brains: {shown}")
-    lines.append(f"{prefix}look at {samples}/classes_real_synthetic.png; per class and scale: {samples}/guidance_<scale>/<class>/evaluation")
+    lines.append(f"{prefix}look at {samples}/classes_real_synthetic.png; per class and scale: {samples}/guidance_<scale>/ventricles=<class>/evaluation")
     return "\n".join(lines)
