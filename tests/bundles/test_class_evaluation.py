@@ -92,17 +92,18 @@ def test_evaluate_json_selects_the_class_by_its_labels_file_or_says_it_compared_
     found = json.loads((tmp_path / "all" / "evaluation" / "metrics.json").read_text())
     assert found["real_volumes"] == 5 and found["classes"]["real_volumes_of_class"] is None
     assert found["classes"]["samples_asked_for"] == {"ventricles=enlarged": 2}
-    # what cannot be compared class with class is refused, naming the setting
-    for overrides, message in (
-        ({"labels": [{"ventricles": "enlarged"}, {"ventricles": "normal"}], "labels_file": labelled["labels_file"]},
-         "needs one {variable: class} for all samples (labels)"),
-        ({"labels": {"ventricles": "enlarged"}, "labels_file": labelled["labels_file"], "heldout_dir": labelled["heldout_dir"]},
-         "so those volumes need their labels too: set heldout_labels_file"),
-    ):
-        with pytest.raises(Exception) as refused:
-            run_bundle(EVALUATE, **common, **overrides, output_dir=str(tmp_path / "refused"))
-        assert message in error_chain(refused.value)
-        assert not (tmp_path / "refused" / "evaluation" / "metrics.json").exists()
+    # samples asked for several classes: compared with every class, however the labels are known
+    run_bundle(EVALUATE, **common, labels=[{"ventricles": "enlarged"}, {"ventricles": "normal"}], labels_file=labelled["labels_file"],
+               output_dir=str(tmp_path / "mixed"))
+    found = json.loads((tmp_path / "mixed" / "evaluation" / "metrics.json").read_text())
+    assert found["real_volumes"] == 5 and found["classes"]["real_volumes_of_class"] is None
+    assert found["classes"]["samples_asked_for"] == {"ventricles=enlarged": 1, "ventricles=normal": 1}
+    # held-out volumes of a class need their labels: refused before sampling, naming the setting
+    with pytest.raises(Exception) as refused:
+        run_bundle(EVALUATE, **common, labels={"ventricles": "enlarged"}, labels_file=labelled["labels_file"],
+                   heldout_dir=labelled["heldout_dir"], output_dir=str(tmp_path / "refused"))
+    assert "so those volumes need their labels too: set heldout_labels_file" in error_chain(refused.value)
+    assert not (tmp_path / "refused" / "samples.json").exists()
 
 
 def test_the_evaluator_refuses_samples_of_another_class_than_the_real_volumes(tmp_path):
