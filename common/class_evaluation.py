@@ -29,6 +29,7 @@ from monai.data import DataLoader, Dataset
 from common.data import LABELS_KEY, check_class_labels, labelled_datalist, labels_description
 from common.evaluation import IntensityProfileClassifier
 from common.io import bundle_dir, write_json
+from common.overrides import refuse_unknown_ids
 from common.pipeline import config_files_of
 from common.sampling import checked_guidance_scale
 
@@ -116,6 +117,7 @@ def evaluate_classes(
     settings = {"bundle_root": str(configs.parent), "ckpt_dir": str(ckpt_dir), "dataset_dir": dataset_dir,
                 "labels_file": labels_file, "heldout_dir": heldout_dir, "heldout_labels_file": heldout_labels_file, **overrides}
     files = config_files_of(configs)["evaluation"]
+    refuse_unknown_ids(files, list(settings), "to evaluate_classes")  # a mistyped override stops here, not ignored
     parser = ConfigParser()
     parser.read_config(files)
     parser.update(settings)

@@ -69,6 +69,7 @@ def test_evaluate_classes_compares_each_class_with_its_own_real_volumes_and_judg
     ({"labels": {"ventricles": "normal"}}, "['labels'] are chosen per class by evaluate_classes"),
     ({"guidance_scales": "1,x"}, "guidance_scales must be numbers"),
     ({"guidance_scales": -1}, "guidance_scale must be a number >= 0"),
+    ({"num_sample": 2}, "1 id given to evaluate_classes is not in train_autoencoder.json, inference.json, evaluate.json: --num_sample (did you mean --num_samples"),
 ])
 def test_evaluate_classes_refuses_what_it_cannot_compare_before_sampling(labelled, tmp_path, changes, message):
     settings = {"ckpt_dir": str(labelled["models"]), "output_dir": str(tmp_path / "out"), "dataset_dir": labelled["dataset_dir"],
