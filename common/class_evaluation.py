@@ -26,7 +26,7 @@ from monai.bundle import ConfigParser
 from monai.bundle import run as run_bundle
 from monai.data import DataLoader, Dataset
 
-from common.data import LABELS_KEY, check_class_labels, labelled_datalist, labels_description
+from common.data import LABELS_KEY, check_class_labels, class_names, labelled_datalist, labels_description
 from common.evaluation import IntensityProfileClassifier
 from common.io import bundle_dir, write_json
 from common.overrides import refuse_unknown_ids
@@ -110,7 +110,7 @@ def evaluate_classes(
     if classes is None:
         raise ValueError("class_labels is required: the labelled variables and their classes, as the model was trained, "
                          "e.g. --class_labels \"{'ventricles': ['normal', 'enlarged']}\".")
-    refused = sorted({"labels", "guidance_scale", "output_dir"} & set(overrides))
+    refused = sorted({"labels", "guidance_scale"} & set(overrides))
     if refused:
         raise ValueError(f"{refused} are chosen per class by evaluate_classes: leave them out (guidance_scales sets the scales).")
     scales = _scales(guidance_scales)
@@ -138,12 +138,9 @@ def evaluate_classes(
     def counts(datalist: list[dict[str, Any]] | None) -> Counter:
         return Counter(tuple(int(i) for i in item[LABELS_KEY]) for item in datalist or [])
 
-    def named(key: tuple[int, ...]) -> dict[str, str]:
-        return {name: names[index] for (name, names), index in zip(classes.items(), key)}
-
     in_training, in_heldout = counts(train), counts(heldout)
     evaluated = [key for key in sorted(in_training) if in_training[key] >= MIN_VOLUMES]
-    skipped = [{"labels": named(key), "training_volumes": in_training[key]} for key in sorted(in_training) if key not in evaluated]
+    skipped = [{"labels": class_names(key, classes), "training_volumes": in_training[key]} for key in sorted(in_training) if key not in evaluated]
     if not evaluated:
         raise ValueError(f"no class has {MIN_VOLUMES} training volumes to compare samples with: {skipped}.")
 
@@ -151,23 +148,22 @@ def evaluate_classes(
     ratios: dict[str, dict[str, Any]] = {}
     for scale in scales:
         for key in evaluated:
-            labels = named(key)
+            labels = class_names(key, classes)
             folder = out / f"guidance_{scale:g}" / class_folder(labels)
             print(f"[{bundle}] sampling and evaluating {labels_description(labels)} at guidance scale {scale:g}", flush=True)
             without_heldout = {"heldout_dir": None} if heldout is not None and in_heldout[key] == 0 else {}
             run_bundle(config_file=files, meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
                        **{**settings, **without_heldout}, labels=labels, guidance_scale=scale, output_dir=str(folder))
             found = json.loads((folder / "evaluation" / "metrics.json").read_text())
-            ratios.setdefault(f"{scale:g}", {})[class_folder(labels)] = {
-                **found["ratios_to_real"], "real_volumes": found["real_volumes"],
-                "heldout_volumes": in_heldout[key] if heldout is not None else 0}
+            ratios.setdefault(f"{scale:g}", {})[class_folder(labels)] = {**found["ratios_to_real"], "real_volumes": found["real_volumes"]}
 
     consistency = judge(parser, classes, train, heldout, out, evaluated, scales, int(overrides.get("num_workers", 0)))
     metrics = {
         "bundle": bundle,
         "class_labels": {name: list(names) for name, names in classes.items()},
-        "classes_evaluated": [{"labels": named(key), "folder": class_folder(named(key)), "training_volumes": in_training[key],
-                               "heldout_volumes": in_heldout[key] if heldout is not None else None} for key in evaluated],
+        "classes_evaluated": [{"labels": class_names(key, classes), "folder": class_folder(class_names(key, classes)),
+                               "training_volumes": in_training[key], "heldout_volumes": in_heldout[key] if heldout is not None else None}
+                              for key in evaluated],
         "classes_skipped": skipped,
         "class_consistency": consistency,
         "ratios_to_real_per_class": ratios,
@@ -192,8 +188,8 @@ def judge(
     samples: dict[str, list[tuple[tuple[int, ...], torch.Tensor]]] = {}
     for scale in scales:
         for key in evaluated:
-            labels = {name: names[index] for (name, names), index in zip(classes.items(), key)}
-            samples.setdefault(f"{scale:g}", []).append((key, _sample_features(out / f"guidance_{scale:g}" / class_folder(labels), profile)))
+            folder = out / f"guidance_{scale:g}" / class_folder(class_names(key, classes))
+            samples.setdefault(f"{scale:g}", []).append((key, _sample_features(folder, profile)))
     per_variable: dict[str, Any] = {}
     for position, (name, names) in enumerate(classes.items()):
         classifier = IntensityProfileClassifier(names).fit(train_features, [int(item[LABELS_KEY][position]) for item in train])
@@ -209,7 +205,6 @@ def judge(
         "classifier": "IntensityProfileClassifier (common.evaluation): logistic regression on the intensity histogram and a "
                       "2x2x2 grid of mean intensities, fitted on the real training volumes, one per labelled variable",
         "per_variable": per_variable,
-        "heldout_real_missing": None if heldout else "no heldout_dir: the classifier's accuracy on real volumes it did not see is unknown",
     }
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "LabelRow",
     "check_class_labels",
     "class_counts",
+    "class_names",
     "label_indices",
     "labels_description",
     "labelled_datalist",
@@ -351,15 +352,16 @@ def volumes_of_class(
     chosen = [item for item in datalist if torch.equal(item[LABELS_KEY], indices)]
     if not chosen:
         counts = Counter(tuple(int(i) for i in item[LABELS_KEY]) for item in datalist)
-        found = ", ".join(f"{_class_text(key, classes)}: {n}" for key, n in sorted(counts.items()))
-        raise DatasetError(f"no {kind} volume is of the class {_class_text(indices.tolist(), classes)} in {setting} "
+        found = ", ".join(f"{labels_description(class_names(key, classes))}: {n}" for key, n in sorted(counts.items()))
+        raise DatasetError(f"no {kind} volume is of the class {labels_description(dict(wanted))} in {setting} "
                            f"({labels if isinstance(labels, (str, os.PathLike)) else 'the labels read'}); it has {found}.")
     return chosen
 
 
-def _class_text(indices: Sequence[int], classes: Mapping[str, Sequence[str]]) -> str:
-    """Class indices as ``variable=class,...``."""
-    return ",".join(f"{name}={names[int(i)]}" for (name, names), i in zip(classes.items(), indices))
+def class_names(indices: Sequence[int], classes: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Class indices (one per variable, in the order of ``class_labels``) as class names by variable: the inverse of
+    ``label_indices``."""
+    return {name: names[int(i)] for (name, names), i in zip(classes.items(), indices)}
 
 
 def labels_description(asked: Mapping[str, str] | None) -> str:

@@ -8,10 +8,10 @@ evaluation behind the latent bundles' ``evaluate.json``. Med-DDPM's evaluator is
 
 from . import audit, metrics, pictures
 from .base import SyntheticEvaluationBase
-from .class_consistency import NearestClassMedian, IntensityProfileClassifier
+from .class_consistency import IntensityProfileClassifier, NearestClassMedian
 from .synthetic import SyntheticDataEvaluator
 
-__all__ = ["NearestClassMedian", "IntensityProfileClassifier", "SyntheticEvaluationBase", "SyntheticDataEvaluator", "audit", "metrics", "pictures"]
+__all__ = ["IntensityProfileClassifier", "NearestClassMedian", "SyntheticEvaluationBase", "SyntheticDataEvaluator", "audit", "metrics", "pictures"]
 
 
 def __getattr__(name: str):

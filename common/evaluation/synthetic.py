@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import metrics
 from common.data import labels_description
 
+from . import metrics
 from .audit import NearestNeighbourSearch, memorisation_audit
 from .base import SyntheticEvaluationBase
 from .pictures import (
@@ -159,9 +159,9 @@ class SyntheticDataEvaluator(SyntheticEvaluationBase):
                 raise ValueError(f"{record_path} records samples asked for {other}, but the real volumes were selected for "
                                  f"{labels_description(self.real_class)}: sample that class alone (labels) to compare it with them.")
         else:
-            logger.warning("the samples were asked for %s and are compared with real volumes of every class: give the "
-                           "labels of the real volumes (labels_file, heldout_labels_file) to compare a class with its own.",
-                           ", ".join(counts))
+            logger.warning("the samples were asked for %s and are compared with real volumes of every class; to compare a "
+                           "class with its own, ask for one class (labels) and give the real volumes' labels (labels_file, "
+                           "heldout_labels_file).", ", ".join(counts))
         return {"samples_asked_for": dict(counts), "real_volumes_of_class": self.real_class,
                 "guidance_scale": record.get("guidance_scale")}
 

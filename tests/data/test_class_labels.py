@@ -191,8 +191,8 @@ def test_volumes_of_class_selects_the_real_volumes_a_class_is_compared_with(tmp_
     assert len(volumes_of_class(datalist, BRAIN, table, root, None)) == 3  # no class asked for: all, labels checked
     assert volumes_of_class(datalist, BRAIN, None, root, None) == datalist
     # every way it cannot select is named, with the setting to give
-    with pytest.raises(DatasetError, match=r"no held-out volume is of the class diagnosis=MCI,sex=M in heldout_labels_file \(.*labels.csv\); "
-                       r"it has diagnosis=CN,sex=M: 1, diagnosis=AD,sex=F: 2"):
+    with pytest.raises(DatasetError, match=r"no held-out volume is of the class diagnosis=MCI sex=M in heldout_labels_file \(.*labels.csv\); "
+                       r"it has diagnosis=CN sex=M: 1, diagnosis=AD sex=F: 2"):
         volumes_of_class(datalist, BRAIN, table, root, {"diagnosis": "MCI", "sex": "M"}, "heldout_labels_file", "held-out")
     with pytest.raises(ValueError, match=r"so those volumes need their labels too: set heldout_labels_file"):
         volumes_of_class(datalist, BRAIN, None, root, {"diagnosis": "AD", "sex": "F"}, "heldout_labels_file", "held-out")
