@@ -1,0 +1,279 @@
+"""Where do the demo's samples lose their sharpness, and what brings it back? Two parts, each judged on held-out
+brains with the bundle's evaluation (sharpness: the share of spectral power above 0.25 cycles per voxel, as a ratio
+to the real brains' own; 1 is as sharp as real):
+
+- the VQ-GAN: variants of its training (``train_autoencoder.json`` overrides) trained side by side on the demo's
+  brains (32^3, ``common.pipeline.DEMO_SETTINGS``), each reconstructing held-out brains it never saw (PSNR, SSIM,
+  sharpness);
+- the sampler: the denoiser a demo trained (``--demo-output``, the folder ``python -m common demo --output_dir``
+  wrote) sampled with the same seeds by each sampler variant (``inference.json`` overrides) and evaluated with
+  ``evaluate.json`` (sharpness beside the histogram, diversity and slice-consistency ratios).
+
+    python benchmarks/sharpness.py                                        # the VQ-GAN variants, about 20 minutes here
+    python benchmarks/sharpness.py --variants none --demo-output demo_output   # the sampler variants, about 6 minutes
+
+Every variant runs the brain_mri bundle's own configs (``common.pipeline.run_stages``), so each is one
+``python -m monai.bundle run`` option, except ``ddim_100_eta_1`` (DDIM with eta 1, as random as DDPM), which the
+bundles do not offer: the benchmark sets MONAI's ``DDIMScheduler.step`` eta for it. Writes ``sharpness.md``,
+``sharpness/reconstructions.png``, each sampler variant's samples beside real brains and ``rows.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from convergence import commit, sample_and_evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = "brain_mri"
+
+# train_autoencoder.json overrides of each VQ-GAN variant, on top of the demo's
+VARIANTS: dict[str, dict] = {
+    # the demo as it is: its 1,000 iterations end before the paper's adversarial_start (10,000), so it trains
+    # with the L1 and codebook losses only
+    "demo": {},
+    # the paper's adversarial and feature-matching losses (image and volume discriminators, their weights) from
+    # iteration 500 on: the part of the paper's VQ-GAN that is there for sharpness
+    "gan_from_500": {"adversarial_start": 500},
+}
+# inference.json overrides of each sampler variant, on top of the demo's (DDIM 100, EMA weights, x0 clipped to 1.25)
+SAMPLERS: dict[str, dict] = {
+    "ddim_100": {},
+    "ddim_100_eta_1": {},  # eta set by the benchmark (stochastic DDIM)
+    "ddpm_300": {"num_inference_steps": 300},  # the paper's sampler: ancestral DDPM over every training step
+    "ddim_25": {"num_inference_steps": 25},
+    "clip_2": {"clip_sample_range": 2.0},
+    "without_ema": {"network": "$common.checkpoints.load_weights(@network_def, @diffusion_path, 'network', @model_settings).to(@device)"},
+}
+STOCHASTIC = {"ddim_100_eta_1": 1.0}
+REUSED = " (measuring only: the VQ-GANs were trained by an earlier run into the same --workdir; their minutes are that run's)"
+
+
+@contextmanager
+def ddim_eta(eta: float | None):
+    """MONAI's ``DDIMScheduler.step`` with the given eta while the block runs (the inferer calls it without one)."""
+    if eta is None:
+        yield
+        return
+    from monai.networks.schedulers import ddim
+
+    original = ddim.DDIMScheduler.step
+
+    def step(self, model_output, timestep, sample, eta_=0.0, generator=None):
+        return original(self, model_output, timestep, sample, eta, generator)
+
+    ddim.DDIMScheduler.step = step
+    try:
+        yield
+    finally:
+        ddim.DDIMScheduler.step = original
+
+
+def measure(run_dir: Path, data: Path, settings: dict, device: str) -> tuple[dict, "object", "object"]:
+    """Held-out PSNR, SSIM and sharpness ratio of the VQ-GAN in ``run_dir``; and one held-out brain with its
+    reconstruction, for the picture."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from common.evaluation import metrics
+    from common.evaluation.synthetic import SHARPNESS_CUTOFF
+    from common.networks import CodebookRangeAutoencoder
+    from common.pipeline import config_files_of
+
+    from common.checkpoints import load_weights
+
+    configs = REPO / "bundles" / BUNDLE / "configs"
+    parser = ConfigParser()
+    parser.read_config(config_files_of(configs)["evaluation"])
+    parser.update({"bundle_root": str(configs.parent), "ckpt_dir": str(run_dir / "models"), "dataset_dir": str(data / "train"),
+                   "heldout_dir": str(data / "heldout"), "output_dir": str(run_dir), "device": f"$torch.device('{device}')",
+                   **settings["shared"]})
+    autoencoder = CodebookRangeAutoencoder(load_weights(parser.get_parsed_content("autoencoder_def"),
+                                                        str(run_dir / "models" / "autoencoder.pt"), "autoencoder")).eval()
+    volumes = torch.stack([item["image"] for item in parser.get_parsed_content("heldout_dataset")]).float()
+    with torch.no_grad():
+        rebuilt = torch.cat([autoencoder(v[None]) for v in volumes]).clamp(-1, 1)
+    real, made = metrics.high_frequency_share(volumes, SHARPNESS_CUTOFF), metrics.high_frequency_share(rebuilt, SHARPNESS_CUTOFF)
+    return {
+        "psnr_db": float(metrics.psnr(rebuilt, volumes).mean()),
+        "ssim": float(metrics.ssim(rebuilt, volumes).mean()),
+        "sharpness": float(made.mean() / real.mean()),
+        "sharpness_range": [float((made / real).min()), float((made / real).max())],
+    }, volumes[0, 0].numpy(), rebuilt[0, 0].numpy()
+
+
+def picture(pairs: list[tuple[str, "object", "object"]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(pairs), 3, figsize=(7.5, 2.6 * len(pairs)), squeeze=False)
+    for row, (name, real, made) in zip(axes, pairs):
+        middle = real.shape[2] // 2
+        for axis, image, title in zip(row, (real[:, :, middle], made[:, :, middle], made[:, :, middle] - real[:, :, middle]),
+                                      ("held-out brain", f"{name}: reconstruction", "difference")):
+            axis.imshow(image.T, cmap="gray" if title != "difference" else "coolwarm", origin="lower",
+                        vmin=-1 if title != "difference" else -0.5, vmax=1 if title != "difference" else 0.5)
+            axis.set_title(title, fontsize=9)
+            axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def train_and_measure_vqgans(args, settings: dict, data: Path) -> tuple[list[dict], list]:
+    """Each VQ-GAN variant trained (or reused with ``--reuse``) and measured on the held-out brains."""
+    from common.pipeline import run_stages
+
+    rows, pairs = [], []
+    for name in args.variants:
+        run_dir = args.workdir / name
+        trained = run_dir / "training_minutes.json"
+        if args.reuse and trained.is_file():  # trained by an earlier run into --workdir, with the same settings
+            minutes = json.loads(trained.read_text())["minutes"]
+        else:
+            start = time.time()
+            run_stages(BUNDLE, str(run_dir), str(data / "train"), "autoencoder", settings,
+                       {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')", **VARIANTS[name]})
+            minutes = (time.time() - start) / 60
+            trained.write_text(json.dumps({"minutes": minutes}) + "\n")
+        found, real, made = measure(run_dir, data, settings, args.device)
+        rows.append({"variant": name, "minutes": minutes, **found})
+        pairs.append((name, real, made))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows, pairs
+
+
+def sample_with_each_sampler(args, settings: dict) -> list[dict]:
+    """The demo's denoiser in ``--demo-output`` sampled with each sampler variant, the same seeds, and evaluated."""
+    from common.pipeline import run_stages
+
+    data = args.demo_output / "demo_data"
+    if not (args.demo_output / "models" / "diffusion.pt").is_file() or not (data / "heldout").is_dir():
+        raise SystemExit(f"--demo-output {args.demo_output} holds no demo run (models/diffusion.pt and demo_data/heldout "
+                         "are written by python -m common demo --output_dir)")
+    rows = []
+    for name in args.samplers:
+        run_dir = args.workdir / "samplers" / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "models").exists():
+            (run_dir / "models").symlink_to((args.demo_output / "models").resolve(), target_is_directory=True)
+        overrides = {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')", **SAMPLERS[name]}
+        with ddim_eta(STOCHASTIC.get(name)):
+            steps = SAMPLERS[name].get("num_inference_steps", settings["inference"]["num_inference_steps"])
+            found = sample_and_evaluate(run_stages, run_dir, data, settings, overrides, steps)
+        rows.append({"sampler": name, **found})
+        shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", args.pictures / f"{name}_samples_and_real.png")
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], minutes: float) -> list[str]:
+    """``sharpness.md``'s lines."""
+    import torch
+
+    chosen = lambda names, every: "none" if not names else ",".join(names) if names != list(every) else None  # noqa: E731
+    options = "".join(f" --{flag} {value}" for flag, value in (("variants", chosen(args.variants, VARIANTS)),
+                      ("samplers", chosen(args.samplers, SAMPLERS))) if value)
+    options += (f" --epochs {args.epochs}" if args.epochs else "") + (" --reuse" if args.reuse else "")
+    options += f" --demo-output {args.demo_output.name}" if args.demo_output else ""
+    lines = [
+        "# Where the demo's samples lose their sharpness (brain_mri, 32^3)", "",
+        f"Command: `python benchmarks/sharpness.py{options}` (commit {commit()}). Machine: {platform.machine()}, "
+        f"{torch.get_num_threads()} threads, device {args.device}, torch {torch.__version__}. Wall time {minutes:.1f} min"
+        f"{REUSED if args.reuse and vqgans else ''}.", "",
+        "Sharpness: the share of spectral power above 0.25 cycles per voxel, as a ratio to the held-out brains' own (1: as "
+        "sharp as real; the evaluation's `sharpness` and `reconstruction_sharpness`).", "",
+    ]
+    if vqgans:
+        iterations = settings["autoencoder"]["train#trainer#max_epochs"] * args.train // 2  # train_autoencoder's batch_size 2
+        lines += [
+            "## The VQ-GAN", "",
+            f"Data: {args.train} training and {args.heldout} held-out subjects of the demo's population; the demo's VQ-GAN "
+            f"settings, {iterations} iterations of batch 2; reconstructions of the held-out brains.", "",
+            "Variants (train_autoencoder.json overrides): " + "; ".join(
+                f"`{n}`: {' '.join(f'--{k} {v}' for k, v in VARIANTS[n].items()) or 'the demo as it is'}" for n in args.variants) + ".", "",
+            "| variant | training min | held-out PSNR dB | held-out SSIM | sharpness (x real) | per brain |",
+            "|---|---|---|---|---|---|",
+            *(f"| {r['variant']} | {r['minutes']:.1f} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['sharpness']:.2f} | "
+              f"{r['sharpness_range'][0]:.2f} to {r['sharpness_range'][1]:.2f} |" for r in vqgans), "",
+            "Picture: `sharpness/reconstructions.png` (the middle axial slice of a held-out brain, each variant's "
+            "reconstruction and the difference).", "",
+        ]
+    if samplers:
+        lines += [
+            "## The sampler", "",
+            f"The denoiser and VQ-GAN of a demo run (`python -m common demo --output_dir {args.demo_output.name}`), "
+            "8 samples of seeds 0 to 7 for each variant, evaluated against the demo's held-out brains. Variants "
+            "(inference.json overrides): " + "; ".join(
+                f"`{n}`: {' '.join(f'--{k} {v}' for k, v in SAMPLERS[n].items()) or ('DDIM 100 with eta 1 (set by the benchmark)' if n in STOCHASTIC else 'the demo as it is')}"
+                for n in args.samplers) + ".", "",
+            "| sampler | s / sample | sharpness | reconstruction sharpness | histogram JS | histogram W | diversity | slice consistency |",
+            "|---|---|---|---|---|---|---|---|",
+            *(f"| {r['sampler']} | {r['seconds_per_sample']:.1f} | {r['sharpness']:.2f} | {r['reconstruction_sharpness']:.2f} | "
+              f"{r['histogram_jensen_shannon']:.2f} | {r['histogram_wasserstein']:.2f} | {r['diversity_ms_ssim']:.2f} | "
+              f"{r['slice_consistency_ssim']:.2f} |" for r in samplers), "",
+            "Pictures: `sharpness/<sampler>_samples_and_real.png`.", "",
+        ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"VQ-GAN variants, comma-separated, of {', '.join(VARIANTS)}; none: skip")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS), help=f"sampler variants (with --demo-output), of {', '.join(SAMPLERS)}")
+    parser.add_argument("--demo-output", type=Path, help="a folder python -m common demo --output_dir wrote: its denoiser is sampled "
+                        "with each sampler variant (without it the sampler part is skipped)")
+    parser.add_argument("--epochs", type=int, help="VQ-GAN epochs (default: the demo's)")
+    parser.add_argument("--train", type=int, default=20, help="training subjects")
+    parser.add_argument("--heldout", type=int, default=8, help="held-out subjects")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workdir", type=Path, default=REPO / "sharpness_run")
+    parser.add_argument("--reuse", action="store_true", help="measure the VQ-GAN variants an earlier run trained into --workdir "
+                        "(their training minutes as measured then) instead of training them again")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "sharpness.md")
+    args = parser.parse_args()
+    for option, known in (("variants", VARIANTS), ("samplers", SAMPLERS)):
+        chosen = [v.strip() for v in getattr(args, option).split(",") if v.strip() and v.strip() != "none"]
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            parser.error(f"unknown {option} {unknown}; choose from {', '.join(known)}")
+        setattr(args, option, chosen)
+    if not args.demo_output:
+        args.samplers = []
+    if not args.variants and not args.samplers:
+        parser.error("nothing to measure: give VQ-GAN --variants, or --demo-output for the sampler variants")
+
+    from common.data import brain_demo_datalist, brain_demo_heldout_datalist
+    from common.io import write_text
+    from common.pipeline import DEMO_SETTINGS
+
+    settings = copy.deepcopy(DEMO_SETTINGS[BUNDLE])
+    if args.epochs:
+        settings["autoencoder"]["train#trainer#max_epochs"] = args.epochs
+    args.pictures = args.out.with_suffix("")
+    args.pictures.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    vqgans, pairs = [], []
+    if args.variants:
+        data = args.workdir / "data"
+        brain_demo_datalist(data, count=args.train, seed=0)
+        brain_demo_heldout_datalist(data, count=args.heldout, seed=0)
+        vqgans, pairs = train_and_measure_vqgans(args, settings, data)
+        picture(pairs, args.pictures / "reconstructions.png")
+    samplers = sample_with_each_sampler(args, settings) if args.samplers else []
+    (args.pictures / "rows.json").write_text(json.dumps({"vqgans": vqgans, "samplers": samplers}, indent=1) + "\n")
+    write_text("\n".join(report(args, settings, vqgans, samplers, (time.time() - started) / 60)), args.out)
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
