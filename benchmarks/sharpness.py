@@ -7,7 +7,9 @@ to the real brains' own; 1 is as sharp as real):
   sharpness);
 - the sampler: the denoiser a demo trained (``--demo-output``, the folder ``python -m common demo --output_dir``
   wrote) sampled with the same seeds by each sampler variant (``inference.json`` overrides) and evaluated with
-  ``evaluate.json`` (sharpness beside the histogram, diversity and slice-consistency ratios).
+  ``evaluate.json`` (sharpness beside the histogram, diversity and slice-consistency ratios); then its latents
+  against the held-out brains' latents, and their images by spectral band: is the detail lost in the latents or
+  when the decoder renders them?
 
     python benchmarks/sharpness.py                                        # the VQ-GAN variants, about 20 minutes here
     python benchmarks/sharpness.py --variants none --demo-output demo_output   # the sampler variants, about 6 minutes
@@ -176,7 +178,71 @@ def sample_with_each_sampler(args, settings: dict) -> list[dict]:
     return rows
 
 
-def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], minutes: float) -> list[str]:
+BANDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # lower edges of the spectral bands (cycles per voxel), each 0.1 wide
+
+
+def band_powers(volumes) -> list[float]:
+    """Mean spectral power (the volume's mean removed) of ``volumes`` (N, 1, H, W, D) in each band of ``BANDS``."""
+    import torch
+
+    centred = volumes[:, 0].double() - volumes[:, 0].double().mean(dim=(1, 2, 3), keepdim=True)
+    power = torch.fft.fftn(centred, dim=(1, 2, 3)).abs().square()
+    axes = torch.meshgrid(*(torch.fft.fftfreq(n, dtype=torch.float64) for n in centred.shape[1:]), indexing="ij")
+    frequency = sum(axis.square() for axis in axes).sqrt()
+    return [float(power[:, (frequency > low) & (frequency <= low + 0.1)].sum(1).mean()) for low in BANDS]
+
+
+def where_the_detail_goes(args, settings: dict) -> dict:
+    """The demo's latents and images compared with the real ones: is the sharpness lost in the denoiser's latents
+    (less high-frequency power there than in the real latents) or when the decoder renders them?
+
+    The denoiser's latents of the demo's seeds are MONAI's ``DiffusionInferer.sample`` with the demo's steps (what
+    ``LatentSampler`` runs, without the decoding), decoded as the sampler decodes them (quantised) and unquantised."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.inferers import DiffusionInferer
+
+    from common.evaluation import metrics
+    from common.evaluation.synthetic import SHARPNESS_CUTOFF
+    from common.pipeline import config_files_of
+    from common.sampling.loop import starting_noise
+
+    configs = REPO / "bundles" / BUNDLE / "configs"
+    data = args.demo_output / "demo_data"
+    parser = ConfigParser()
+    parser.read_config(config_files_of(configs)["evaluation"])
+    parser.update({"bundle_root": str(configs.parent), "ckpt_dir": str(args.demo_output / "models"), "dataset_dir": str(data / "train"),
+                   "heldout_dir": str(data / "heldout"), "output_dir": str(args.workdir / "latents"), "device": f"$torch.device('{args.device}')",
+                   **settings["shared"], **settings["denoiser"], **settings["inference"]})
+    sampler = parser.get_parsed_content("sampler")
+    autoencoder = sampler.autoencoder.eval()
+    real = torch.stack([item["image"] for item in parser.get_parsed_content("heldout_dataset")]).float()
+    noise = torch.stack([starting_noise(sampler.latent_shape, seed) for seed in range(settings["inference"]["num_samples"])])
+    with torch.no_grad():
+        real_latents = torch.cat([autoencoder.encode_stage_2_inputs(v[None]) for v in real])
+        sample_latents = DiffusionInferer.sample(sampler.inferer, input_noise=noise, diffusion_model=sampler.network.eval(),
+                                                 scheduler=sampler.inferer.scheduler, verbose=False)
+        rebuilt = torch.cat([autoencoder.decode_stage_2_outputs(z[None]) for z in real_latents]).clamp(-1, 1)
+        samples = torch.cat([autoencoder.decode_stage_2_outputs(z[None]) for z in sample_latents]).clamp(-1, 1)
+        unquantised = torch.cat([autoencoder.autoencoder.decode(autoencoder.denormalize(z[None] / autoencoder.latent_scale.factor()))
+                                 for z in sample_latents]).clamp(-1, 1)
+
+    def latent_share(latents) -> float:  # the mean over channels of each channel's high-frequency share
+        return float(torch.stack([metrics.high_frequency_share(latents[:, c : c + 1], SHARPNESS_CUTOFF) for c in range(latents.shape[1])]).mean())
+
+    def image_share(volumes) -> float:
+        return float(metrics.high_frequency_share(volumes, SHARPNESS_CUTOFF).mean())
+
+    return {
+        "latent_std": {"real": float(real_latents.std()), "samples": float(sample_latents.std())},
+        "latent_sharpness": {"real": latent_share(real_latents), "samples": latent_share(sample_latents)},
+        "image_sharpness": {"real": image_share(real), "reconstructions": image_share(rebuilt), "samples": image_share(samples),
+                            "samples_unquantised": image_share(unquantised)},
+        "band_power": {"real": band_powers(real), "reconstructions": band_powers(rebuilt), "samples": band_powers(samples)},
+    }
+
+
+def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], detail: dict, minutes: float) -> list[str]:
     """``sharpness.md``'s lines."""
     import torch
 
@@ -185,6 +251,7 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], minut
                       ("samplers", chosen(args.samplers, SAMPLERS))) if value)
     options += (f" --epochs {args.epochs}" if args.epochs else "") + (" --reuse" if args.reuse else "")
     options += f" --demo-output {args.demo_output.name}" if args.demo_output else ""
+    count = settings["inference"]["num_samples"]
     lines = [
         "# Where the demo's samples lose their sharpness (brain_mri, 32^3)", "",
         f"Command: `python benchmarks/sharpness.py{options}` (commit {commit()}). Machine: {platform.machine()}, "
@@ -212,7 +279,7 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], minut
         lines += [
             "## The sampler", "",
             f"The denoiser and VQ-GAN of a demo run (`python -m common demo --output_dir {args.demo_output.name}`), "
-            "8 samples of seeds 0 to 7 for each variant, evaluated against the demo's held-out brains. Variants "
+            f"{count} samples of seeds 0 to {count - 1} for each variant, evaluated against the demo's held-out brains. Variants "
             "(inference.json overrides): " + "; ".join(
                 f"`{n}`: {' '.join(f'--{k} {v}' for k, v in SAMPLERS[n].items()) or ('DDIM 100 with eta 1 (set by the benchmark)' if n in STOCHASTIC else 'the demo as it is')}"
                 for n in args.samplers) + ".", "",
@@ -222,6 +289,29 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], minut
               f"{r['histogram_jensen_shannon']:.2f} | {r['histogram_wasserstein']:.2f} | {r['diversity_ms_ssim']:.2f} | "
               f"{r['slice_consistency_ssim']:.2f} |" for r in samplers), "",
             "Pictures: `sharpness/<sampler>_samples_and_real.png`.", "",
+        ]
+    if detail:
+        from common.evaluation.synthetic import SHARPNESS_CUTOFF
+
+        ratio = lambda a, b: f"{a / b:.2f}x"  # noqa: E731
+        latent, image, bands = detail["latent_sharpness"], detail["image_sharpness"], detail["band_power"]
+        lines += [
+            "## Where the detail goes", "",
+            f"The same demo model's latents of seeds 0 to {count - 1} (DDIM {settings['inference']['num_inference_steps']}) against the held-out brains' latents, and their "
+            "images (sharpness as a ratio to the held-out brains):", "",
+            "| | held-out real | measured | measured / real |", "|---|---|---|---|",
+            f"| latent standard deviation: the samples' latents | {detail['latent_std']['real']:.3f} | {detail['latent_std']['samples']:.3f} | "
+            f"{ratio(detail['latent_std']['samples'], detail['latent_std']['real'])} |",
+            f"| latent sharpness (each channel's share of power above {SHARPNESS_CUTOFF} cycles per latent voxel, mean): the "
+            f"samples' latents | {latent['real']:.4f} | {latent['samples']:.4f} | {ratio(latent['samples'], latent['real'])} |",
+            *(f"| image sharpness: {what} | {image['real']:.4f} | {image[key]:.4f} | {ratio(image[key], image['real'])} |"
+              for what, key in (("the samples, decoded as sampled (quantised)", "samples"),
+                                ("the samples, decoded unquantised", "samples_unquantised"),
+                                ("the held-out brains' reconstructions", "reconstructions"))), "",
+            "Image power by band (cycles per voxel), as a ratio to the held-out brains':", "",
+            "| band | " + " | ".join(f"{low:.1f}-{low + 0.1:.1f}" for low in BANDS) + " |", "|---|" + "---|" * len(BANDS),
+            *(f"| {name} | " + " | ".join(ratio(b, r) for b, r in zip(bands[key], bands["real"])) + " |"
+              for name, key in (("reconstructions", "reconstructions"), ("samples", "samples"))), "",
         ]
     return lines
 
@@ -270,8 +360,9 @@ def main() -> None:
         vqgans, pairs = train_and_measure_vqgans(args, settings, data)
         picture(pairs, args.pictures / "reconstructions.png")
     samplers = sample_with_each_sampler(args, settings) if args.samplers else []
-    (args.pictures / "rows.json").write_text(json.dumps({"vqgans": vqgans, "samplers": samplers}, indent=1) + "\n")
-    write_text("\n".join(report(args, settings, vqgans, samplers, (time.time() - started) / 60)), args.out)
+    detail = where_the_detail_goes(args, settings) if args.demo_output else {}
+    (args.pictures / "rows.json").write_text(json.dumps({"vqgans": vqgans, "samplers": samplers, "detail": detail}, indent=1) + "\n")
+    write_text("\n".join(report(args, settings, vqgans, samplers, detail, (time.time() - started) / 60)), args.out)
     print(args.out.read_text())
 
 
