@@ -84,12 +84,11 @@ def measure(run_dir: Path, data: Path, settings: dict, device: str) -> tuple[dic
     import torch
     from monai.bundle import ConfigParser
 
+    from common.checkpoints import load_weights
     from common.evaluation import metrics
     from common.evaluation.synthetic import SHARPNESS_CUTOFF
     from common.networks import CodebookRangeAutoencoder
     from common.pipeline import config_files_of
-
-    from common.checkpoints import load_weights
 
     configs = REPO / "bundles" / BUNDLE / "configs"
     parser = ConfigParser()
@@ -112,6 +111,7 @@ def measure(run_dir: Path, data: Path, settings: dict, device: str) -> tuple[dic
 
 
 def picture(pairs: list[tuple[str, "object", "object"]], path: Path) -> None:
+    """One row per variant: the middle axial slice of a held-out brain, its reconstruction and their difference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,15 +159,13 @@ def sample_with_each_sampler(args, settings: dict) -> list[dict]:
     from common.pipeline import run_stages
 
     data = args.demo_output / "demo_data"
-    if not (args.demo_output / "models" / "diffusion.pt").is_file() or not (data / "heldout").is_dir():
-        raise SystemExit(f"--demo-output {args.demo_output} holds no demo run (models/diffusion.pt and demo_data/heldout "
-                         "are written by python -m common demo --output_dir)")
     rows = []
     for name in args.samplers:
         run_dir = args.workdir / "samplers" / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "models").exists():
-            (run_dir / "models").symlink_to((args.demo_output / "models").resolve(), target_is_directory=True)
+        if (run_dir / "models").is_symlink():  # an earlier run's, perhaps of another --demo-output
+            (run_dir / "models").unlink()
+        (run_dir / "models").symlink_to((args.demo_output / "models").resolve(), target_is_directory=True)
         overrides = {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')", **SAMPLERS[name]}
         with ddim_eta(STOCHASTIC.get(name)):
             steps = SAMPLERS[name].get("num_inference_steps", settings["inference"]["num_inference_steps"])
@@ -246,9 +244,10 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], detai
     """``sharpness.md``'s lines."""
     import torch
 
-    chosen = lambda names, every: "none" if not names else ",".join(names) if names != list(every) else None  # noqa: E731
-    options = "".join(f" --{flag} {value}" for flag, value in (("variants", chosen(args.variants, VARIANTS)),
-                      ("samplers", chosen(args.samplers, SAMPLERS))) if value)
+    def chosen(flag: str, names: list[str], every: dict) -> str:  # the option as given, or nothing for the default
+        return "" if names == list(every) else f" --{flag} {','.join(names) or 'none'}"
+
+    options = chosen("variants", args.variants, VARIANTS) + (chosen("samplers", args.samplers, SAMPLERS) if args.demo_output else "")
     options += (f" --epochs {args.epochs}" if args.epochs else "") + (" --reuse" if args.reuse else "")
     options += f" --demo-output {args.demo_output.name}" if args.demo_output else ""
     count = settings["inference"]["num_samples"]
@@ -319,7 +318,7 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], detai
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"VQ-GAN variants, comma-separated, of {', '.join(VARIANTS)}; none: skip")
-    parser.add_argument("--samplers", default=",".join(SAMPLERS), help=f"sampler variants (with --demo-output), of {', '.join(SAMPLERS)}")
+    parser.add_argument("--samplers", help=f"sampler variants (with --demo-output), of {', '.join(SAMPLERS)} (default: all)")
     parser.add_argument("--demo-output", type=Path, help="a folder python -m common demo --output_dir wrote: its denoiser is sampled "
                         "with each sampler variant (without it the sampler part is skipped)")
     parser.add_argument("--epochs", type=int, help="VQ-GAN epochs (default: the demo's)")
@@ -331,6 +330,9 @@ def main() -> None:
                         "(their training minutes as measured then) instead of training them again")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "sharpness.md")
     args = parser.parse_args()
+    if args.samplers and not args.demo_output:
+        parser.error("--samplers needs --demo-output: the demo run whose denoiser they sample")
+    args.samplers = args.samplers or ",".join(SAMPLERS)
     for option, known in (("variants", VARIANTS), ("samplers", SAMPLERS)):
         chosen = [v.strip() for v in getattr(args, option).split(",") if v.strip() and v.strip() != "none"]
         unknown = sorted(set(chosen) - set(known))
@@ -341,6 +343,9 @@ def main() -> None:
         args.samplers = []
     if not args.variants and not args.samplers:
         parser.error("nothing to measure: give VQ-GAN --variants, or --demo-output for the sampler variants")
+    if args.demo_output and not ((args.demo_output / "models" / "diffusion.pt").is_file() and (args.demo_output / "demo_data" / "heldout").is_dir()):
+        parser.error(f"--demo-output {args.demo_output} holds no demo run (models/diffusion.pt and demo_data/heldout, which "
+                     "python -m common demo --output_dir writes)")
 
     from common.data import brain_demo_datalist, brain_demo_heldout_datalist
     from common.io import write_text
