@@ -225,6 +225,10 @@ def where_the_detail_goes(args, settings: dict) -> dict:
         unquantised = torch.cat([autoencoder.autoencoder.decode(autoencoder.denormalize(z[None] / autoencoder.latent_scale.factor()))
                                  for z in sample_latents]).clamp(-1, 1)
 
+    def code_distance(latents) -> float:  # mean absolute distance of each latent vector from its nearest code
+        denormalised = autoencoder.denormalize(latents / autoencoder.latent_scale.factor())
+        return float((denormalised - autoencoder.quantize(denormalised)).abs().mean())
+
     def latent_share(latents) -> float:  # the mean over channels of each channel's high-frequency share
         return float(torch.stack([metrics.high_frequency_share(latents[:, c : c + 1], SHARPNESS_CUTOFF) for c in range(latents.shape[1])]).mean())
 
@@ -234,6 +238,7 @@ def where_the_detail_goes(args, settings: dict) -> dict:
     return {
         "latent_std": {"real": float(real_latents.std()), "samples": float(sample_latents.std())},
         "latent_sharpness": {"real": latent_share(real_latents), "samples": latent_share(sample_latents)},
+        "nearest_code_distance": {"real": code_distance(real_latents), "samples": code_distance(sample_latents)},
         "image_sharpness": {"real": image_share(real), "reconstructions": image_share(rebuilt), "samples": image_share(samples),
                             "samples_unquantised": image_share(unquantised)},
         "band_power": {"real": band_powers(real), "reconstructions": band_powers(rebuilt), "samples": band_powers(samples)},
@@ -303,6 +308,9 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], detai
             f"{ratio(detail['latent_std']['samples'], detail['latent_std']['real'])} |",
             f"| latent sharpness (each channel's share of power above {SHARPNESS_CUTOFF} cycles per latent voxel, mean): the "
             f"samples' latents | {latent['real']:.4f} | {latent['samples']:.4f} | {ratio(latent['samples'], latent['real'])} |",
+            f"| mean distance of a latent vector from its nearest code (codebook units) | {detail['nearest_code_distance']['real']:.4f} | "
+            f"{detail['nearest_code_distance']['samples']:.4f} | "
+            f"{ratio(detail['nearest_code_distance']['samples'], detail['nearest_code_distance']['real'])} |",
             *(f"| image sharpness: {what} | {image['real']:.4f} | {image[key]:.4f} | {ratio(image[key], image['real'])} |"
               for what, key in (("the samples, decoded as sampled (quantised)", "samples"),
                                 ("the samples, decoded unquantised", "samples_unquantised"),
