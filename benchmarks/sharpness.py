@@ -1,6 +1,6 @@
-"""Where do the demo's samples lose their sharpness, and what brings it back? Two parts, each judged on held-out
-brains with the bundle's evaluation (sharpness: the share of spectral power above 0.25 cycles per voxel, as a ratio
-to the real brains' own; 1 is as sharp as real):
+"""Where do the demo's samples lose their sharpness, and what brings it back? Three parts, each judged against
+held-out brains (sharpness: the share of spectral power above 0.25 cycles per voxel, as a ratio to the real brains'
+own; 1 is as sharp as real):
 
 - the VQ-GAN: variants of its training (``train_autoencoder.json`` overrides) trained side by side on the demo's
   brains (32^3, ``common.pipeline.DEMO_SETTINGS``), each reconstructing held-out brains it never saw (PSNR, SSIM,
@@ -181,12 +181,9 @@ BANDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # lower edges of the spectral bands (cyc
 
 def band_powers(volumes) -> list[float]:
     """Mean spectral power (the volume's mean removed) of ``volumes`` (N, 1, H, W, D) in each band of ``BANDS``."""
-    import torch
+    from common.evaluation.metrics import power_spectrum
 
-    centred = volumes[:, 0].double() - volumes[:, 0].double().mean(dim=(1, 2, 3), keepdim=True)
-    power = torch.fft.fftn(centred, dim=(1, 2, 3)).abs().square()
-    axes = torch.meshgrid(*(torch.fft.fftfreq(n, dtype=torch.float64) for n in centred.shape[1:]), indexing="ij")
-    frequency = sum(axis.square() for axis in axes).sqrt()
+    power, frequency = power_spectrum(volumes)
     return [float(power[:, (frequency > low) & (frequency <= low + 0.1)].sum(1).mean()) for low in BANDS]
 
 

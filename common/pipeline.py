@@ -64,13 +64,13 @@ SMALL_IMAGE_SIZE: dict[str, list[int]] = {
     "brain_mri": [16, 16, 16], "knee_mri": [64, 64, 16], "breast_mri": [32, 32, 16], "chest_ct": [32, 32, 32],
 }
 
-# Small models that train in 10 to 25 minutes on 2 CPU cores (12 to 22 measured on this project's machine), on the real-anatomy demo brains (20 to train on, 8
-# held out). At 32^3 the VQ-GAN keeps the paper's brain compression of 2 (a 16^3 latent): compression 4 leaves
-# too few codes for a held-out PSNR above 27 dB. Its adversarial phase keeps the paper's start (iteration 10,000),
-# which the demo's 1,000 iterations never reach: a few dozen adversarial steps only add artefacts (the tests
-# exercise that phase). By stage: "shared" goes to every stage, "denoiser" to the diffusion training and inference
-# (the network must match its checkpoint). The ids are the bundle's documented ones; what departs from the paper
-# is said where it is set.
+# Small models that train in 10 to 25 minutes on 2 CPU cores (12 to 22 measured on this project's machine), on the
+# real-anatomy demo brains (20 to train on, 8 held out). At 32^3 the VQ-GAN keeps the paper's brain compression of 2
+# (a 16^3 latent): compression 4 leaves too few codes for a held-out PSNR above 27 dB. Its adversarial phase keeps
+# the paper's start (iteration 10,000), which the demo's 1,000 iterations never reach: from iteration 500 it
+# collapses the reconstructions into stripes (benchmarks/sharpness.md; the tests exercise that phase). By stage:
+# "shared" goes to every stage, "denoiser" to the diffusion training and inference (the network must match its
+# checkpoint). The ids are the bundle's documented ones; what departs from the paper is said where it is set.
 DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "brain_mri": {
         "shared": {

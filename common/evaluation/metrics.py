@@ -35,6 +35,7 @@ __all__ = [
     "medicalnet_features",
     "mmd",
     "ms_ssim",
+    "power_spectrum",
     "psnr",
     "slice_consistency",
     "split_halves",
@@ -143,14 +144,20 @@ def high_frequency_share(volumes: torch.Tensor, cutoff: float = 0.25) -> torch.T
     """Share of each volume's spectral power (its mean removed) at spatial frequencies above ``cutoff`` cycles per
     voxel (at most about 0.87, a corner of the 3D spectrum): how much fine detail, edges and texture a volume holds.
     Blur lowers it, noise raises it; compare with the same number for real volumes. One value per volume."""
-    check_volumes(volumes, "volumes")
     if not 0 < cutoff < 0.5:
         raise ValueError(f"cutoff must be in (0, 0.5) cycles per voxel, got {cutoff}.")
+    power, frequency = power_spectrum(volumes)
+    return (power[:, frequency > cutoff].sum(1) / power.flatten(1).sum(1).clamp_min(1e-30)).float()
+
+
+def power_spectrum(volumes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each volume's spectral power, its mean removed (3D FFT, float64: (N, H, W, D)), and the radial spatial
+    frequency of every bin in cycles per voxel ((H, W, D)): what ``high_frequency_share`` sums above its cutoff."""
+    check_volumes(volumes, "volumes")
     centred = volumes[:, 0].double() - volumes[:, 0].double().mean(dim=(1, 2, 3), keepdim=True)
     power = torch.fft.fftn(centred, dim=(1, 2, 3)).abs().square()
     axes = torch.meshgrid(*(torch.fft.fftfreq(n, dtype=torch.float64) for n in centred.shape[1:]), indexing="ij")
-    high = sum(axis.square() for axis in axes).sqrt() > cutoff
-    return (power[:, high].sum(1) / power.flatten(1).sum(1).clamp_min(1e-30)).float()
+    return power, sum(axis.square() for axis in axes).sqrt()
 
 
 def load_medicalnet(weights_path: str | os.PathLike, depth: int = 10) -> torch.nn.Module:

@@ -100,6 +100,21 @@ def test_two_similar_brains_against_a_background_are_similar_at_every_scale(tmp_
     assert float(metrics.ssim(brains[0], brains[7])) > 0.5 and float(metrics.ms_ssim(brains[0], brains[0])) == pytest.approx(1.0)
 
 
+def test_power_spectrum_holds_the_centred_volumes_power_by_frequency():
+    from common.evaluation.metrics import power_spectrum
+
+    volumes = torch.rand(2, 1, 8, 6, 4, generator=torch.Generator().manual_seed(0))
+    power, frequency = power_spectrum(volumes)
+    assert power.shape == (2, 8, 6, 4) and frequency.shape == (8, 6, 4)
+    centred = volumes[:, 0].double() - volumes[:, 0].double().mean(dim=(1, 2, 3), keepdim=True)
+    # Parseval: the spectrum's total is the number of voxels times the centred volume's energy; the mean is removed
+    assert torch.allclose(power.flatten(1).sum(1), 8 * 6 * 4 * centred.square().flatten(1).sum(1))
+    assert float(power[:, 0, 0, 0].abs().max()) < 1e-20 and float(frequency[0, 0, 0]) == 0.0
+    assert float(frequency.max()) == pytest.approx((0.5**2 + 0.5**2 + 0.5**2) ** 0.5)  # the corner of the spectrum
+    with pytest.raises(ValueError, match="volumes"):
+        power_spectrum(torch.zeros(8, 6, 4))
+
+
 def test_high_frequency_share_sees_blur_and_scores_identical_sets_alike():
     from monai.transforms import GaussianSmooth
 
