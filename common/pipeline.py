@@ -106,6 +106,8 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "diffusion": {
             "batch_size": 4,
+            # ten times the paper's 1e-4: minutes, not days (0.4 times this was far from real at 600 iterations at
+            # 64^3: benchmarks/convergence_64.md)
             "lr": 0.001,
             "num_workers": 0,
             "train#trainer#max_epochs": 360,
