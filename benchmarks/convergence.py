@@ -51,16 +51,15 @@ RECIPES: dict[str, dict[str, dict]] = {
                                            "network_def#channels": [16, 32, 64, 128],
                                            "network_def#spatial_attention": [False, False, True, True]},
                                  "sample": {"clip_sample_range": 1.25}},
-    # the four levels with other learning rates than the stage settings' 1e-3 (the demo's and quality.py's; the
-    # paper's is 1e-4), EMA as in every recipe: how much does a short budget gain from larger or lose from smaller steps?
-    **{f"v_prediction_4_levels_lr_{lr}": {"train": {**PAPER, "prediction_type": "v_prediction", "network_def#channels": [16, 32, 64, 128],
-                                                    "network_def#spatial_attention": [False, False, True, True], "lr": float(lr)},
-                                          "sample": {"clip_sample_range": 1.25}} for lr in ("4e-4", "2e-3")},
     # GroupNorm statistics over the whole volume (the paper's code) instead of each slice: how bright or full a
     # slice is relative to its neighbours is kept, not left to the depth attention to restore
     "v_prediction_volume_norm": {"train": {**PAPER, "prediction_type": "v_prediction", "volume_norm": True},
                                  "sample": {"clip_sample_range": 1.25}},
 }
+# other learning rates than the stage settings' 1e-3 (the demo's and quality.py's; the paper's is 1e-4), EMA as in
+# every recipe: how much does a short budget gain from larger steps, or lose from smaller ones?
+for _base, _lr in (("v_prediction_4_levels", "4e-4"), ("v_prediction_4_levels", "2e-3"), ("v_prediction", "2e-3")):
+    RECIPES[f"{_base}_lr_{_lr}"] = {"train": {**RECIPES[_base]["train"], "lr": float(_lr)}, "sample": RECIPES[_base]["sample"]}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
     "histogram_jensen_shannon": "histogram Jensen-Shannon",
@@ -218,6 +217,21 @@ def table(rows: list[dict], first: str) -> list[str]:
     return lines
 
 
+def earlier_vqgan(earlier: list[dict], rows: list[dict]) -> str:
+    """Whether an earlier run's curves share this run's VQ-GAN: its reconstructions of the held-out brains, measured
+    with every row, are the same (identical sharpness) only if the VQ-GAN is."""
+    def sharpness(found: list[dict]) -> set[float]:
+        return {round(r["reconstruction_sharpness"], 6) for r in found if r.get("reconstruction_sharpness") is not None}
+
+    before, now = sharpness(earlier), sharpness([r for r in rows if r not in earlier])
+    if before and before == now:
+        return "the same VQ-GAN, data and seeds"
+    shown = ", ".join(f"{v:.2f}x" for v in sorted(before)) or "not recorded"
+    return (f"the same data and seeds, but another training of the same VQ-GAN settings: reconstruction sharpness "
+            f"{shown} there against {', '.join(f'{v:.2f}x' for v in sorted(now))} here, so the curves differ by the "
+            "VQ-GAN's training too")
+
+
 def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings: dict, revision: str, minutes: float,
                  vqgan_minutes: float | None) -> str:
     """``convergence.md``: the command, the setup, the curves' table and the sampling-steps table."""
@@ -245,9 +259,9 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
            f"brains at {recon['reconstruction_psnr_db']:.1f} dB, sharpness {recon['reconstruction_sharpness']:.2f}x real.", ""]
           for recon in [r for r in rows + sweep if "reconstruction_psnr_db" in r][:1]),
         "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in dict.fromkeys(r["recipe"] for r in rows)) + ".",
-        *(["", f"The curves of {', '.join(sorted({r['recipe'] for r in args.earlier_rows}))} come from an earlier run into "
-           f"the same --workdir (`--earlier {args.earlier.name}`: the same VQ-GAN, data and seeds); its training minutes "
-           "were measured then, under that day's load.", ""] if args.earlier_rows else []),
+        *(["", f"The curves of {', '.join(sorted({r['recipe'] for r in args.earlier_rows}))} come from an earlier run "
+           f"(`--earlier {args.earlier.name}`: {earlier_vqgan(args.earlier_rows, rows)}); its training minutes were "
+           "measured then, under that day's load.", ""] if args.earlier_rows else []),
         "",
         *table(rows, "recipe"),
         "",
