@@ -232,7 +232,7 @@ def earlier_vqgan(earlier: list[dict], rows: list[dict]) -> str:
             "VQ-GAN's training too")
 
 
-def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings: dict, revision: str, minutes: float,
+def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings: dict, revision: str, minutes: float | None,
                  vqgan_minutes: float | None) -> str:
     """``convergence.md``: the command, the setup, the curves' table and the sampling-steps table."""
     import torch
@@ -245,8 +245,9 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         f"Command: `python benchmarks/convergence.py --size {args.size} --recipes {args.recipes_given} --iterations "
         f"{args.iterations} --every {args.every}{f' --downsample-factor {args.downsample_factor}' if args.downsample_factor else ''}` "
         f"(commit {revision}). Machine: {platform.machine()}, {torch.get_num_threads()} "
-        f"threads, device {args.device}, torch {torch.__version__}. Wall time {minutes:.1f} min "
-        f"(VQ-GAN {'reused from --workdir' if vqgan_minutes is None else f'{vqgan_minutes:.1f} min'}).",
+        f"threads, device {args.device}, torch {torch.__version__}. "
+        + (f"Wall time {minutes:.1f} min (VQ-GAN {'reused from --workdir' if vqgan_minutes is None else f'{vqgan_minutes:.1f} min'})."
+           if minutes is not None else "Report written again from the run's rows.json (`--report-only`): its wall time is not recorded."),
         "",
         f"Data: {args.train} training and {args.heldout} held-out subjects of the real-anatomy population; settings "
         f"{'of the demo (common.pipeline.DEMO_SETTINGS)' if args.size == 32 else 'of benchmarks/quality.py'}; one VQ-GAN, "
@@ -255,9 +256,9 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "Ratios to real (about 1 is real-like; for the histogram distances the real value is half of the real "
         "volumes against the other half, so below 1 is as close as real data are to each other).",
         "",
-        *([f"The VQ-GAN (compression {settings['shared']['autoencoder_def#downsample_factor']} per axis) reconstructs the held-out "
-           f"brains at {recon['reconstruction_psnr_db']:.1f} dB, sharpness {recon['reconstruction_sharpness']:.2f}x real.", ""]
-          for recon in [r for r in rows + sweep if "reconstruction_psnr_db" in r][:1]),
+        *(line for recon in [r for r in rows + sweep if "reconstruction_psnr_db" in r][:1] for line in (
+            f"The VQ-GAN (compression {settings['shared']['autoencoder_def#downsample_factor']} per axis) reconstructs the "
+            f"held-out brains at {recon['reconstruction_psnr_db']:.1f} dB, sharpness {recon['reconstruction_sharpness']:.2f}x real.", "")),
         "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in dict.fromkeys(r["recipe"] for r in rows)) + ".",
         *(["", f"The curves of {', '.join(sorted({r['recipe'] for r in args.earlier_rows}))} come from an earlier run "
            f"(`--earlier {args.earlier.name}`: {earlier_vqgan(args.earlier_rows, rows)}); its training minutes were "
@@ -296,6 +297,8 @@ def main() -> None:
     parser.add_argument("--autoencoder-epochs", type=int, help="VQ-GAN epochs (default: the settings')")
     parser.add_argument("--downsample-factor", type=int, choices=(2, 4), help="the VQ-GAN's compression per axis (default: the "
                         "settings', 2 as the paper's brain model); 4 gives a latent of 1/8 the voxels (use another --workdir)")
+    parser.add_argument("--report-only", action="store_true", help="only write the report again from rows.json of an earlier "
+                        "run (same --out, --recipes, --iterations and --earlier): nothing is trained or sampled")
     parser.add_argument("--sweep-only", action="store_true", help="the curves from rows.json of an earlier run (same --out, "
                         "--workdir), then only the sweep of the steps and seeds")
     parser.add_argument("--already", default="", help="name:iterations:minutes,...: recipes an interrupted run into --workdir "
@@ -329,6 +332,15 @@ def main() -> None:
 
     started, revision = time.time(), commit()
     settings = stage_settings(args)
+    if args.report_only:  # a run that stopped after its last row (or wrote an unreadable report): its rows, reported
+        saved = json.loads((args.pictures / "rows.json").read_text())
+        finals = {r["recipe"]: r for r in saved["curves"] if r["iteration"] == args.iterations}
+        if not finals:
+            parser.error(f"{args.pictures / 'rows.json'} has no row at --iterations {args.iterations}")
+        plot_curves(saved["curves"], args.pictures / "curves.png")
+        print(write_report(args, saved["curves"], saved["sweep"], min(finals, key=lambda name: closeness(finals[name])),
+                           settings, revision, None, None))
+        return
     if args.autoencoder_epochs:
         settings["autoencoder"]["train#trainer#max_epochs"] = args.autoencoder_epochs
     data = args.workdir / "data"
