@@ -178,6 +178,12 @@ def closeness(row: dict) -> float:
     return max(row["histogram_jensen_shannon"] or float("inf"), row["histogram_wasserstein"] or float("inf"))
 
 
+def best_recipe(rows: list[dict], iterations: int) -> str | None:
+    """The recipe whose row at ``iterations`` is the closest to real; None if no recipe has one."""
+    finals = {r["recipe"]: r for r in rows if r["iteration"] == iterations}
+    return min(finals, key=lambda name: closeness(finals[name])) if finals else None
+
+
 def plot_curves(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -297,9 +303,10 @@ def main() -> None:
     parser.add_argument("--autoencoder-epochs", type=int, help="VQ-GAN epochs (default: the settings')")
     parser.add_argument("--downsample-factor", type=int, choices=(2, 4), help="the VQ-GAN's compression per axis (default: the "
                         "settings', 2 as the paper's brain model); 4 gives a latent of 1/8 the voxels (use another --workdir)")
-    parser.add_argument("--report-only", action="store_true", help="only write the report again from rows.json of an earlier "
+    rerun = parser.add_mutually_exclusive_group()
+    rerun.add_argument("--report-only", action="store_true", help="only write the report again from rows.json of an earlier "
                         "run (same --out, --recipes, --iterations and --earlier): nothing is trained or sampled")
-    parser.add_argument("--sweep-only", action="store_true", help="the curves from rows.json of an earlier run (same --out, "
+    rerun.add_argument("--sweep-only", action="store_true", help="the curves from rows.json of an earlier run (same --out, "
                         "--workdir), then only the sweep of the steps and seeds")
     parser.add_argument("--already", default="", help="name:iterations:minutes,...: recipes an interrupted run into --workdir "
                         "trained that far in that many minutes; they continue from their checkpoint (--resume)")
@@ -333,13 +340,14 @@ def main() -> None:
     started, revision = time.time(), commit()
     settings = stage_settings(args)
     if args.report_only:  # a run that stopped after its last row (or wrote an unreadable report): its rows, reported
+        if not (args.pictures / "rows.json").is_file():
+            parser.error(f"--report-only: no {args.pictures / 'rows.json'} of an earlier run with this --out")
         saved = json.loads((args.pictures / "rows.json").read_text())
-        finals = {r["recipe"]: r for r in saved["curves"] if r["iteration"] == args.iterations}
-        if not finals:
+        best = best_recipe(saved["curves"], args.iterations)
+        if best is None:
             parser.error(f"{args.pictures / 'rows.json'} has no row at --iterations {args.iterations}")
         plot_curves(saved["curves"], args.pictures / "curves.png")
-        print(write_report(args, saved["curves"], saved["sweep"], min(finals, key=lambda name: closeness(finals[name])),
-                           settings, revision, None, None))
+        print(write_report(args, saved["curves"], saved["sweep"], best, settings, revision, None, None))
         return
     if args.autoencoder_epochs:
         settings["autoencoder"]["train#trainer#max_epochs"] = args.autoencoder_epochs
@@ -357,8 +365,7 @@ def main() -> None:
         rows = json.loads((args.pictures / "rows.json").read_text())["curves"]
     else:
         rows = args.earlier_rows + train_recipes(args, settings, data, vqgan / "models", common_overrides, run_stages)
-    finals = {r["recipe"]: r for r in rows if r["iteration"] == args.iterations}
-    best = min(finals, key=lambda name: closeness(finals[name]))
+    best = best_recipe(rows, args.iterations)
     sweep = sweep_steps(args, settings, data, best, common_overrides, run_stages, rows)
     plot_curves(rows, args.pictures / "curves.png")
 
