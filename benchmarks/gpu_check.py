@@ -206,10 +206,13 @@ def sample_one(bundle: Bundle, steps: int | None) -> dict[str, Any]:
     import torch
 
     reset(bundle.device)
+    parser, sampler = sampler_of(bundle, 2)  # warm-up (kernels, allocator) with 2 steps: the same shapes, not twice the time
+    sampler.verbose = False
+    _draw(bundle, parser, sampler)(1)
     parser, sampler = sampler_of(bundle, steps)
     sampler.verbose = False
     draw = _draw(bundle, parser, sampler)
-    draw(1)  # warm-up: kernels, allocator
+    reset(bundle.device)  # the peak memory of this sampler alone
     synchronize(bundle.device)
     start = time.perf_counter()
     draw(1)
@@ -481,6 +484,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny networks and sizes, for the CPU")
     parser.add_argument("--groups", nargs="+", default=GROUPS, choices=GROUPS)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds for one bundle's process")
+    parser.add_argument("--budget", type=float, help="seconds for the whole check: a group gets at most what is left, and "
+                        "the groups after it are recorded as not run (for a machine lent for minutes)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "gpu.md")
     parser.add_argument("--group", help=argparse.SUPPRESS)  # internal: run one group in this process
     args = parser.parse_args()
@@ -493,17 +498,27 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU here: run with --device cpu --tiny to check that the script works.")
     command = " ".join(["python benchmarks/gpu_check.py", *sys.argv[1:]])
-    results: list[dict[str, Any]] = []
-    for group in args.groups:
-        started = time.perf_counter()
-        found = run_group_process(group, args.device, args.tiny, args.timeout)
-        results += found
-        print(f"{group}: {sum(r.get('ok', False) for r in found)} of {len(found)} cases ok in {time.perf_counter() - started:.0f} s", flush=True)
-    text = report(environment(args.device), results, args.tiny, command)
+    if args.budget is not None and args.budget <= 0:
+        parser.error("--budget must be positive")
     from common.io import write_text
 
+    env, results, begun = environment(args.device), [], time.perf_counter()
+    for group in args.groups:
+        left = None if args.budget is None else args.budget - (time.perf_counter() - begun)
+        if left is not None and left < 10:
+            results.append({"ok": False, "group": group, "case": "(process)", "wall_s": 0.0,
+                            "error": f"not run: the --budget of {args.budget:.0f} s was spent"})
+            continue
+        started = time.perf_counter()
+        found = run_group_process(group, args.device, args.tiny, args.timeout if left is None else min(args.timeout, left))
+        results += found
+        print(f"{group}: {sum(r.get('ok', False) for r in found)} of {len(found)} cases ok in {time.perf_counter() - started:.0f} s", flush=True)
+        # the report so far after every group: a run stopped from outside keeps what it measured
+        write_text(report(env, results, args.tiny, command), args.out)
+        write_text(json.dumps(results, indent=1) + "\n", args.out.with_suffix(".json"))
+    text = report(env, results, args.tiny, command)
     write_text(text, args.out)
-    (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1) + "\n")
+    write_text(json.dumps(results, indent=1) + "\n", args.out.with_suffix(".json"))
     print(text)
 
 

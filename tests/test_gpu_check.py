@@ -72,3 +72,26 @@ def test_asking_for_cuda_without_a_gpu_says_what_to_do(gpu_check, monkeypatch) -
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cuda"])
     with pytest.raises(SystemExit, match="--device cpu --tiny"):
         gpu_check.main()
+
+
+def test_a_spent_budget_records_the_groups_not_run_and_writes_the_report(gpu_check, monkeypatch, tmp_path) -> None:
+    ran = []
+    monkeypatch.setattr(gpu_check, "run_group_process", lambda group, *args: ran.append(group) or [])
+    clock = iter([0.0, 0.0, 30.0, 30.0, 30.0])  # the check begins at 0; the first group has taken 30 s of the 35
+    monkeypatch.setattr(gpu_check.time, "perf_counter", lambda: next(clock, 30.0))
+    out = tmp_path / "gpu.md"
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cpu", "--tiny", "--groups", "codebook", "multi_gpu",
+                                      "--budget", "35", "--out", str(out)])
+    gpu_check.main()
+    assert ran == ["codebook"]
+    assert "- multi_gpu, (process): not run: the --budget of 35 s was spent" in out.read_text()
+    assert out.with_suffix(".json").is_file()
+
+
+def test_a_group_gets_at_most_the_budget_left(gpu_check, monkeypatch, tmp_path) -> None:
+    timeouts = []
+    monkeypatch.setattr(gpu_check, "run_group_process", lambda group, device, tiny, timeout: timeouts.append(timeout) or [])
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cpu", "--tiny", "--groups", "codebook", "--timeout", "240",
+                                      "--budget", "100", "--out", str(tmp_path / "gpu.md")])
+    gpu_check.main()
+    assert len(timeouts) == 1 and 90 < timeouts[0] <= 100
