@@ -56,9 +56,17 @@ RECIPES: dict[str, dict[str, dict]] = {
     "v_prediction_volume_norm": {"train": {**PAPER, "prediction_type": "v_prediction", "volume_norm": True},
                                  "sample": {"clip_sample_range": 1.25}},
 }
+# variants of the four-level recipes: GroupNorm over the volume; timesteps drawn by their min-SNR-gamma weight at the
+# latents' own variance (training only)
+for _base, _variant, _ids in (("v_prediction_4_levels", "volume_norm", {"volume_norm": True}),
+                              ("v_prediction_4_levels", "min_snr", {"timestep_sampling": "min_snr"}),
+                              ("unit_variance_v_4_levels", "min_snr", {"timestep_sampling": "min_snr"})):
+    RECIPES[f"{_base}_{_variant}"] = {"train": {**RECIPES[_base]["train"], **_ids}, "sample": RECIPES[_base]["sample"]}
 # other learning rates than the stage settings' 1e-3 (the demo's and quality.py's; the paper's is 1e-4), EMA as in
 # every recipe: how much does a short budget gain from larger steps, or lose from smaller ones?
-for _base, _lr in (("v_prediction_4_levels", "4e-4"), ("v_prediction_4_levels", "2e-3"), ("v_prediction", "2e-3")):
+for _base, _lr in (("v_prediction_4_levels", "4e-4"), ("v_prediction_4_levels", "2e-3"), ("v_prediction", "2e-3"),
+                   ("v_prediction_4_levels_volume_norm", "2e-3"), ("unit_variance_v_4_levels", "2e-3"),
+                   ("v_prediction_4_levels_min_snr", "2e-3"), ("unit_variance_v_4_levels_min_snr", "2e-3")):
     RECIPES[f"{_base}_lr_{_lr}"] = {"train": {**RECIPES[_base]["train"], "lr": float(_lr)}, "sample": RECIPES[_base]["sample"]}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label

@@ -38,6 +38,8 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         label_dropout: the share of volumes whose labels are all replaced by ``NULL_LABEL`` ("not given"), each
             volume drawn independently; 0.1 to 0.2 is usual (Ho & Salimans). 0 trains no unconditional model, so
             guidance scales other than 1 have nothing to push from.
+        timestep_sampling, snr_gamma: which timesteps are drawn (``PredictionTargetPrepareBatch``); ``"min_snr"``
+            uses the latents' own variance, so it means the same for codebook-range and unit-variance latents.
     """
 
     def __init__(
@@ -47,8 +49,11 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         scheduler: Scheduler | None = None,
         condition_name: str | None = None,
         label_dropout: float = 0.1,
+        timestep_sampling: str = "uniform",
+        snr_gamma: float = 5.0,
     ) -> None:
-        super().__init__(num_train_timesteps=num_train_timesteps, scheduler=scheduler, condition_name=condition_name)
+        super().__init__(num_train_timesteps=num_train_timesteps, scheduler=scheduler, condition_name=condition_name,
+                         timestep_sampling=timestep_sampling, snr_gamma=snr_gamma)
         if isinstance(label_dropout, bool) or not 0.0 <= float(label_dropout) < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout!r}.")
         self.autoencoder = autoencoder

@@ -2,7 +2,7 @@
 
 The noise (``"epsilon"``: Ho et al., NeurIPS 2020, and both papers this project reproduces), the velocity
 alpha_t * noise - sigma_t * x0 (``"v_prediction"``: Salimans & Ho, ICLR 2022, as MONAI's ``VPredictionPrepareBatch``),
-or the clean input (``"sample"``).
+or the clean input (``"sample"``); and at which timesteps it learns (``common.engines.timestep_sampling``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.schedulers import Scheduler
+
+from common.engines.timestep_sampling import TIMESTEP_SAMPLINGS, timestep_probabilities
 
 __all__ = ["PREDICTION_TYPES", "PredictionTargetPrepareBatch"]
 
@@ -23,10 +25,26 @@ class PredictionTargetPrepareBatch(DiffusionPrepareBatch):
         num_train_timesteps: number of diffusion steps T.
         scheduler: the training noise scheduler (the one the sampler's is built like); None: epsilon prediction.
         condition_name: the batch entry passed to the inferer as ``condition``, as in MONAI's class.
+        timestep_sampling: ``"uniform"`` (the papers) or ``"min_snr"``: timesteps drawn in proportion to their
+            min-SNR-gamma weight at the batch's own variance (``common.engines.timestep_sampling``); needs ``scheduler``.
+        snr_gamma: gamma of ``"min_snr"`` (Hang et al.: 5).
     """
 
-    def __init__(self, num_train_timesteps: int, scheduler: Scheduler | None = None, condition_name: str | None = None) -> None:
+    def __init__(
+        self,
+        num_train_timesteps: int,
+        scheduler: Scheduler | None = None,
+        condition_name: str | None = None,
+        timestep_sampling: str = "uniform",
+        snr_gamma: float = 5.0,
+    ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_name)
+        if timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {timestep_sampling!r}.")
+        if timestep_sampling != "uniform" and scheduler is None:
+            raise ValueError(f"timestep_sampling {timestep_sampling!r} needs the scheduler (its noise levels).")
+        if isinstance(snr_gamma, bool) or not float(snr_gamma) > 0:
+            raise ValueError(f"snr_gamma must be a positive number, got {snr_gamma!r}.")
         prediction_type = "epsilon" if scheduler is None else getattr(scheduler, "prediction_type", None)
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"the scheduler's prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
@@ -37,6 +55,16 @@ class PredictionTargetPrepareBatch(DiffusionPrepareBatch):
             )
         self.scheduler = scheduler
         self.prediction_type = prediction_type
+        self.timestep_sampling, self.snr_gamma = timestep_sampling, float(snr_gamma)
+
+    def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
+        if self.timestep_sampling == "uniform":
+            return super().get_timesteps(images)
+        variance = float(images.detach().float().var())
+        probabilities = timestep_probabilities(
+            self.timestep_sampling, self.scheduler.alphas_cumprod, variance, self.prediction_type, self.snr_gamma
+        )
+        return torch.multinomial(probabilities.float(), images.shape[0], replacement=True).to(images.device)
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.prediction_type == "v_prediction":

@@ -1,8 +1,8 @@
 """The diffusion recipes of the latent bundles through their own configs: the paper's (codebook-range latents,
 epsilon prediction) by default, and latents scaled to unit variance with v-prediction (and GroupNorm over the whole
-volume) by overrides; the scale computed from the training data and stored with the checkpoint; every setting that
-defines the trained model read from one id by training and inference, and a sampling run that disagrees with its
-checkpoint refused."""
+volume, timesteps drawn by their min-SNR weight) by overrides; the scale computed from the training data and
+stored with the checkpoint; every setting that defines the trained model read from one id by training and
+inference, and a sampling run that disagrees with its checkpoint refused."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the
     shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")  # the VQ-GAN trained once
     training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
                 **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 2, "ema#start_iteration": 2}
-    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **RECIPE)
+    # with timesteps drawn by their min-SNR weight (training only: sampling below does not name it)
+    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **RECIPE, timestep_sampling="min_snr")
 
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     assert checkpoint["model_settings"]["prediction_type"] == "v_prediction"

@@ -48,6 +48,13 @@ def test_composed_train_config_of_every_latent_bundle(bundle, multi_gpu):
         for config_id, reference in forwarded.items():
             assert reference == f"@{config_id}"
             assert stage_parser[config_id] == parser[config_id], (stage, config_id)
+    # the diffusion stage's own ids (the recipe, timestep sampling) reach it from train.json, with the same defaults
+    diffusion = ConfigParser()
+    diffusion.read_config(config_files(bundle, *[name.removesuffix(".json") for name in stages["diffusion"]]))
+    passed = parser["stage_overrides"]["diffusion"]
+    assert {"prediction_type", "latent_scaling", "volume_norm", "timestep_sampling", "snr_gamma"} <= set(passed)
+    for config_id, reference in passed.items():
+        assert reference == f"@{config_id}" and diffusion[config_id] == parser[config_id], config_id
 
 
 @pytest.fixture(scope="module")

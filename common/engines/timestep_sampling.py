@@ -1,0 +1,55 @@
+"""Which diffusion timesteps a training batch is noised to: uniformly (the papers), or more often where the loss is
+worth more (min-SNR-gamma as a sampling density).
+
+Min-SNR-gamma (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting Strategy", ICCV 2023) weights each
+timestep's loss by ``min(SNR, gamma) / SNR`` for epsilon prediction, ``min(SNR, gamma) / (SNR + 1)`` for velocity
+prediction and ``min(SNR, gamma)`` for the clean sample, so that the many nearly noise-free steps (high SNR) and
+the many nearly pure-noise steps (low SNR) pull less against each other. Drawing the timesteps with probability
+proportional to that weight has the same expected objective (Esser et al., "Scaling Rectified Flow Transformers",
+ICML 2024, Sec. 3.1, treat weighting and timestep density as one choice) without changing the loss the trainer
+computes, so MONAI's ``SupervisedTrainer`` and its L1 loss stay as they are.
+
+The SNR is the one the denoiser sees: ``variance * alpha_bar / (1 - alpha_bar)``, with ``variance`` the clean
+inputs' variance, not the scheduler's ``alpha_bar / (1 - alpha_bar)``, which assumes unit variance. The
+codebook-range latents of Khader et al. have a standard deviation near 0.17 (``LatentStatistics`` logs it), so
+their real SNR is about 30 times below the schedule's: without this correction the weighting would act on the
+wrong steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["TIMESTEP_SAMPLINGS", "min_snr_weights", "timestep_probabilities"]
+
+TIMESTEP_SAMPLINGS = ("uniform", "min_snr")
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, variance: float, prediction_type: str, gamma: float) -> torch.Tensor:
+    """The min-SNR-gamma loss weight of every timestep (module docstring) for inputs of ``variance``."""
+    if not variance > 0:
+        raise ValueError(f"the inputs' variance must be positive, got {variance!r}: are the training inputs constant?")
+    if not gamma > 0:
+        raise ValueError(f"snr_gamma must be positive, got {gamma!r}.")
+    alphas_cumprod = alphas_cumprod.double()
+    snr = variance * alphas_cumprod / (1 - alphas_cumprod).clamp_min(1e-12)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr.clamp_min(1e-12)
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    if prediction_type == "sample":
+        return clipped
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose from epsilon, v_prediction, sample.")
+
+
+def timestep_probabilities(
+    sampling: str, alphas_cumprod: torch.Tensor, variance: float, prediction_type: str, gamma: float = 5.0
+) -> torch.Tensor:
+    """The probability of drawing each of the ``len(alphas_cumprod)`` timesteps under ``sampling``."""
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"unknown timestep_sampling {sampling!r}; choose from {', '.join(TIMESTEP_SAMPLINGS)}.")
+    if sampling == "uniform":
+        return torch.full((len(alphas_cumprod),), 1.0 / len(alphas_cumprod), dtype=torch.float64)
+    weights = min_snr_weights(alphas_cumprod, variance, prediction_type, gamma)
+    return weights / weights.sum()

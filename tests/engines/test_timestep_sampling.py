@@ -1,0 +1,66 @@
+"""Which timesteps diffusion training draws: uniformly (the papers) or by their min-SNR-gamma weight at the inputs'
+own variance (``common.engines.timestep_sampling``), through ``PredictionTargetPrepareBatch``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.schedulers import DDPMScheduler
+
+from common.engines import PredictionTargetPrepareBatch
+from common.engines.timestep_sampling import min_snr_weights, timestep_probabilities
+
+T = 300
+
+
+def scheduler(prediction_type: str = "v_prediction") -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=T, schedule="cosine", prediction_type=prediction_type)
+
+
+def test_uniform_gives_every_timestep_the_same_chance():
+    probabilities = timestep_probabilities("uniform", scheduler().alphas_cumprod, 0.03, "v_prediction")
+    assert probabilities.shape == (T,) and torch.allclose(probabilities, torch.full((T,), 1 / T, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_follow_hang_et_al_at_the_real_snr(prediction_type):
+    alphas = scheduler(prediction_type).alphas_cumprod
+    weights = min_snr_weights(alphas, 0.03, prediction_type, 5.0)
+    for t in (0, 20, 150, 299):
+        snr = 0.03 * float(alphas[t]) / (1 - float(alphas[t]))
+        expected = {"epsilon": min(snr, 5) / snr, "v_prediction": min(snr, 5) / (snr + 1), "sample": min(snr, 5)}[prediction_type]
+        assert float(weights[t]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_min_snr_favours_the_less_noisy_steps_more_the_less_variance_the_inputs_have():
+    alphas = scheduler().alphas_cumprod
+    low_noise_share = {var: float(timestep_probabilities("min_snr", alphas, var, "v_prediction")[: T // 2].sum()) for var in (0.03, 1.0)}
+    assert low_noise_share[0.03] > 0.9  # codebook-range latents: the real SNR is low almost everywhere
+    assert 0.5 < low_noise_share[1.0] < low_noise_share[0.03]
+    # epsilon: weight 1 wherever the real SNR is below gamma, so nearly uniform for low-variance latents
+    epsilon = timestep_probabilities("min_snr", scheduler("epsilon").alphas_cumprod, 0.03, "epsilon")
+    assert float(epsilon[T // 2 :].sum()) == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_prepare_batch_draws_timesteps_by_the_batchs_own_variance():
+    torch.manual_seed(0)
+    prepare = PredictionTargetPrepareBatch(T, scheduler(), timestep_sampling="min_snr")
+    images = torch.randn(4000, 1, 2, 2, 2) * 0.17  # the spread of codebook-range latents
+    _, _, _, kwargs = prepare({"image": images})
+    drawn = kwargs["timesteps"]
+    assert drawn.shape == (4000,) and drawn.dtype == torch.long and 0 <= int(drawn.min()) and int(drawn.max()) < T
+    expected = float(timestep_probabilities("min_snr", scheduler().alphas_cumprod, float(images.var()), "v_prediction")[:30].sum())
+    assert float((drawn < 30).float().mean()) == pytest.approx(expected, abs=0.03)
+    uniform = PredictionTargetPrepareBatch(T, scheduler())({"image": images})[3]["timesteps"]
+    assert float((uniform < 30).float().mean()) == pytest.approx(0.1, abs=0.03)
+
+
+def test_bad_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="timestep_sampling must be one of"):
+        PredictionTargetPrepareBatch(T, scheduler(), timestep_sampling="minsnr")
+    with pytest.raises(ValueError, match="needs the scheduler"):
+        PredictionTargetPrepareBatch(T, None, timestep_sampling="min_snr")
+    with pytest.raises(ValueError, match="snr_gamma must be a positive number"):
+        PredictionTargetPrepareBatch(T, scheduler(), timestep_sampling="min_snr", snr_gamma=0)
+    with pytest.raises(ValueError, match="variance must be positive.*constant"):
+        timestep_probabilities("min_snr", scheduler().alphas_cumprod, 0.0, "v_prediction")
