@@ -95,3 +95,23 @@ def test_a_group_gets_at_most_the_budget_left(gpu_check, monkeypatch, tmp_path) 
                                       "--budget", "100", "--out", str(tmp_path / "gpu.md")])
     gpu_check.main()
     assert len(timeouts) == 1 and 90 < timeouts[0] <= 100
+
+
+def test_sampling_throughput_stays_within_its_budget(gpu_check, monkeypatch) -> None:
+    import types
+
+    import torch
+
+    clock, tried = [0.0], []
+
+    def draw(n: int) -> None:  # one second a volume, on a clock of its own
+        tried.append(n)
+        clock[0] += n
+
+    monkeypatch.setattr(gpu_check.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(gpu_check, "sampler_of", lambda bundle, steps: (None, types.SimpleNamespace(verbose=True)))
+    monkeypatch.setattr(gpu_check, "_draw", lambda bundle, parser, sampler: draw)
+    bundle = types.SimpleNamespace(tiny=False, device=torch.device("cpu"))
+    found = gpu_check.sample_throughput(bundle, 50, 10.0)
+    # 1 + 2 + 4 = 7 s; a batch of 8 would take the run to 15 s of a 10 s budget
+    assert tried == [1, 2, 4] and found["stopped_by"] == "time budget" and found["volumes_per_s"] == 1.0
