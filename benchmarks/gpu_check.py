@@ -175,8 +175,9 @@ def _train(bundle: Bundle, stage: str, dtype: str, batch: int, iterations: int) 
             overrides.update(TINY_DISCRIMINATORS)
         parser = bundle.parser("train_autoencoder", **overrides)
     elif bundle.latent:
-        parser = bundle.parser("train_autoencoder", "train_diffusion", **common_overrides,
-                               **{"network_def#autocast_dtype": dtype if dtype == "bfloat16" else None, "accumulation_steps": 1})
+        # the trainer's own autocast (float16 on CUDA, the bundles' amp default) off: float32, or the network's bfloat16
+        parser = bundle.parser("train_autoencoder", "train_diffusion", **common_overrides, **{"train#trainer#amp": False,
+                               "network_def#autocast_dtype": dtype if dtype == "bfloat16" else None, "accumulation_steps": 1})
     else:
         parser = bundle.parser("train", **common_overrides, **{"train#trainer#amp": False})
     shape = [batch, 1, *bundle.image_shape(parser)]
