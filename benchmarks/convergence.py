@@ -65,8 +65,8 @@ for _base, _variant, _ids in (("v_prediction_4_levels", "volume_norm", {"volume_
 # other learning rates than the stage settings' 1e-3 (the demo's and quality.py's; the paper's is 1e-4), EMA as in
 # every recipe: how much does a short budget gain from larger steps, or lose from smaller ones?
 for _base, _lr in (("v_prediction_4_levels", "4e-4"), ("v_prediction_4_levels", "2e-3"), ("v_prediction", "2e-3"),
-                   ("v_prediction_4_levels_volume_norm", "2e-3"), ("unit_variance_v_4_levels", "2e-3"),
-                   ("v_prediction_4_levels_min_snr", "2e-3"), ("unit_variance_v_4_levels_min_snr", "2e-3")):
+                   ("v_prediction_4_levels_volume_norm", "2e-3"), ("v_prediction_4_levels_min_snr", "2e-3"),
+                   ("unit_variance_v_4_levels_min_snr", "2e-3")):
     RECIPES[f"{_base}_lr_{_lr}"] = {"train": {**RECIPES[_base]["train"], "lr": float(_lr)}, "sample": RECIPES[_base]["sample"]}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label

@@ -75,10 +75,15 @@ def test_asking_for_cuda_without_a_gpu_says_what_to_do(gpu_check, monkeypatch) -
 
 
 def test_a_spent_budget_records_the_groups_not_run_and_writes_the_report(gpu_check, monkeypatch, tmp_path) -> None:
-    ran = []
-    monkeypatch.setattr(gpu_check, "run_group_process", lambda group, *args: ran.append(group) or [])
-    clock = iter([0.0, 0.0, 30.0, 30.0, 30.0])  # the check begins at 0; the first group has taken 30 s of the 35
-    monkeypatch.setattr(gpu_check.time, "perf_counter", lambda: next(clock, 30.0))
+    ran, clock = [], [0.0]
+
+    def run_group_process(group, *args):  # each group takes 30 s of the check's 35, on a clock of its own
+        ran.append(group)
+        clock[0] += 30.0
+        return []
+
+    monkeypatch.setattr(gpu_check, "run_group_process", run_group_process)
+    monkeypatch.setattr(gpu_check.time, "perf_counter", lambda: clock[0])
     out = tmp_path / "gpu.md"
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cpu", "--tiny", "--groups", "codebook", "multi_gpu",
                                       "--budget", "35", "--out", str(out)])

@@ -72,6 +72,13 @@ def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the
     # with timesteps drawn by their min-SNR weight (training only: sampling below does not name it)
     run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **RECIPE, timestep_sampling="min_snr")
 
+    trained = (models / "diffusion.pt").read_bytes()
+    with pytest.raises(Exception) as mistyped:  # a mistyped choice stops the bundle's own training, by name
+        run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **RECIPE,
+                   timestep_sampling="minsnr")
+    assert "timestep_sampling must be one of ('uniform', 'min_snr'), got 'minsnr'" in error_chain(mistyped.value)
+    assert (models / "diffusion.pt").read_bytes() == trained  # and leaves the trained checkpoint as it was
+
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     assert checkpoint["model_settings"]["prediction_type"] == "v_prediction"
     assert checkpoint["model_settings"]["latent_scaling"] == "unit_variance"
