@@ -218,6 +218,28 @@ def test_argument_and_input_errors():
         net(torch.randn(2, 3, 8, 8, 4), torch.tensor([1, 2, 3]))
 
 
+def test_patches_fold_into_channels_and_the_prediction_unfolds():
+    net = small_unet(patch_size=2, depth_attention=False, spatial_attention=True).eval()
+    assert net.init_conv.in_channels == 3 * 8 and net.final_conv.out_channels == 3 * 8  # 2x2x2 patches of 3 channels
+    x = torch.randn(2, 3, 16, 8, 6)
+    assert net(x, torch.tensor([4])).shape == x.shape
+    # without depth attention the network sees one patch slice at a time: input slice 2 is folded with slice 3 into
+    # the second patch slice, so exactly output slices 2 and 3 change with it
+    influence = _depth_influence(net, k=2)
+    assert (influence[2:4] > 1e-3).all() and (torch.cat([influence[:2], influence[4:]]) == 0).all(), influence.tolist()
+
+
+def test_patch_size_errors():
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match=f"patch_size must be a positive integer, got {bad!r}"):
+            small_unet(patch_size=bad)
+    net = small_unet(patch_size=2)  # two levels of patches of 2: H and W divisible by 4, D by 2
+    with pytest.raises(ValueError, match="H and W must be divisible by 4 for 2 levels of patch size 2, got 6x8"):
+        net(torch.randn(1, 3, 6, 8, 4), torch.tensor([1]))
+    with pytest.raises(ValueError, match="D must be divisible by the patch size 2, got 5"):
+        net(torch.randn(1, 3, 8, 8, 5), torch.tensor([1]))
+
+
 def test_checkpointing_gives_the_same_outputs_and_gradients(monkeypatch):
     monkeypatch.setattr(depth_attention_unet, "CPU_CHUNK_BYTES", 700)  # attention in uneven chunks too
     torch.manual_seed(0)
