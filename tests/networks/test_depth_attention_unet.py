@@ -229,6 +229,15 @@ def test_patches_fold_into_channels_and_the_prediction_unfolds():
     assert (influence[2:4] > 1e-3).all() and (torch.cat([influence[:2], influence[4:]]) == 0).all(), influence.tolist()
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # MONAI's pixelshuffle converts a shape to int
+def test_a_patched_denoiser_traces_for_other_batch_and_volume_sizes():
+    net = small_unet(patch_size=2).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(net, (torch.randn(1, 3, 8, 8, 4), torch.tensor([3])))
+        x, t = torch.randn(2, 3, 16, 8, 6), torch.tensor([3, 90])
+        assert torch.allclose(traced(x, t), net(x, t), atol=1e-5)
+
+
 def test_patch_size_errors():
     for bad in (0, True, 1.5):
         with pytest.raises(ValueError, match=f"patch_size must be a positive integer, got {bad!r}"):
