@@ -4,8 +4,8 @@ Each halving in the VQ-GAN's encoder (``downsample_factor``) and in the denoiser
 an ``image_size`` that is not a multiple of their product fails at the first training step with a shape mismatch
 deep in a skip connection (``The size of tensor a (16) must match the size of tensor b (17)``). The factor per
 axis: the VQ-GAN's ``downsample_factor`` on every axis; ``DepthAttentionUNet`` halves H and W once per level after
-the first (Khader et al. keep the depth, which its attention reads whole); MONAI's ``DiffusionModelUNet`` (Med-DDPM)
-halves every axis once per level after the first.
+the first (Khader et al. keep the depth, which its attention reads whole) and divides every axis by its
+``patch_size``; MONAI's ``DiffusionModelUNet`` (Med-DDPM) halves every axis once per level after the first.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _halvings(network: nn.Module | None) -> tuple[int, int, int]:
     if network is None:
         return (1, 1, 1)
     if isinstance(network, DepthAttentionUNet):
-        return (network.spatial_factor, network.spatial_factor, 1)
+        return (network.spatial_factor, network.spatial_factor, network.patch_size)  # depth: only its patches
     if hasattr(network, "downsample_factor"):  # the VQ-GAN
         return (int(network.downsample_factor),) * 3
     if hasattr(network, "block_out_channels"):  # MONAI's DiffusionModelUNet

@@ -220,6 +220,12 @@ def test_an_image_size_the_networks_cannot_take_is_named_before_any_data_are_rea
     assert ("image_size [32, 30, 32] cannot be taken by the networks: each axis must be a multiple of [4, 4, 2] "
             "(VQGAN divides H, W, D by [2, 2, 2]; DepthAttentionUNet divides H, W, D by [2, 2, 1]). Nearest valid "
             "image_size: [32, 32, 32].") in error_chain(info.value)
+    with pytest.raises(Exception) as info:  # a patched denoiser also divides the latent's depth
+        run_bundle(config_files("brain_mri", "inference"), ckpt_dir=str(brain_model["models"]), **SMALL_DENOISER,
+                   **{**SIZE_32, "image_size": [32, 32, 34], "network_def#patch_size": 2}, output_dir=str(tmp_path / "out"))
+    assert ("image_size [32, 32, 34] cannot be taken by the networks: each axis must be a multiple of [8, 8, 4] "
+            "(VQGAN divides H, W, D by [2, 2, 2]; DepthAttentionUNet divides H, W, D by [4, 4, 2]). Nearest valid "
+            "image_size: [32, 32, 32], or [32, 32, 36] not to lose voxels.") in error_chain(info.value)
     assert not (tmp_path / "out").exists()
 
 
