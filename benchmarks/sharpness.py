@@ -44,6 +44,16 @@ VARIANTS: dict[str, dict] = {
     # the paper's adversarial and feature-matching losses (image and volume discriminators, their weights) from
     # iteration 500 on: the part of the paper's VQ-GAN that is there for sharpness
     "gan_from_500": {"adversarial_start": 500},
+    # a spectral term instead of the perceptual one the demo cannot load offline: the mean squared difference of the
+    # Fourier amplitudes (MONAI's JukeboxLoss); at 25 its gradient is about the size of the L1 term's on a slightly
+    # blurred brain, at 100 four times that
+    "spectral_25": {"spectral_weight": 25.0},
+    "spectral_100": {"spectral_weight": 100.0},
+    # twice the demo's 1,000 iterations (the demo's VQ-GAN takes about 4 of its 20 minutes)
+    "iterations_2000": {"train#trainer#max_epochs": 200},
+    # the paper's GAN from iteration 500 at a tenth of its weights (adversarial and feature matching)
+    "gan_from_500_tenth": {"adversarial_start": 500, "loss#image_gan_weight": 0.1, "loss#volume_gan_weight": 0.1,
+                           "loss#feature_matching_weight": 1.6},
 }
 # inference.json overrides of each sampler variant, on top of the demo's (DDIM 100, EMA weights, x0 clipped to 1.25)
 SAMPLERS: dict[str, dict] = {
