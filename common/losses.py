@@ -1,7 +1,6 @@
 """The Medical Diffusion VQ-GAN objective, built from MONAI's losses and discriminators.
 
-Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + spectral_weight * spectral + commitment``
-(the spectral term, MONAI's ``JukeboxLoss`` on the volume's Fourier amplitudes, is not the paper's: 0 by default), and from
+Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + commitment``, and from
 ``adversarial_start`` on, the generator hinge losses -mean(D(fake)) of a 2D discriminator on that slice and of a
 3D discriminator on the volume, plus ``feature_matching_weight`` times the L1 distance between their intermediate
 features on real and reconstructed input. Discriminators: hinge loss on real versus reconstructed slice / volume.
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from monai.losses import JukeboxLoss, PatchAdversarialLoss, PerceptualLoss
+from monai.losses import PatchAdversarialLoss, PerceptualLoss
 from torch import nn
 
 __all__ = ["VQGANLoss", "build_perceptual_loss", "depth_slices", "feature_matching_loss"]
@@ -101,9 +100,6 @@ class VQGANLoss(nn.Module):
             ``perceptual_weight`` > 0, ignored otherwise.
         l1_weight: weight of the voxel-wise L1 reconstruction loss (the paper: 4).
         perceptual_weight: weight of the perceptual loss on the slice (the paper: 4; 0 switches it off).
-        spectral_weight: weight of the spectral loss, the mean squared difference of the volumes' 3D Fourier
-            amplitudes (MONAI's ``JukeboxLoss``, after Dhariwal et al. 2020, Jukebox, Sec. 3.3). Not the paper's
-            (0, its default, switches it off): a sharpness term that needs no downloaded weights, where LPIPS does.
         image_gan_weight: weight of the 2D discriminator's adversarial loss (the paper: 1).
         volume_gan_weight: weight of the 3D discriminator's adversarial loss (the paper: 1).
         feature_matching_weight: weight of the feature-matching loss (mean L1 over each discriminator's
@@ -120,7 +116,6 @@ class VQGANLoss(nn.Module):
         perceptual_loss: nn.Module | None = None,
         l1_weight: float = 4.0,
         perceptual_weight: float = 4.0,
-        spectral_weight: float = 0.0,
         image_gan_weight: float = 1.0,
         volume_gan_weight: float = 1.0,
         feature_matching_weight: float = 16.0,
@@ -132,8 +127,9 @@ class VQGANLoss(nn.Module):
                 "perceptual_weight > 0 needs a perceptual_loss (see common.losses.build_perceptual_loss); "
                 "set perceptual_weight to 0 to train without it."
             )
-        for name, weight in (("l1_weight", l1_weight), ("perceptual_weight", perceptual_weight),
-                             ("spectral_weight", spectral_weight)):
+        weights = {"l1_weight": l1_weight, "perceptual_weight": perceptual_weight, "image_gan_weight": image_gan_weight,
+                   "volume_gan_weight": volume_gan_weight, "feature_matching_weight": feature_matching_weight}
+        for name, weight in weights.items():
             if not weight >= 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}.")
         if adversarial_start < 0:
@@ -143,8 +139,6 @@ class VQGANLoss(nn.Module):
         self.perceptual_loss = perceptual_loss if perceptual_weight > 0 else None
         self.l1_weight = l1_weight
         self.perceptual_weight = perceptual_weight
-        self.spectral_loss = JukeboxLoss(spatial_dims=3) if spectral_weight > 0 else None
-        self.spectral_weight = spectral_weight
         self.image_gan_weight = image_gan_weight
         self.volume_gan_weight = volume_gan_weight
         self.feature_matching_weight = feature_matching_weight
@@ -178,10 +172,6 @@ class VQGANLoss(nn.Module):
         if self.perceptual_loss is not None:
             terms["perceptual"] = self.perceptual_loss(fake_slice.float(), real_slice.float())
             total = total + self.perceptual_weight * terms["perceptual"]
-        if self.spectral_loss is not None:
-            # in float32: half-precision FFTs take only power-of-two sizes
-            terms["spectral"] = self.spectral_loss(fake.float(), real.float())
-            total = total + self.spectral_weight * terms["spectral"]
         if self.adversarial_active(iteration):
             # the generator step trains no discriminator weights: bypass a DistributedDataParallel wrapper, whose
             # gradient synchronisation would expect discriminator gradients

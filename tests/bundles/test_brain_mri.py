@@ -80,20 +80,14 @@ def test_wrong_dataset_dir_stops_before_training(tmp_path, brain_folder, problem
     assert checkpoints_in(tmp_path / "models") == []  # nothing written but the lock
 
 
-def test_spectral_weight_trains_the_spectral_term_and_refuses_a_negative_weight(tmp_path, brain_folder):
-    """``--spectral_weight`` (not the paper's; 0 by default) through the bundle's own training config."""
-    common = dict(dataset_dir=str(brain_folder), **SHARED, **SMALL_AUTOENCODER)
-    run_bundle(config_files("brain_mri", "train_autoencoder"), ckpt_dir=str(tmp_path / "models"),
-               log_dir=str(tmp_path / "logs"), spectral_weight=25.0, **common)
-    events = EventAccumulator(str(tmp_path / "logs"))
-    events.Reload()
-    spectral = [event.value for event in events.Scalars("spectral")]
-    assert len(spectral) == 4 and all(value > 0 for value in spectral)
+def test_a_negative_loss_weight_stops_before_training(tmp_path, brain_folder):
     with pytest.raises(Exception) as info:
-        run_bundle(config_files("brain_mri", "train_autoencoder"), ckpt_dir=str(tmp_path / "negative"),
-                   log_dir=str(tmp_path / "negative_logs"), spectral_weight=-1.0, **common)
-    assert "spectral_weight must be >= 0, got -1.0" in error_chain(info.value)
-    assert checkpoints_in(tmp_path / "negative") == []
+        run_bundle(
+            config_files("brain_mri", "train_autoencoder"), dataset_dir=str(brain_folder), ckpt_dir=str(tmp_path / "models"),
+            log_dir=str(tmp_path / "logs"), **SHARED, **SMALL_AUTOENCODER, **{"loss#feature_matching_weight": -16.0},
+        )
+    assert "feature_matching_weight must be >= 0, got -16.0" in error_chain(info.value)
+    assert checkpoints_in(tmp_path / "models") == []
 
 
 def test_a_mistake_on_the_command_line_exits_with_the_reason(tmp_path):
