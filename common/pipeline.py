@@ -79,7 +79,7 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "autoencoder_def#num_embeddings": 512,
             "autoencoder_def#downsample_factor": 2,
             # codes used early and then abandoned keep stretching the codebook range for about
-            # ln(count) / (1 - decay) steps; in the demo's 2,000 iterations the paper's 0.99 would leave them in place
+            # ln(count) / (1 - decay) steps; in the demo's first 1,000 iterations the paper's 0.99 left them in place
             "autoencoder_def#decay": 0.9,
             # not the paper's (a linear output): a tanh output puts the background at -1 instead of around it, which
             # after minutes of training brings the samples' intensity histogram to the real one's
