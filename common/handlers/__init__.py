@@ -1,11 +1,12 @@
 """Ignite handlers the bundles need beyond MONAI's: one run per checkpoint folder, refusing training that would do
-nothing, atomic checkpoints, resuming a killed run, stopping at a non-finite loss, the denoiser's EMA weights, the
-latents the denoiser is given (statistics and scale), and the VQ-GAN's held-out reconstruction quality and codebook
-health while it trains."""
+nothing, atomic checkpoints, resuming a killed run, stopping at a non-finite loss, the denoiser's EMA weights and a
+resume-safe learning rate decay, the latents the denoiser is given (statistics and scale), and the VQ-GAN's held-out
+reconstruction quality and codebook health while it trains."""
 
 from .checkpoint_saver import AtomicCheckpointSaver
 from .ema import DelayedEMAHandler
 from .latent_statistics import LatentStatistics, measure_latents
+from .lr_decay import LearningRateDecay
 from .nan_guard import NonFiniteLossError, StopOnNonFiniteLoss
 from .resume import CheckpointResumer
 from .run_lock import CheckpointDirLock, CheckpointDirLockedError
@@ -21,6 +22,7 @@ __all__ = [
     "DelayedEMAHandler",
     "HeldoutReconstruction",
     "LatentStatistics",
+    "LearningRateDecay",
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",
     "TrainingLengthCheck",

@@ -137,3 +137,22 @@ def test_a_patched_denoiser_trains_samples_and_refuses_another_patch_size_throug
         run_bundle(config_files("brain_mri", "inference"), **sampling, **SMALL_DENOISER, output_dir=str(tmp_path / "wrong"))
     assert "does not fit DepthAttentionUNet" in error_chain(mismatch.value) and "init_conv.weight" in error_chain(mismatch.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
+
+
+def test_the_learning_rate_decays_through_the_bundle_config_and_a_decay_after_the_end_is_refused(brain_model, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(tmp_path / "logs"), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "lr": 1e-3, "ema#start_iteration": 1,
+                "train#trainer#max_epochs": 2, "lr_decay#final_ratio": 0.1, "lr_decay#start_iteration": 1}
+    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training)
+    checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
+    assert checkpoint["trainer"]["iteration"] > 1  # SupervisedTrainer ran the decay to its last iteration
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+
+    trained = (models / "diffusion.pt").read_bytes()
+    with pytest.raises(Exception) as late:  # a decay that would never start: stopped when the trainer is built, by name
+        run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **{**training, "lr_decay#start_iteration": 99})
+    assert "the learning rate would decay from iteration 99, but training ends at iteration" in error_chain(late.value)
+    assert (models / "diffusion.pt").read_bytes() == trained  # the trained checkpoint is where and as it was
