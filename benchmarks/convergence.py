@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -273,9 +274,8 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
     lines = [
         f"# Convergence of the diffusion recipes: brain_mri at {args.size}^3",
         "",
-        f"Command: `python benchmarks/convergence.py --size {args.size} --recipes {args.recipes_given} --iterations "
-        f"{args.iterations} --every {args.every}{f' --downsample-factor {args.downsample_factor}' if args.downsample_factor else ''}` "
-        f"(commit {revision}). Machine: {platform.machine()}, {torch.get_num_threads()} "
+        f"Command: `python benchmarks/convergence.py {shlex.join(sys.argv[1:])}` (commit {revision}). Machine: "
+        f"{platform.machine()}, {torch.get_num_threads()} "
         f"threads, device {args.device}, torch {torch.__version__}. "
         + (f"Wall time {minutes:.1f} min (VQ-GAN {'reused from --workdir' if vqgan_minutes is None else f'{vqgan_minutes:.1f} min'})."
            if minutes is not None else "Report written again from the run's rows.json (`--report-only`): its wall time is not recorded."),
@@ -340,7 +340,6 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data, the VQ-GAN and every recipe's run")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "convergence.md")
     args = parser.parse_args()
-    args.recipes_given = args.recipes
     given = [r.strip().split(":") for r in args.recipes.split(",") if r.strip()]
     args.recipes = [g[0] for g in given]
     args.lengths = {g[0]: int(g[1]) for g in given if len(g) == 2 and g[1].isdigit()}
