@@ -25,8 +25,10 @@ class LearningRateDecay:
 
     The rate is set before every iteration from ``engine.state.iteration`` and the rates the optimizer had when
     this handler was made (the configured ones), so a run resumed from a checkpoint continues the schedule without
-    any state of its own, and a resumed run given a larger ``max_epochs`` decays to its new end. Iterations are the
-    engine's (batches), as for ``DelayedEMAHandler``. ``final_ratio`` 1 keeps the rate constant (the papers').
+    any state of its own (give the same ``lr_decay`` ids again). With ``end_iteration`` ``None`` a run resumed with
+    a larger ``max_epochs`` decays to its new end, so its rate goes up again at the resume; give ``end_iteration``
+    to keep one schedule. Iterations are the engine's (batches), as for ``DelayedEMAHandler``. ``final_ratio`` 1
+    keeps the rate constant (the papers'), also after resuming a run that had decayed.
 
     Args:
         optimizer: the optimizer whose learning rates to set.
@@ -52,13 +54,14 @@ class LearningRateDecay:
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     def attach(self, engine: Engine) -> None:
-        if self.final_ratio == 1.0:  # constant: nothing to do
+        # also at final_ratio 1: a run resumed from a decayed one gets its configured rate back, not the checkpoint's
+        engine.add_event_handler(Events.ITERATION_STARTED, self)
+        if self.final_ratio == 1.0:
             return
         if engine.state.max_epochs and engine.state.epoch_length:  # a MONAI workflow knows its length when built
             self.check_length(engine)
         else:
             engine.add_event_handler(Events.STARTED, self.check_length)
-        engine.add_event_handler(Events.ITERATION_STARTED, self)
 
     def last_iteration(self, engine: Engine) -> int:
         if self.end_iteration is not None:
@@ -66,12 +69,19 @@ class LearningRateDecay:
         return engine.state.max_epochs * engine.state.epoch_length
 
     def check_length(self, engine: Engine) -> None:
-        """A decay that would start after training ends is an error, not a run at a constant rate."""
+        """A decay that would start after training ends is an error (or, with ``end_iteration`` given, as when a long
+        schedule is trained in parts, a warning), not a run at a constant rate that looks like a decayed one."""
+        total = engine.state.max_epochs * engine.state.epoch_length
         end = self.last_iteration(engine)
         if end <= self.start_iteration:
             raise ValueError(
                 f"lr_decay: the learning rate would decay from iteration {self.start_iteration}, but training ends at "
-                f"iteration {end}; lower lr_decay#start_iteration or give lr_decay#end_iteration."
+                f"iteration {end}; lower lr_decay#start_iteration or raise train#trainer#max_epochs."
+            )
+        if total <= self.start_iteration:
+            logger.warning(
+                "lr_decay: this run ends at iteration %d, before the decay starts (%d): it trains at the constant rate.",
+                total, self.start_iteration,
             )
         logger.info(
             "learning rate: constant to iteration %d, then a cosine decay to %g times it at iteration %d.",

@@ -154,5 +154,6 @@ def test_the_learning_rate_decays_through_the_bundle_config_and_a_decay_after_th
     trained = (models / "diffusion.pt").read_bytes()
     with pytest.raises(Exception) as late:  # a decay that would never start: stopped when the trainer is built, by name
         run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **{**training, "lr_decay#start_iteration": 99})
-    assert "the learning rate would decay from iteration 99, but training ends at iteration" in error_chain(late.value)
+    assert ("lr_decay: the learning rate would decay from iteration 99, but training ends at iteration 4; lower "
+            "lr_decay#start_iteration or raise train#trainer#max_epochs") in error_chain(late.value)  # 5 brains, batch 2
     assert (models / "diffusion.pt").read_bytes() == trained  # the trained checkpoint is where and as it was

@@ -67,8 +67,9 @@ def test_one_command_trains_both_stages_on_two_processes_with_identical_ranks(tm
     (tmp_path / "ae").mkdir()
     (tmp_path / "dm").mkdir()
     autoencoder = {**SMALL_AUTOENCODER, "finalize": dump_per_rank("autoencoder", tmp_path / "ae")}
+    # the learning rate decayed on every rank (were it decayed on rank 0 only, the ranks' weights would part)
     diffusion = {**SMALL_DENOISER, "batch_size": 2, "train#trainer#max_epochs": 2, "ema#start_iteration": 2,
-                 "finalize": dump_per_rank("network", tmp_path / "dm")}
+                 "lr_decay#final_ratio": 0.1, "lr_decay#start_iteration": 1, "finalize": dump_per_rank("network", tmp_path / "dm")}
     arguments = {
         "config_file": [f"{CONFIGS}/train.json", f"{CONFIGS}/multi_gpu_train.json"], "demo_dir": str(tmp_path / "demo"),
         "ckpt_dir": str(models), "log_dir": str(logs), "image_size": [16, 16, 16], "num_workers": 0,
@@ -106,6 +107,7 @@ def test_one_command_trains_both_stages_on_two_processes_with_identical_ranks(tm
     weights = assert_same_on_both_ranks(tmp_path / "dm")
     saved = torch.load(models / "diffusion.pt", weights_only=True)
     assert all(torch.equal(saved["network"][key], weights[key]) for key in weights)
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1 * 1e-4)  # the bundle's lr, decayed
     assert sorted(p.name for p in models.iterdir() if p.name.startswith("diffusion")) == ["diffusion.pt"]
 
 

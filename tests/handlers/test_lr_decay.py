@@ -43,9 +43,15 @@ def test_the_decay_ends_with_training_by_default_and_a_resumed_run_continues_it(
     assert run_and_record(handler, resumed_optimizer, 6, start=3) == pytest.approx(whole[3:])
 
 
-def test_final_ratio_one_keeps_the_rate_and_bad_arguments_are_refused():
+def test_final_ratio_one_keeps_the_rate_and_bad_arguments_are_refused(caplog):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
-    assert run_and_record(LearningRateDecay(optimizer), optimizer, 3) == [0.5] * 3
+    handler = LearningRateDecay(optimizer)
+    optimizer.param_groups[0]["lr"] = 0.05  # as a checkpoint of a decayed run loads it: the configured rate comes back
+    assert run_and_record(handler, optimizer, 3) == [0.5] * 3
+    # a part of a longer schedule (end_iteration given) that ends before the decay starts: said, not refused
+    with caplog.at_level("WARNING", logger="common.handlers.lr_decay"):
+        assert run_and_record(LearningRateDecay(optimizer, 0.1, start_iteration=5, end_iteration=9), optimizer, 3) == [0.5] * 3
+    assert "this run ends at iteration 3, before the decay starts (5)" in caplog.text
     with pytest.raises(ValueError, match="final_ratio must be in"):
         LearningRateDecay(optimizer, final_ratio=1.5)
     with pytest.raises(ValueError, match="end_iteration .5. must be after start_iteration .5."):
