@@ -286,13 +286,15 @@ def _plan_by_rank_0(ckpt_dir: Path, resume: bool) -> dict[str, bool]:
     return plan
 
 
-def _check_image_size(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
-    """The diffusion stage's networks (the VQ-GAN and the denoiser on its latents) take ``image_size``: checked
-    before the VQ-GAN stage trains, not when the second stage fails on it."""
+def _check_diffusion_stage(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """What the diffusion stage can be checked for without its data, before the VQ-GAN stage trains, not when the
+    second stage fails on it: its networks (the VQ-GAN and the denoiser on its latents) take ``image_size``, and
+    its ``lr_decay`` arguments are valid (``LearningRateDecay`` checks them when it is made)."""
     parser = ConfigParser()
     parser.read_config(list(files))
     parser.update(dict(overrides))
     check_image_size(parser.get_parsed_content("image_size"), *parser.get_parsed_content("size_checked_networks"))
+    parser.get_parsed_content("lr_decay")
 
 
 def _unescaped(value: Any) -> Any:
@@ -353,7 +355,7 @@ def train_stages(
             raise ValueError("resume and ckpt_dir go to both stages together: set --resume and --ckpt_dir, not in stage_overrides.")
         refuse_unknown_ids(files, list(chosen), f"in stage_overrides for the {stage} stage")
         plan[stage] = (files, {**{k: _forwardable(v) for k, v in forwarded.items()}, **chosen})
-    _check_image_size(*plan["diffusion"])
+    _check_diffusion_stage(*plan["diffusion"])
     ckpt_dir = Path(forwarded["ckpt_dir"])
     with CheckpointDirLock(ckpt_dir).held_across_runs():
         resumes = _plan_by_rank_0(ckpt_dir, resume)

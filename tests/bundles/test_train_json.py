@@ -136,6 +136,17 @@ def test_stage_overrides_are_checked_before_anything_runs(tmp_path):
     assert "set --resume" in refused({"both": {"resume": True}, "autoencoder": {}, "diffusion": {}})
 
 
+def test_a_bad_lr_decay_given_to_train_json_stops_it_before_the_vqgan_trains(tmp_path):
+    # train.json passes lr_decay to its diffusion stage (the stage_overrides dict keeps its forwarding), whose
+    # arguments are checked before any data are read (the dataset folder does not exist) and nothing is trained
+    with pytest.raises(Exception) as info:
+        run_bundle(config_files("brain_mri", "train"), dataset_dir=str(tmp_path / "no_data"), ckpt_dir=str(tmp_path / "models"),
+                   log_dir=str(tmp_path / "logs"), image_size=[16, 16, 16], **{"stage_overrides#both": SMALL_SHARED,
+                                                                               "lr_decay#final_ratio": 1.5})
+    assert "final_ratio must be in [0, 1] (1 keeps the learning rate constant), got 1.5." in error_chain(info.value)
+    assert not (tmp_path / "models").exists()
+
+
 def test_an_image_size_the_denoiser_cannot_take_stops_train_json_before_the_vqgan_trains(tmp_path):
     # the small VQ-GAN (compression 2) takes 18^3; its 9^3 latents cannot pass the small denoiser's 2 levels. The
     # dataset folder does not exist: the size is checked before any data are read, and nothing is trained
