@@ -20,7 +20,7 @@ from monai.bundle import ConfigParser
 from monai.bundle import run as run_bundle
 
 from common.checkpoints import checkpoint_iteration, find_latest_checkpoint
-from common.handlers import CheckpointDirLock, CheckpointResumer
+from common.handlers import CheckpointDirLock, CheckpointResumer, LearningRateDecay
 from common.io import bundle_dir, is_main_process
 from common.networks import check_image_size
 from common.overrides import as_bool, refuse_unknown_ids
@@ -289,12 +289,14 @@ def _plan_by_rank_0(ckpt_dir: Path, resume: bool) -> dict[str, bool]:
 def _check_diffusion_stage(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
     """What the diffusion stage can be checked for without its data, before the VQ-GAN stage trains, not when the
     second stage fails on it: its networks (the VQ-GAN and the denoiser on its latents) take ``image_size``, and
-    its ``lr_decay`` arguments are valid (``LearningRateDecay`` checks them when it is made)."""
+    its ``lr_decay`` arguments are valid (without building the optimizer, which would put the denoiser on the
+    device)."""
     parser = ConfigParser()
     parser.read_config(list(files))
     parser.update(dict(overrides))
     check_image_size(parser.get_parsed_content("image_size"), *parser.get_parsed_content("size_checked_networks"))
-    parser.get_parsed_content("lr_decay")
+    decay = ("final_ratio", "start_iteration", "end_iteration")
+    LearningRateDecay.check_arguments(*(parser.get_parsed_content(f"lr_decay#{key}") for key in decay))
 
 
 def _unescaped(value: Any) -> Any:

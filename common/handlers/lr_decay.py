@@ -41,17 +41,22 @@ class LearningRateDecay:
     def __init__(
         self, optimizer: torch.optim.Optimizer, final_ratio: float = 1.0, start_iteration: int = 0, end_iteration: int | None = None
     ) -> None:
+        self.check_arguments(final_ratio, start_iteration, end_iteration)
+        self.optimizer = optimizer
+        self.final_ratio = float(final_ratio)
+        self.start_iteration = int(start_iteration)
+        self.end_iteration = end_iteration
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+    @staticmethod
+    def check_arguments(final_ratio: float, start_iteration: int, end_iteration: int | None) -> None:
+        """``ValueError`` for arguments no schedule can follow (also checked by ``train.json`` before its first stage)."""
         if not 0.0 <= final_ratio <= 1.0:
             raise ValueError(f"final_ratio must be in [0, 1] (1 keeps the learning rate constant), got {final_ratio}.")
         if start_iteration < 0:
             raise ValueError(f"start_iteration must be 0 or more, got {start_iteration}.")
         if end_iteration is not None and end_iteration <= start_iteration:
             raise ValueError(f"end_iteration ({end_iteration}) must be after start_iteration ({start_iteration}).")
-        self.optimizer = optimizer
-        self.final_ratio = float(final_ratio)
-        self.start_iteration = int(start_iteration)
-        self.end_iteration = end_iteration
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     def attach(self, engine: Engine) -> None:
         # also at final_ratio 1: a run resumed from a decayed one gets its configured rate back, not the checkpoint's
