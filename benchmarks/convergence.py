@@ -70,11 +70,16 @@ for _base, _variant, _ids in (("v_prediction_4_levels", "volume_norm", {"volume_
                               ("v_prediction_4_levels", "min_snr", {"timestep_sampling": "min_snr"}),
                               ("unit_variance_v_4_levels", "min_snr", {"timestep_sampling": "min_snr"})):
     RECIPES[f"{_base}_{_variant}"] = {"train": {**RECIPES[_base]["train"], **_ids}, "sample": RECIPES[_base]["sample"]}
+# the volume_norm four-level recipe twice as wide at every level (32, 64, 128, 256: the bundles' default widths; its
+# first level as wide as the demo's), attention and heads unchanged: is the 64^3 plateau the denoiser's width?
+RECIPES["v_prediction_4_levels_volume_norm_wide"] = {
+    "train": {**RECIPES["v_prediction_4_levels_volume_norm"]["train"], "network_def#channels": [32, 64, 128, 256]},
+    "sample": RECIPES["v_prediction_4_levels_volume_norm"]["sample"]}
 # other learning rates than the stage settings' 1e-3 (the demo's and quality.py's; the paper's is 1e-4), EMA as in
 # every recipe: how much does a short budget gain from larger steps, or lose from smaller ones?
 for _base, _lr in (("v_prediction_4_levels", "4e-4"), ("v_prediction_4_levels", "2e-3"), ("v_prediction", "2e-3"),
                    ("v_prediction_4_levels_volume_norm", "2e-3"), ("v_prediction_4_levels_min_snr", "2e-3"),
-                   ("unit_variance_v_4_levels_min_snr", "2e-3")):
+                   ("unit_variance_v_4_levels_min_snr", "2e-3"), ("v_prediction_4_levels_volume_norm_wide", "2e-3")):
     RECIPES[f"{_base}_lr_{_lr}"] = {"train": {**RECIPES[_base]["train"], "lr": float(_lr)}, "sample": RECIPES[_base]["sample"]}
 # the best four-level recipe with its learning rate decayed along a half cosine to 0 over the last 40% of the run
 # (lr_decay#start_iteration and #end_iteration follow each run's length; training only: sampling is not given

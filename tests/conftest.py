@@ -59,6 +59,24 @@ def brain_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_brains(tmp_path_factory):
+    """The brain bundle's demo data (20 training and 8 held-out real-anatomy brains, ``common.data``), made once per
+    session: returns a function that copies them into a folder (a ``demo_dir``), where the bundle finds them made.
+    Making them takes seconds; the tests of the making itself are in ``tests/data``."""
+    from common.data import brain_demo_datalist, brain_demo_heldout_datalist
+
+    made = tmp_path_factory.mktemp("demo_brains")
+    brain_demo_datalist(made)
+    brain_demo_heldout_datalist(made)
+
+    def copy_to(folder: Path) -> Path:
+        shutil.copytree(made, folder, dirs_exist_ok=True)
+        return folder
+
+    return copy_to
+
+
+@pytest.fixture(scope="session")
 def brain_model(tmp_path_factory) -> dict:
     """Train both stages with train.json and sample, at 32^3 on 5 brains (2 epochs of each training, 2 samples),
     then run evaluate.json

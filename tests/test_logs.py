@@ -46,7 +46,8 @@ def test_only_the_known_messages_are_dropped(restored_filters):
 
 
 @pytest.mark.slow
-def test_a_clean_train_json_run_prints_no_line_that_looks_like_a_failure(tmp_path):
+def test_a_clean_train_json_run_prints_no_line_that_looks_like_a_failure(tmp_path, demo_brains):
+    demo_brains(tmp_path / "demo")
     stage_overrides = {
         "both": SMALL_SHARED,
         "autoencoder": {**SMALL_AUTOENCODER, "train#trainer#max_epochs": 1},

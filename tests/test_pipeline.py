@@ -13,7 +13,8 @@ from common.pipeline import DEMO_SETTINGS, run_stages, summary
 from tests.bundles.bundle_runs import in_repository, isolated_state
 
 
-def test_the_demo_settings_at_a_small_scale(tmp_path):
+def test_the_demo_settings_at_a_small_scale(tmp_path, demo_brains):
+    demo_brains(tmp_path / "demo_data")  # where the demo writes its data, made once for the session
     settings = copy.deepcopy(DEMO_SETTINGS["brain_mri"])
     settings["autoencoder"].update({"train#trainer#max_epochs": 2})  # 20 iterations instead of 1,000
     settings["diffusion"].update({"train#trainer#max_epochs": 2, "ema#start_iteration": 10})

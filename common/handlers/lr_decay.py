@@ -28,7 +28,9 @@ class LearningRateDecay:
     any state of its own (give the same ``lr_decay`` ids again). With ``end_iteration`` ``None`` a run resumed with
     a larger ``max_epochs`` decays to its new end, so its rate goes up again at the resume; give ``end_iteration``
     to keep one schedule. Iterations are the engine's (batches), as for ``DelayedEMAHandler``. ``final_ratio`` 1
-    keeps the rate constant (the papers'), also after resuming a run that had decayed.
+    keeps the rate constant (the papers'), also after resuming a run that had decayed. The rate of the first group
+    is kept as ``engine.state.learning_rate``, which the bundles' ``TensorBoardStatsHandler`` writes once per epoch
+    (``state_attributes``): the schedule a run followed can be seen beside its loss.
 
     Args:
         optimizer: the optimizer whose learning rates to set.
@@ -104,3 +106,4 @@ class LearningRateDecay:
         ratio = self.ratio(engine.state.iteration, self.last_iteration(engine))
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * ratio
+        engine.state.learning_rate = self.optimizer.param_groups[0]["lr"]
