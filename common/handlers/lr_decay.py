@@ -29,8 +29,9 @@ class LearningRateDecay:
     a larger ``max_epochs`` decays to its new end, so its rate goes up again at the resume; give ``end_iteration``
     to keep one schedule. Iterations are the engine's (batches), as for ``DelayedEMAHandler``. ``final_ratio`` 1
     keeps the rate constant (the papers'), also after resuming a run that had decayed. The rate of the first group
-    is kept as ``engine.state.learning_rate``, which the bundles' ``TensorBoardStatsHandler`` writes once per epoch
-    (``state_attributes``): the schedule a run followed can be seen beside its loss.
+    is kept as ``engine.state.learning_rate``, which the bundles' ``TensorBoardStatsHandler`` writes at the end of
+    every epoch (``state_attributes``), numbered by iteration as the loss is: the schedule a run followed can be seen
+    beside its loss.
 
     Args:
         optimizer: the optimizer whose learning rates to set.
@@ -63,6 +64,7 @@ class LearningRateDecay:
     def attach(self, engine: Engine) -> None:
         # also at final_ratio 1: a run resumed from a decayed one gets its configured rate back, not the checkpoint's
         engine.add_event_handler(Events.ITERATION_STARTED, self)
+        engine.state.learning_rate = self.optimizer.param_groups[0]["lr"]  # there for a writer before the first iteration
         if self.final_ratio == 1.0:
             return
         if engine.state.max_epochs and engine.state.epoch_length:  # a MONAI workflow knows its length when built

@@ -150,12 +150,12 @@ def test_the_learning_rate_decays_through_the_bundle_config_and_a_decay_after_th
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     assert checkpoint["trainer"]["iteration"] > 1  # SupervisedTrainer ran the decay to its last iteration
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
-    # the rate each epoch ended at, in TensorBoard beside the loss: 2 iterations an epoch, the decay from iteration 1
-    # to 4, so 0.1 + 0.9 * (1 + cos(pi / 3)) / 2 = 0.775 of lr after the first epoch and 0.1 after the second
+    # the rate each epoch ended at, in TensorBoard beside the loss and numbered by iteration as it is: 2 iterations an
+    # epoch, the decay from iteration 1 to 4, so 0.1 + 0.9 * (1 + cos(pi / 3)) / 2 = 0.775 of lr at iteration 2, 0.1 at 4
     events = EventAccumulator(str(tmp_path / "logs"))
     events.Reload()
     logged = [(event.step, event.value) for event in events.Scalars("learning_rate")]
-    assert [step for step, _ in logged] == [1, 2] and [value for _, value in logged] == pytest.approx([7.75e-4, 1e-4])
+    assert [step for step, _ in logged] == [2, 4] and [value for _, value in logged] == pytest.approx([7.75e-4, 1e-4])
 
     trained = (models / "diffusion.pt").read_bytes()
     with pytest.raises(Exception) as late:  # a decay that would never start: stopped when the trainer is built, by name

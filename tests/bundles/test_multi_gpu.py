@@ -60,11 +60,10 @@ def assert_same_on_both_ranks(folder: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_one_command_trains_both_stages_on_two_processes_with_identical_ranks(tmp_path, demo_brains):
+def test_one_command_trains_both_stages_on_two_processes_with_identical_ranks(tmp_path):
     """train.json with multi_gpu_train.json: both stages under one torchrun and one process group, the preprocessing
     shared on disk (``cache_dir``); the arguments in an ``--args_file``, as MONAI's ``run`` takes them."""
     models, logs = tmp_path / "models", tmp_path / "logs"
-    demo_brains(tmp_path / "demo")
     (tmp_path / "ae").mkdir()
     (tmp_path / "dm").mkdir()
     autoencoder = {**SMALL_AUTOENCODER, "finalize": dump_per_rank("autoencoder", tmp_path / "ae")}

@@ -10,9 +10,10 @@ from common.handlers import LearningRateDecay
 
 
 def run_and_record(handler: LearningRateDecay, optimizer: torch.optim.Optimizer, iterations: int, start: int = 0) -> list[float]:
-    """The learning rate each iteration ran at, for iterations start + 1 .. iterations."""
-    seen = []
-    engine = Engine(lambda engine, batch: seen.append(optimizer.param_groups[0]["lr"]))
+    """The learning rate each iteration ran at, for iterations start + 1 .. iterations; each time the rate is also
+    ``engine.state.learning_rate`` (what the bundles' TensorBoard handler writes)."""
+    seen, kept = [], []
+    engine = Engine(lambda engine, batch: seen.append(optimizer.param_groups[0]["lr"]) or kept.append(engine.state.learning_rate))
 
     @engine.on(Events.STARTED)
     def resume(engine: Engine) -> None:  # as CheckpointResumer does: the iteration and epoch come back
@@ -20,6 +21,7 @@ def run_and_record(handler: LearningRateDecay, optimizer: torch.optim.Optimizer,
 
     handler.attach(engine)
     engine.run(range(1), max_epochs=iterations)
+    assert kept == seen
     return seen
 
 
