@@ -62,7 +62,8 @@ def brain_folder(tmp_path: Path) -> Path:
 def demo_brains(tmp_path_factory):
     """The brain bundle's demo data (20 training and 8 held-out real-anatomy brains, ``common.data``), made once per
     session: returns a function that copies them into a folder (a ``demo_dir``), where the bundle finds them made.
-    Making them takes seconds; the tests of the making itself are in ``tests/data``."""
+    Making them takes seconds; the making itself is tested in ``tests/data`` and, with two torchrun ranks writing
+    them at once, by ``tests/bundles/test_multi_gpu.py``'s one-command run, which makes its own."""
     from common.data import brain_demo_datalist, brain_demo_heldout_datalist
 
     made = tmp_path_factory.mktemp("demo_brains")
