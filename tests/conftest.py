@@ -128,14 +128,18 @@ def conditional_brain_package(conditional_brain_model, tmp_path_factory) -> Path
 @pytest.fixture(scope="session")
 def semantic_model(tmp_path_factory) -> dict:
     """The Med-DDPM bundle (brain_tumor_semantic) trained at 16^3 on 8 pairs whose labels decide the intensity
-    (150 epochs): its tests, packaging and the serving integrations use this one model."""
+    (100 epochs at lr 3e-3): its tests, packaging and the serving integrations use this one model. Seeded here: a
+    session fixture is made before the per-test seed, so it would otherwise start from whatever the tests before it
+    drew. With seeds 0 to 6 each tumour is 0.27 to 0.46 brighter in its own mask's DDIM-25 samples than in the
+    other's (``test_samples_follow_their_masks`` asks for 0.2); one unseeded start gave 0.16."""
+    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("semantic")
     data = write_pairs(root / "data", 8)
     models = root / "models"
     run_bundle(
         config_files("brain_tumor_semantic", "train"), dataset_dir=str(data), ckpt_dir=str(models), log_dir=str(root / "logs"), **TRAINING,
-        num_workers=0, batch_size=4, lr=0.002, save_interval=0, log_interval=50,
-        **{"train#trainer#max_epochs": 150, "ema#start_iteration": 300},
+        num_workers=0, batch_size=4, lr=0.003, save_interval=0, log_interval=50,
+        **{"train#trainer#max_epochs": 100, "ema#start_iteration": 200},
     )
     return {"root": root, "data": data, "models": models}
 

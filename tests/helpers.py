@@ -1,15 +1,20 @@
-"""Helpers the tests import: tiny networks, the real T1 crop that ships with nibabel, and a process that holds a
-checkpoint folder's lock (fixtures are in conftest)."""
+"""Helpers the tests import: tiny networks, the real T1 crop that ships with nibabel, a process that holds a
+checkpoint folder's lock, and ``python -m common`` run in this process (fixtures are in conftest)."""
 
 from __future__ import annotations
 
-import subprocess
+import multiprocessing
 import sys
-from collections.abc import Iterator
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
+import pytest
 
 from common.networks import VQGAN
 
@@ -24,22 +29,52 @@ def tiny_vqgan(**kwargs) -> VQGAN:
     return VQGAN(**settings)
 
 
-_HOLD = """
-import sys, time
-from common.handlers import CheckpointDirLock
-CheckpointDirLock(sys.argv[1]).acquire()
-print("held", flush=True)
-time.sleep(float(sys.argv[2]))
-"""
+def forked(target: Callable[..., None], *args: Any) -> tuple[multiprocessing.Process, Connection]:
+    """``target(sending, *args)`` in a child forked from this process, which has already imported torch and this
+    project (a new interpreter would spend seconds importing them); returns the process and the end of a pipe that
+    receives what ``target`` sends. For children that take a checkpoint folder's lock and wait: the lock is a
+    ``flock`` on a file each child opens itself, so a forked child holds it as any other process does; no child
+    runs torch (a forked child must not use the parent's thread pools)."""
+    context = multiprocessing.get_context("fork")
+    receiving, sending = context.Pipe(duplex=False)
+    process = context.Process(target=target, args=(sending, *args), daemon=True)
+    with warnings.catch_warnings():  # Python >= 3.12 warns of fork in a process with threads: see above
+        warnings.simplefilter("ignore", DeprecationWarning)
+        process.start()
+    sending.close()  # the child's copy stays open: if it dies before sending, recv() raises EOFError, no hang
+    return process, receiving
+
+
+def _hold(sending: Connection, folder: str, seconds: float) -> None:
+    from common.handlers import CheckpointDirLock
+
+    CheckpointDirLock(folder).acquire()
+    sending.send("held")
+    time.sleep(seconds)
 
 
 @contextmanager
-def lock_held_in_another_process(folder: Path, seconds: float = 600) -> Iterator[subprocess.Popen]:
+def lock_held_in_another_process(folder: Path, seconds: float = 600) -> Iterator[multiprocessing.Process]:
     """A process that holds the lock of checkpoint folder ``folder`` (as a training run does) until the block ends
     or ``seconds`` pass; it is killed and waited for, and its pipe closed, on the way out."""
-    with subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE, text=True) as process:
-        try:
-            assert process.stdout.readline().strip() == "held"
-            yield process
-        finally:
-            process.kill()
+    process, receiving = forked(_hold, str(folder), seconds)
+    try:
+        assert receiving.recv() == "held"
+        yield process
+    finally:
+        process.kill()
+        process.join()
+        receiving.close()
+
+
+def common_command_exit(monkeypatch: pytest.MonkeyPatch, *args: str) -> object:
+    """``python -m common ARGS`` in this process (``common.cli.main``, which ``common/__main__.py`` calls), for a
+    command that must stop: what it exits with. A string is what the process prints to stderr, with exit status 1
+    and no traceback (another exception fails the test). Saves a new interpreter's import of torch and MONAI; the
+    entry point itself runs as its own process in ``tests/deploy/test_archive.py::test_command_line``."""
+    from common.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["common", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code

@@ -11,6 +11,7 @@ import zipfile
 import pytest
 
 from common.deploy import UnsafeArchiveError, unpack_bundle
+from tests.helpers import common_command_exit
 
 
 def _zip(path, members: dict[str, bytes], symlink: str | None = None):
@@ -93,12 +94,11 @@ def test_backslash_names_and_duplicate_members_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_file_member_where_another_member_needs_a_folder_is_refused(tmp_path):
+def test_a_file_member_where_another_member_needs_a_folder_is_refused(tmp_path, monkeypatch):
     archive = _zip(tmp_path / "b.zip", {"brain_mri/models": b"a file", "brain_mri/models/autoencoder.pt": b"x"})
-    result = subprocess.run([sys.executable, "-m", "common", "unpack", str(archive), str(tmp_path / "out")], capture_output=True, text=True)
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    message = common_command_exit(monkeypatch, "unpack", str(archive), str(tmp_path / "out"))
     assert ("member 'brain_mri/models/autoencoder.pt' lies in a folder 'brain_mri/models', which is also a file member; "
-            "refused, nothing was unpacked.") in result.stderr
+            "refused, nothing was unpacked.") in message
     conflicting = tmp_path / "c.tar"
     with tarfile.open(conflicting, "w") as tar:
         for name in ("b/configs/inference.json", "b/configs"):
@@ -109,15 +109,12 @@ def test_a_file_member_where_another_member_needs_a_folder_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_an_archive_larger_than_the_limit_is_refused_unless_the_limit_is_raised(tmp_path):
+def test_an_archive_larger_than_the_limit_is_refused_unless_the_limit_is_raised(tmp_path, monkeypatch):
     big = _zip(tmp_path / "big.zip", {"b/weights.pt": bytes(3 * 2**20)})  # 3 MiB of zeros, a few KiB zipped
     with pytest.raises(UnsafeArchiveError, match=r"unpacks to 0.00 GiB, more than the limit of 0.001 GiB.*--max_size_gib"):
         unpack_bundle(big, tmp_path / "out", max_size_gib=0.001)
     assert not (tmp_path / "out").exists()
     target = unpack_bundle(big, tmp_path / "out", max_size_gib=0.01)
     assert (target / "b" / "weights.pt").stat().st_size == 3 * 2**20
-    result = subprocess.run(
-        [sys.executable, "-m", "common", "unpack", str(big), str(tmp_path / "again"), "--max_size_gib", "0.001"],
-        capture_output=True, text=True,
-    )
-    assert result.returncode != 0 and "more than the limit of 0.001 GiB" in result.stderr
+    assert "more than the limit of 0.001 GiB" in common_command_exit(monkeypatch, "unpack", str(big), str(tmp_path / "again"), "--max_size_gib", "0.001")
+    assert not (tmp_path / "again").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -67,25 +68,26 @@ def test_json_not_formatted_as_the_zoo_formats_it(bundle):
 
 
 def test_large_files_must_be_listed_with_the_right_hash(bundle):
+    check = functools.partial(check_bundle, spatial_shape=[16, 16, 16])  # every check, the networks' at a small size
     figure = bundle / "docs" / "figure.bin"
     figure.write_bytes(b"\0" * (1024 * 1024 + 1))
-    problems = check_bundle(bundle)
+    problems = check(bundle)
     assert problems == [f"{figure}: 1048577 bytes, over the zoo's 1 MiB limit, and not in large_files.yml."]
     (bundle / "large_files.yml").write_text(
         'large_files:\n  - path: "docs/figure.bin"\n    url: ""\n    hash_val: "0123"\n    hash_type: "sha256"\n'
     )
-    assert check_bundle(bundle) == [f"{bundle / 'large_files.yml'}: docs/figure.bin: the file's sha256 differs from hash_val."]
+    assert check(bundle) == [f"{bundle / 'large_files.yml'}: docs/figure.bin: the file's sha256 differs from hash_val."]
     (bundle / "large_files.yml").write_text('large_files:\n  - path: "docs/figure.bin"\n    url: ""\n    hash_val: "0123"\n')
-    assert check_bundle(bundle) == [f"{bundle / 'large_files.yml'}: docs/figure.bin: the file's md5 differs from hash_val."]
+    assert check(bundle) == [f"{bundle / 'large_files.yml'}: docs/figure.bin: the file's md5 differs from hash_val."]
     (bundle / "large_files.yml").write_text('large_files:\n  - path: "docs/figure.bin"\n    url: ""\n  - "models/x.pt"\n')
-    assert check_bundle(bundle) == [f"{bundle / 'large_files.yml'}: entry 'models/x.pt' is not a mapping with a 'path'."]
+    assert check(bundle) == [f"{bundle / 'large_files.yml'}: entry 'models/x.pt' is not a mapping with a 'path'."]
     (bundle / "large_files.yml").write_text('large_files:\n  - path: "docs/figure.bin"\n    url: ""\n')
-    assert check_bundle(bundle) == []
-    assert check_bundle(bundle, require_urls=True) == [
+    assert check(bundle) == []
+    assert check(bundle, require_urls=True) == [
         f"{bundle / 'large_files.yml'}: docs/figure.bin: no url; the zoo downloads the file from it."
     ]
     figure.unlink()  # a source folder's large files are hosted; a package must hold what it lists
-    assert check_bundle(bundle) == []
+    assert check(bundle) == []
     assert check_large_files(bundle, packaged=True, require_urls=False) == [
         f"{bundle / 'large_files.yml'}: docs/figure.bin: listed, but the package has no such file."
     ]
@@ -213,11 +215,10 @@ def test_the_pinned_versions_install_together_on_the_oldest_and_newest_python():
         pytest.skip(f"no python{' or python'.join(missing)} on this machine: resolved for the others only")
 
 
-def test_the_command_line_lists_the_problems_and_exits_1(bundle):
-    import subprocess
-    import sys
+def test_the_command_line_lists_the_problems_and_exits_1(bundle, monkeypatch):
+    from tests.helpers import common_command_exit
 
     _edit_json(bundle / "configs" / "metadata.json", lambda m: m.update(version="9.9.9"))
-    result = subprocess.run([sys.executable, "-m", "common", "check_zoo", str(bundle)], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"{bundle} fails 1 Model Zoo check(s):\n- {bundle / 'configs/metadata.json'}: version '9.9.9' has no entry" in result.stderr
+    monkeypatch.chdir(REPO)
+    message = common_command_exit(monkeypatch, "check_zoo", str(bundle))  # a string: printed, exit status 1
+    assert f"{bundle} fails 1 Model Zoo check(s):\n- {bundle / 'configs/metadata.json'}: version '9.9.9' has no entry" in message

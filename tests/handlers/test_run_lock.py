@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
+import time
+from pathlib import Path
 
 import pytest
 from ignite.engine import Engine, Events
 
 from common.handlers import CheckpointDirLock, CheckpointDirLockedError
-from tests.helpers import lock_held_in_another_process
+from tests.helpers import forked, lock_held_in_another_process
 
 def _engine(lock: CheckpointDirLock, fail: bool = False) -> Engine:
     def step(engine, batch):
@@ -37,7 +37,7 @@ def test_the_lock_is_held_while_training_and_given_up_however_the_run_ends(tmp_p
         _engine(CheckpointDirLock(tmp_path / "models"), fail=True).run(range(2), max_epochs=1)
     assert not CheckpointDirLock(tmp_path / "models").held
     with lock_held_in_another_process(tmp_path / "models", seconds=0) as other:  # the lock was free again for another process
-        other.wait()
+        other.join()
 
 
 def test_a_run_holding_the_lock_refuses_others_until_it_ends(tmp_path, caplog):
@@ -50,24 +50,29 @@ def test_a_run_holding_the_lock_refuses_others_until_it_ends(tmp_path, caplog):
     assert f"process {holder.pid} on" in caplog.text and "ended without releasing it" in caplog.text
 
 
+def _try_the_lock_when_told(sending, folder: Path) -> None:
+    sending.send("ready")
+    while not (folder / "go").exists():
+        time.sleep(0.001)
+    try:
+        CheckpointDirLock(folder / "models").acquire()
+        sending.send("got it")
+        while not (folder / "stop").exists():
+            time.sleep(0.01)
+    except CheckpointDirLockedError:
+        sending.send("refused")
+
+
 def test_two_runs_starting_at_once_cannot_both_get_the_lock(tmp_path):
-    """Three processes, each ready (imports done), try at the same moment when a file appears; one gets it."""
-    script = (
-        "import sys, time\nfrom pathlib import Path\nfrom common.handlers import CheckpointDirLock, CheckpointDirLockedError\n"
-        "folder = Path(sys.argv[1])\nprint('ready', flush=True)\n"
-        "while not (folder / 'go').exists():\n    time.sleep(0.001)\n"
-        "try:\n    CheckpointDirLock(folder / 'models').acquire()\n    print('got it', flush=True)\n"
-        "    while not (folder / 'stop').exists():\n        time.sleep(0.01)\n"
-        "except CheckpointDirLockedError:\n    print('refused', flush=True)\n"
-    )
-    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(3)]
-    assert [run.stdout.readline().strip() for run in runs] == ["ready"] * 3
+    """Three processes, each ready, try at the same moment when a file appears; one gets it."""
+    runs = [forked(_try_the_lock_when_told, tmp_path) for _ in range(3)]
+    assert [pipe.recv() for _, pipe in runs] == ["ready"] * 3
     (tmp_path / "go").touch()
-    outcomes = [run.stdout.readline().strip() for run in runs]  # the winner holds the lock until "stop"
+    outcomes = [pipe.recv() for _, pipe in runs]  # the winner holds the lock until "stop"
     (tmp_path / "stop").touch()
-    for run in runs:
-        run.wait()
-        run.stdout.close()
+    for process, pipe in runs:
+        process.join()
+        pipe.close()
     assert sorted(outcomes) == ["got it", "refused", "refused"]
 
 
