@@ -5,13 +5,15 @@ and what the trained denoiser makes of held-out brains' latents noised to each l
 
 ``W`` is the ``--workdir`` of a ``benchmarks/convergence.py --size 64`` run (the paper's brain size): its held-out
 brains (``data/heldout``) and the recipe's models (``recipes/<recipe>/models``: the VQ-GAN and the denoiser).
-Nothing is trained. The held-out brains are preprocessed as the VQ-GAN's evaluation does and encoded; then, each
+The run must have ``benchmarks/quality.py``'s reduced widths and the VQ-GAN's compression 2 (the convergence
+defaults; not ``--paper-widths`` or ``--downsample-factor 4``). Nothing is trained. The held-out brains are preprocessed as the VQ-GAN's evaluation does and encoded; then, each
 as a ratio or a PSNR against the VQ-GAN's own reconstruction (the best any sample can be):
 
 - the decoder: the latents with white noise added, and blurred (a Gaussian over the latent's voxels), decoded as
-  the sampler decodes (nearest codes, then the decoder), and unquantised;
+  the sampler decodes (nearest codes, then the decoder) and unquantised (the decoder alone);
 - the denoiser: the latents noised to timestep ``t`` as in training, its one-step estimate of the clean latent
-  (x0), and DDIM (``--steps``, the sampler's clip) from ``t`` to the end: does it restore what the noise hid?
+  (x0, also decoded unquantised), and DDIM (``--steps``, the sampler's clip) from ``t`` to the end: does it restore
+  what the noise hid? Each ``t`` is taken at the DDIM grid's step at or below it.
 
 Writes ``latent_detail.md`` (``--out``) and the middle axial slices of the first brain (``latent_detail/<recipe>.png``).
 """
@@ -80,6 +82,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "latent_detail.md")
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
+    if not timesteps or args.count < 1:
+        parser.error("--timesteps needs at least one timestep and --count at least one brain")
 
     from scipy.ndimage import gaussian_filter
 
@@ -88,6 +92,10 @@ def main() -> None:
     torch.set_grad_enabled(False)
     started = time.time()
     images, autoencoder, network, scheduler, clip = load_models(args)
+    total = scheduler.num_train_timesteps
+    if not 1 <= args.steps < total or not all(0 <= t < total for t in timesteps):
+        raise SystemExit(f"--steps must be in [1, {total}) (DDIM; {total} would be the ancestral DDPM) and every timestep in "
+                         f"[0, {total}); got --steps {args.steps}, --timesteps {timesteps}")
     latents = autoencoder.encode_stage_2_inputs(images)
     reconstructions = autoencoder.decode_stage_2_outputs(latents).clamp(-1, 1)
     foreground = images > FOREGROUND
@@ -121,19 +129,19 @@ def main() -> None:
     decoder_rows.append(measured("the same latents decoded unquantised", latents, quantised=False)[0])
     for rmse in (0.01, 0.028):
         row, decoded = measured(f"white noise added, RMSE {rmse}", latents + rmse * noise)
-        decoder_rows.append(row)
+        decoder_rows += [row, measured(f"white noise added, RMSE {rmse}, unquantised", latents + rmse * noise, quantised=False)[0]]
         pictures[f"noise {rmse}"] = decoded[0, 0]
     for sigma in (0.5, 1.0):
         blurred = torch.from_numpy(gaussian_filter(latents.numpy(), sigma=(0, 0, sigma, sigma, sigma))).float()
         row, decoded = measured(f"blurred, Gaussian sigma {sigma} latent voxels", blurred)
-        decoder_rows.append(row)
+        decoder_rows += [row, measured(f"blurred, Gaussian sigma {sigma} latent voxels, unquantised", blurred, quantised=False)[0]]
         pictures[f"blur {sigma}"] = decoded[0, 0]
 
     alphas = scheduler.alphas_cumprod
     grid = [int(t) for t in scheduler.timesteps]
     denoiser_rows = []
     for t in timesteps:
-        start = max(s for s in grid if s <= t) if any(s <= t for s in grid) else t
+        start = max(s for s in grid if s <= t)  # the grid ends at 0
         alpha = alphas[start]
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
         output = network(noisy, torch.full((len(latents),), start))
@@ -145,6 +153,8 @@ def main() -> None:
             estimate = output
         snr_db = 10 * float(torch.log10(alpha / (1 - alpha) * latents.var()))
         row, decoded = measured(f"t = {start}: one-step x0", estimate.clamp(-clip, clip))
+        denoiser_rows.append({**row, "t": start, "snr_db": snr_db})
+        row = measured(f"t = {start}: one-step x0, unquantised", estimate.clamp(-clip, clip), quantised=False)[0]
         denoiser_rows.append({**row, "t": start, "snr_db": snr_db})
         pictures[f"x0, t={start}"] = decoded[0, 0]
         z = noisy

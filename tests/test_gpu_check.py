@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# each group runs in its own process, as the command runs it (and so apart from this test process's state);
-# generous, for a loaded machine
+# the bundle groups run in their own process, as the command runs them (and so apart from this test process's
+# state); the codebook group (one search, no bundle) in this one. Generous, for a loaded machine:
 TIMEOUT = 600.0
 
 

@@ -68,7 +68,7 @@ def test_json_not_formatted_as_the_zoo_formats_it(bundle):
 
 
 def test_large_files_must_be_listed_with_the_right_hash(bundle):
-    check = functools.partial(check_bundle, spatial_shape=[16, 16, 16])  # every check, the networks' at a small size
+    check = functools.partial(check_bundle, spatial_shape=[16, 16, 16])  # every check; the denoiser's shape check at 16^3
     figure = bundle / "docs" / "figure.bin"
     figure.write_bytes(b"\0" * (1024 * 1024 + 1))
     problems = check(bundle)

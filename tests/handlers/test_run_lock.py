@@ -13,7 +13,7 @@ import pytest
 from ignite.engine import Engine, Events
 
 from common.handlers import CheckpointDirLock, CheckpointDirLockedError
-from tests.helpers import forked, lock_held_in_another_process
+from tests.helpers import forked, lock_held_in_another_process, received
 
 def _engine(lock: CheckpointDirLock, fail: bool = False) -> Engine:
     def step(engine, batch):
@@ -66,13 +66,17 @@ def _try_the_lock_when_told(sending, folder: Path) -> None:
 def test_two_runs_starting_at_once_cannot_both_get_the_lock(tmp_path):
     """Three processes, each ready, try at the same moment when a file appears; one gets it."""
     runs = [forked(_try_the_lock_when_told, tmp_path) for _ in range(3)]
-    assert [pipe.recv() for _, pipe in runs] == ["ready"] * 3
-    (tmp_path / "go").touch()
-    outcomes = [pipe.recv() for _, pipe in runs]  # the winner holds the lock until "stop"
-    (tmp_path / "stop").touch()
-    for process, pipe in runs:
-        process.join()
-        pipe.close()
+    try:
+        assert [received(pipe) for _, pipe in runs] == ["ready"] * 3
+        (tmp_path / "go").touch()
+        outcomes = [received(pipe) for _, pipe in runs]  # the winner holds the lock until "stop"
+    finally:
+        (tmp_path / "go").touch()
+        (tmp_path / "stop").touch()
+        for process, pipe in runs:
+            process.join(60)
+            process.kill()
+            pipe.close()
     assert sorted(outcomes) == ["got it", "refused", "refused"]
 
 
