@@ -143,23 +143,17 @@ def main() -> None:
     for t in timesteps:
         start = max(s for s in grid if s <= t)  # the grid ends at 0
         alpha = alphas[start]
-        noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
-        output = network(noisy, torch.full((len(latents),), start))
-        if scheduler.prediction_type == "v_prediction":
-            estimate = alpha.sqrt() * noisy - (1 - alpha).sqrt() * output
-        elif scheduler.prediction_type == "epsilon":
-            estimate = (noisy - (1 - alpha).sqrt() * output) / alpha.sqrt()
-        else:
-            estimate = output
+        noisy = scheduler.add_noise(latents, noise, torch.full((len(latents),), start))  # as in training
+        z, estimate = noisy, None
+        for step in (s for s in grid if s <= start):  # DDIM from start to the end, the sampler's clip on x0
+            z, x0 = scheduler.step(network(z, torch.full((len(z),), step)), step, z)
+            estimate = x0 if estimate is None else estimate  # the first step's x0: the one-step estimate
         snr_db = 10 * float(torch.log10(alpha / (1 - alpha) * latents.var()))
-        row, decoded = measured(f"t = {start}: one-step x0", estimate.clamp(-clip, clip))
+        row, decoded = measured(f"t = {start}: one-step x0", estimate)
         denoiser_rows.append({**row, "t": start, "snr_db": snr_db})
-        row = measured(f"t = {start}: one-step x0, unquantised", estimate.clamp(-clip, clip), quantised=False)[0]
+        row = measured(f"t = {start}: one-step x0, unquantised", estimate, quantised=False)[0]
         denoiser_rows.append({**row, "t": start, "snr_db": snr_db})
         pictures[f"x0, t={start}"] = decoded[0, 0]
-        z = noisy
-        for step in (s for s in grid if s <= start):
-            z, _ = scheduler.step(network(z, torch.full((len(z),), step)), step, z)
         row, decoded = measured(f"t = {start}: DDIM to the end", z)
         denoiser_rows.append({**row, "t": start, "snr_db": snr_db})
         pictures[f"DDIM from t={start}"] = decoded[0, 0]

@@ -51,9 +51,7 @@ def _in_the_child(target: Callable[..., None], *args: Any) -> None:
     its own. Closing the child's copies leaves the parent's locks held (a ``flock`` goes with its last descriptor)."""
     from common.handlers import run_lock
 
-    for held in run_lock._HELD.values():
-        held.close()
-    run_lock._HELD.clear()
+    run_lock._close_held()  # what the process's exit does
     run_lock._PINNED.clear()
     target(*args)
 
