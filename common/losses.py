@@ -4,6 +4,8 @@ Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + commi
 ``adversarial_start`` on, the generator hinge losses -mean(D(fake)) of a 2D discriminator on that slice and of a
 3D discriminator on the volume, plus ``feature_matching_weight`` times the L1 distance between their intermediate
 features on real and reconstructed input. Discriminators: hinge loss on real versus reconstructed slice / volume.
+Beyond the paper, as an option (``scale_equivariance_weight`` > 0): the L1 distance between the decoding of the latent
+average-pooled by 2 or 4 and the image pooled alike, which keeps the anatomy in the latent's coarse frequencies.
 
 Khader et al., Sci Rep 2023, Sec. 2.3 "VQ-GAN": a slice-wise 2D and a whole-volume 3D discriminator with
 feature matching (after Ge et al.), reconstruction, perceptual and commitment losses.
@@ -12,6 +14,7 @@ feature matching (after Ge et al.), reconstruction, perceptual and commitment lo
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -107,7 +110,14 @@ class VQGANLoss(nn.Module):
             4 x (4 / (layers + 1)) x the sum over the layers + 1 feature maps.
         adversarial_start: iteration from which the adversarial and feature-matching terms count and the
             discriminators train (the paper: 10000).
+        scale_equivariance_weight: weight of the scale-equivariance term (not in the paper: 0 switches it off):
+            at each step the latent is average-pooled by 2 or 4 (drawn among the factors that divide its size),
+            decoded, and compared by L1 with the image pooled by the same factor. A decoder that must turn a coarser
+            latent into the coarser image keeps the anatomy in the latent's low frequencies, which a denoiser learns
+            first (Skorokhodov et al., "Improving the Diffusability of Autoencoders", ICML 2025).
     """
+
+    SCALE_FACTORS = (2, 4)
 
     def __init__(
         self,
@@ -120,6 +130,7 @@ class VQGANLoss(nn.Module):
         volume_gan_weight: float = 1.0,
         feature_matching_weight: float = 16.0,
         adversarial_start: int = 10000,
+        scale_equivariance_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if perceptual_weight > 0 and perceptual_loss is None:
@@ -128,7 +139,8 @@ class VQGANLoss(nn.Module):
                 "set perceptual_weight to 0 to train without it."
             )
         weights = {"l1_weight": l1_weight, "perceptual_weight": perceptual_weight, "image_gan_weight": image_gan_weight,
-                   "volume_gan_weight": volume_gan_weight, "feature_matching_weight": feature_matching_weight}
+                   "volume_gan_weight": volume_gan_weight, "feature_matching_weight": feature_matching_weight,
+                   "scale_equivariance_weight": scale_equivariance_weight}
         for name, weight in weights.items():
             if not weight >= 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}.")
@@ -143,6 +155,7 @@ class VQGANLoss(nn.Module):
         self.volume_gan_weight = volume_gan_weight
         self.feature_matching_weight = feature_matching_weight
         self.adversarial_start = adversarial_start
+        self.scale_equivariance_weight = scale_equivariance_weight
         self.adversarial = PatchAdversarialLoss(criterion="hinge")
 
     def train(self, mode: bool = True) -> VQGANLoss:
@@ -157,6 +170,20 @@ class VQGANLoss(nn.Module):
         """Whether the adversarial terms count at this (1-based) iteration."""
         return iteration > self.adversarial_start
 
+    def scale_factor(self, latent_shape: Sequence[int]) -> int:
+        """The factor by which this step pools the latent of spatial size ``latent_shape`` for the scale-equivariance
+        term, drawn from ``SCALE_FACTORS`` among those that divide every axis; 1 when the term is off."""
+        if not self.scale_equivariance_weight:
+            return 1
+        factors = [f for f in self.SCALE_FACTORS if all(size % f == 0 for size in latent_shape)]
+        if not factors:
+            raise ValueError(
+                f"scale_equivariance_weight > 0 pools the latent by {' or '.join(map(str, self.SCALE_FACTORS))}, which "
+                f"divides no latent of spatial size {tuple(latent_shape)}; use an image_size whose latent has even "
+                "sizes, or set scale_equivariance_weight to 0."
+            )
+        return factors[int(torch.randint(len(factors), ()))]
+
     def generator_loss(
         self,
         real: torch.Tensor,
@@ -164,10 +191,18 @@ class VQGANLoss(nn.Module):
         commitment: torch.Tensor,
         slice_index: torch.Tensor,
         iteration: int,
+        pooled_fake: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Loss terms of the autoencoder; ``"loss"`` is their weighted sum."""
+        """Loss terms of the autoencoder; ``"loss"`` is their weighted sum. ``pooled_fake``: the decoding of the
+        pooled latent (``VQGAN.forward`` with ``latent_downsample``), needed when ``scale_equivariance_weight`` > 0."""
         terms = {"l1": F.l1_loss(fake, real), "commitment": commitment}
         total = self.l1_weight * terms["l1"] + commitment
+        if self.scale_equivariance_weight:
+            if pooled_fake is None:
+                raise ValueError("scale_equivariance_weight > 0 needs pooled_fake, the decoding of the pooled latent.")
+            pool = F.adaptive_avg_pool3d if real.ndim == 5 else F.adaptive_avg_pool2d
+            terms["scale_equivariance"] = F.l1_loss(pooled_fake, pool(real, pooled_fake.shape[2:]))
+            total = total + self.scale_equivariance_weight * terms["scale_equivariance"]
         real_slice, fake_slice = depth_slices(real, slice_index), depth_slices(fake, slice_index)
         if self.perceptual_loss is not None:
             terms["perceptual"] = self.perceptual_loss(fake_slice.float(), real_slice.float())

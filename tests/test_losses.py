@@ -54,8 +54,33 @@ def test_adversarial_terms_start_after_the_configured_iteration():
     assert disc["loss"] > 0 and torch.isclose(disc["loss"], disc["image_disc"] + disc["volume_disc"])
 
 
+def test_scale_equivariance_term_compares_the_pooled_decoding_with_the_image_pooled_alike():
+    loss = _loss(scale_equivariance_weight=2.0)
+    real, fake = torch.rand(2, 1, 8, 8, 8), torch.rand(2, 1, 8, 8, 8)
+    pooled_real = torch.nn.functional.avg_pool3d(real, 2)
+    index = torch.tensor([0, 3])
+    exact = loss.generator_loss(real, fake, torch.tensor(0.0), index, iteration=1, pooled_fake=pooled_real)
+    assert exact["scale_equivariance"] == 0 and torch.isclose(exact["loss"], 4 * exact["l1"])
+    off = loss.generator_loss(real, fake, torch.tensor(0.0), index, iteration=1, pooled_fake=pooled_real + 0.25)
+    assert torch.isclose(off["scale_equivariance"], torch.tensor(0.25))
+    assert torch.isclose(off["loss"], 4 * off["l1"] + 2 * 0.25)
+    with pytest.raises(ValueError, match="needs pooled_fake"):
+        loss.generator_loss(real, fake, torch.tensor(0.0), index, iteration=1)
+    assert "scale_equivariance" not in _loss().generator_loss(real, fake, torch.tensor(0.0), index, iteration=1)
+
+
+def test_scale_factor_divides_the_latent_and_is_1_when_the_term_is_off():
+    loss = _loss(scale_equivariance_weight=1.0)
+    assert {loss.scale_factor([8, 8, 8]) for _ in range(40)} == {2, 4}
+    assert {loss.scale_factor([8, 8, 6]) for _ in range(10)} == {2}  # 6 is not divisible by 4
+    assert _loss().scale_factor([5, 5, 5]) == 1
+    with pytest.raises(ValueError, match=r"divides no latent of spatial size \(8, 5, 8\)"):
+        loss.scale_factor([8, 5, 8])
+
+
 @pytest.mark.parametrize(
-    "name", ["l1_weight", "perceptual_weight", "image_gan_weight", "volume_gan_weight", "feature_matching_weight"]
+    "name", ["l1_weight", "perceptual_weight", "image_gan_weight", "volume_gan_weight", "feature_matching_weight",
+             "scale_equivariance_weight"]
 )
 def test_negative_loss_weights_are_refused_by_name(name):
     with pytest.raises(ValueError, match=f"{name} must be >= 0, got -1"):

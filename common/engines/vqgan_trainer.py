@@ -4,7 +4,8 @@ MONAI's ``AdversarialTrainer`` trains one generator against one discriminator wi
 Medical Diffusion VQ-GAN needs more: the autoencoder returns a commitment loss besides the reconstruction, two
 discriminators (a random depth slice and the whole volume) with feature matching, adversarial terms that start
 after a given iteration, and gradient clipping (Khader et al., Sci Rep 2023, Sec. 2.3 "VQ-GAN"; the settings of
-Supplementary Table 1). The objective itself lives in ``common.losses.VQGANLoss``.
+Supplementary Table 1). The objective itself lives in ``common.losses.VQGANLoss``; with its scale-equivariance term
+on, the autoencoder's forward pass also decodes the pooled latent.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class VQGANTrainer(Trainer):
         device: device of the networks.
         max_epochs: epochs to train.
         train_data_loader: loader of dicts with an ``image`` key (B, C, H, W, D).
-        network: the VQ-GAN (a MONAI ``VQVAE``; ``forward`` returns reconstruction and commitment loss).
+        network: the VQ-GAN (``common.networks.VQGAN``; ``forward`` returns reconstruction and commitment loss, and
+            with ``latent_downsample`` the decoding of the pooled latent; a plain MONAI ``VQVAE`` serves when
+            ``loss_function.scale_equivariance_weight`` is 0).
         optimizer: optimizer of ``network``.
         loss_function: the objective, holding both discriminators.
         discriminator_optimizer: one optimizer over the parameters of both discriminators.
@@ -149,9 +152,13 @@ class VQGANTrainer(Trainer):
         discriminators = (losses.image_discriminator, losses.volume_discriminator)
         for discriminator in discriminators:  # the generator step needs no discriminator gradients
             discriminator.requires_grad_(False)
+        factor = 1
+        if losses.scale_equivariance_weight:  # the latent's size: the image's over the VQGAN's compression
+            compression = getattr(engine.network, "module", engine.network).downsample_factor
+            factor = losses.scale_factor([size // compression for size in images.shape[2:]])
         with torch.autocast(**engine.amp_kwargs, enabled=engine.amp):
-            reconstruction, commitment = engine.network(images)
-            terms = losses.generator_loss(images, reconstruction, commitment, slice_index, iteration)
+            reconstruction, commitment, *pooled = engine.network(images, factor) if factor > 1 else engine.network(images)
+            terms = losses.generator_loss(images, reconstruction, commitment, slice_index, iteration, *pooled)
         engine._step(terms["loss"], engine.optimizer, engine.scaler)
         for discriminator in discriminators:
             discriminator.requires_grad_(True)

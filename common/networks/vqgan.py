@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from monai.networks.layers.vector_quantizer import VectorQuantizer
 from monai.networks.nets import VQVAE
 
@@ -106,6 +108,22 @@ class VQGAN(VQVAE):
                 ddp_sync=ddp_sync,
             )
         )
+
+    def forward(
+        self, images: torch.Tensor, latent_downsample: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction and commitment loss, as ``VQVAE``; with ``latent_downsample`` > 1 also the decoding of the
+        quantised latent average-pooled by that factor, which the scale-equivariance term of ``VQGANLoss`` compares
+        with the image pooled alike (Skorokhodov et al., "Improving the Diffusability of Autoencoders", ICML 2025).
+        It is computed here, in the one forward pass, so that ``DistributedDataParallel`` sees every use."""
+        latent, commitment = self.quantize(self.encode(images))
+        reconstruction = self.decode(latent)
+        if latent_downsample == 1:
+            return reconstruction, commitment
+        if latent_downsample < 1:
+            raise ValueError(f"latent_downsample must be >= 1, got {latent_downsample}.")
+        pool = F.avg_pool3d if latent.ndim == 5 else F.avg_pool2d
+        return reconstruction, commitment, self.decode(pool(latent, latent_downsample))
 
     @property
     def codebook(self) -> CodebookQuantizer:

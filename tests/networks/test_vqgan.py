@@ -29,3 +29,16 @@ def test_paper_layout_and_codebook():
 def test_rejects_a_compression_that_is_not_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         VQGAN(downsample_factor=3)
+
+
+def test_forward_with_latent_downsample_also_decodes_the_pooled_latent():
+    net = VQGAN(downsample_factor=2, base_channels=4, num_embeddings=32).eval()
+    x = torch.randn(2, 1, 16, 16, 8)
+    with torch.no_grad():
+        reconstruction, commitment, pooled = net(x, 2)
+        latent, _ = net.quantize(net.encode(x))
+        assert torch.allclose(reconstruction, net(x)[0])
+        assert torch.allclose(pooled, net.decode(torch.nn.functional.avg_pool3d(latent, 2)))
+    assert pooled.shape == (2, 1, 8, 8, 4) and commitment.ndim == 0
+    with pytest.raises(ValueError, match="latent_downsample must be >= 1"):
+        net(x, 0)
