@@ -113,6 +113,8 @@ def stage_settings(args: argparse.Namespace) -> dict:
     settings["inference"] = {**settings["inference"], "num_samples": args.samples}
     if args.downsample_factor:
         settings["shared"]["autoencoder_def#downsample_factor"] = args.downsample_factor
+    if args.scale_equivariance:
+        settings["autoencoder"]["scale_equivariance_weight"] = args.scale_equivariance
     return settings
 
 
@@ -294,7 +296,8 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "",
         *(line for recon in [r for r in rows + sweep if "reconstruction_psnr_db" in r][:1] for line in (
             f"The VQ-GAN (compression {settings['shared']['autoencoder_def#downsample_factor']} per axis) reconstructs the "
-            f"held-out brains at {recon['reconstruction_psnr_db']:.1f} dB, sharpness {recon['reconstruction_sharpness']:.2f}x real.", "")),
+            f"held-out brains at {recon['reconstruction_psnr_db']:.1f} dB, sharpness {recon['reconstruction_sharpness']:.2f}x real"
+            + (f" (trained with --scale_equivariance_weight {args.scale_equivariance})." if args.scale_equivariance else "."), "")),
         "Recipes (config ids): " + "; ".join(f"`{name}`: {describe(name)}" for name in dict.fromkeys(r["recipe"] for r in rows)) + ".",
         *(["", f"The curves of {', '.join(sorted({r['recipe'] for r in args.earlier_rows}))} come from an earlier run "
            f"(`--earlier {args.earlier.name}`: {earlier_vqgan(args.earlier_rows, rows)}); its training minutes were "
@@ -333,6 +336,8 @@ def main() -> None:
     parser.add_argument("--autoencoder-epochs", type=int, help="VQ-GAN epochs (default: the settings')")
     parser.add_argument("--downsample-factor", type=int, choices=(2, 4), help="the VQ-GAN's compression per axis (default: the "
                         "settings', 2 as the paper's brain model); 4 gives a latent of 1/8 the voxels (use another --workdir)")
+    parser.add_argument("--scale-equivariance", type=float, default=0.0, help="the VQ-GAN's scale_equivariance_weight (default 0, "
+                        "the paper's objective); > 0 trains a VQ-GAN whose latents keep the anatomy in coarse frequencies (use another --workdir)")
     rerun = parser.add_mutually_exclusive_group()
     rerun.add_argument("--report-only", action="store_true", help="only write the report again from rows.json of an earlier "
                         "run (same --out, --recipes, --iterations and --earlier): nothing is trained or sampled")

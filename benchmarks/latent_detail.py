@@ -45,7 +45,7 @@ def load_models(args: argparse.Namespace) -> tuple[torch.Tensor, object, torch.n
     from monai.bundle import ConfigParser
 
     settings = convergence.stage_settings(argparse.Namespace(size=64, paper_widths=False, train=20, samples=8,
-                                                             downsample_factor=None))
+                                                             downsample_factor=None, scale_equivariance=0.0))
     recipe = convergence.RECIPES[args.recipe]
     models = args.workdir / "recipes" / args.recipe / "models"
     if not (models / "diffusion.pt").is_file():
@@ -161,7 +161,8 @@ def main() -> None:
     figure_path = args.out.parent / args.out.stem / f"{args.recipe}.png"
     figure_path.parent.mkdir(parents=True, exist_ok=True)
     plot(pictures, figure_path)
-    args.out.write_text(report(args, decoder_rows, denoiser_rows, channels, clip, (time.time() - started) / 60, figure_path))
+    args.out.write_text(report(args, decoder_rows, denoiser_rows, channels, clip, real_latent_share, (time.time() - started) / 60,
+                               figure_path))
     print(f"wrote {args.out} and {figure_path}")
 
 
@@ -185,8 +186,8 @@ def plot(pictures: dict[str, torch.Tensor], path: Path) -> None:
     plt.close(figure)
 
 
-def report(args, decoder_rows: list[dict], denoiser_rows: list[dict], channels: int, clip: float, minutes: float,
-           figure_path: Path) -> str:
+def report(args, decoder_rows: list[dict], denoiser_rows: list[dict], channels: int, clip: float, latent_share: float,
+           minutes: float, figure_path: Path) -> str:
     def table(rows: list[dict], first: list[str]) -> list[str]:
         head = [*first, "latent RMSE", "latent detail (x real)", "PSNR dB against the reconstruction", "sharpness (x real)"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -207,7 +208,7 @@ def report(args, decoder_rows: list[dict], denoiser_rows: list[dict], channels: 
         "PSNR is measured inside the brain against the VQ-GAN's own reconstruction (the best a sample can be), not "
         "against the brain; sharpness is the share of spectral power above 0.25 cycles per voxel as a ratio to the "
         "held-out brains' (the evaluation's `sharpness`); latent detail is the same share of each latent channel's "
-        "power, as a ratio to the encoder's latents'.",
+        f"power, as a ratio to the encoder's latents' ({latent_share:.3f} of their power is above 0.25 cycles per latent voxel).",
         "",
         "## The decoder",
         "",
