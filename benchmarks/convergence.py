@@ -118,6 +118,13 @@ def stage_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def vqgan_weight(vqgan: Path) -> float:
+    """The ``scale_equivariance_weight`` a workdir's VQ-GAN was trained with (``settings.json`` beside its models;
+    0 for runs from before the option, whose VQ-GANs had no such term)."""
+    settings = vqgan / "settings.json"
+    return float(json.loads(settings.read_text())["scale_equivariance_weight"]) if settings.is_file() else 0.0
+
+
 def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
@@ -337,7 +344,7 @@ def main() -> None:
     parser.add_argument("--downsample-factor", type=int, choices=(2, 4), help="the VQ-GAN's compression per axis (default: the "
                         "settings', 2 as the paper's brain model); 4 gives a latent of 1/8 the voxels (use another --workdir)")
     parser.add_argument("--scale-equivariance", type=float, default=0.0, help="the VQ-GAN's scale_equivariance_weight (default 0, "
-                        "the paper's objective); > 0 trains a VQ-GAN whose latents keep the anatomy in coarse frequencies (use another --workdir)")
+                        "the paper's objective); > 0 trains a VQ-GAN whose latents hold less power in fine frequencies (use another --workdir)")
     rerun = parser.add_mutually_exclusive_group()
     rerun.add_argument("--report-only", action="store_true", help="only write the report again from rows.json of an earlier "
                         "run (same --out, --recipes, --iterations and --earlier): nothing is trained or sampled")
@@ -358,6 +365,8 @@ def main() -> None:
         parser.error(f"unknown recipes {unknown}" if unknown else "--iterations (and every name:N) must be a multiple of --every, N at most --iterations")
     if all(args.lengths.get(name, args.iterations) < args.iterations for name in args.recipes):
         parser.error("at least one recipe must train all --iterations")
+    if not 0 <= args.scale_equivariance < float("inf"):
+        parser.error(f"--scale-equivariance must be a finite weight >= 0, got {args.scale_equivariance}")
     args.sweep_steps = [int(s) for s in args.sweep_steps.split(",") if s.strip()]
     args.already = {a.split(":")[0]: (int(a.split(":")[1]), float(a.split(":")[2])) for a in args.already.split(",") if a.strip()}
     args.out = args.out.resolve()
@@ -380,6 +389,9 @@ def main() -> None:
         best = best_recipe(saved["curves"], args.iterations)
         if best is None:
             parser.error(f"{args.pictures / 'rows.json'} has no row at --iterations {args.iterations}")
+        if (args.workdir / "vqgan").is_dir() and vqgan_weight(args.workdir / "vqgan") != args.scale_equivariance:
+            parser.error(f"--report-only: the VQ-GAN in {args.workdir / 'vqgan'} was trained with scale_equivariance_weight "
+                         f"{vqgan_weight(args.workdir / 'vqgan')}: give that --scale-equivariance")
         plot_curves(saved["curves"], args.pictures / "curves.png")
         print(write_report(args, saved["curves"], saved["sweep"], best, settings, revision, None, None))
         return
@@ -395,6 +407,11 @@ def main() -> None:
     if not (vqgan / "models" / "autoencoder.pt").is_file():
         run_stages(BUNDLE, str(vqgan), str(data / "train"), "autoencoder", settings, common_overrides)
         vqgan_minutes = (time.time() - vqgan_start) / 60
+        (vqgan / "settings.json").write_text(json.dumps({"scale_equivariance_weight": args.scale_equivariance}) + "\n")
+    trained_with = vqgan_weight(vqgan)
+    if trained_with != args.scale_equivariance:
+        parser.error(f"the VQ-GAN in {vqgan} was trained with scale_equivariance_weight {trained_with}, not the "
+                     f"--scale-equivariance {args.scale_equivariance} asked for: use another --workdir")
     if args.sweep_only:  # the curves of an earlier run into --workdir and --out, then the sweep
         rows = json.loads((args.pictures / "rows.json").read_text())["curves"]
     else:

@@ -208,7 +208,8 @@ def report(args, decoder_rows: list[dict], denoiser_rows: list[dict], channels: 
         "PSNR is measured inside the brain against the VQ-GAN's own reconstruction (the best a sample can be), not "
         "against the brain; sharpness is the share of spectral power above 0.25 cycles per voxel as a ratio to the "
         "held-out brains' (the evaluation's `sharpness`); latent detail is the same share of each latent channel's "
-        f"power, as a ratio to the encoder's latents' ({latent_share:.3f} of their power is above 0.25 cycles per latent voxel).",
+        f"power, as a ratio to the encoder's latents' (on average over the channels, {latent_share:.3f} of a channel's power "
+        "is above 0.25 cycles per latent voxel).",
         "",
         "## The decoder",
         "",

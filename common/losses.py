@@ -5,7 +5,7 @@ Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + commi
 3D discriminator on the volume, plus ``feature_matching_weight`` times the L1 distance between their intermediate
 features on real and reconstructed input. Discriminators: hinge loss on real versus reconstructed slice / volume.
 Beyond the paper, as an option (``scale_equivariance_weight`` > 0): the L1 distance between the decoding of the latent
-average-pooled by 2 or 4 and the image pooled alike, which keeps the anatomy in the latent's coarse frequencies.
+average-pooled by 2 or 4 and the image pooled alike, which moves the latent's power toward coarse frequencies.
 
 Khader et al., Sci Rep 2023, Sec. 2.3 "VQ-GAN": a slice-wise 2D and a whole-volume 3D discriminator with
 feature matching (after Ge et al.), reconstruction, perceptual and commitment losses.
@@ -22,7 +22,10 @@ import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss, PerceptualLoss
 from torch import nn
 
-__all__ = ["VQGANLoss", "build_perceptual_loss", "depth_slices", "feature_matching_loss"]
+__all__ = ["SCALE_FACTORS", "VQGANLoss", "build_perceptual_loss", "check_scale_equivariance", "depth_slices", "feature_matching_loss",
+           "scale_factors"]
+
+SCALE_FACTORS = (2, 4)  # the latent poolings of the scale-equivariance term (Skorokhodov et al. pool by 2 or 4)
 
 # file names torchvision gives the ImageNet trunks that LPIPS loads (torch hub cache layout: <dir>/checkpoints/)
 LPIPS_TRUNK_WEIGHTS = {
@@ -79,6 +82,26 @@ def feature_matching_loss(fake_features: list[torch.Tensor], real_features: list
     return torch.stack([F.l1_loss(fake, real.detach()) for fake, real in pairs]).mean()
 
 
+def scale_factors(latent_shape: Sequence[int]) -> list[int]:
+    """The factors of ``SCALE_FACTORS`` that divide every axis of a latent of spatial size ``latent_shape``;
+    ``ValueError`` if none does."""
+    factors = [f for f in SCALE_FACTORS if all(int(size) % f == 0 for size in latent_shape)]
+    if not factors:
+        raise ValueError(
+            f"scale_equivariance_weight > 0 pools the latent by {' or '.join(map(str, SCALE_FACTORS))}, which divides no "
+            f"latent of spatial size {tuple(int(s) for s in latent_shape)}; use an image_size whose latent (image_size "
+            "divided by the compression) has even sizes, or set scale_equivariance_weight to 0."
+        )
+    return factors
+
+
+def check_scale_equivariance(weight: float, image_size: Sequence[int], downsample_factor: int) -> None:
+    """Before any data are read (the bundles' ``initialize``): ``ValueError`` if the scale-equivariance term is on and
+    the latent of ``image_size`` at compression ``downsample_factor`` cannot be pooled by any of ``SCALE_FACTORS``."""
+    if weight:
+        scale_factors([int(s) // int(downsample_factor) for s in image_size])
+
+
 def _discriminate(discriminator: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Run a patch discriminator; an input too small for its depth gets a message saying what to change."""
     try:
@@ -111,13 +134,13 @@ class VQGANLoss(nn.Module):
         adversarial_start: iteration from which the adversarial and feature-matching terms count and the
             discriminators train (the paper: 10000).
         scale_equivariance_weight: weight of the scale-equivariance term (not in the paper: 0 switches it off):
-            at each step the latent is average-pooled by 2 or 4 (drawn among the factors that divide its size),
-            decoded, and compared by L1 with the image pooled by the same factor. A decoder that must turn a coarser
-            latent into the coarser image keeps the anatomy in the latent's low frequencies, which a denoiser learns
-            first (Skorokhodov et al., "Improving the Diffusability of Autoencoders", ICML 2025).
+            at each step the quantised latent is average-pooled by 2 or 4 (drawn among the factors that divide its
+            size, from a generator of its own seeded by ``torch.initial_seed()``, so that the term leaves the data
+            order alone), decoded as it is (not snapped to the codebook again), and compared by L1 with the image
+            pooled by the same factor. A decoder that must turn a coarser latent into the coarser image moves the
+            latent's power toward low frequencies, which a denoiser learns first (Skorokhodov et al., "Improving the
+            Diffusability of Autoencoders", ICML 2025). Measured at 64^3 in ``benchmarks/convergence_64_scale_equivariance.md``.
     """
-
-    SCALE_FACTORS = (2, 4)
 
     def __init__(
         self,
@@ -156,6 +179,7 @@ class VQGANLoss(nn.Module):
         self.feature_matching_weight = feature_matching_weight
         self.adversarial_start = adversarial_start
         self.scale_equivariance_weight = scale_equivariance_weight
+        self._factor_generator = torch.Generator().manual_seed(torch.initial_seed())
         self.adversarial = PatchAdversarialLoss(criterion="hinge")
 
     def train(self, mode: bool = True) -> VQGANLoss:
@@ -175,14 +199,8 @@ class VQGANLoss(nn.Module):
         term, drawn from ``SCALE_FACTORS`` among those that divide every axis; 1 when the term is off."""
         if not self.scale_equivariance_weight:
             return 1
-        factors = [f for f in self.SCALE_FACTORS if all(size % f == 0 for size in latent_shape)]
-        if not factors:
-            raise ValueError(
-                f"scale_equivariance_weight > 0 pools the latent by {' or '.join(map(str, self.SCALE_FACTORS))}, which "
-                f"divides no latent of spatial size {tuple(latent_shape)}; use an image_size whose latent has even "
-                "sizes, or set scale_equivariance_weight to 0."
-            )
-        return factors[int(torch.randint(len(factors), ()))]
+        factors = scale_factors(latent_shape)
+        return factors[int(torch.randint(len(factors), (), generator=self._factor_generator))]
 
     def generator_loss(
         self,
@@ -200,8 +218,14 @@ class VQGANLoss(nn.Module):
         if self.scale_equivariance_weight:
             if pooled_fake is None:
                 raise ValueError("scale_equivariance_weight > 0 needs pooled_fake, the decoding of the pooled latent.")
-            pool = F.adaptive_avg_pool3d if real.ndim == 5 else F.adaptive_avg_pool2d
-            terms["scale_equivariance"] = F.l1_loss(pooled_fake, pool(real, pooled_fake.shape[2:]))
+            factor = real.shape[2] // pooled_fake.shape[2]
+            if factor < 1 or any(s != p * factor for s, p in zip(real.shape[2:], pooled_fake.shape[2:])):
+                raise ValueError(
+                    f"pooled_fake of spatial size {tuple(pooled_fake.shape[2:])} is not the image's {tuple(real.shape[2:])} "
+                    "divided by one factor on every axis."
+                )
+            pool = F.avg_pool3d if real.ndim == 5 else F.avg_pool2d
+            terms["scale_equivariance"] = F.l1_loss(pooled_fake, pool(real, factor))
             total = total + self.scale_equivariance_weight * terms["scale_equivariance"]
         real_slice, fake_slice = depth_slices(real, slice_index), depth_slices(fake, slice_index)
         if self.perceptual_loss is not None:

@@ -69,6 +69,13 @@ def test_scale_equivariance_term_compares_the_pooled_decoding_with_the_image_poo
     assert "scale_equivariance" not in _loss().generator_loss(real, fake, torch.tensor(0.0), index, iteration=1)
 
 
+def test_scale_equivariance_refuses_a_decoding_that_is_not_the_image_pooled_by_one_factor():
+    loss = _loss(scale_equivariance_weight=1.0)
+    real, index = torch.rand(1, 1, 8, 8, 6), torch.tensor([0])
+    with pytest.raises(ValueError, match=r"spatial size \(4, 4, 2\) is not the image's \(8, 8, 6\) divided by one factor"):
+        loss.generator_loss(real, real, torch.tensor(0.0), index, iteration=1, pooled_fake=torch.rand(1, 1, 4, 4, 2))
+
+
 def test_scale_factor_divides_the_latent_and_is_1_when_the_term_is_off():
     loss = _loss(scale_equivariance_weight=1.0)
     assert {loss.scale_factor([8, 8, 8]) for _ in range(40)} == {2, 4}
@@ -76,6 +83,25 @@ def test_scale_factor_divides_the_latent_and_is_1_when_the_term_is_off():
     assert _loss().scale_factor([5, 5, 5]) == 1
     with pytest.raises(ValueError, match=r"divides no latent of spatial size \(8, 5, 8\)"):
         loss.scale_factor([8, 5, 8])
+
+
+def test_the_scale_factor_draws_leave_the_global_random_state_alone():
+    """The term's factors come from the loss's own generator: turning it on does not change the data order."""
+    torch.manual_seed(3)
+    loss = _loss(scale_equivariance_weight=1.0)
+    before = torch.get_rng_state()
+    draws = [loss.scale_factor([8, 8, 8]) for _ in range(20)]
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(3)
+    again = _loss(scale_equivariance_weight=1.0)
+    assert [again.scale_factor([8, 8, 8]) for _ in range(20)] == draws and set(draws) == {2, 4}  # seeded alike
+
+
+def test_the_size_check_before_training_refuses_a_latent_no_factor_divides():
+    losses.check_scale_equivariance(1.0, [24, 24, 12], 2)  # latent 12, 12, 6: pooled by 2
+    losses.check_scale_equivariance(0.0, [18, 18, 18], 2)  # the term off: any size
+    with pytest.raises(ValueError, match=r"divides no latent of spatial size \(9, 9, 9\)"):
+        losses.check_scale_equivariance(1.0, [18, 18, 18], 2)
 
 
 @pytest.mark.parametrize(

@@ -120,8 +120,10 @@ class VQGAN(VQVAE):
         reconstruction = self.decode(latent)
         if latent_downsample == 1:
             return reconstruction, commitment
-        if latent_downsample < 1:
-            raise ValueError(f"latent_downsample must be >= 1, got {latent_downsample}.")
+        if latent_downsample < 1 or any(size % latent_downsample for size in latent.shape[2:]):
+            raise ValueError(
+                f"latent_downsample must be >= 1 and divide every axis of the latent {tuple(latent.shape[2:])}, got {latent_downsample}."
+            )
         pool = F.avg_pool3d if latent.ndim == 5 else F.avg_pool2d
         return reconstruction, commitment, self.decode(pool(latent, latent_downsample))
 

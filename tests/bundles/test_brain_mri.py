@@ -125,6 +125,7 @@ def test_full_size_defaults_build_and_match_the_paper():
     parser_ae = ConfigParser()
     parser_ae.read_config(str(CONFIGS / "train_autoencoder.json"))
     assert parser_ae["lr"] == 3e-4 and parser_ae["batch_size"] == 2 and parser_ae["adversarial_start"] == 10000
+    assert parser_ae["scale_equivariance_weight"] == 0.0  # the paper's objective
 
 
 @pytest.mark.parametrize(

@@ -214,6 +214,9 @@ def test_an_image_size_the_networks_cannot_take_is_named_before_any_data_are_rea
         train_autoencoder(tmp_path / "no_data", tmp_path, image_size=[16, 15, 16])
     assert ("image_size [16, 15, 16] cannot be taken by the networks: each axis must be a multiple of [2, 2, 2] "
             "(VQGAN divides H, W, D by [2, 2, 2]). Nearest valid image_size: [16, 16, 16].") in error_chain(info.value)
+    with pytest.raises(Exception) as info:  # a latent (9^3) that the scale-equivariance term cannot pool by 2 or 4
+        train_autoencoder(tmp_path / "no_data", tmp_path, image_size=[18, 18, 18], scale_equivariance_weight=4.0)
+    assert "scale_equivariance_weight > 0 pools the latent by 2 or 4, which divides no latent of spatial size (9, 9, 9)" in error_chain(info.value)
     with pytest.raises(Exception) as info:  # sampling: the size a user asks of trained models
         run_bundle(config_files("brain_mri", "inference"), ckpt_dir=str(brain_model["models"]), **SMALL_DENOISER,
                    **{**SIZE_32, "image_size": [32, 30, 32]}, output_dir=str(tmp_path / "out"))

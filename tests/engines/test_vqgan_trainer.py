@@ -110,7 +110,7 @@ def test_bundle_scale_equivariance_teaches_the_decoder_to_decode_a_pooled_latent
     decodes the pooled latent into the pooled volume closer than without it (from the same start and batches)."""
     volume = torch.as_tensor(real_t1[:16, :16, :16])[None, None]
     volume = (volume - volume.min()) / (volume.max() - volume.min()) * 2 - 1
-    batches = [{"image": torch.cat([volume, volume.flip(2)])} for _ in range(80)]
+    batches = [{"image": torch.cat([volume, volume.flip(2)])} for _ in range(100)]
     errors, logged = {}, []
     for weight in (0.0, 4.0):
         torch.manual_seed(0)
@@ -128,5 +128,6 @@ def test_bundle_scale_equivariance_teaches_the_decoder_to_decode_a_pooled_latent
         errors[weight] = _pooled_decoding_error(trainer.network, volume)
     print(f"pooled decoding L1 without the term {errors[0.0]:.3f}, with it {errors[4.0]:.3f}")
     assert "scale_equivariance" not in logged[0] and "scale_equivariance" in logged[-1]
-    assert logged[-1]["scale_equivariance"] < logged[80]["scale_equivariance"]  # it falls while it trains
-    assert errors[4.0] < 0.8 * errors[0.0], errors  # 0.13 against 0.19 here (seeded)
+    term = [step["scale_equivariance"] for step in logged[100:]]
+    assert sum(term[-20:]) < 0.75 * sum(term[:20])  # it falls while it trains (0.56 here; factors 2 and 4 in both windows)
+    assert errors[4.0] < 0.8 * errors[0.0], errors  # 0.13 against 0.20 here (seeded)

@@ -40,5 +40,15 @@ def test_forward_with_latent_downsample_also_decodes_the_pooled_latent():
         assert torch.allclose(reconstruction, net(x)[0])
         assert torch.allclose(pooled, net.decode(torch.nn.functional.avg_pool3d(latent, 2)))
     assert pooled.shape == (2, 1, 8, 8, 4) and commitment.ndim == 0
-    with pytest.raises(ValueError, match="latent_downsample must be >= 1"):
+    with pytest.raises(ValueError, match="latent_downsample must be >= 1 and divide every axis"):
         net(x, 0)
+    with pytest.raises(ValueError, match=r"divide every axis of the latent \(8, 8, 4\), got 8"):
+        net(x, 8)
+
+
+def test_the_pooled_decoding_trains_the_encoder_through_the_quantiser():
+    """The scale-equivariance term reaches the encoder (straight through the nearest-code step), not only the decoder."""
+    net = VQGAN(downsample_factor=2, base_channels=4, num_embeddings=32)
+    _, _, pooled = net(torch.randn(1, 1, 8, 8, 8), 2)
+    pooled.abs().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.encoder.parameters())
