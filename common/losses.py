@@ -139,7 +139,9 @@ class VQGANLoss(nn.Module):
             order alone), decoded as it is (not snapped to the codebook again), and compared by L1 with the image
             pooled by the same factor. A decoder that must turn a coarser latent into the coarser image moves the
             latent's power toward low frequencies, which a denoiser learns first (Skorokhodov et al., "Improving the
-            Diffusability of Autoencoders", ICML 2025). Measured at 64^3 in ``benchmarks/convergence_64_scale_equivariance.md``.
+            Diffusability of Autoencoders", ICML 2025). Measured in ``benchmarks/convergence_64_scale_equivariance.md``
+            (sharper 64^3 samples, no anatomy) and ``convergence_demo_scale_equivariance.md`` (no gain at 32^3; one
+            training of two stuck at a constant output in its first steps).
     """
 
     def __init__(
