@@ -86,6 +86,12 @@ for _base, _lr in (("v_prediction_4_levels", "4e-4"), ("v_prediction_4_levels", 
 # them): does a run that stalls at a constant rate settle into finer anatomy?
 RECIPES["v_prediction_4_levels_volume_norm_lr_2e-3_decay"] = {**RECIPES["v_prediction_4_levels_volume_norm_lr_2e-3"],
                                                               "lr_decay": {"final_ratio": 0.0, "from": 0.6}}
+# the best four-level recipe with a convolution along depth of 3 slices in every residual block (the (2+1)D layers of
+# video models; the paper's slices mix only by attention, which starts out averaging all slices alike): do local
+# cross-slice features bring the inner anatomy that the 64^3 runs plateau without, and the early banding?
+RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3"] = {
+    "train": {**RECIPES["v_prediction_4_levels_volume_norm_lr_2e-3"]["train"], "network_def#depth_kernel_size": 3},
+    "sample": RECIPES["v_prediction_4_levels_volume_norm_lr_2e-3"]["sample"]}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
     "histogram_jensen_shannon": "histogram Jensen-Shannon",

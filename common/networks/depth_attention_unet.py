@@ -59,12 +59,49 @@ class SliceGroupNorm(nn.GroupNorm):
         return torch.addcmul(shift, x, scale)  # one pass over x, keeping its memory format
 
 
-class ResidualBlock(nn.Module):
-    """Two 3x3 in-plane convolutions with GroupNorm and SiLU; the timestep embedding scales and shifts the first."""
+class DepthConvolution(nn.Module):
+    """A residual convolution along depth only (kernel ``kernel_size`` x 1 x 1) of a depth-major stack of slices.
 
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int, norm_groups: int, volume_norm: bool = False) -> None:
+    Not in the paper, whose slices mix only by attention: the factorised "(2+1)D" convolution of R(2+1)D (Tran et
+    al., CVPR 2018) and Make-A-Video's pseudo-3D layers (Singer et al., ICLR 2023), a 2D convolution followed by a
+    1D one across frames, here slices. It gives every block the neighbouring slices at the cost of ``kernel_size``
+    1x1 convolutions, where depth attention starts out averaging all slices alike. Slices beyond the volume count
+    as zeros. Its weights start at zero, so an untrained block is the paper's.
+
+    The input is (D * B, C, H, W) in channels-last memory format; each offset's 1x1 projection is computed on
+    every slice at once and the results are summed shifted along depth.
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.radius = kernel_size // 2
+        self.proj = nn.Linear(channels, channels * kernel_size, bias=False)  # a bias would be lost in the next GroupNorm
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        nd, channels, h, w = x.shape
+        kernel = 2 * self.radius + 1
+        z = self.proj(_tokens(x)).view(depth, nd // depth, h, w, kernel, channels)
+        pad = z.new_zeros((self.radius, *z.shape[1:]))
+        z = torch.cat([pad, z, pad], dim=0)
+        # output slice d takes tap i from slice d + i - radius, which sits at index d + i of the padded stack
+        out = sum(z[i : i + depth, :, :, :, i] for i in range(kernel))
+        return x + out.view(nd, h, w, channels).permute(0, 3, 1, 2)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 in-plane convolutions with GroupNorm and SiLU; the timestep embedding scales and shifts the first.
+
+    With ``depth_kernel_size`` above 1 a ``DepthConvolution`` follows the first convolution (not in the paper).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, time_dim: int, norm_groups: int, volume_norm: bool = False,
+        depth_kernel_size: int = 1,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.depth_conv = DepthConvolution(out_channels, depth_kernel_size) if depth_kernel_size > 1 else None
         self.norm1 = SliceGroupNorm(norm_groups, out_channels, volume_norm)
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels * 2))
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -73,7 +110,10 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor, depth: int) -> torch.Tensor:
         scale, shift = self.time_proj(time_emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.norm1(self.conv1(x), depth)
+        h = self.conv1(x)
+        if self.depth_conv is not None:
+            h = self.depth_conv(h, depth)
+        h = self.norm1(h, depth)
         h = F.silu(h * (1 + scale) + shift)
         h = F.silu(self.norm2(self.conv2(h), depth))
         return h + self.skip(x)
@@ -271,6 +311,10 @@ class DepthAttentionUNet(nn.Module):
         class_counts: for a class-conditional denoiser (not in the paper), the number of classes of each labelled
             variable; its labels, an integer tensor (B, variables) with ``NULL_LABEL`` for "not given", are summed
             into the timestep embedding (``ClassEmbedding``). None (the paper's): unconditional.
+        depth_kernel_size: with an odd value above 1, a convolution along depth of that many slices follows the first
+            convolution of every residual block (``DepthConvolution``), so neighbouring slices mix in every block and
+            not only through attention. Not in the paper (1, its setting): the (2+1)D convolution of video models.
+            It defines the model.
         patch_size: fold each ``patch_size``-cube of the input into channels before the first convolution (pixel
             unshuffle) and unfold the prediction after the last, so the whole U-Net runs at 1 / ``patch_size`` of
             the latent's size along every axis, with ``in_channels * patch_size**3`` channels in and out. Not in
@@ -296,6 +340,7 @@ class DepthAttentionUNet(nn.Module):
         autocast_dtype: str | torch.dtype | None = None,
         class_counts: Sequence[int] | None = None,
         patch_size: int = 1,
+        depth_kernel_size: int = 1,
     ) -> None:
         super().__init__()
         levels = len(channels)
@@ -303,6 +348,9 @@ class DepthAttentionUNet(nn.Module):
             raise ValueError("channels must name at least one level.")
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}.")
+        if isinstance(depth_kernel_size, bool) or not isinstance(depth_kernel_size, int) or depth_kernel_size < 1 \
+                or depth_kernel_size % 2 == 0:
+            raise ValueError(f"depth_kernel_size must be a positive odd integer (1: no depth convolution), got {depth_kernel_size!r}.")
         if any(c % norm_groups for c in channels):
             raise ValueError(f"norm_groups={norm_groups} must divide every entry of channels={tuple(channels)}.")
         if num_res_blocks < 1:
@@ -320,6 +368,7 @@ class DepthAttentionUNet(nn.Module):
         self.out_channels = out_channels or in_channels
         self.channels = tuple(channels)
         self.patch_size = patch_size
+        self.depth_kernel_size = depth_kernel_size
         self.spatial_factor = 2 ** (levels - 1) * patch_size
         self.use_checkpointing = use_checkpointing
         self.autocast_dtype = autocast_dtype
@@ -336,6 +385,7 @@ class DepthAttentionUNet(nn.Module):
         self.class_embedding = None if class_counts is None else ClassEmbedding(class_counts, time_dim)
         attn_args = dict(num_heads=num_heads, head_channels=head_channels, norm_groups=norm_groups, max_distance=max_distance,
                          volume_norm=volume_norm)
+        block_args = dict(time_dim=time_dim, norm_groups=norm_groups, volume_norm=volume_norm, depth_kernel_size=depth_kernel_size)
 
         self.init_conv = nn.Conv2d(in_channels * patch_size**3, channels[0], 7, padding=3)
         self.init_attention = AttentionPair(channels[0], spatial=False, depth=use_depth, **attn_args)
@@ -345,16 +395,16 @@ class DepthAttentionUNet(nn.Module):
         self.downsamplers = nn.ModuleList()
         for level, width in enumerate(channels):
             self.down_blocks.append(
-                nn.ModuleList(ResidualBlock(width, width, time_dim, norm_groups, volume_norm) for _ in range(num_res_blocks))
+                nn.ModuleList(ResidualBlock(width, width, **block_args) for _ in range(num_res_blocks))
             )
             self.down_attention.append(AttentionPair(width, spatial[level], depth[level], **attn_args))
             last = level == levels - 1
             self.downsamplers.append(nn.Identity() if last else nn.Conv2d(width, channels[level + 1], 4, 2, 1))
 
         mid = channels[-1]
-        self.mid_block1 = ResidualBlock(mid, mid, time_dim, norm_groups, volume_norm)
+        self.mid_block1 = ResidualBlock(mid, mid, **block_args)
         self.mid_attention = AttentionPair(mid, spatial=True, depth=use_depth, **attn_args)
-        self.mid_block2 = ResidualBlock(mid, mid, time_dim, norm_groups, volume_norm)
+        self.mid_block2 = ResidualBlock(mid, mid, **block_args)
 
         self.up_blocks = nn.ModuleList()
         self.up_attention = nn.ModuleList()
@@ -363,7 +413,7 @@ class DepthAttentionUNet(nn.Module):
             width = channels[level]
             self.up_blocks.append(
                 nn.ModuleList(
-                    ResidualBlock(width * 2 if i == 0 else width, width, time_dim, norm_groups, volume_norm)
+                    ResidualBlock(width * 2 if i == 0 else width, width, **block_args)
                     for i in range(num_res_blocks)
                 )
             )
@@ -372,7 +422,7 @@ class DepthAttentionUNet(nn.Module):
                 nn.ConvTranspose2d(width, channels[level - 1], 4, 2, 1) if level else nn.Identity()
             )
 
-        self.final_block = ResidualBlock(channels[0] * 2, channels[0], time_dim, norm_groups, volume_norm)
+        self.final_block = ResidualBlock(channels[0] * 2, channels[0], **block_args)
         self.final_conv = nn.Conv2d(channels[0], self.out_channels * patch_size**3, 1)
 
     @staticmethod
