@@ -92,6 +92,12 @@ RECIPES["v_prediction_4_levels_volume_norm_lr_2e-3_decay"] = {**RECIPES["v_predi
 RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3"] = {
     "train": {**RECIPES["v_prediction_4_levels_volume_norm_lr_2e-3"]["train"], "network_def#depth_kernel_size": 3},
     "sample": RECIPES["v_prediction_4_levels_volume_norm_lr_2e-3"]["sample"]}
+# the same with the latents scaled to unit variance, whose samples were banded across slices at 64^3 without it
+RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3"] = {
+    "train": {**RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3"]["train"], "latent_scaling": "unit_variance"},
+    "sample": RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3"]["sample"]}
+RECIPES["v_prediction_depth_conv"] = {"train": {**RECIPES["v_prediction"]["train"], "network_def#depth_kernel_size": 3},
+                                      "sample": RECIPES["v_prediction"]["sample"]}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
     "histogram_jensen_shannon": "histogram Jensen-Shannon",
@@ -224,9 +230,10 @@ def closeness(row: dict) -> float:
     return max(row["histogram_jensen_shannon"] or float("inf"), row["histogram_wasserstein"] or float("inf"))
 
 
-def best_recipe(rows: list[dict], iterations: int) -> str | None:
-    """The recipe whose row at ``iterations`` is the closest to real; None if no recipe has one."""
-    finals = {r["recipe"]: r for r in rows if r["iteration"] == iterations}
+def best_recipe(rows: list[dict], iterations: int, recipes: list[str]) -> str | None:
+    """Of ``recipes`` (this run's: an ``--earlier`` recipe's checkpoint in the workdir may since have trained on), the
+    one whose row at ``iterations`` is the closest to real; None if none has one."""
+    finals = {r["recipe"]: r for r in rows if r["iteration"] == iterations and r["recipe"] in recipes}
     return min(finals, key=lambda name: closeness(finals[name])) if finals else None
 
 
@@ -392,7 +399,7 @@ def main() -> None:
         if not (args.pictures / "rows.json").is_file():
             parser.error(f"--report-only: no {args.pictures / 'rows.json'} of an earlier run with this --out")
         saved = json.loads((args.pictures / "rows.json").read_text())
-        best = best_recipe(saved["curves"], args.iterations)
+        best = best_recipe(saved["curves"], args.iterations, args.recipes)
         if best is None:
             parser.error(f"{args.pictures / 'rows.json'} has no row at --iterations {args.iterations}")
         if (args.workdir / "vqgan").is_dir() and vqgan_weight(args.workdir / "vqgan") != args.scale_equivariance:
@@ -422,7 +429,7 @@ def main() -> None:
         rows = json.loads((args.pictures / "rows.json").read_text())["curves"]
     else:
         rows = args.earlier_rows + train_recipes(args, settings, data, vqgan / "models", common_overrides, run_stages)
-    best = best_recipe(rows, args.iterations)
+    best = best_recipe(rows, args.iterations, args.recipes)
     sweep = sweep_steps(args, settings, data, best, common_overrides, run_stages, rows)
     plot_curves(rows, args.pictures / "curves.png")
 

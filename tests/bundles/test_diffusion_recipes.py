@@ -118,16 +118,23 @@ def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 
-def test_a_patched_denoiser_trains_samples_and_refuses_another_patch_size_through_the_bundle_configs(brain_model, tmp_path):
+def test_a_patched_denoiser_with_depth_convolutions_trains_samples_and_refuses_other_networks_through_the_bundle_configs(
+    brain_model, tmp_path
+):
+    # the two network options that change the weights, trained once together to keep the suite short
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
-    patched = {**SMALL_DENOISER, "network_def#patch_size": 2}  # the 16^3 latent of 32^3 brains as 64 channels at 8^3
+    # the 16^3 latent of 32^3 brains as 64 channels at 8^3, and a convolution along 3 slices in every residual block
+    patched = {**SMALL_DENOISER, "network_def#patch_size": 2, "network_def#depth_kernel_size": 3}
     run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), dataset_dir=str(brain_model["brains"]),
                ckpt_dir=str(models), log_dir=str(tmp_path / "logs"), **SIZE_32, **patched, num_workers=0, batch_size=2,
                **{"train#trainer#max_epochs": 1, "ema#start_iteration": 1})
     weights = torch.load(models / "diffusion.pt", weights_only=True)["ema_network"]
     assert weights["init_conv.weight"].shape[1] == 8 * 8 and weights["final_conv.weight"].shape[0] == 8 * 8
+    depth_taps = [w for k, w in weights.items() if k.endswith("depth_conv.proj.weight")]
+    assert depth_taps and all(w.shape[0] == 3 * w.shape[1] for w in depth_taps)
+    assert any(w.abs().sum() > 0 for w in depth_taps)  # trained away from their zero start
 
     sampling = {"ckpt_dir": str(models), **SIZE_32, "num_samples": 1, "num_inference_steps": 3}
     run_bundle(config_files("brain_mri", "inference"), **sampling, **patched, output_dir=str(tmp_path / "samples"))
@@ -136,6 +143,10 @@ def test_a_patched_denoiser_trains_samples_and_refuses_another_patch_size_throug
     with pytest.raises(Exception) as mismatch:  # the paper's unpatched network cannot hold these weights: refused by name
         run_bundle(config_files("brain_mri", "inference"), **sampling, **SMALL_DENOISER, output_dir=str(tmp_path / "wrong"))
     assert "does not fit DepthAttentionUNet" in error_chain(mismatch.value) and "init_conv.weight" in error_chain(mismatch.value)
+    with pytest.raises(Exception) as mismatch:  # nor can one without the depth convolutions
+        run_bundle(config_files("brain_mri", "inference"), **sampling, **{**patched, "network_def#depth_kernel_size": 1},
+                   output_dir=str(tmp_path / "wrong"))
+    assert "does not fit DepthAttentionUNet" in error_chain(mismatch.value) and "depth_conv.proj.weight" in error_chain(mismatch.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 

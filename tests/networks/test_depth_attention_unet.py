@@ -12,7 +12,7 @@ from common.networks import (
     DepthAttentionUNet,
     depth_attention_unet,
 )
-from common.networks.depth_attention_unet import DepthAttention, SliceGroupNorm, SpatialAttention
+from common.networks.depth_attention_unet import DepthAttention, DepthConvolution, SliceGroupNorm, SpatialAttention
 from tests.helpers import tiny_vqgan
 
 
@@ -247,6 +247,48 @@ def test_patch_size_errors():
         net(torch.randn(1, 3, 6, 8, 4), torch.tensor([1]))
     with pytest.raises(ValueError, match="D must be divisible by the patch size 2, got 5"):
         net(torch.randn(1, 3, 8, 8, 5), torch.tensor([1]))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_depth_convolution_is_a_convolution_along_depth_with_zero_padding(kernel_size):
+    conv = DepthConvolution(4, kernel_size)
+    torch.nn.init.normal_(conv.proj.weight)
+    volumes = torch.randn(2, 4, 5, 3, 7)  # (B, C, H, W, D)
+    stack = volumes.permute(4, 0, 1, 2, 3).reshape(7 * 2, 4, 5, 3).contiguous(memory_format=torch.channels_last)
+    # the taps as a (kernel, 1, 1) Conv3d over (B, C, D, H, W): tap i of the projection is kernel position i
+    weight = conv.proj.weight.view(kernel_size, 4, 4).permute(1, 2, 0)[..., None, None]
+    expected = volumes.permute(0, 1, 4, 2, 3) + F.conv3d(volumes.permute(0, 1, 4, 2, 3), weight, padding=(kernel_size // 2, 0, 0))
+    out = conv(stack, depth=7).reshape(7, 2, 4, 5, 3).permute(1, 2, 0, 3, 4)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_depth_convolution_starts_as_the_paper_and_then_mixes_neighbouring_slices_only():
+    torch.manual_seed(0)
+    paper = small_unet(depth_attention=False, spatial_attention=True).eval()
+    torch.manual_seed(0)
+    net = small_unet(depth_attention=False, spatial_attention=True, depth_kernel_size=3).eval()
+    extra = {k for k in net.state_dict() if "depth_conv" in k}
+    assert extra and all(k.endswith("depth_conv.proj.weight") for k in extra)
+    net.load_state_dict(paper.state_dict(), strict=False)  # the zero-initialised depth convolutions aside
+    x, t = torch.randn(1, 3, 8, 8, 6), torch.tensor([4])
+    with torch.no_grad():
+        assert torch.equal(net(x, t), paper(x, t))
+    # it learns from zero: the weights get a gradient
+    net(x, t).square().mean().backward()
+    assert all(net.get_parameter(k).grad.abs().sum() > 0 for k in extra)
+    for k in extra:
+        torch.nn.init.normal_(net.get_parameter(k), std=0.3)
+    # without depth attention only the depth convolutions carry slice 0 to the others: each of the seven residual
+    # blocks one slice further, weaker with distance
+    influence = _depth_influence(net, k=0)
+    assert torch.all(influence > 1e-4), influence.tolist()
+    assert influence[0] > influence[2] > influence[5], influence.tolist()
+
+
+def test_depth_kernel_size_errors():
+    for bad in (0, 2, True, 3.0):
+        with pytest.raises(ValueError, match=f"depth_kernel_size must be a positive odd integer.*got {bad!r}"):
+            small_unet(depth_kernel_size=bad)
 
 
 def test_checkpointing_gives_the_same_outputs_and_gradients(monkeypatch):
