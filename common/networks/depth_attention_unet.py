@@ -2,7 +2,8 @@
 
 Every convolution, normalisation and spatial attention acts on one depth slice at a time (kernels 3x3x1,
 depth folded into the batch), and information moves along the depth axis only through the depth attention
-layers, one sequence of slices per in-plane position. Down- and up-sampling are in-plane; depth is never
+layers, one sequence of slices per in-plane position (beyond the paper, ``depth_kernel_size`` adds a convolution
+along depth to every residual block). Down- and up-sampling are in-plane; depth is never
 resampled. This is the video-diffusion layout (Ho et al., "Video Diffusion Models") that Medical Diffusion
 (Khader et al., Sci Rep 2023, Sec. 2.3 "Diffusion Models") adopts, in MONAI's (B, C, H, W, D) convention.
 
