@@ -325,7 +325,7 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "",
         *table(rows, "recipe"),
         "",
-        f"Fewer sampling steps, `{best}` (the closest to real at {args.iterations} iterations) from its last checkpoint; the "
+        f"Fewer sampling steps, `{best}` (of this run's recipes the closest to real at {args.iterations} iterations) from its last checkpoint; the "
         f"last row samples other seeds ({SEED_CHANGE} on) with {args.steps} steps, so its distance from the curves' last "
         f"`{best}` row is the noise of a seed change:",
         "",

@@ -1,4 +1,4 @@
-"""The Medical Diffusion denoiser: a 3D U-Net that works slice by slice and mixes slices only by attention.
+"""The Medical Diffusion denoiser: a 3D U-Net that works slice by slice and (by default) mixes slices only by attention.
 
 Every convolution, normalisation and spatial attention acts on one depth slice at a time (kernels 3x3x1,
 depth folded into the batch), and information moves along the depth axis only through the depth attention
@@ -75,6 +75,8 @@ class DepthConvolution(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__()
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}.")
         self.radius = kernel_size // 2
         self.proj = nn.Linear(channels, channels * kernel_size, bias=False)  # a bias would be lost in the next GroupNorm
         nn.init.zeros_(self.proj.weight)

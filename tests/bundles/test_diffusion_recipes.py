@@ -121,7 +121,7 @@ def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the
 def test_a_patched_denoiser_with_depth_convolutions_trains_samples_and_refuses_other_networks_through_the_bundle_configs(
     brain_model, tmp_path
 ):
-    # the two network options that change the weights, trained once together to keep the suite short
+    # the two network options that add or reshape weights, trained once together to keep the suite short
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")

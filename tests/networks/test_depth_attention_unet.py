@@ -230,8 +230,12 @@ def test_patches_fold_into_channels_and_the_prediction_unfolds():
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # MONAI's pixelshuffle converts a shape to int
-def test_a_patched_denoiser_traces_for_other_batch_and_volume_sizes():
-    net = small_unet(patch_size=2).eval()
+@pytest.mark.parametrize("depth_kernel_size", [1, 3])
+def test_a_patched_denoiser_traces_for_other_batch_and_volume_sizes(depth_kernel_size):
+    net = small_unet(patch_size=2, depth_kernel_size=depth_kernel_size).eval()
+    for name, weight in net.named_parameters():  # depth convolutions start at zero: give them values to trace
+        if "depth_conv" in name:
+            torch.nn.init.normal_(weight, std=0.1)
     with torch.no_grad():
         traced = torch.jit.trace(net, (torch.randn(1, 3, 8, 8, 4), torch.tensor([3])))
         x, t = torch.randn(2, 3, 16, 8, 6), torch.tensor([3, 90])
@@ -289,6 +293,8 @@ def test_depth_kernel_size_errors():
     for bad in (0, 2, True, 3.0):
         with pytest.raises(ValueError, match=f"depth_kernel_size must be a positive odd integer.*got {bad!r}"):
             small_unet(depth_kernel_size=bad)
+        with pytest.raises(ValueError, match=f"kernel_size must be a positive odd integer, got {bad!r}"):
+            DepthConvolution(4, bad)
 
 
 def test_checkpointing_gives_the_same_outputs_and_gradients(monkeypatch):
