@@ -60,6 +60,12 @@ class SliceGroupNorm(nn.GroupNorm):
         return torch.addcmul(shift, x, scale)  # one pass over x, keeping its memory format
 
 
+def _check_odd(value: int, name: str, note: str = "") -> None:
+    """``ValueError`` unless ``value`` is a positive odd integer (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(f"{name} must be a positive odd integer{note}, got {value!r}.")
+
+
 class DepthConvolution(nn.Module):
     """A residual convolution along depth only (kernel ``kernel_size`` x 1 x 1) of a depth-major stack of slices.
 
@@ -75,20 +81,19 @@ class DepthConvolution(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__()
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}.")
+        _check_odd(kernel_size, "kernel_size")
+        self.kernel_size = kernel_size
         self.radius = kernel_size // 2
         self.proj = nn.Linear(channels, channels * kernel_size, bias=False)  # a bias would be lost in the next GroupNorm
         nn.init.zeros_(self.proj.weight)
 
     def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
         nd, channels, h, w = x.shape
-        kernel = 2 * self.radius + 1
-        z = self.proj(_tokens(x)).view(depth, nd // depth, h, w, kernel, channels)
+        z = self.proj(_tokens(x)).view(depth, nd // depth, h, w, self.kernel_size, channels)
         pad = z.new_zeros((self.radius, *z.shape[1:]))
         z = torch.cat([pad, z, pad], dim=0)
         # output slice d takes tap i from slice d + i - radius, which sits at index d + i of the padded stack
-        out = sum(z[i : i + depth, :, :, :, i] for i in range(kernel))
+        out = sum(z[i : i + depth, :, :, :, i] for i in range(self.kernel_size))
         return x + out.view(nd, h, w, channels).permute(0, 3, 1, 2)
 
 
@@ -351,9 +356,7 @@ class DepthAttentionUNet(nn.Module):
             raise ValueError("channels must name at least one level.")
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}.")
-        if isinstance(depth_kernel_size, bool) or not isinstance(depth_kernel_size, int) or depth_kernel_size < 1 \
-                or depth_kernel_size % 2 == 0:
-            raise ValueError(f"depth_kernel_size must be a positive odd integer (1: no depth convolution), got {depth_kernel_size!r}.")
+        _check_odd(depth_kernel_size, "depth_kernel_size", " (1: no depth convolution)")
         if any(c % norm_groups for c in channels):
             raise ValueError(f"norm_groups={norm_groups} must divide every entry of channels={tuple(channels)}.")
         if num_res_blocks < 1:
@@ -371,7 +374,6 @@ class DepthAttentionUNet(nn.Module):
         self.out_channels = out_channels or in_channels
         self.channels = tuple(channels)
         self.patch_size = patch_size
-        self.depth_kernel_size = depth_kernel_size
         self.spatial_factor = 2 ** (levels - 1) * patch_size
         self.use_checkpointing = use_checkpointing
         self.autocast_dtype = autocast_dtype
