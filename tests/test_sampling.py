@@ -195,3 +195,69 @@ def test_guidance_scale_one_is_the_conditional_model_zero_the_unconditional_and_
         LatentSampler(CodebookRangeAutoencoder(vqgan), net, make_sampling_scheduler(20, 3), (4, 8, 8, 4), str(tmp_path))
     with pytest.raises(ValueError, match="guidance_scale must be a number >= 0"):
         sampler(-1.0, asked)
+
+
+class _Constant(torch.nn.Module):
+    """A 'denoiser' that predicts a constant and counts its calls."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.tensor(value))
+        self.calls = 0
+
+    def forward(self, x, timesteps, context=None):
+        self.calls += 1
+        return torch.full_like(x, float(self.value.detach()))
+
+
+def test_autoguidance_extrapolates_from_the_guide_and_scale_one_is_the_network_alone():
+    from common.sampling import AutoGuidedDenoiser
+
+    network, guide = _Constant(1.0), _Constant(0.25)
+    x, t = torch.zeros(1, 4, 8, 8, 4), torch.tensor([5])
+    assert torch.allclose(AutoGuidedDenoiser(network, guide, 2.0)(x, t), torch.full_like(x, 0.25 + 2 * 0.75))
+    alone = AutoGuidedDenoiser(network, guide, 1.0)(x, t)
+    assert torch.equal(alone, torch.ones_like(x)) and guide.calls == 1  # the guide is not evaluated at scale 1
+    for wrong in (0.5, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="autoguidance_scale must be a number >= 1"):
+            AutoGuidedDenoiser(network, guide, wrong)
+    with pytest.raises(ValueError, match="another network"):
+        AutoGuidedDenoiser(network, network, 2.0)
+
+
+def test_autoguided_loads_the_guide_from_its_checkpoint_and_refuses_what_does_not_fit(tmp_path):
+    from common.checkpoints import ModelSettings
+    from common.networks import LatentScale
+    from common.sampling import AutoGuidedDenoiser, autoguided
+
+    def checkpoint(path, net, scale):
+        torch.save({"ema_network": net.state_dict(), "latent_scale": scale.state_dict(), "model_settings": settings.state_dict()}, path)
+
+    settings = ModelSettings(prediction_type="v_prediction", latent_scaling="unit_variance")
+    scale = LatentScale("unit_variance")
+    scale.fit(0.2)
+    net = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    earlier = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    checkpoint(tmp_path / "diffusion.pt", net, scale)
+    checkpoint(tmp_path / "guide.pt", earlier, scale)
+    guided = autoguided(net, tmp_path / "guide.pt", 1.5, settings, scale, tmp_path / "diffusion.pt")
+    assert isinstance(guided, AutoGuidedDenoiser) and guided.network is net and guided.scale == 1.5
+    assert all(torch.equal(a, b) for a, b in zip(guided.guide.state_dict().values(), earlier.state_dict().values()))
+    x, t = torch.randn(1, 4, 8, 8, 4), torch.tensor([7])
+    with torch.no_grad():
+        assert torch.allclose(guided(x, t), earlier(x, t) + 1.5 * (net(x, t) - earlier(x, t)), atol=1e-5)
+    assert autoguided(net, None, 1.0, settings, scale, tmp_path / "diffusion.pt") is net
+    with pytest.raises(ValueError, match="autoguidance_scale is 2.0 but no guide_path is set"):
+        autoguided(net, None, 2.0, settings, scale, tmp_path / "diffusion.pt")
+    with pytest.raises(FileNotFoundError, match="guide_path .*missing.pt is not a file"):
+        autoguided(net, tmp_path / "missing.pt", 2.0, settings, scale, tmp_path / "diffusion.pt")
+    with pytest.raises(ValueError, match="guide_path is the denoiser's own checkpoint"):
+        autoguided(net, tmp_path / "diffusion.pt", 2.0, settings, scale, tmp_path / "diffusion.pt")
+    other = LatentScale("unit_variance")
+    other.fit(0.4)  # trained on other latents
+    checkpoint(tmp_path / "other.pt", earlier, other)
+    with pytest.raises(ValueError, match=r"the guide .*other.pt was trained on latents scaled by 2.5, the denoiser .* by 5"):
+        autoguided(net, tmp_path / "other.pt", 2.0, settings, scale, tmp_path / "diffusion.pt")
+    with pytest.raises(Exception, match="prediction_type"):  # the guide was trained as another model
+        autoguided(net, tmp_path / "guide.pt", 2.0, ModelSettings(prediction_type="epsilon", latent_scaling="unit_variance"),
+                   scale, tmp_path / "diffusion.pt")

@@ -8,6 +8,7 @@ file only when training completes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from common.io import is_main_process, save_torch
 
 from .nan_guard import NonFiniteLossError
 
-__all__ = ["AtomicCheckpointSaver"]
+__all__ = ["AtomicCheckpointSaver", "IterationSnapshot"]
+
+logger = logging.getLogger(__name__)
 
 
 class AtomicCheckpointSaver:
@@ -97,6 +100,48 @@ class AtomicCheckpointSaver:
     def save_final(self, engine: Engine) -> None:
         if is_main_process():
             save_torch(self.state(engine), self.save_dir / f"{self.name}.pt")
+
+
+class IterationSnapshot(AtomicCheckpointSaver):
+    """Save ``save_dict`` once, as ``<save_dir>/<name>.pt``, when training completes iteration ``iteration``.
+
+    The denoiser's guide for autoguidance (``common.sampling.autoguided``) is the same network partway through its
+    training: the diffusion training writes it at ``guide_iteration``. It is kept whatever ``AtomicCheckpointSaver``
+    prunes, and written atomically as its checkpoints are.
+
+    Args:
+        save_dir: folder of the checkpoints.
+        save_dict: objects with ``state_dict()`` by name.
+        name: file name stem.
+        iteration: the iteration after which to write; None writes nothing (the handler is off).
+    """
+
+    def __init__(self, save_dir: str, save_dict: Mapping[str, Any], name: str, iteration: int | None) -> None:
+        super().__init__(save_dir, save_dict, name)
+        if iteration is not None and (isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 1):
+            raise ValueError(f"the snapshot iteration must be a positive integer or None, got {iteration!r}.")
+        self.iteration = iteration
+
+    def attach(self, engine: Engine) -> None:
+        if self.iteration is None:
+            return
+        engine.add_event_handler(Events.STARTED, self.remove_stale_files)
+        engine.add_event_handler(Events.STARTED, self.check_reachable)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=self.iteration), self.save_final)
+
+    def check_reachable(self, engine: Engine) -> None:
+        """Refuse a training that ends before ``iteration`` (no snapshot would be written); warn when a resumed run
+        is past it and the snapshot is missing."""
+        last = engine.state.max_epochs * (engine.state.epoch_length or 0)
+        if last and last < self.iteration:
+            raise ValueError(
+                f"the {self.name} snapshot is asked for at iteration {self.iteration}, but this training ends at "
+                f"iteration {last}: train longer or take an earlier iteration."
+            )
+        if engine.state.iteration >= self.iteration and not (self.save_dir / f"{self.name}.pt").is_file():
+            logger.warning("resumed at iteration %d, past the %s snapshot's iteration %d, and %s is missing: it will not "
+                           "be written by this run.", engine.state.iteration, self.name, self.iteration,
+                           self.save_dir / f"{self.name}.pt")
 
 
 def __getattr__(name: str):

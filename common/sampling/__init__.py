@@ -1,15 +1,17 @@
 """Sampling trained models: the scheduler (``make_sampling_scheduler``), the loop every sampler shares (seeds, the
 random state, the work shared out over processes, ``samples.json``: ``loop``), and the latent bundles' sampler
-(``LatentSampler``, Khader et al., Sec. 2.3). Med-DDPM's ``common.med_ddpm.MaskConditionedSampler`` uses the same
+(``LatentSampler``, Khader et al., Sec. 2.3), optionally autoguided by an earlier checkpoint (``autoguidance``,
+Karras et al., 2024). Med-DDPM's ``common.med_ddpm.MaskConditionedSampler`` uses the same
 scheduler and loop."""
 
 from common.io import gather, process_rank, save_nifti  # noqa: F401  (release 0.1 paths: docs/migration.md)
 
+from .autoguidance import AutoGuidedDenoiser, autoguided, checked_autoguidance_scale
 from .latent import LatentSampler, checked_guidance_scale, labels_description, volume_affine
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 from .schedulers import make_sampling_scheduler
 
 __all__ = [
-    "LatentSampler", "checked_guidance_scale", "labels_description", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state",
+    "AutoGuidedDenoiser", "LatentSampler", "autoguided", "checked_autoguidance_scale", "checked_guidance_scale", "labels_description", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state",
     "starting_noise", "volume_affine",
 ]

@@ -25,6 +25,7 @@ from common.evaluation.pictures import save_three_plane_montage
 from common.io import process_rank, require_output_folder, save_nifti
 from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 
+from .autoguidance import AutoGuidedDenoiser
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 
 __all__ = ["LatentSampler", "checked_guidance_scale", "labels_description", "volume_affine"]
@@ -55,7 +56,7 @@ class LatentSampler:
 
     Args:
         autoencoder: the VQ-GAN wrapped for codebook-range latents.
-        network: the (EMA) denoiser.
+        network: the (EMA) denoiser, or an ``AutoGuidedDenoiser`` of it (``common.sampling.autoguided``).
         inferer: the bundle's ``inferer``, a ``LatentDiffusionInferer`` with ``scale_factor`` 1 (the codebook-range
             normalisation is the autoencoder wrapper's), or a sampling scheduler (``make_sampling_scheduler``) to
             wrap in one.
@@ -191,10 +192,13 @@ class LatentSampler:
             "class_labels": {name: list(classes) for name, classes in self.class_labels.items()},
             "guidance_scale": self.guidance_scale,
         }
+        autoguidance = {"autoguidance": {"scale": self.network.scale, "guide": self.network.guide_source}} \
+            if isinstance(self.network, AutoGuidedDenoiser) else {}
         return {
             "files": [os.path.basename(path) for _, _, path in written],
             "seeds": [seed for _, seed, _ in written],
             **conditional,
+            **autoguidance,
             "spacing": self.spacing,
             # what else fixes a sample: each batch's random draws are seeded with its first sample's seed
             "batch_size": self.batch_size,

@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common.handlers import measure_latents
+from common.sampling import AutoGuidedDenoiser
 from tests.bundles.bundle_runs import REPO, SIZE_32, SMALL_DENOISER, config_files, error_chain, run_bundle
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
@@ -149,6 +150,52 @@ def test_a_patched_denoiser_with_depth_convolutions_trains_samples_and_refuses_o
         run_bundle(config_files("brain_mri", "inference"), **sampling, **{**patched, "network_def#depth_kernel_size": 1},
                    output_dir=str(tmp_path / "wrong"))
     assert "does not fit DepthAttentionUNet" in error_chain(mismatch.value) and "depth_conv.proj.weight" in error_chain(mismatch.value)
+    assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
+
+
+def test_training_writes_a_guide_that_autoguides_sampling_through_the_bundle_configs(brain_model, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    # 5 brains at batch 2: 2 iterations an epoch, 4 in all; the EMA steps every iteration from the first
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(tmp_path / "logs"), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "lr": 1e-3, "train#trainer#max_epochs": 2,
+                "ema#start_iteration": 1, "ema#every": 1}
+    with pytest.raises(Exception) as late:  # a guide that would never be written: refused before any iteration
+        run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, guide_iteration=5)
+    assert "the guide snapshot is asked for at iteration 5, but this training ends at iteration 4" in error_chain(late.value)
+    assert not (models / "diffusion.pt").exists()
+    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, guide_iteration=2)
+    guide, final = (torch.load(models / name, weights_only=True) for name in ("guide.pt", "diffusion.pt"))
+    assert guide["trainer"]["iteration"] == 2 and final["trainer"]["iteration"] == 4
+    assert set(guide) == {"ema_network", "latent_scale", "model_settings", "trainer"}
+    assert any(not torch.equal(guide["ema_network"][k], w) for k, w in final["ema_network"].items())
+
+    sampling = {"ckpt_dir": str(models), **SIZE_32, **SMALL_DENOISER, "num_samples": 1, "num_inference_steps": 3}
+    guided = {"guide_path": str(models / "guide.pt"), "autoguidance_scale": 2.0}
+    # the network the sampler is given: the EMA denoiser, extrapolated away from the guide's weights
+    parser = ConfigParser()
+    parser.read_config(config_files("brain_mri", "inference"))
+    parser.update({**sampling, **guided, "device": "$torch.device('cpu')"})
+    network = parser.get_parsed_content("sampling_network")
+    assert isinstance(network, AutoGuidedDenoiser) and network.scale == 2.0
+    assert all(torch.equal(w, guide["ema_network"][k]) for k, w in network.guide.state_dict().items())
+    assert all(torch.equal(w, final["ema_network"][k]) for k, w in network.network.state_dict().items())
+    x, t = torch.randn(1, 8, 16, 16, 16), torch.tensor([10])
+    with torch.no_grad():
+        assert torch.allclose(network(x, t), 2 * network.network(x, t) - network.guide(x, t), atol=1e-5)
+    # and the sampling run with it (its volumes pass through the nearest codes, which can hide a small change)
+    run_bundle(config_files("brain_mri", "inference"), **sampling, **guided, output_dir=str(tmp_path / "guided"))
+    volume = np.asanyarray(nib.load(str(tmp_path / "guided" / "sample_0000_seed0.nii.gz")).dataobj)
+    assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
+    record = json.loads((tmp_path / "guided" / "samples.json").read_text())
+    assert record["autoguidance"] == {"scale": 2.0, "guide": str(models / "guide.pt")}
+    for wrong, message in (({"autoguidance_scale": 2.0}, "autoguidance_scale is 2.0 but no guide_path is set"),
+                           ({"guide_path": str(models / "diffusion.pt"), "autoguidance_scale": 2.0}, "the guide must be an earlier one"),
+                           ({"guide_path": str(models / "guide.pt"), "autoguidance_scale": 0.5}, "autoguidance_scale must be a number >= 1")):
+        with pytest.raises(Exception) as refused:
+            run_bundle(config_files("brain_mri", "inference"), **sampling, **wrong, output_dir=str(tmp_path / "wrong"))
+        assert message in error_chain(refused.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 

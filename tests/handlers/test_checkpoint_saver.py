@@ -73,3 +73,32 @@ def test_a_new_run_cleans_up_after_a_killed_one(tmp_path):
     assert seen == [False]  # the half-written file of the killed run is gone when training starts
     # the older files count towards n_saved, so they are rotated out like this run's own
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m_iteration=10.pt", "m_iteration=4.pt"]
+
+
+def test_a_snapshot_is_written_once_at_its_iteration_and_kept(tmp_path):
+    from common.handlers import IterationSnapshot
+
+    engine, net = _engine()
+    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=3).attach(engine)
+    AtomicCheckpointSaver(str(tmp_path), {"network": net}, name="m", save_interval=1, n_saved=1).attach(engine)
+    engine.run(range(7), max_epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["guide.pt", "m.pt", "m_iteration=7.pt"]
+    guide = torch.load(tmp_path / "guide.pt", weights_only=True)
+    assert guide["trainer"]["iteration"] == 3
+    assert torch.allclose(guide["network"]["weight"], net.weight.detach() - 4)  # each iteration adds 1: three, not seven
+
+
+def test_a_snapshot_beyond_the_training_is_refused_and_none_is_off(tmp_path):
+    from common.handlers import IterationSnapshot
+
+    engine, net = _engine()
+    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=8).attach(engine)
+    with pytest.raises(ValueError, match="the guide snapshot is asked for at iteration 8, but this training ends at iteration 7"):
+        engine.run(range(7), max_epochs=1)
+    engine, net = _engine()
+    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=None).attach(engine)
+    engine.run(range(3), max_epochs=1)
+    assert list(tmp_path.iterdir()) == []
+    for wrong in (0, 2.5, True):
+        with pytest.raises(ValueError, match="the snapshot iteration must be a positive integer or None"):
+            IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=wrong)
