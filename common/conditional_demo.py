@@ -42,6 +42,9 @@ GUIDANCE_SCALES = (1.0, 3.0, 7.0)
 CONDITIONAL_SETTINGS: dict[str, dict[str, Any]] = copy.deepcopy(DEMO_SETTINGS[BUNDLE])
 CONDITIONAL_SETTINGS["denoiser"]["class_labels"] = LABELS
 CONDITIONAL_SETTINGS["inference"].update({"num_samples": 8, "num_inference_steps": 50})
+# classifier-free guidance alone, as measured above: the unconditional demo's autoguidance is not used here
+del CONDITIONAL_SETTINGS["diffusion"]["guide_iteration"]
+del CONDITIONAL_SETTINGS["inference"]["guide_path"], CONDITIONAL_SETTINGS["inference"]["autoguidance_scale"]
 
 
 def conditional_demo(output_dir: str = "conditional_demo_output") -> str:

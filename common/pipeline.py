@@ -120,11 +120,18 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "ema#decay": 0.995,
             "save_interval": 0,
             "log_interval": 100,
+            # the denoiser at a quarter of its training, kept as the guide of autoguidance (below)
+            "guide_iteration": 450,
         },
         "inference": {
             "num_samples": 8,
             "num_inference_steps": 100,
             "clip_sample_range": 1.25,  # v-prediction's x0 estimates clipped a little beyond the codebook range
+            # not the paper's: autoguidance by the denoiser's iteration-450 snapshot (Karras et al., 2024); from two
+            # seed sets, sharpness 0.95x / 0.93x real against 0.73x / 0.72x without, histogram JS 1.31x / 2.51x
+            # against 1.82x / 3.55x, at twice the time per sample (benchmarks/autoguidance.md)
+            "guide_path": "$@ckpt_dir + '/guide.pt'",
+            "autoguidance_scale": 2.0,
             "spacing": [5.6, 5.6, 5.6],
         },
     }

@@ -17,11 +17,13 @@ def test_the_demo_settings_at_a_small_scale(tmp_path, demo_brains):
     demo_brains(tmp_path / "demo_data")  # where the demo writes its data, made once for the session
     settings = copy.deepcopy(DEMO_SETTINGS["brain_mri"])
     settings["autoencoder"].update({"train#trainer#max_epochs": 2})  # 20 iterations instead of 1,000
-    settings["diffusion"].update({"train#trainer#max_epochs": 2, "ema#start_iteration": 10})
+    settings["diffusion"].update({"train#trainer#max_epochs": 2, "ema#start_iteration": 10, "guide_iteration": 5})
     settings["inference"].update({"num_samples": 3, "num_inference_steps": 3})
     with in_repository(), isolated_state():
         samples = Path(run_stages("brain_mri", str(tmp_path), None, "autoencoder,diffusion,inference,evaluation", settings, {}))
     metrics = json.loads((samples / "evaluation" / "metrics.json").read_text())
+    # the demo samples with autoguidance by the denoiser's own snapshot
+    assert json.loads((samples / "samples.json").read_text())["autoguidance"] == {"scale": 2.0, "guide": str(tmp_path / "models" / "guide.pt")}
     recon = metrics["reconstruction"]
     assert recon["volumes"] == "held-out volumes (heldout_dir)" and recon["count"] == 8 and recon["psnr_db"]["mean"] > 5
     assert metrics["real_volumes"] == 20 and "real_heldout" in metrics["diversity_ms_ssim"]

@@ -95,6 +95,24 @@ def _inference_weights(ckpt_dir: Path, models: Path, kind: str) -> None:
         torch.save({k: checkpoint[k] for k in (key, *optional) if k in checkpoint}, models / packaged)
 
 
+def _guide_weights(ckpt_dir: Path, models: Path, inference: dict) -> None:
+    """The autoguidance guide that ``inference`` names (``guide_path``, resolved against the training's
+    ``ckpt_dir``), packaged as ``models/guide.pt`` (without optimizer state) and named so in ``inference``."""
+    if inference.get("guide_path") is None:
+        return
+    parser = ConfigParser({**inference, "ckpt_dir": str(ckpt_dir)})
+    path = Path(parser.get_parsed_content("guide_path"))
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as error:
+        raise PackagingError(f"cannot package the guide_path the inference config names: {error}") from error
+    if "ema_network" not in checkpoint:
+        raise PackagingError(f"cannot package: the guide {path} has no 'ema_network' entry.")
+    keys = ("ema_network", "latent_scale", "model_settings")
+    torch.save({k: checkpoint[k] for k in keys if k in checkpoint}, models / "guide.pt")
+    inference["guide_path"] = "$@ckpt_dir + '/guide.pt'"
+
+
 def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
     """TorchScript exports of the packaged VQ-GAN and denoiser, traced at the bundle's sizes, configs embedded."""
     parser = ConfigParser()
@@ -218,11 +236,12 @@ def _write_package(folder: Path, source: Path, configs: dict[str, dict], ckpt_di
     (folder / "requirements.txt").write_text(requirements_text())
     (folder / "configs").mkdir()
     shutil.copy2(source / "configs" / "logging.conf", folder / "configs" / "logging.conf")
+    (folder / "models").mkdir()
+    _inference_weights(ckpt_dir, folder / "models", _kind(source / "configs"))
+    _guide_weights(ckpt_dir, folder / "models", configs["inference.json"])  # names the packaged guide in the config
     for name, config in configs.items():
         (folder / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
     shutil.copytree(REPO_ROOT / "common", folder / "common", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (folder / "models").mkdir()
-    _inference_weights(ckpt_dir, folder / "models", _kind(source / "configs"))
     _export_networks(folder, configs)
     entries = [
         f'  - path: "models/{p.name}"\n    url: ""\n    hash_val: "{_sha256(p)}"\n    hash_type: "sha256"'

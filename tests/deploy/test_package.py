@@ -180,6 +180,27 @@ def test_demo_settings_are_the_overrides_of_a_demo_package(tmp_path):
         package_bundle("brain_mri", tmp_path, tmp_path / "dist", demo=True)
 
 
+def test_an_autoguidance_guide_is_packaged_with_the_denoiser_and_named_in_its_config(brain_model, tmp_path):
+    from tests.bundles.bundle_runs import SIZE_32_OVERRIDES, run_bundle
+
+    models = tmp_path / "models"
+    shutil.copytree(brain_model["models"], models)
+    shutil.copy2(models / "diffusion.pt", models / "guide.pt")  # a guide of the same network and settings
+    guided = {"guide_path": "$@ckpt_dir + '/guide.pt'", "autoguidance_scale": 2.0}
+    archive = package_bundle("brain_mri", models, tmp_path / "dist", {**SIZE_32_OVERRIDES, **guided})
+    folder = archive.parent / "brain_mri"
+    assert set(torch.load(folder / "models" / "guide.pt", weights_only=True)) == {"ema_network", "latent_scale", "model_settings"}
+    assert 'path: "models/guide.pt"' in (folder / "large_files.yml").read_text()
+    inference = json.loads((folder / "configs" / "inference.json").read_text())
+    assert inference["guide_path"] == "$@ckpt_dir + '/guide.pt'" and inference["autoguidance_scale"] == 2.0
+    run_bundle([str(folder / "configs" / "inference.json")], bundle_root=str(folder), num_samples=1, num_inference_steps=2,
+               output_dir=str(tmp_path / "samples"))
+    assert json.loads((tmp_path / "samples" / "samples.json").read_text())["autoguidance"]["scale"] == 2.0
+    (models / "guide.pt").unlink()
+    with pytest.raises(PackagingError, match=r"cannot package the guide_path the inference config names: checkpoint .*guide.pt does not exist"):
+        package_bundle("brain_mri", models, tmp_path / "dist2", {**SIZE_32_OVERRIDES, **guided})
+
+
 def test_a_failed_packaging_leaves_the_earlier_package_as_it_was(packaged, tmp_path):
     folder = packaged.parent / "brain_mri"
     before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
