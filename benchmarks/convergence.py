@@ -111,9 +111,9 @@ CURVES = {  # ratio key in metrics.json -> label
 def stage_settings(args: argparse.Namespace) -> dict:
     """Overrides by stage: the demo's at 32^3, ``benchmarks/quality.py``'s at 64^3."""
     if args.size == 32:
-        from common.pipeline import DEMO_SETTINGS
+        from common.pipeline import DEMO_SETTINGS, without_autoguidance
 
-        settings = copy.deepcopy(DEMO_SETTINGS[BUNDLE])
+        settings = without_autoguidance(DEMO_SETTINGS[BUNDLE])  # the denoiser alone, as every recipe is measured
     else:
         sys.path.insert(0, str(REPO / "benchmarks"))
         import quality

@@ -23,7 +23,6 @@ bundles do not offer: the benchmark sets MONAI's ``DDIMScheduler.step`` eta for 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import shutil
@@ -359,9 +358,9 @@ def main() -> None:
 
     from common.data import brain_demo_datalist, brain_demo_heldout_datalist
     from common.io import write_text
-    from common.pipeline import DEMO_SETTINGS
+    from common.pipeline import DEMO_SETTINGS, without_autoguidance
 
-    settings = copy.deepcopy(DEMO_SETTINGS[BUNDLE])
+    settings = without_autoguidance(DEMO_SETTINGS[BUNDLE])  # the sampler variants as measured, unguided
     if args.epochs:
         settings["autoencoder"]["train#trainer#max_epochs"] = args.epochs
     args.pictures = args.out.with_suffix("")

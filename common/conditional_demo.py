@@ -27,7 +27,7 @@ from common.data.brain_population import VENTRICLE_CLASSES, ventricle_volume
 from common.evaluation import NearestClassMedian
 from common.evaluation.pictures import save_slices_through
 from common.io import bundle_dir, write_text
-from common.pipeline import DEMO_SETTINGS, run_stages
+from common.pipeline import DEMO_SETTINGS, run_stages, without_autoguidance
 
 __all__ = ["CONDITIONAL_SETTINGS", "GUIDANCE_SCALES", "conditional_demo", "run_conditional_demo", "summary"]
 
@@ -39,12 +39,10 @@ GUIDANCE_SCALES = (1.0, 3.0, 7.0)
 # DDIM steps for its 8 samples per class and guidance scale. Measured on the demo (fresh clone, 33 min): samples showed
 # their class by ventricle volume 81%, 100% and 100% of the time at guidance 1, 3 and 7 (bundles/brain_mri/docs/README.md);
 # from 3 the normal class loses most of its ventricles, at 7 the enlarged one overshoots (histograms 5.4x / 3.6x real).
-CONDITIONAL_SETTINGS: dict[str, dict[str, Any]] = copy.deepcopy(DEMO_SETTINGS[BUNDLE])
+# Classifier-free guidance alone, as measured: without the unconditional demo's autoguidance.
+CONDITIONAL_SETTINGS: dict[str, dict[str, Any]] = without_autoguidance(DEMO_SETTINGS[BUNDLE])
 CONDITIONAL_SETTINGS["denoiser"]["class_labels"] = LABELS
 CONDITIONAL_SETTINGS["inference"].update({"num_samples": 8, "num_inference_steps": 50})
-# classifier-free guidance alone, as measured above: the unconditional demo's autoguidance is not used here
-del CONDITIONAL_SETTINGS["diffusion"]["guide_iteration"]
-del CONDITIONAL_SETTINGS["inference"]["guide_path"], CONDITIONAL_SETTINGS["inference"]["autoguidance_scale"]
 
 
 def conditional_demo(output_dir: str = "conditional_demo_output") -> str:

@@ -7,6 +7,8 @@ and chooses small settings for the demo.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import logging
 import time
@@ -25,7 +27,7 @@ from common.io import bundle_dir, is_main_process
 from common.networks import check_image_size
 from common.overrides import as_bool, refuse_unknown_ids
 
-__all__ = ["DEMO_SETTINGS", "SMALL_IMAGE_SIZE", "SMALL_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline", "run_stages", "summary", "train_stages"]
+__all__ = ["AUTOGUIDANCE_IDS", "DEMO_SETTINGS", "SMALL_IMAGE_SIZE", "SMALL_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline", "run_stages", "summary", "train_stages", "without_autoguidance"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,21 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         },
     }
 }
+
+
+# the ids of DEMO_SETTINGS that make the demo sample with autoguidance, by stage
+AUTOGUIDANCE_IDS: dict[str, tuple[str, ...]] = {"diffusion": ("guide_iteration",), "inference": ("guide_path", "autoguidance_scale")}
+
+
+def without_autoguidance(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A copy of settings by stage (as ``DEMO_SETTINGS``) without the autoguidance ids: the denoiser sampled alone,
+    no guide written (the benchmarks that measure the denoiser itself, the conditional demo, a demo package whose
+    training kept no guide)."""
+    stripped = copy.deepcopy(settings)
+    for stage, ids in AUTOGUIDANCE_IDS.items():
+        for config_id in ids:
+            stripped.get(stage, {}).pop(config_id, None)
+    return stripped
 
 
 def pipeline(

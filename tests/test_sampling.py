@@ -230,8 +230,9 @@ def test_autoguided_loads_the_guide_from_its_checkpoint_and_refuses_what_does_no
     from common.networks import LatentScale
     from common.sampling import AutoGuidedDenoiser, autoguided
 
-    def checkpoint(path, net, scale):
-        torch.save({"ema_network": net.state_dict(), "latent_scale": scale.state_dict(), "model_settings": settings.state_dict()}, path)
+    def checkpoint(path, net, scale, iteration=None):
+        trainer = {} if iteration is None else {"trainer": {"iteration": iteration}}
+        torch.save({"ema_network": net.state_dict(), "latent_scale": scale.state_dict(), "model_settings": settings.state_dict(), **trainer}, path)
 
     settings = ModelSettings(prediction_type="v_prediction", latent_scaling="unit_variance")
     scale = LatentScale("unit_variance")
@@ -258,6 +259,12 @@ def test_autoguided_loads_the_guide_from_its_checkpoint_and_refuses_what_does_no
     checkpoint(tmp_path / "other.pt", earlier, other)
     with pytest.raises(ValueError, match=r"the guide .*other.pt was trained on latents scaled by 2.5, the denoiser .* by 5"):
         autoguided(net, tmp_path / "other.pt", 2.0, settings, scale, tmp_path / "diffusion.pt")
+    checkpoint(tmp_path / "diffusion.pt", net, scale, iteration=40)
+    checkpoint(tmp_path / "late.pt", earlier, scale, iteration=40)  # the final weights: guidance would change nothing
+    with pytest.raises(ValueError, match="the guide .*late.pt was written at iteration 40, the denoiser .* at 40: the guide must be an earlier"):
+        autoguided(net, tmp_path / "late.pt", 2.0, settings, scale, tmp_path / "diffusion.pt")
+    checkpoint(tmp_path / "early.pt", earlier, scale, iteration=10)
+    assert isinstance(autoguided(net, tmp_path / "early.pt", 2.0, settings, scale, tmp_path / "diffusion.pt"), AutoGuidedDenoiser)
     with pytest.raises(Exception, match="prediction_type"):  # the guide was trained as another model
         autoguided(net, tmp_path / "guide.pt", 2.0, ModelSettings(prediction_type="epsilon", latent_scaling="unit_variance"),
                    scale, tmp_path / "diffusion.pt")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from common.checkpoints import CheckpointError, read_checkpoint
 from common.data import check_class_labels
 from common.io import REPO_ROOT, atomic_path, bundle_dir, output_mode
 from common.networks import NULL_LABEL
-from common.pipeline import DEMO_SETTINGS
+from common.pipeline import DEMO_SETTINGS, without_autoguidance
 
 from .export import export_torchscript
 
@@ -37,6 +38,8 @@ __all__ = ["PackagingError", "package_bundle"]
 # models/model.pt in a package, the file the Model Zoo requires
 # the entries inference reads, by checkpoint: the first is required; the others (the denoiser's latent scale and the
 # settings it was trained with) are kept when the checkpoint has them (older ones do not)
+logger = logging.getLogger(__name__)
+
 INFERENCE_WEIGHTS = {
     "latent": {"autoencoder.pt": (("autoencoder",), "autoencoder.pt"),
                "diffusion.pt": (("ema_network", "latent_scale", "model_settings"), "model.pt")},
@@ -96,8 +99,8 @@ def _inference_weights(ckpt_dir: Path, models: Path, kind: str) -> None:
 
 
 def _guide_weights(ckpt_dir: Path, models: Path, inference: dict) -> None:
-    """The autoguidance guide that ``inference`` names (``guide_path``, resolved against the training's
-    ``ckpt_dir``), packaged as ``models/guide.pt`` (without optimizer state) and named so in ``inference``."""
+    """The autoguidance guide that ``inference`` names (``guide_path``; an ``@ckpt_dir`` in it is the training's
+    folder), packaged as ``models/guide.pt`` (without optimizer state) and named so in ``inference``."""
     if inference.get("guide_path") is None:
         return
     parser = ConfigParser({**inference, "ckpt_dir": str(ckpt_dir)})
@@ -108,7 +111,7 @@ def _guide_weights(ckpt_dir: Path, models: Path, inference: dict) -> None:
         raise PackagingError(f"cannot package the guide_path the inference config names: {error}") from error
     if "ema_network" not in checkpoint:
         raise PackagingError(f"cannot package: the guide {path} has no 'ema_network' entry.")
-    keys = ("ema_network", "latent_scale", "model_settings")
+    keys = INFERENCE_WEIGHTS["latent"]["diffusion.pt"][0]  # what the packaged denoiser keeps
     torch.save({k: checkpoint[k] for k in keys if k in checkpoint}, models / "guide.pt")
     inference["guide_path"] = "$@ckpt_dir + '/guide.pt'"
 
@@ -284,6 +287,9 @@ def package_bundle(
         if bundle not in DEMO_SETTINGS:
             raise PackagingError(f"no demo settings for bundle '{bundle}' (have: {', '.join(DEMO_SETTINGS)}).")
         settings = DEMO_SETTINGS[bundle]
+        if not (Path(ckpt_dir) / "guide.pt").is_file():  # a demo trained without a guide (the conditional one, or before 0.2.13)
+            logger.warning("%s holds no guide.pt: the package samples without autoguidance.", ckpt_dir)
+            settings = without_autoguidance(settings)
         overrides = {**settings["shared"], **settings["denoiser"], **settings["inference"], **dict(overrides or {})}
 
     source = bundle_dir(bundle)

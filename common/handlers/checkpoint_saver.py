@@ -23,6 +23,7 @@ from common.checkpoints import (
 from common.io import is_main_process, save_torch
 
 from .nan_guard import NonFiniteLossError
+from .resume import CheckpointResumer
 
 __all__ = ["AtomicCheckpointSaver", "IterationSnapshot"]
 
@@ -107,13 +108,15 @@ class IterationSnapshot(AtomicCheckpointSaver):
 
     The denoiser's guide for autoguidance (``common.sampling.autoguided``) is the same network partway through its
     training: the diffusion training writes it at ``guide_iteration``. It is kept whatever ``AtomicCheckpointSaver``
-    prunes, and written atomically as its checkpoints are.
+    prunes, and written atomically as its checkpoints are. A training that starts from scratch moves an earlier
+    run's snapshot to ``earlier_runs/`` (as ``CheckpointResumer`` does with the checkpoints), whether or not it
+    writes one itself, so a snapshot never sits beside the checkpoints of another training.
 
     Args:
         save_dir: folder of the checkpoints.
         save_dict: objects with ``state_dict()`` by name.
         name: file name stem.
-        iteration: the iteration after which to write; None writes nothing (the handler is off).
+        iteration: the iteration after which to write; None writes nothing.
     """
 
     def __init__(self, save_dir: str, save_dict: Mapping[str, Any], name: str, iteration: int | None) -> None:
@@ -123,22 +126,24 @@ class IterationSnapshot(AtomicCheckpointSaver):
         self.iteration = iteration
 
     def attach(self, engine: Engine) -> None:
-        if self.iteration is None:
-            return
-        engine.add_event_handler(Events.STARTED, self.remove_stale_files)
-        engine.add_event_handler(Events.STARTED, self.check_reachable)
-        engine.add_event_handler(Events.ITERATION_COMPLETED(once=self.iteration), self.save_final)
+        engine.add_event_handler(Events.STARTED, self.start)
+        if self.iteration is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=self.iteration), self.save_final)
 
-    def check_reachable(self, engine: Engine) -> None:
-        """Refuse a training that ends before ``iteration`` (no snapshot would be written); warn when a resumed run
-        is past it and the snapshot is missing."""
+    def start(self, engine: Engine) -> None:
+        """After ``CheckpointResumer`` (attached first): refuse a snapshot the training would not reach or that would
+        be its final weights; move an earlier training's snapshot aside on a fresh start; warn when a resumed run is
+        past the snapshot and it is missing."""
+        self.remove_stale_files()
         last = engine.state.max_epochs * (engine.state.epoch_length or 0)
-        if last and last < self.iteration:
+        if self.iteration is not None and last and last <= self.iteration:
             raise ValueError(
                 f"the {self.name} snapshot is asked for at iteration {self.iteration}, but this training ends at "
-                f"iteration {last}: train longer or take an earlier iteration."
+                f"iteration {last}: take an earlier iteration (the snapshot must come before the final weights)."
             )
-        if engine.state.iteration >= self.iteration and not (self.save_dir / f"{self.name}.pt").is_file():
+        if engine.state.iteration == 0:
+            CheckpointResumer(self.save_dir, self.name, {}, resume=False).move_earlier_run()
+        elif self.iteration is not None and engine.state.iteration >= self.iteration and not (self.save_dir / f"{self.name}.pt").is_file():
             logger.warning("resumed at iteration %d, past the %s snapshot's iteration %d, and %s is missing: it will not "
                            "be written by this run.", engine.state.iteration, self.name, self.iteration,
                            self.save_dir / f"{self.name}.pt")

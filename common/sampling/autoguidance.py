@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.checkpoints import ModelSettings, load_weights
+from common.checkpoints import ModelSettings, load_weights, read_checkpoint
 from common.networks import LatentScale
 
 __all__ = ["AutoGuidedDenoiser", "autoguided", "checked_autoguidance_scale"]
@@ -84,7 +84,8 @@ def autoguided(
 
     The guide is a copy of ``network`` filled with ``guide_path``'s ``ema_network`` weights; the checkpoint must
     have been written with the same ``settings`` and latent scale as ``diffusion_path`` (``ValueError`` naming
-    both otherwise), and must be another file.
+    both otherwise), must be another file and, where both record their training iteration (packages keep none),
+    an earlier one.
     """
     scale = checked_autoguidance_scale(scale)
     if guide_path is None:
@@ -105,6 +106,12 @@ def autoguided(
     if scale == 1.0:
         logger.warning("guide_path %s is set but autoguidance_scale is 1: sampling with the network alone.", guide_path)
         return network
+    trained = [read_checkpoint(path).get("trainer", {}).get("iteration") for path in (guide_path, diffusion_path)]
+    if None not in trained and trained[0] >= trained[1]:
+        raise ValueError(
+            f"the guide {guide_path} was written at iteration {trained[0]}, the denoiser {diffusion_path} at "
+            f"{trained[1]}: the guide must be an earlier checkpoint of the training (guide_iteration below its end)."
+        )
     guide_scale = LatentScale.from_checkpoint(guide_path, latent_scale.scaling)
     if not torch.allclose(guide_scale.factor(), latent_scale.factor()):
         raise ValueError(

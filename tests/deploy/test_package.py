@@ -185,19 +185,23 @@ def test_an_autoguidance_guide_is_packaged_with_the_denoiser_and_named_in_its_co
 
     models = tmp_path / "models"
     shutil.copytree(brain_model["models"], models)
-    shutil.copy2(models / "diffusion.pt", models / "guide.pt")  # a guide of the same network and settings
-    guided = {"guide_path": "$@ckpt_dir + '/guide.pt'", "autoguidance_scale": 2.0}
+    trained = torch.load(models / "diffusion.pt", weights_only=True)
+    guide = tmp_path / "elsewhere" / "guide_at_2.pt"  # named by an absolute path, outside the training's folder
+    guide.parent.mkdir()
+    torch.save({k: trained[k] for k in ("ema_network", "latent_scale", "model_settings")}, guide)
+    guided = {"guide_path": str(guide), "autoguidance_scale": 2.0}
     archive = package_bundle("brain_mri", models, tmp_path / "dist", {**SIZE_32_OVERRIDES, **guided})
     folder = archive.parent / "brain_mri"
     assert set(torch.load(folder / "models" / "guide.pt", weights_only=True)) == {"ema_network", "latent_scale", "model_settings"}
     assert 'path: "models/guide.pt"' in (folder / "large_files.yml").read_text()
     inference = json.loads((folder / "configs" / "inference.json").read_text())
     assert inference["guide_path"] == "$@ckpt_dir + '/guide.pt'" and inference["autoguidance_scale"] == 2.0
+    guide.unlink()  # the package samples with its own copy
     run_bundle([str(folder / "configs" / "inference.json")], bundle_root=str(folder), num_samples=1, num_inference_steps=2,
                output_dir=str(tmp_path / "samples"))
-    assert json.loads((tmp_path / "samples" / "samples.json").read_text())["autoguidance"]["scale"] == 2.0
-    (models / "guide.pt").unlink()
-    with pytest.raises(PackagingError, match=r"cannot package the guide_path the inference config names: checkpoint .*guide.pt does not exist"):
+    record = json.loads((tmp_path / "samples" / "samples.json").read_text())["autoguidance"]
+    assert record == {"scale": 2.0, "guide": str(folder / "models" / "guide.pt")}
+    with pytest.raises(PackagingError, match=r"cannot package the guide_path the inference config names: checkpoint .*guide_at_2.pt does not exist"):
         package_bundle("brain_mri", models, tmp_path / "dist2", {**SIZE_32_OVERRIDES, **guided})
 
 

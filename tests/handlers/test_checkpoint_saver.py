@@ -92,9 +92,9 @@ def test_a_snapshot_beyond_the_training_is_refused_and_none_is_off(tmp_path):
     from common.handlers import IterationSnapshot
 
     engine, net = _engine()
-    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=8).attach(engine)
-    with pytest.raises(ValueError, match="the guide snapshot is asked for at iteration 8, but this training ends at iteration 7"):
-        engine.run(range(7), max_epochs=1)
+    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=7).attach(engine)
+    with pytest.raises(ValueError, match="the guide snapshot is asked for at iteration 7, but this training ends at iteration 7"):
+        engine.run(range(7), max_epochs=1)  # its last iteration: the snapshot would be the final weights
     engine, net = _engine()
     IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=None).attach(engine)
     engine.run(range(3), max_epochs=1)
@@ -102,3 +102,24 @@ def test_a_snapshot_beyond_the_training_is_refused_and_none_is_off(tmp_path):
     for wrong in (0, 2.5, True):
         with pytest.raises(ValueError, match="the snapshot iteration must be a positive integer or None"):
             IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=wrong)
+
+
+def test_a_fresh_training_moves_an_earlier_snapshot_aside_and_a_resumed_one_keeps_it(tmp_path):
+    from common.handlers import IterationSnapshot
+
+    engine, net = _engine()
+    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=2).attach(engine)
+    engine.run(range(4), max_epochs=1)
+    written = (tmp_path / "guide.pt").read_bytes()
+    engine, net = _engine()  # another training from scratch, without a snapshot of its own
+    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=None).attach(engine)
+    engine.run(range(4), max_epochs=1)
+    assert not (tmp_path / "guide.pt").exists()
+    [moved] = (tmp_path / "earlier_runs").glob("guide_*/guide.pt")
+    assert moved.read_bytes() == written
+    engine, net = _engine()  # a resumed run (its iteration restored before STARTED's handlers) keeps its snapshot
+    (tmp_path / "guide.pt").write_bytes(written)
+    engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "iteration", 3))
+    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=2).attach(engine)
+    engine.run(range(4), max_epochs=1)
+    assert (tmp_path / "guide.pt").read_bytes() == written
