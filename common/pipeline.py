@@ -22,7 +22,7 @@ from monai.bundle import ConfigParser
 from monai.bundle import run as run_bundle
 
 from common.checkpoints import checkpoint_iteration, find_latest_checkpoint
-from common.handlers import CheckpointDirLock, CheckpointResumer, LearningRateDecay
+from common.handlers import CheckpointDirLock, CheckpointResumer, IterationSnapshot, LearningRateDecay
 from common.io import bundle_dir, is_main_process
 from common.networks import check_image_size
 from common.overrides import as_bool, refuse_unknown_ids
@@ -314,13 +314,14 @@ def _check_diffusion_stage(files: Sequence[str], overrides: Mapping[str, Any]) -
     """What the diffusion stage can be checked for without its data, before the VQ-GAN stage trains, not when the
     second stage fails on it: its networks (the VQ-GAN and the denoiser on its latents) take ``image_size``, and
     its ``lr_decay`` arguments are valid (without building the optimizer, which would put the denoiser on the
-    device)."""
+    device), and so is its ``guide_iteration``."""
     parser = ConfigParser()
     parser.read_config(list(files))
     parser.update(dict(overrides))
     check_image_size(parser.get_parsed_content("image_size"), *parser.get_parsed_content("size_checked_networks"))
     decay = ("final_ratio", "start_iteration", "end_iteration")
     LearningRateDecay.check_arguments(*(parser.get_parsed_content(f"lr_decay#{key}") for key in decay))
+    IterationSnapshot.check_iteration(parser.get_parsed_content("guide_iteration"))
 
 
 def _unescaped(value: Any) -> Any:

@@ -268,3 +268,33 @@ def test_autoguided_loads_the_guide_from_its_checkpoint_and_refuses_what_does_no
     with pytest.raises(Exception, match="prediction_type"):  # the guide was trained as another model
         autoguided(net, tmp_path / "guide.pt", 2.0, ModelSettings(prediction_type="epsilon", latent_scaling="unit_variance"),
                    scale, tmp_path / "diffusion.pt")
+
+
+def test_a_class_conditional_denoiser_is_autoguided_with_its_labels_and_classifier_free_guidance_on_top(tmp_path):
+    from common.sampling import AutoGuidedDenoiser
+
+    vqgan = tiny_vqgan().train()
+    vqgan(torch.randn(1, 1, 16, 16, 16))
+    torch.manual_seed(0)
+    net, guide = (DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4,
+                                     class_counts=[2]) for _ in range(2))
+    for table in (*net.class_embedding.tables, *guide.class_embedding.tables):  # as if trained: labels move the prediction
+        torch.nn.init.normal_(table.weight)
+    guided = AutoGuidedDenoiser(net, guide, 2.0)
+    x, t = torch.randn(2, 4, 8, 8, 4), torch.tensor([5])
+    labels = torch.tensor([[0], [1]])
+    with torch.no_grad():  # each network sees the labels
+        assert torch.allclose(guided(x, t, labels), 2 * net(x, t, labels) - guide(x, t, labels), atol=1e-5)
+    # the sampler takes it as the conditional model it wraps, and guides by class on top (both predictions in one batch)
+    sampler = LatentSampler(CodebookRangeAutoencoder(vqgan), guided, make_sampling_scheduler(20, 3), (4, 8, 8, 4), str(tmp_path),
+                            num_samples=1, verbose=False, class_labels={"side": ["left", "right"]}, labels={"side": "right"},
+                            guidance_scale=3.0)
+    batches = []
+    hooks = [m.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0])) for m in (net, guide)]
+    volume = sampler.sample([0], [(1,)])
+    for hook in hooks:
+        hook.remove()
+    assert volume.shape == (1, 1, 16, 16, 8) and torch.isfinite(volume).all() and set(batches) == {2} and len(batches) == 6
+    assert not torch.allclose(volume, LatentSampler(CodebookRangeAutoencoder(vqgan), net, make_sampling_scheduler(20, 3), (4, 8, 8, 4),
+                                                    str(tmp_path / "alone"), verbose=False, class_labels={"side": ["left", "right"]},
+                                                    labels={"side": "right"}, guidance_scale=3.0).sample([0], [(1,)]))

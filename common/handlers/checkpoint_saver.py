@@ -121,9 +121,14 @@ class IterationSnapshot(AtomicCheckpointSaver):
 
     def __init__(self, save_dir: str, save_dict: Mapping[str, Any], name: str, iteration: int | None) -> None:
         super().__init__(save_dir, save_dict, name)
+        self.iteration = self.check_iteration(iteration)
+
+    @staticmethod
+    def check_iteration(iteration: object) -> int | None:
+        """``iteration`` if it is a positive integer or None, else a ``ValueError`` naming it."""
         if iteration is not None and (isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 1):
             raise ValueError(f"the snapshot iteration must be a positive integer or None, got {iteration!r}.")
-        self.iteration = iteration
+        return iteration
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.start)

@@ -53,7 +53,7 @@ def test_composed_train_config_of_every_latent_bundle(bundle, multi_gpu):
     diffusion.read_config(config_files(bundle, *[name.removesuffix(".json") for name in stages["diffusion"]]))
     passed = parser["stage_overrides"]["diffusion"]
     assert {"prediction_type", "latent_scaling", "volume_norm", "timestep_sampling", "snr_gamma", "lr_decay#final_ratio",
-            "lr_decay#start_iteration", "lr_decay#end_iteration"} <= set(passed)
+            "lr_decay#start_iteration", "lr_decay#end_iteration", "guide_iteration"} <= set(passed)
     for config_id, reference in passed.items():
         assert reference == f"@{config_id}" and diffusion[config_id] == parser[config_id], config_id
 
@@ -144,6 +144,12 @@ def test_a_bad_lr_decay_given_to_train_json_stops_it_before_the_vqgan_trains(tmp
                    log_dir=str(tmp_path / "logs"), image_size=[16, 16, 16], **{"stage_overrides#both": SMALL_SHARED,
                                                                                "lr_decay#final_ratio": 1.5})
     assert "final_ratio must be in [0, 1] (1 keeps the learning rate constant), got 1.5." in error_chain(info.value)
+    assert not (tmp_path / "models").exists()
+    with pytest.raises(Exception) as info:  # and a guide snapshot that could never be written
+        run_bundle(config_files("brain_mri", "train"), dataset_dir=str(tmp_path / "no_data"), ckpt_dir=str(tmp_path / "models"),
+                   log_dir=str(tmp_path / "logs"), image_size=[16, 16, 16], **{"stage_overrides#both": SMALL_SHARED,
+                                                                               "guide_iteration": 0})
+    assert "the snapshot iteration must be a positive integer or None, got 0." in error_chain(info.value)
     assert not (tmp_path / "models").exists()
 
 
