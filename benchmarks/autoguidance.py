@@ -51,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data and VQ-GAN (convergence.py's)")
     parser.add_argument("--guide-iteration", type=int, default=450, help="the denoiser's snapshot taken as its guide")
+    parser.add_argument("--iterations", type=int, help="denoiser iterations (default: the demo's 1,800), its EMA from half of them")
     parser.add_argument("--short-guide", type=int, default=450, help="iterations of a guide trained on its own (0: none)")
     parser.add_argument("--scales", default="1.5,2", help="autoguidance scales, each > 1")
     parser.add_argument("--seeds", default="0,1000", help="first seed of each seed set")
@@ -69,7 +70,9 @@ def main() -> None:
     started = time.time()
     settings = without_autoguidance(DEMO_SETTINGS[BUNDLE])  # guided only where a row asks for it
     samples = settings["inference"]["num_samples"]
-    iterations = settings["diffusion"]["train#trainer#max_epochs"] * 20 // settings["diffusion"]["batch_size"]
+    iterations = args.iterations or settings["diffusion"]["train#trainer#max_epochs"] * 20 // settings["diffusion"]["batch_size"]
+    if not 0 < args.guide_iteration < iterations:
+        parser.error(f"--guide-iteration must lie inside the denoiser's {iterations} iterations")
     data = args.workdir / "data"
     brain_demo_datalist(data, count=20, seed=0)
     brain_demo_heldout_datalist(data, count=8, seed=0)
@@ -82,9 +85,9 @@ def main() -> None:
         parser.error(f"the VQ-GAN in {vqgan} was trained with a scale-equivariance term, not the demo's: use another --workdir")
 
     work = args.workdir / "autoguidance"
-    run = work / "denoiser"
+    run = work / ("denoiser" if args.iterations is None else f"denoiser_{iterations}")
     minutes = {"denoiser": train(run_stages, run, data, vqgan, settings, {**common, "guide_iteration": args.guide_iteration},
-                                 iterations, settings["diffusion"]["ema#start_iteration"])}
+                                 iterations, iterations // 2)}
     guides = {f"snapshot at {args.guide_iteration}": run / "models" / "guide.pt"}
     if args.short_guide:
         short = work / f"guide_{args.short_guide}"
