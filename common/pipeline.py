@@ -8,7 +8,6 @@ and chooses small settings for the demo.
 from __future__ import annotations
 
 import copy
-
 import json
 import logging
 import time
@@ -27,7 +26,10 @@ from common.io import bundle_dir, is_main_process
 from common.networks import check_image_size
 from common.overrides import as_bool, refuse_unknown_ids
 
-__all__ = ["AUTOGUIDANCE_IDS", "DEMO_SETTINGS", "SMALL_IMAGE_SIZE", "SMALL_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline", "run_stages", "summary", "train_stages", "without_autoguidance"]
+__all__ = [
+    "AUTOGUIDANCE_IDS", "DEMO_SETTINGS", "SMALL_IMAGE_SIZE", "SMALL_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline",
+    "run_stages", "summary", "train_stages", "without_autoguidance",
+]
 
 logger = logging.getLogger(__name__)
 

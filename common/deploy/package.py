@@ -34,12 +34,12 @@ from .export import export_torchscript
 
 __all__ = ["PackagingError", "package_bundle"]
 
+logger = logging.getLogger(__name__)
+
 # per kind of bundle: training checkpoint -> (the entry inference reads, the packaged file); the denoiser is
 # models/model.pt in a package, the file the Model Zoo requires
 # the entries inference reads, by checkpoint: the first is required; the others (the denoiser's latent scale and the
 # settings it was trained with) are kept when the checkpoint has them (older ones do not)
-logger = logging.getLogger(__name__)
-
 INFERENCE_WEIGHTS = {
     "latent": {"autoencoder.pt": (("autoencoder",), "autoencoder.pt"),
                "diffusion.pt": (("ema_network", "latent_scale", "model_settings"), "model.pt")},

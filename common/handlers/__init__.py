@@ -1,7 +1,7 @@
 """Ignite handlers the bundles need beyond MONAI's: one run per checkpoint folder, refusing training that would do
-nothing, atomic checkpoints (and the snapshot an autoguidance guide is), resuming a killed run, stopping at a non-finite loss, the denoiser's EMA weights and a
-resume-safe learning rate decay, the latents the denoiser is given (statistics and scale), and the VQ-GAN's held-out
-reconstruction quality and codebook health while it trains."""
+nothing, atomic checkpoints (and the snapshot an autoguidance guide is), resuming a killed run, stopping at a
+non-finite loss, the denoiser's EMA weights and a resume-safe learning rate decay, the latents the denoiser is
+given (statistics and scale), and the VQ-GAN's held-out reconstruction quality and codebook health while it trains."""
 
 from .checkpoint_saver import AtomicCheckpointSaver, IterationSnapshot
 from .ema import DelayedEMAHandler

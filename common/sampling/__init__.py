@@ -12,6 +12,7 @@ from .loop import sample_shared_out, seeded_random_state, starting_noise
 from .schedulers import make_sampling_scheduler
 
 __all__ = [
-    "AutoGuidedDenoiser", "LatentSampler", "autoguided", "checked_autoguidance_scale", "checked_guidance_scale", "labels_description", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state",
-    "starting_noise", "volume_affine",
+    "AutoGuidedDenoiser", "LatentSampler", "autoguided", "checked_autoguidance_scale", "checked_guidance_scale",
+    "labels_description", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state", "starting_noise",
+    "volume_affine",
 ]
