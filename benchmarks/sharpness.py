@@ -48,6 +48,14 @@ VARIANTS: dict[str, dict] = {
     # the same at a tenth of the paper's adversarial and feature-matching weights, in 1,000 iterations
     "gan_from_500_tenth": {"adversarial_start": 500, "loss#image_gan_weight": 0.1, "loss#volume_gan_weight": 0.1,
                            "loss#feature_matching_weight": 1.6, "train#trainer#max_epochs": 100},
+    # the gradient difference term (Mathieu et al., 2016) beside L1 (weight 4): at half and at twice L1's weight
+    "gradient_2": {"gradient_weight": 2.0},
+    "gradient_8": {"gradient_weight": 8.0},
+    # the learning rate lowered along a half cosine to 0 over the second half of the training
+    "lr_decay": {"autoencoder_lr_decay#final_ratio": 0.0, "autoencoder_lr_decay#start_iteration": 1000},
+    # four times the codes (2,048): more bits per latent voxel
+    "codes_2048": {"autoencoder_def#num_embeddings": 2048},
+    "codes_4096": {"autoencoder_def#num_embeddings": 4096},
 }
 # inference.json overrides of each sampler variant, on top of the demo's (DDIM 100, EMA weights, x0 clipped to 1.25)
 SAMPLERS: dict[str, dict] = {
@@ -82,9 +90,10 @@ def ddim_eta(eta: float | None):
         ddim.DDIMScheduler.step = original
 
 
-def measure(run_dir: Path, data: Path, settings: dict, device: str) -> tuple[dict, "object", "object"]:
+def measure(run_dir: Path, data: Path, settings: dict, device: str, variant: dict | None = None) -> tuple[dict, "object", "object"]:
     """Held-out PSNR, SSIM and sharpness ratio of the VQ-GAN in ``run_dir``; and one held-out brain with its
-    reconstruction, for the picture."""
+    reconstruction, for the picture. ``variant``: the variant's overrides, of which those of the network's
+    definition (``autoencoder_def#...``) build the network its weights load into."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -99,7 +108,7 @@ def measure(run_dir: Path, data: Path, settings: dict, device: str) -> tuple[dic
     parser.read_config(config_files_of(configs)["evaluation"])
     parser.update({"bundle_root": str(configs.parent), "ckpt_dir": str(run_dir / "models"), "dataset_dir": str(data / "train"),
                    "heldout_dir": str(data / "heldout"), "output_dir": str(run_dir), "device": f"$torch.device('{device}')",
-                   **settings["shared"]})
+                   **settings["shared"], **{k: v for k, v in (variant or {}).items() if k.startswith("autoencoder_def#")}})
     autoencoder = CodebookRangeAutoencoder(load_weights(parser.get_parsed_content("autoencoder_def"),
                                                         str(run_dir / "models" / "autoencoder.pt"), "autoencoder")).eval()
     volumes = torch.stack([item["image"] for item in parser.get_parsed_content("heldout_dataset")]).float()
@@ -151,7 +160,7 @@ def train_and_measure_vqgans(args, settings: dict, data: Path) -> tuple[list[dic
                        {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')", **VARIANTS[name]})
             minutes = (time.time() - start) / 60
             trained.write_text(json.dumps({"minutes": minutes}) + "\n")
-        found, real, made = measure(run_dir, data, settings, args.device)
+        found, real, made = measure(run_dir, data, settings, args.device, VARIANTS[name])
         rows.append({"variant": name, "minutes": minutes, **found})
         pairs.append((name, real, made))
         print(json.dumps(rows[-1]), flush=True)

@@ -104,9 +104,33 @@ def test_the_size_check_before_training_refuses_a_latent_no_factor_divides():
         losses.check_scale_equivariance(1.0, [18, 18, 18], 2)
 
 
+def test_gradient_difference_charges_blur_and_structure_but_not_a_level_shift():
+    torch.manual_seed(0)
+    volume = torch.rand(2, 1, 8, 8, 8)
+    blurred = torch.nn.functional.avg_pool3d(volume, 3, stride=1, padding=1, count_include_pad=False)
+    assert losses.gradient_difference(volume, volume) == 0
+    assert losses.gradient_difference(volume + 0.3, volume) < 1e-6  # the same edges one level up
+    assert losses.gradient_difference(blurred, volume) > 0.1
+    # a 2D batch: the mean over its two axes of the L1 of the differences (a ramp of slope 1 against a flat image)
+    ramp = torch.arange(4.0).view(1, 1, 4, 1).expand(1, 1, 4, 4)
+    assert torch.isclose(losses.gradient_difference(ramp, torch.zeros_like(ramp)), torch.tensor(0.5))
+    with pytest.raises(ValueError, match=r"one shape .* got \(1, 1, 8, 8, 8\) and \(1, 1, 8, 8, 4\)"):
+        losses.gradient_difference(volume[:1], volume[:1, ..., :4])
+
+
+def test_gradient_term_is_weighted_into_the_generator_loss_only_when_on():
+    torch.manual_seed(0)
+    real, fake = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
+    index, commitment = torch.tensor([3]), torch.tensor(0.0)
+    on = _loss(gradient_weight=2.0).generator_loss(real, fake, commitment, index, iteration=1)
+    assert torch.isclose(on["gradient"], losses.gradient_difference(fake, real))
+    assert torch.isclose(on["loss"], 4 * on["l1"] + 2 * on["gradient"])
+    assert "gradient" not in _loss().generator_loss(real, fake, commitment, index, iteration=1)
+
+
 @pytest.mark.parametrize(
     "name", ["l1_weight", "perceptual_weight", "image_gan_weight", "volume_gan_weight", "feature_matching_weight",
-             "scale_equivariance_weight"]
+             "scale_equivariance_weight", "gradient_weight"]
 )
 def test_negative_loss_weights_are_refused_by_name(name):
     with pytest.raises(ValueError, match=f"{name} must be >= 0, got -1"):
