@@ -11,7 +11,7 @@ own; 1 is as sharp as real):
   against the held-out brains' latents, and their images by spectral band: is the detail lost in the latents or
   when the decoder renders them?
 
-    python benchmarks/sharpness.py                                        # the four VQ-GAN variants, about 30 minutes here
+    python benchmarks/sharpness.py                                        # every VQ-GAN variant, 4 to 7 minutes each here
     python benchmarks/sharpness.py --variants none --demo-output demo_output   # the sampler variants, about 6 minutes
 
 Every variant runs the brain_mri bundle's own configs (``common.pipeline.run_stages``), so each is one
@@ -48,14 +48,23 @@ VARIANTS: dict[str, dict] = {
     # the same at a tenth of the paper's adversarial and feature-matching weights, in 1,000 iterations
     "gan_from_500_tenth": {"adversarial_start": 500, "loss#image_gan_weight": 0.1, "loss#volume_gan_weight": 0.1,
                            "loss#feature_matching_weight": 1.6, "train#trainer#max_epochs": 100},
-    # the gradient difference term (Mathieu et al., 2016) beside L1 (weight 4): at half and at twice L1's weight
-    "gradient_2": {"gradient_weight": 2.0},
-    "gradient_8": {"gradient_weight": 8.0},
-    # the learning rate lowered along a half cosine to 0 over the second half of the training
-    "lr_decay": {"autoencoder_lr_decay#final_ratio": 0.0, "autoencoder_lr_decay#start_iteration": 1000},
-    # four times the codes (2,048): more bits per latent voxel
+    # four and eight times the demo's 512 codes (the paper's codebook has 16,384): more bits per latent voxel
     "codes_2048": {"autoencoder_def#num_embeddings": 2048},
     "codes_4096": {"autoencoder_def#num_embeddings": 4096},
+    # the paper's GAN from iteration 1,000 at a tenth of its weights, with discriminators normalised per instance
+    # (BatchNorm's statistics over a batch of 2 differ between the real and the reconstructed batch) ...
+    "gan_tenth_instance_norm": {"adversarial_start": 1000, "loss#image_gan_weight": 0.1, "loss#volume_gan_weight": 0.1,
+                                "loss#feature_matching_weight": 1.6, "image_discriminator#norm": "INSTANCE",
+                                "volume_discriminator#norm": "INSTANCE"},
+    # ... and the same with the discriminators at a tenth of the autoencoder's learning rate
+    "gan_tenth_instance_norm_slow_d": {"adversarial_start": 1000, "loss#image_gan_weight": 0.1, "loss#volume_gan_weight": 0.1,
+                                       "loss#feature_matching_weight": 1.6, "image_discriminator#norm": "INSTANCE",
+                                       "volume_discriminator#norm": "INSTANCE", "discriminator_optimizer#lr": 1e-4},
+    # the paper's GAN from iteration 1,000 with its terms balanced against the reconstruction's gradient at the
+    # decoder's last layer (Esser et al., 2021): at the paper's weights, and at a tenth of them
+    "gan_adaptive": {"adversarial_start": 1000, "loss#adaptive_adversarial_weight": True},
+    "gan_adaptive_tenth": {"adversarial_start": 1000, "loss#adaptive_adversarial_weight": True, "loss#image_gan_weight": 0.1,
+                           "loss#volume_gan_weight": 0.1, "loss#feature_matching_weight": 1.6},
 }
 # inference.json overrides of each sampler variant, on top of the demo's (DDIM 100, EMA weights, x0 clipped to 1.25)
 SAMPLERS: dict[str, dict] = {

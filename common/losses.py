@@ -6,8 +6,8 @@ Generator: ``l1_weight * L1 + perceptual_weight * LPIPS(one depth slice) + commi
 features on real and reconstructed input. Discriminators: hinge loss on real versus reconstructed slice / volume.
 Beyond the paper, as options: (``scale_equivariance_weight`` > 0) the L1 distance between the decoding of the latent
 average-pooled by 2 or 4 and the image pooled alike, which moves the latent's power toward coarse frequencies; and
-(``gradient_weight`` > 0) the L1 distance between the volumes' finite differences, which weights the reconstruction
-error toward fine detail.
+(``adaptive_adversarial_weight``) the adversarial terms scaled to the reconstruction's gradient at the decoder's last
+layer, as in Taming Transformers (Esser et al., CVPR 2021, Eq. 7).
 
 Khader et al., Sci Rep 2023, Sec. 2.3 "VQ-GAN": a slice-wise 2D and a whole-volume 3D discriminator with
 feature matching (after Ge et al.), reconstruction, perceptual and commitment losses.
@@ -25,7 +25,7 @@ from monai.losses import PatchAdversarialLoss, PerceptualLoss
 from torch import nn
 
 __all__ = ["SCALE_FACTORS", "VQGANLoss", "build_perceptual_loss", "check_scale_equivariance", "depth_slices", "feature_matching_loss",
-           "gradient_difference", "scale_factors"]
+           "adversarial_balance", "scale_factors"]
 
 SCALE_FACTORS = (2, 4)  # the latent poolings of the scale-equivariance term (Skorokhodov et al. pool by 2 or 4)
 
@@ -84,19 +84,6 @@ def feature_matching_loss(fake_features: list[torch.Tensor], real_features: list
     return torch.stack([F.l1_loss(fake, real.detach()) for fake, real in pairs]).mean()
 
 
-def gradient_difference(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Mean over the spatial axes of the L1 distance between the neighbour differences of ``fake`` and ``real``
-    (channel-first batches): the gradient difference loss of Mathieu et al. ("Deep multi-scale video prediction beyond
-    mean square error", ICLR 2016). A difference multiplies each frequency's error by its frequency, so the term
-    charges blur that a voxel-wise L1 forgives; unlike a loss on Fourier amplitudes it sees where an edge is and its
-    sign."""
-    if fake.shape != real.shape or real.ndim < 3:
-        raise ValueError(f"gradient_difference needs two batches of one shape (N, C, spatial...), got {tuple(fake.shape)} "
-                         f"and {tuple(real.shape)}.")
-    axes = range(2, real.ndim)
-    return sum(F.l1_loss(torch.diff(fake, dim=axis), torch.diff(real, dim=axis)) for axis in axes) / len(axes)
-
-
 def scale_factors(latent_shape: Sequence[int]) -> list[int]:
     """The factors of ``SCALE_FACTORS`` that divide every axis of a latent of spatial size ``latent_shape``;
     ``ValueError`` if none does."""
@@ -115,6 +102,17 @@ def check_scale_equivariance(weight: float, image_size: Sequence[int], downsampl
     the latent of ``image_size`` at compression ``downsample_factor`` cannot be pooled by any of ``SCALE_FACTORS``."""
     if weight:
         scale_factors([int(s) // int(downsample_factor) for s in image_size])
+
+
+def adversarial_balance(reconstruction_loss: torch.Tensor, adversarial_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """The factor that gives ``adversarial_loss`` the gradient norm of ``reconstruction_loss`` at ``last_layer`` (the
+    decoder's last weight), clamped to [0, 1e4] and detached: Esser et al., "Taming Transformers for High-Resolution
+    Image Synthesis", CVPR 2021, Eq. 7. A generator hinge term is unbounded, so with a fixed weight its gradient can
+    outgrow a small reconstruction loss's by orders of magnitude and the gradient clipping then leaves the
+    reconstruction nothing."""
+    reconstruction_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    adversarial_grad = torch.autograd.grad(adversarial_loss, last_layer, retain_graph=True)[0]
+    return (reconstruction_grad.norm() / (adversarial_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
 def _discriminate(discriminator: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -157,10 +155,10 @@ class VQGANLoss(nn.Module):
             Diffusability of Autoencoders", ICML 2025). Measured in ``benchmarks/convergence_64_scale_equivariance.md``
             (sharper 64^3 samples, no anatomy) and ``convergence_demo_scale_equivariance.md`` (no gain at 32^3; one
             training of two stuck at a constant output in its first steps).
-        gradient_weight: weight of the gradient difference term (not in the paper: 0 switches it off), the L1
-            distance between the neighbour differences of the reconstruction and the input along every axis
-            (``gradient_difference``). Without a perceptual or adversarial term the L1 loss alone lets the decoder
-            blur; this term makes a missing edge cost in proportion to its frequency.
+        adaptive_adversarial_weight: not in the paper (False): multiply the two adversarial terms by
+            ``adversarial_balance``, so that at weights 1 their gradient at the decoder's last layer is as large as
+            the reconstruction terms' (Esser et al., CVPR 2021); ``image_gan_weight`` and ``volume_gan_weight`` then
+            weigh them relative to the reconstruction. ``generator_loss`` needs ``last_layer`` for it.
     """
 
     def __init__(
@@ -175,7 +173,7 @@ class VQGANLoss(nn.Module):
         feature_matching_weight: float = 16.0,
         adversarial_start: int = 10000,
         scale_equivariance_weight: float = 0.0,
-        gradient_weight: float = 0.0,
+        adaptive_adversarial_weight: bool = False,
     ) -> None:
         super().__init__()
         if perceptual_weight > 0 and perceptual_loss is None:
@@ -185,7 +183,7 @@ class VQGANLoss(nn.Module):
             )
         weights = {"l1_weight": l1_weight, "perceptual_weight": perceptual_weight, "image_gan_weight": image_gan_weight,
                    "volume_gan_weight": volume_gan_weight, "feature_matching_weight": feature_matching_weight,
-                   "scale_equivariance_weight": scale_equivariance_weight, "gradient_weight": gradient_weight}
+                   "scale_equivariance_weight": scale_equivariance_weight}
         for name, weight in weights.items():
             if not weight >= 0:
                 raise ValueError(f"{name} must be >= 0, got {weight}.")
@@ -201,7 +199,7 @@ class VQGANLoss(nn.Module):
         self.feature_matching_weight = feature_matching_weight
         self.adversarial_start = adversarial_start
         self.scale_equivariance_weight = scale_equivariance_weight
-        self.gradient_weight = gradient_weight
+        self.adaptive_adversarial_weight = bool(adaptive_adversarial_weight)
         self._factor_generator = torch.Generator().manual_seed(torch.initial_seed())
         self.adversarial = PatchAdversarialLoss(criterion="hinge")
 
@@ -233,14 +231,13 @@ class VQGANLoss(nn.Module):
         slice_index: torch.Tensor,
         iteration: int,
         pooled_fake: torch.Tensor | None = None,
+        last_layer: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms of the autoencoder; ``"loss"`` is their weighted sum. ``pooled_fake``: the decoding of the
-        pooled latent (``VQGAN.forward`` with ``latent_downsample``), needed when ``scale_equivariance_weight`` > 0."""
+        pooled latent (``VQGAN.forward`` with ``latent_downsample``), needed when ``scale_equivariance_weight`` > 0.
+        ``last_layer``: the decoder's last weight, needed when ``adaptive_adversarial_weight`` is on."""
         terms = {"l1": F.l1_loss(fake, real), "commitment": commitment}
         total = self.l1_weight * terms["l1"] + commitment
-        if self.gradient_weight:
-            terms["gradient"] = gradient_difference(fake, real)
-            total = total + self.gradient_weight * terms["gradient"]
         if self.scale_equivariance_weight:
             if pooled_fake is None:
                 raise ValueError("scale_equivariance_weight > 0 needs pooled_fake, the decoding of the pooled latent.")
@@ -273,12 +270,13 @@ class VQGANLoss(nn.Module):
             terms["feature_matching"] = feature_matching_loss(fake_image_out, real_image_out) + feature_matching_loss(
                 fake_volume_out, real_volume_out
             )
-            total = (
-                total
-                + self.image_gan_weight * terms["image_gan"]
-                + self.volume_gan_weight * terms["volume_gan"]
-                + self.feature_matching_weight * terms["feature_matching"]
-            )
+            adversarial = self.image_gan_weight * terms["image_gan"] + self.volume_gan_weight * terms["volume_gan"]
+            if self.adaptive_adversarial_weight:
+                if last_layer is None:
+                    raise ValueError("adaptive_adversarial_weight needs last_layer, the decoder's last weight.")
+                terms["adversarial_balance"] = adversarial_balance(total, terms["image_gan"] + terms["volume_gan"], last_layer)
+                adversarial = terms["adversarial_balance"] * adversarial
+            total = total + adversarial + self.feature_matching_weight * terms["feature_matching"]
         terms["loss"] = total
         return terms
 

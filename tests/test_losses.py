@@ -54,6 +54,32 @@ def test_adversarial_terms_start_after_the_configured_iteration():
     assert disc["loss"] > 0 and torch.isclose(disc["loss"], disc["image_disc"] + disc["volume_disc"])
 
 
+def test_adversarial_balance_is_the_ratio_of_the_gradient_norms_at_the_layer():
+    weight = torch.ones(2, 3, requires_grad=True)
+    balance = losses.adversarial_balance((3 * weight).sum(), (12 * weight).sum(), weight)
+    assert torch.isclose(balance, torch.tensor(0.25), atol=1e-5) and not balance.requires_grad
+    # no adversarial gradient at the layer: the factor is clamped, not infinite
+    assert losses.adversarial_balance((3 * weight).sum(), torch.zeros(()) + 0 * weight.sum(), weight) == 1e4
+
+
+def test_adaptive_adversarial_weight_gives_the_gan_terms_the_reconstructions_gradient_at_the_last_layer():
+    torch.manual_seed(0)
+    last_layer = torch.nn.Conv3d(2, 1, 3, padding=1)
+    real, features = torch.rand(2, 1, 16, 16, 16) * 2 - 1, torch.rand(2, 2, 16, 16, 16)
+    index = torch.tensor([0, 3])
+    loss = _loss(adaptive_adversarial_weight=True, feature_matching_weight=0.0, image_gan_weight=0.5, volume_gan_weight=0.5)
+    fake = last_layer(features)
+    terms = loss.generator_loss(real, fake, torch.tensor(0.0), index, iteration=6, last_layer=last_layer.weight)
+    gradient = {name: torch.autograd.grad(term, last_layer.weight, retain_graph=True)[0].norm()
+                for name, term in (("reconstruction", 4 * terms["l1"]), ("adversarial", terms["loss"] - 4 * terms["l1"]))}
+    # weights 0.5 and 0.5: the adversarial terms' gradient is half the reconstruction's (1 at weights 1)
+    assert torch.isclose(gradient["adversarial"], 0.5 * gradient["reconstruction"], rtol=1e-3), gradient
+    assert torch.isclose(terms["loss"], 4 * terms["l1"] + 0.5 * terms["adversarial_balance"] * (terms["image_gan"] + terms["volume_gan"]))
+    with pytest.raises(ValueError, match="adaptive_adversarial_weight needs last_layer"):
+        loss.generator_loss(real, last_layer(features), torch.tensor(0.0), index, iteration=6)
+    assert "adversarial_balance" not in loss.generator_loss(real, fake, torch.tensor(0.0), index, iteration=5)
+
+
 def test_scale_equivariance_term_compares_the_pooled_decoding_with_the_image_pooled_alike():
     loss = _loss(scale_equivariance_weight=2.0)
     real, fake = torch.rand(2, 1, 8, 8, 8), torch.rand(2, 1, 8, 8, 8)
@@ -104,33 +130,9 @@ def test_the_size_check_before_training_refuses_a_latent_no_factor_divides():
         losses.check_scale_equivariance(1.0, [18, 18, 18], 2)
 
 
-def test_gradient_difference_charges_blur_and_structure_but_not_a_level_shift():
-    torch.manual_seed(0)
-    volume = torch.rand(2, 1, 8, 8, 8)
-    blurred = torch.nn.functional.avg_pool3d(volume, 3, stride=1, padding=1, count_include_pad=False)
-    assert losses.gradient_difference(volume, volume) == 0
-    assert losses.gradient_difference(volume + 0.3, volume) < 1e-6  # the same edges one level up
-    assert losses.gradient_difference(blurred, volume) > 0.1
-    # a 2D batch: the mean over its two axes of the L1 of the differences (a ramp of slope 1 against a flat image)
-    ramp = torch.arange(4.0).view(1, 1, 4, 1).expand(1, 1, 4, 4)
-    assert torch.isclose(losses.gradient_difference(ramp, torch.zeros_like(ramp)), torch.tensor(0.5))
-    with pytest.raises(ValueError, match=r"one shape .* got \(1, 1, 8, 8, 8\) and \(1, 1, 8, 8, 4\)"):
-        losses.gradient_difference(volume[:1], volume[:1, ..., :4])
-
-
-def test_gradient_term_is_weighted_into_the_generator_loss_only_when_on():
-    torch.manual_seed(0)
-    real, fake = torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8)
-    index, commitment = torch.tensor([3]), torch.tensor(0.0)
-    on = _loss(gradient_weight=2.0).generator_loss(real, fake, commitment, index, iteration=1)
-    assert torch.isclose(on["gradient"], losses.gradient_difference(fake, real))
-    assert torch.isclose(on["loss"], 4 * on["l1"] + 2 * on["gradient"])
-    assert "gradient" not in _loss().generator_loss(real, fake, commitment, index, iteration=1)
-
-
 @pytest.mark.parametrize(
     "name", ["l1_weight", "perceptual_weight", "image_gan_weight", "volume_gan_weight", "feature_matching_weight",
-             "scale_equivariance_weight", "gradient_weight"]
+             "scale_equivariance_weight"]
 )
 def test_negative_loss_weights_are_refused_by_name(name):
     with pytest.raises(ValueError, match=f"{name} must be >= 0, got -1"):

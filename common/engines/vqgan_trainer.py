@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from common.losses import VQGANLoss
 
-__all__ = ["VQGANTrainer"]
+__all__ = ["VQGANTrainer", "last_decoder_weight"]
 
 
 @contextlib.contextmanager
@@ -36,6 +36,17 @@ def _without_onednn() -> Iterator[None]:
         yield
     finally:
         torch.backends.mkldnn.enabled = before
+
+
+def last_decoder_weight(network: torch.nn.Module) -> torch.Tensor:
+    """The last weight (a parameter of two or more dimensions) of the autoencoder's ``decoder``, where
+    ``VQGANLoss.adversarial_balance`` compares gradients (unwrapping ``DistributedDataParallel``)."""
+    decoder = getattr(getattr(network, "module", network), "decoder", None)
+    weights = [p for p in decoder.parameters() if p.ndim > 1] if decoder is not None else []
+    if not weights:
+        raise ValueError(f"adaptive_adversarial_weight needs an autoencoder with a decoder holding weights; "
+                         f"{type(network).__name__} has none.")
+    return weights[-1]
 
 
 class VQGANTrainer(Trainer):
@@ -156,9 +167,11 @@ class VQGANTrainer(Trainer):
         if losses.scale_equivariance_weight:  # the latent's size: the image's over the VQGAN's compression
             compression = getattr(engine.network, "module", engine.network).downsample_factor
             factor = losses.scale_factor([size // compression for size in images.shape[2:]])
+        balanced = losses.adaptive_adversarial_weight and losses.adversarial_active(iteration)
+        last_layer = {"last_layer": last_decoder_weight(engine.network)} if balanced else {}
         with torch.autocast(**engine.amp_kwargs, enabled=engine.amp):
             reconstruction, commitment, *pooled = engine.network(images, factor) if factor > 1 else engine.network(images)
-            terms = losses.generator_loss(images, reconstruction, commitment, slice_index, iteration, *pooled)
+            terms = losses.generator_loss(images, reconstruction, commitment, slice_index, iteration, *pooled, **last_layer)
         engine._step(terms["loss"], engine.optimizer, engine.scaler)
         for discriminator in discriminators:
             discriminator.requires_grad_(True)

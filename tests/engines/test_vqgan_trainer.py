@@ -12,6 +12,7 @@ from monai.networks.nets import PatchDiscriminator
 from monai.transforms import Compose, EnsureTyped, RandFlipd, ScaleIntensityd
 
 from common.engines import VQGANTrainer
+from common.engines.vqgan_trainer import last_decoder_weight
 from common.losses import VQGANLoss
 from tests.bundles.bundle_runs import SMALL_AUTOENCODER, SMALL_SHARED
 from tests.helpers import tiny_vqgan
@@ -95,6 +96,33 @@ def test_bundle_trainer_under_bfloat16_on_a_cpu_runs_its_steps_without_onednn(am
     assert len(seen) >= 2 * 4 and set(seen) == {torch.backends.mkldnn.is_available() and not amp}
     assert torch.backends.mkldnn.enabled == torch.backends.mkldnn.is_available()  # as it was before the run
     assert len(logged) == 2 and "disc_loss" in logged[-1] and all(np.isfinite(v) for v in logged[-1].values())
+
+
+def test_bundle_trainer_balances_the_adversarial_terms_at_the_decoders_last_weight(tmp_path):
+    """With ``loss#adaptive_adversarial_weight`` the bundle's trainer hands the loss the decoder's output weight once
+    the adversarial terms count, and logs the balance; before that it computes none."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "brain_mri" / "configs" / "train_autoencoder.json"))
+    parser.update({
+        "bundle_root": str(REPO / "bundles" / "brain_mri"), "device": "$torch.device('cpu')", "ckpt_dir": str(tmp_path),
+        "log_dir": str(tmp_path / "logs"), "initialize": [], "image_size": [16, 16, 16], **SMALL_SHARED, **SMALL_AUTOENCODER,
+        "adversarial_start": 1, "loss#adaptive_adversarial_weight": True, "train#handlers": [], "train#trainer#max_epochs": 1,
+        "train#dataloader": "$@_batches", "_batches": [{"image": torch.rand(2, 1, 16, 16, 16) * 2 - 1} for _ in range(3)],
+    })
+    trainer = parser.get_parsed_content("train#trainer")
+    given, generator_loss = [], trainer.loss_function.generator_loss
+    trainer.loss_function.generator_loss = lambda *a, **k: given.append(k.get("last_layer")) or generator_loss(*a, **k)
+    logged = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: logged.append(e.state.output["losses"]))
+    trainer.run()
+
+    output_weight = [p for p in trainer.network.decoder.parameters() if p.ndim > 1][-1]
+    assert output_weight.shape[1] == 1  # the transposed convolution to the one image channel
+    assert given[0] is None and all(layer is output_weight for layer in given[1:])
+    assert "adversarial_balance" not in logged[0]
+    assert all(np.isfinite(step["adversarial_balance"]) and step["adversarial_balance"] > 0 for step in logged[1:])
+    with pytest.raises(ValueError, match="needs an autoencoder with a decoder holding weights; Linear has none"):
+        last_decoder_weight(torch.nn.Linear(2, 2))
 
 
 def _pooled_decoding_error(vqgan, volumes: torch.Tensor) -> float:
