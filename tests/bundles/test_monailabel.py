@@ -264,14 +264,16 @@ def test_the_server_answers_while_it_samples_and_refuses_beyond_its_queue(server
         finished[f"sample {seed}"] = time.monotonic()
         return status
 
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        samples = [pool.submit(sample, seed) for seed in (0, 1)]
-        time.sleep(0.3)  # both requests are at the server: one samples, one waits
+    seeds = range(6)  # a queue that takes several samples' time (a 10-step sample of the small model takes a fraction
+    # of a second): with two, both could end before /info/ was asked, and the order below would say nothing
+    with concurrent.futures.ThreadPoolExecutor(len(seeds)) as pool:
+        samples = [pool.submit(sample, seed) for seed in seeds]
+        time.sleep(0.3)  # the requests are at the server: one samples, the others wait
         json.load(urllib.request.urlopen(f"{server['url']}/info/", timeout=120))
         finished["info"] = time.monotonic()
-        assert [s.result() for s in samples] == [200, 200]
-    # MONAI Label's own /infer sampled on the event loop: /info/ waited for both samples
-    assert finished["info"] < max(finished["sample 0"], finished["sample 1"])
+        assert [s.result() for s in samples] == [200] * len(seeds)
+    # MONAI Label's own /infer sampled on the event loop: /info/ waited for every sample
+    assert finished["info"] < max(finished[f"sample {seed}"] for seed in seeds)
 
     burst = 16  # more than the 8 requests (--conf max_queued) a server holds computing or waiting
     with concurrent.futures.ThreadPoolExecutor(burst) as pool:

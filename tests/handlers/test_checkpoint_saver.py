@@ -123,3 +123,22 @@ def test_a_fresh_training_moves_an_earlier_snapshot_aside_and_a_resumed_one_keep
     IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=2).attach(engine)
     engine.run(range(4), max_epochs=1)
     assert (tmp_path / "guide.pt").read_bytes() == written
+
+
+def test_a_run_resumed_past_the_snapshot_without_it_warns_that_it_will_not_write_it(tmp_path, caplog):
+    from common.handlers import IterationSnapshot
+
+    engine, net = _engine()  # resumed at iteration 3 of 5 (restored before STARTED's handlers), the iteration-2 guide gone
+    engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "iteration", 3))
+    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=2).attach(engine)
+    with caplog.at_level("WARNING", logger="common.handlers.checkpoint_saver"):
+        engine.run(range(5), max_epochs=1)
+    assert f"resumed at iteration 3, past the guide snapshot's iteration 2, and {tmp_path / 'guide.pt'} is missing" in caplog.text
+    assert not (tmp_path / "guide.pt").exists()
+    caplog.clear()
+    engine, net = _engine()  # resumed before the snapshot's iteration: it is still to come, so no warning
+    engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "iteration", 1))
+    IterationSnapshot(str(tmp_path), {"network": net}, name="guide", iteration=2).attach(engine)
+    with caplog.at_level("WARNING", logger="common.handlers.checkpoint_saver"):
+        engine.run(range(5), max_epochs=1)
+    assert "past the guide snapshot" not in caplog.text and (tmp_path / "guide.pt").is_file()
