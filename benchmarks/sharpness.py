@@ -11,7 +11,7 @@ own; 1 is as sharp as real):
   against the held-out brains' latents, and their images by spectral band: is the detail lost in the latents or
   when the decoder renders them?
 
-    python benchmarks/sharpness.py                                        # every VQ-GAN variant, 4 to 7 minutes each here
+    python benchmarks/sharpness.py                                        # every VQ-GAN variant, 4 to 12 minutes each here
     python benchmarks/sharpness.py --variants none --demo-output demo_output   # the sampler variants, about 6 minutes
 
 Every variant runs the brain_mri bundle's own configs (``common.pipeline.run_stages``), so each is one

@@ -67,7 +67,8 @@ class VQGANTrainer(Trainer):
             with ``latent_downsample`` the decoding of the pooled latent; a plain MONAI ``VQVAE`` serves when
             ``loss_function.scale_equivariance_weight`` is 0).
         optimizer: optimizer of ``network``.
-        loss_function: the objective, holding both discriminators.
+        loss_function: the objective, holding both discriminators. With its ``adaptive_adversarial_weight`` on, the
+            network's decoder must hold weights (``last_decoder_weight``), checked here.
         discriminator_optimizer: one optimizer over the parameters of both discriminators.
         epoch_length: iterations per epoch; defaults to the loader's length.
         gradient_clip: max norm of the gradients of each update (the paper: 1.0); 0 disables clipping.
@@ -123,6 +124,9 @@ class VQGANTrainer(Trainer):
         self.loss_function = loss_function
         self.discriminator_optimizer = discriminator_optimizer
         self.gradient_clip = gradient_clip
+        # where the adversarial terms are balanced against the reconstruction, found once (the same Parameter object
+        # all training: loading a checkpoint copies into it)
+        self.balance_layer = last_decoder_weight(network) if loss_function.adaptive_adversarial_weight else None
         use_scaler = amp and device.type == "cuda" and dtype == torch.float16
         self.onednn = not (amp and device.type == "cpu" and dtype == torch.bfloat16)  # see ``amp``
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
@@ -167,8 +171,8 @@ class VQGANTrainer(Trainer):
         if losses.scale_equivariance_weight:  # the latent's size: the image's over the VQGAN's compression
             compression = getattr(engine.network, "module", engine.network).downsample_factor
             factor = losses.scale_factor([size // compression for size in images.shape[2:]])
-        balanced = losses.adaptive_adversarial_weight and losses.adversarial_active(iteration)
-        last_layer = {"last_layer": last_decoder_weight(engine.network)} if balanced else {}
+        balanced = engine.balance_layer is not None and losses.adversarial_active(iteration)
+        last_layer = {"last_layer": engine.balance_layer} if balanced else {}
         with torch.autocast(**engine.amp_kwargs, enabled=engine.amp):
             reconstruction, commitment, *pooled = engine.network(images, factor) if factor > 1 else engine.network(images)
             terms = losses.generator_loss(images, reconstruction, commitment, slice_index, iteration, *pooled, **last_layer)

@@ -123,6 +123,9 @@ def test_bundle_trainer_balances_the_adversarial_terms_at_the_decoders_last_weig
     assert all(np.isfinite(step["adversarial_balance"]) and step["adversarial_balance"] > 0 for step in logged[1:])
     with pytest.raises(ValueError, match="needs an autoencoder with a decoder holding weights; Linear has none"):
         last_decoder_weight(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="needs an autoencoder with a decoder holding weights; Linear has none"):
+        # refused when the trainer is built, before any step
+        VQGANTrainer("cpu", 1, [], torch.nn.Linear(2, 2), trainer.optimizer, trainer.loss_function, trainer.discriminator_optimizer)
 
 
 def _pooled_decoding_error(vqgan, volumes: torch.Tensor) -> float:
