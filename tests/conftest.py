@@ -25,6 +25,7 @@ from tests.bundles.bundle_runs import (
     run_pipeline,
 )
 from tests.bundles.med_ddpm_runs import SMALL, TRAINING, write_pairs
+from tests.environments import Background
 from tests.helpers import ANATOMICAL
 
 
@@ -32,6 +33,15 @@ from tests.helpers import ANATOMICAL
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory) -> Background:
+    """The environments the collected tests install from the package index (``tests.environments``), begun in
+    threads at the session's first test so that their waits on the index overlap the other tests."""
+    made = Background((item.nodeid for item in request.session.items), tmp_path_factory.mktemp)
+    yield made
+    made.close()
 
 
 @pytest.fixture

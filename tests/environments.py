@@ -8,6 +8,11 @@ them, are processed too). Packages installed into the new environment come first
 
 Installing needs the package index, as ``.ci/run``'s own install does; when the index cannot be reached the test
 is skipped with pip's reason, and any other pip failure fails the test.
+
+Such an install mostly waits on the index, so a test module registers it with :func:`made_in_the_background` and the
+session begins it in a thread at its first test (``conftest.background``): the wait overlaps the other tests instead
+of adding to the suite's time. The test then takes its result, or its failure or skip, with
+:meth:`Background.result`; only the environments of the tests that were collected are made.
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ import re
 import site
 import subprocess
 import venv
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["isolated_environment_variables", "make_environment", "pip_install", "this_environments_site_folders"]
+__all__ = [
+    "Background", "isolated_environment_variables", "made_in_the_background", "make_environment", "pip_install",
+    "this_environments_site_folders",
+]
 
 # what pip prints when it cannot reach an index (no network, a proxy refusing, DNS failing)
 OFFLINE = re.compile(
@@ -73,3 +84,44 @@ def pip_install(python: str, *args: str) -> str:
                     f"{result.stderr.strip()[-600:]}")
     assert result.returncode == 0, f"pip install {' '.join(args)} failed:\n{result.stderr[-3000:]}"
     return result.stdout
+
+
+# function name -> (the node-id prefix of the tests that need it, the function); filled as test modules are imported
+_REGISTERED: dict[str, tuple[str, Callable[[Path], Any]]] = {}
+
+
+def made_in_the_background(for_tests: str) -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
+    """Registers ``function(folder)``, which makes an environment in ``folder`` for the tests whose node ids start
+    with ``for_tests``, to be begun by :class:`Background` when the session starts."""
+
+    def register(function: Callable[[Path], Any]) -> Callable[[Path], Any]:
+        _REGISTERED[function.__name__] = (for_tests, function)
+        return function
+
+    return register
+
+
+class Background:
+    """The registered environments that the collected tests need, each made in a thread of its own from the start.
+
+    Args:
+        node_ids: the collected tests' node ids.
+        folder: makes an empty folder for a name (``tmp_path_factory.mktemp``), called here, before the threads.
+    """
+
+    def __init__(self, node_ids: Iterable[str], folder: Callable[[str], Path]) -> None:
+        node_ids = list(node_ids)
+        wanted = {name: function for name, (prefix, function) in _REGISTERED.items()
+                  if any(node_id.startswith(prefix) for node_id in node_ids)}
+        self._pool = ThreadPoolExecutor(max(1, len(wanted)), thread_name_prefix="environment")
+        self._made: dict[str, Future] = {name: self._pool.submit(function, folder(name)) for name, function in wanted.items()}
+
+    def result(self, function: Callable[[Path], Any]) -> Any:
+        """What the registered ``function`` returned, once it has; its exception (a skip included) is raised here."""
+        if function.__name__ not in self._made:
+            raise KeyError(f"{function.__name__} is not registered with made_in_the_background for this test's node id")
+        return self._made[function.__name__].result()
+
+    def close(self) -> None:
+        """Waits for the environments still being made (a test that failed early may have left one)."""
+        self._pool.shutdown(wait=True)

@@ -20,6 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -29,7 +30,7 @@ import torch
 from tests.bundles.bundle_runs import REPO
 from tests.bundles.med_ddpm_runs import SIZE, head_labels, save_labels
 from tests.bundles.med_ddpm_runs import drawn_on_another_grid
-from tests.environments import make_environment, pip_install
+from tests.environments import made_in_the_background, make_environment, pip_install
 
 APP = REPO / "integrations" / "monailabel"
 MONAILABEL = "monailabel==0.8.5"
@@ -42,12 +43,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def monailabel_python(tmp_path_factory) -> str:
-    """A virtual environment with monailabel installed as docs/deployment.md says, on top of this one."""
-    python = make_environment(tmp_path_factory.mktemp("monailabel_venv") / "venv", on_top_of_this_one=True)
+@made_in_the_background(for_tests="tests/bundles/test_monailabel.py")
+def monailabel_environment(folder: Path) -> str:
+    """A virtual environment with monailabel installed as docs/deployment.md says, on top of this one; its python."""
+    python = make_environment(folder / "venv", on_top_of_this_one=True)
     pip_install(python, "-q", "--no-deps", MONAILABEL)
     pip_install(python, "-q", "-r", str(APP / "requirements.txt"))
+    return python
+
+
+@pytest.fixture(scope="module")
+def monailabel_python(background) -> str:
+    python = background.result(monailabel_environment)
     probe = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
     assert probe.stdout.strip() == torch.__version__, probe.stderr[-2000:]  # the install kept this environment's torch
     return python

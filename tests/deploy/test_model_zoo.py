@@ -12,6 +12,7 @@ import pytest
 from common.deploy import ZooCheckError, check_bundle, check_zoo
 from common.deploy.model_zoo import check_large_files, check_metadata_schema
 from tests.bundles.bundle_runs import REPO
+from tests.environments import made_in_the_background
 
 LATENT = ("brain_mri", "breast_mri", "chest_ct", "knee_mri")
 
@@ -191,26 +192,47 @@ def _interpreter(version: str) -> str | None:
     return None
 
 
-def test_the_pinned_versions_install_together_on_the_oldest_and_newest_python():
-    """pip resolves the pins (``==``, as the zoo's CI on Python 3.10 installs them) for Python 3.10 and 3.13: every
-    pin has a build for each and they agree. Both resolve at once (each mostly waits on the index). Needs the
-    package index, as ``.ci/run`` does; where this machine lacks one of the two, the other is checked and the test
-    then skipped, naming the missing one."""
+PYTHONS = ("3.10", "3.13")  # the zoo CI's Python and the newest
+
+
+@made_in_the_background(for_tests="tests/deploy/test_model_zoo.py::test_the_pinned_versions_install_together")
+def pins_resolved(folder: Path) -> dict[str, BaseException | dict | None]:
+    """``pip install --dry-run`` of the pins (``==``, as the zoo's CI installs them) for each of :data:`PYTHONS`, both
+    at once (each mostly waits on the index): per version, pip's report of what it would install, the exception
+    (a failure, or a skip where the index cannot be reached), or None where this machine lacks that Python."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tests.environments import pip_install
 
-    pythons = {version: _interpreter(version) for version in ("3.10", "3.13")}
-    found = [python for python in pythons.values() if python is not None]
+    pythons = {version: _interpreter(version) for version in PYTHONS}
     pins = [f"{n}=={v}" for n, v in _pins().items()]
+    found = {version: python for version, python in pythons.items() if python is not None}
     with ThreadPoolExecutor(max(1, len(found))) as pool:
-        resolving = [pool.submit(pip_install, python, "--dry-run", "--ignore-installed", "-q", *pins) for python in found]
-        outcomes = [future.exception() for future in resolving]  # each waits for its pip; both run at once
+        resolving = {version: pool.submit(pip_install, python, "--dry-run", "--ignore-installed", "-q",
+                                          "--report", str(folder / f"{version}.json"), *pins)
+                     for version, python in found.items()}
+        outcomes = {version: future.exception() for version, future in resolving.items()}
+    return {version: None if version not in found else outcomes[version] or json.loads((folder / f"{version}.json").read_text())
+            for version in PYTHONS}
+
+
+def test_the_pinned_versions_install_together_on_the_oldest_and_newest_python(background):
+    """pip resolves the pins for Python 3.10 and 3.13 (:func:`pins_resolved`, begun when the session starts): every
+    pin has a build for each, they agree, and pip would install each at its pinned version. Needs the package index,
+    as ``.ci/run`` does; where this machine lacks one of the two, the other is checked and the test then skipped,
+    naming the missing one."""
+    from packaging.utils import canonicalize_name
+
+    outcomes = background.result(pins_resolved)
     # a pin that fails on either Python fails the test, before a skip of the other (the index unreachable)
-    raised = sorted((o for o in outcomes if o is not None), key=lambda o: isinstance(o, pytest.skip.Exception))
+    raised = sorted((o for o in outcomes.values() if isinstance(o, BaseException)), key=lambda o: isinstance(o, pytest.skip.Exception))
     if raised:
         raise raised[0]
-    missing = [version for version, python in pythons.items() if python is None]
+    for version, report in outcomes.items():
+        if report is not None:
+            resolved = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"] for item in report["install"]}
+            assert {name: resolved.get(canonicalize_name(name)) for name in _pins()} == _pins(), version
+    missing = [version for version, report in outcomes.items() if report is None]
     if missing:
         pytest.skip(f"no python{' or python'.join(missing)} on this machine: resolved for the others only")
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -23,7 +24,7 @@ from monai.data import load_net_with_metadata
 
 from common.deploy import PackagingError, check_bundle, package_bundle
 from tests.bundles.bundle_runs import REPO
-from tests.environments import isolated_environment_variables, make_environment, pip_install
+from tests.environments import isolated_environment_variables, made_in_the_background, make_environment, pip_install
 
 # run `monai.bundle` with this repository's code out of reach: no editable-install finder, and not the repository's
 # folder itself on the path (compared as resolved paths: a virtual environment beside or inside the clone stays)
@@ -228,14 +229,24 @@ def test_the_package_passes_the_model_zoo_checks(packaged):
     assert [p.split(": ")[1] for p in unhosted] == [f"models/{n}" for n in ("autoencoder.pt", "autoencoder.ts", "model.pt", "model.ts")]
 
 
-def test_a_fresh_environment_installs_the_pinned_versions_and_requirements_and_runs_the_package(packaged, tmp_path):
+@made_in_the_background(for_tests="tests/deploy/test_package.py::test_a_fresh_environment")
+def pinned_environment(folder: Path) -> tuple[str, list[str]]:
+    """A new virtual environment with nothing but pip and the brain bundle's pinned versions, installed as the Model
+    Zoo's CI installs them; its python and the pins."""
+    python = make_environment(folder / "venv", on_top_of_this_one=False)
+    pins = metadata_pins(json.loads((REPO / "bundles" / "brain_mri" / "configs" / "metadata.json").read_text()))
+    pip_install(python, "-q", *pins)
+    return python, pins
+
+
+def test_a_fresh_environment_installs_the_pinned_versions_and_requirements_and_runs_the_package(packaged, background, tmp_path):
     """A new virtual environment with nothing but pip gets the metadata's pinned versions as the Model Zoo's CI
     installs them, then the documented ``pip install -r requirements.txt`` (which the pins must satisfy), and
     samples from the package's folder. This test, like ``.ci/run``'s own install, needs the package index."""
-    python = make_environment(tmp_path / "venv", on_top_of_this_one=False)
+    python, pins = background.result(pinned_environment)
     bundle = tmp_path / "brain_mri"
     shutil.copytree(packaged.parent / "brain_mri", bundle)
-    pip_install(python, "-q", *metadata_pins(json.loads((bundle / "configs" / "metadata.json").read_text())))
+    assert metadata_pins(json.loads((bundle / "configs" / "metadata.json").read_text())) == pins  # the package's own
     assert "Successfully installed" not in pip_install(python, "-r", str(bundle / "requirements.txt"))  # pins satisfy it
     result = subprocess.run(
         [python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--num_samples", "1",
