@@ -1,7 +1,8 @@
 """Ignite handlers the bundles need beyond MONAI's: one run per checkpoint folder, refusing training that would do
 nothing, atomic checkpoints (and the snapshot an autoguidance guide is), resuming a killed run, stopping at a
 non-finite loss, the denoiser's EMA weights and a resume-safe learning rate decay, the latents the denoiser is
-given (statistics and scale), and the VQ-GAN's held-out reconstruction quality and codebook health while it trains."""
+given (statistics and scale), and the VQ-GAN's held-out reconstruction quality and codebook health while it trains
+(stopping it when its decoder has died)."""
 
 from .checkpoint_saver import AtomicCheckpointSaver, IterationSnapshot
 from .ema import DelayedEMAHandler
@@ -11,7 +12,7 @@ from .nan_guard import NonFiniteLossError, StopOnNonFiniteLoss
 from .resume import CheckpointResumer
 from .run_lock import CheckpointDirLock, CheckpointDirLockedError
 from .training_length import TrainingLengthCheck
-from .vqgan_monitor import CodebookCollapseWarning, HeldoutReconstruction
+from .vqgan_monitor import CodebookCollapseWarning, ConstantReconstructionError, HeldoutReconstruction, StopOnConstantReconstruction
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -19,12 +20,14 @@ __all__ = [
     "CheckpointDirLockedError",
     "CheckpointResumer",
     "CodebookCollapseWarning",
+    "ConstantReconstructionError",
     "DelayedEMAHandler",
     "HeldoutReconstruction",
     "IterationSnapshot",
     "LatentStatistics",
     "LearningRateDecay",
     "NonFiniteLossError",
+    "StopOnConstantReconstruction",
     "StopOnNonFiniteLoss",
     "TrainingLengthCheck",
     "measure_latents",

@@ -1,8 +1,8 @@
 """Telling the user how a VQ-GAN training is going while it runs: held-out reconstruction quality in TensorBoard,
-and a warning when the codebook collapses.
+a warning when the codebook collapses, and an error when the decoder has stopped learning altogether.
 
 A VQ-GAN that will never reconstruct unseen volumes well, or whose codebook has collapsed to a few codes, looks
-like any other run in its training losses. These two handlers make it visible hours before the run ends.
+like any other run in its training losses. These handlers make it visible hours before the run ends.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import os
 
 import torch
 from ignite.engine import Engine, Events
+from monai.utils import CommonKeys as Keys
 from torch.utils.data import Dataset
 
-__all__ = ["CodebookCollapseWarning", "HeldoutReconstruction"]
+__all__ = ["CodebookCollapseWarning", "ConstantReconstructionError", "HeldoutReconstruction", "StopOnConstantReconstruction"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,4 +153,52 @@ class CodebookCollapseWarning:
                 "%.1f). Reconstructions will be blurry. Lower the codebook's decay (autoencoder_def#decay), raise "
                 "dead_code_threshold, or lower the learning rate, and check the data.",
                 self.patience, 100 * usage, perplexity,
+            )
+
+
+class ConstantReconstructionError(RuntimeError):
+    """The VQ-GAN's reconstructions stayed constant: its decoder learns nothing more."""
+
+
+class StopOnConstantReconstruction:
+    """Raise ``ConstantReconstructionError`` when the reconstructions have been constant for ``patience`` iterations.
+
+    A decoder whose output no longer depends on its input gets no useful gradient, and the rest of the run would
+    train nothing: typically a ``TANH`` output activation saturated at -1 on the background within the first
+    iterations (seen with learning rate 1e-3 at compression 4, ``benchmarks/convergence_64_compression_4_long.md``),
+    after which the codebook collapses too. A reconstruction counts as constant when the standard deviation of its
+    voxels is below ``tolerance`` times that of its input, for every volume of the batch; an untrained decoder's
+    output varies far more than that. Reads ``image`` and ``pred`` of the ``VQGANTrainer``'s output. Like
+    ``StopOnNonFiniteLoss`` it raises, so no final checkpoint of the dead weights is written.
+
+    Args:
+        tolerance: the largest standard deviation, relative to the input's, of a reconstruction taken as constant.
+        patience: iterations in a row with constant reconstructions before stopping.
+    """
+
+    def __init__(self, tolerance: float = 1e-4, patience: int = 50) -> None:
+        if not 0 < tolerance < 1 or patience < 1:
+            raise ValueError(f"need 0 < tolerance < 1 and patience >= 1, got {tolerance} and {patience}.")
+        self.tolerance = tolerance
+        self.patience = patience
+        self.constant = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        if not isinstance(output, dict) or Keys.PRED not in output or Keys.IMAGE not in output:
+            return
+        spread = output[Keys.PRED].detach().float().flatten(1).std(dim=1)
+        reference = output[Keys.IMAGE].detach().float().flatten(1).std(dim=1)
+        self.constant = self.constant + 1 if bool((spread <= self.tolerance * reference).all()) else 0
+        if self.constant >= self.patience:
+            value = float(output[Keys.PRED].detach().float().mean())
+            raise ConstantReconstructionError(
+                f"training stopped at iteration {engine.state.iteration} (epoch {engine.state.epoch}): for "
+                f"{self.patience} iterations the VQ-GAN's reconstructions were constant (every voxel at {value:.4g}), "
+                "so its decoder gets no gradient and the rest of the run would learn nothing. A saturated output "
+                "activation is the usual cause: lower the learning rate (lr), or train without one "
+                "(autoencoder_def#output_act null, the bundles' default). No checkpoint was written for this iteration."
             )

@@ -119,6 +119,24 @@ def test_a_non_finite_loss_stops_the_vqgan_stage_naming_the_term_and_the_batch(t
     assert not (tmp_path / "models" / "autoencoder.pt").exists()
 
 
+def test_a_vqgan_whose_reconstructions_stay_constant_stops_naming_the_cause(tmp_path):
+    """The guard sits in the bundle's config and reads the real trainer's output. A saturated decoder cannot be
+    forced here in a few iterations, so its tolerance is raised until an untrained decoder's output (which varies
+    far less than the input) counts as constant; what counts as constant is tested in ``tests/handlers``."""
+    from monai.bundle import ConfigParser
+
+    handlers = ConfigParser.load_config_file(config_files("brain_mri", "train_autoencoder")[0])["train"]["handlers"]
+    index = next(i for i, h in enumerate(handlers) if isinstance(h, dict) and h["_target_"] == "common.handlers.StopOnConstantReconstruction")
+    brains = make_brains(tmp_path / "brains", count=2)
+    with pytest.raises(Exception) as info:
+        train_autoencoder(brains, tmp_path, **{f"train#handlers#{index}#tolerance": 0.99, f"train#handlers#{index}#patience": 3,
+                                               "train#trainer#max_epochs": 20, "lr": 0.0})
+    chain = error_chain(info.value)
+    assert "ConstantReconstructionError: training stopped at iteration 3 (epoch 3): for 3 iterations the VQ-GAN's reconstructions were constant" in chain
+    assert "autoencoder_def#output_act null" in chain
+    assert not (tmp_path / "models" / "autoencoder.pt").exists()  # no final checkpoint of the dead weights
+
+
 def test_a_non_finite_loss_stops_the_diffusion_stage(brain_model, tmp_path):
     models = tmp_path / "models"
     models.mkdir()

@@ -1,14 +1,16 @@
-"""The VQ-GAN's training tells how it is going: held-out reconstruction quality, and a collapsed codebook."""
+"""The VQ-GAN's training tells how it is going: held-out reconstruction quality, a collapsed codebook, and a decoder
+whose reconstructions stay constant (which stops the run)."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
+import pytest
 from ignite.engine import Engine, Events
 from monai.data import Dataset
 
-from common.handlers import CodebookCollapseWarning, HeldoutReconstruction
+from common.handlers import CodebookCollapseWarning, ConstantReconstructionError, HeldoutReconstruction, StopOnConstantReconstruction
 from tests.helpers import tiny_vqgan
 
 
@@ -50,3 +52,25 @@ def test_held_out_reconstruction_is_measured_in_eval_mode_and_written_to_tensorb
     steps = [e.step for e in events.Scalars("heldout/psnr_db")]
     assert steps == [2, 4, 5] and all(0 < e.value < 60 for e in events.Scalars("heldout/psnr_db"))
     HeldoutReconstruction(vqgan, None).attach(_engine([]))  # without held-out volumes: nothing to do, no error
+
+
+def test_constant_reconstructions_stop_the_run_after_the_patience_and_varied_ones_reset_it():
+    torch.manual_seed(0)
+    image = torch.rand(2, 1, 8, 8, 8) * 2 - 1
+    saturated = {"image": image, "pred": torch.full_like(image, -1.0)}
+    nearly = {"image": image, "pred": -1.0 + 1e-9 * torch.rand_like(image)}  # a tanh at -1 in float32 rounding
+    untrained = {"image": image, "pred": 0.004 * torch.randn_like(image)}  # an untrained decoder varies this much
+    one_varies = {"image": image, "pred": torch.cat([saturated["pred"][:1], untrained["pred"][1:]])}
+    outputs = [untrained] * 3 + [saturated, nearly] * 2 + [one_varies] + [saturated] * 4 + [nearly]
+    engine = _engine(outputs)
+    StopOnConstantReconstruction(patience=5).attach(engine)
+    with pytest.raises(ConstantReconstructionError, match=r"iteration 13 \(epoch 1\): for 5 iterations the VQ-GAN's "
+                       r"reconstructions were constant \(every voxel at -1\).*output_act null"):
+        engine.run(range(len(outputs)), max_epochs=1)  # the 4 before one_varies do not count: 13 is the fifth after it
+    engine = _engine([untrained] * 8)
+    StopOnConstantReconstruction(patience=2).attach(engine)
+    engine.run(range(8), max_epochs=1)  # never constant: runs to its end
+    assert engine.state.iteration == 8
+    for bad in ({"tolerance": 0.0}, {"tolerance": 1.0}, {"patience": 0}):
+        with pytest.raises(ValueError, match="need 0 < tolerance < 1 and patience >= 1"):
+            StopOnConstantReconstruction(**bad)
