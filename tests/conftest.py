@@ -39,7 +39,7 @@ def _seed():
 def background(request, tmp_path_factory) -> Background:
     """The environments the collected tests install from the package index (``tests.environments``), begun in
     threads at the session's first test so that their waits on the index overlap the other tests."""
-    made = Background((item.nodeid for item in request.session.items), tmp_path_factory.mktemp)
+    made = Background(request.session.items, tmp_path_factory.mktemp)
     yield made
     made.close()
 

@@ -86,16 +86,18 @@ def pip_install(python: str, *args: str) -> str:
     return result.stdout
 
 
-# function name -> (the node-id prefix of the tests that need it, the function); filled as test modules are imported
+# function name -> (the fixture or test that needs it, the function); filled as test modules are imported
 _REGISTERED: dict[str, tuple[str, Callable[[Path], Any]]] = {}
 
 
-def made_in_the_background(for_tests: str) -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
-    """Registers ``function(folder)``, which makes an environment in ``folder`` for the tests whose node ids start
-    with ``for_tests``, to be begun by :class:`Background` when the session starts."""
+def made_in_the_background(needed_by: str) -> Callable[[Callable[[Path], Any]], Callable[[Path], Any]]:
+    """Registers ``function(folder)``, which makes an environment in ``folder`` for the tests that use the fixture
+    named ``needed_by`` or are the test function of that name, to be begun by :class:`Background`."""
 
     def register(function: Callable[[Path], Any]) -> Callable[[Path], Any]:
-        _REGISTERED[function.__name__] = (for_tests, function)
+        if function.__name__ in _REGISTERED:
+            raise ValueError(f"an environment named {function.__name__} is registered already")
+        _REGISTERED[function.__name__] = (needed_by, function)
         return function
 
     return register
@@ -105,21 +107,25 @@ class Background:
     """The registered environments that the collected tests need, each made in a thread of its own from the start.
 
     Args:
-        node_ids: the collected tests' node ids.
+        tests: the collected test items (each with its ``fixturenames`` and ``originalname``).
         folder: makes an empty folder for a name (``tmp_path_factory.mktemp``), called here, before the threads.
     """
 
-    def __init__(self, node_ids: Iterable[str], folder: Callable[[str], Path]) -> None:
-        node_ids = list(node_ids)
-        wanted = {name: function for name, (prefix, function) in _REGISTERED.items()
-                  if any(node_id.startswith(prefix) for node_id in node_ids)}
+    def __init__(self, tests: Iterable[Any], folder: Callable[[str], Path]) -> None:
+        needs = set()
+        for test in tests:
+            needs.update(getattr(test, "fixturenames", ()))
+            needs.add(getattr(test, "originalname", test.name))
+        wanted = {name: function for name, (needed_by, function) in _REGISTERED.items() if needed_by in needs}
         self._pool = ThreadPoolExecutor(max(1, len(wanted)), thread_name_prefix="environment")
         self._made: dict[str, Future] = {name: self._pool.submit(function, folder(name)) for name, function in wanted.items()}
 
     def result(self, function: Callable[[Path], Any]) -> Any:
         """What the registered ``function`` returned, once it has; its exception (a skip included) is raised here."""
         if function.__name__ not in self._made:
-            raise KeyError(f"{function.__name__} is not registered with made_in_the_background for this test's node id")
+            needed_by = _REGISTERED[function.__name__][0] if function.__name__ in _REGISTERED else None
+            raise KeyError(f"{function.__name__} was not begun: " + (f"no collected test uses or is {needed_by}" if needed_by
+                           else "it is not registered with made_in_the_background"))
         return self._made[function.__name__].result()
 
     def close(self) -> None:

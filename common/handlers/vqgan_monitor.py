@@ -167,9 +167,10 @@ class StopOnConstantReconstruction:
     train nothing: typically a ``TANH`` output activation saturated at -1 on the background within the first
     iterations (seen with learning rate 1e-3 at compression 4, ``benchmarks/convergence_64_compression_4_long.md``),
     after which the codebook collapses too. A reconstruction counts as constant when the standard deviation of its
-    voxels is below ``tolerance`` times that of its input, for every volume of the batch; an untrained decoder's
-    output varies far more than that. Reads ``image`` and ``pred`` of the ``VQGANTrainer``'s output. Like
-    ``StopOnNonFiniteLoss`` it raises, so no final checkpoint of the dead weights is written.
+    voxels is at most ``tolerance`` times that of its input, for every volume of the batch; an untrained decoder's
+    output varies far more than that. Under torchrun the ranks agree on it each iteration (all of them stop at once).
+    Reads ``image`` and ``pred`` of the ``VQGANTrainer``'s output. Like ``StopOnNonFiniteLoss`` it raises, so no
+    final checkpoint of the dead weights is written.
 
     Args:
         tolerance: the largest standard deviation, relative to the input's, of a reconstruction taken as constant.
@@ -184,21 +185,33 @@ class StopOnConstantReconstruction:
         self.constant = 0
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.constant = 0
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
         if not isinstance(output, dict) or Keys.PRED not in output or Keys.IMAGE not in output:
             return
-        spread = output[Keys.PRED].detach().float().flatten(1).std(dim=1)
+        reconstruction = output[Keys.PRED].detach().float().flatten(1)
+        spread = reconstruction.std(dim=1)
         reference = output[Keys.IMAGE].detach().float().flatten(1).std(dim=1)
-        self.constant = self.constant + 1 if bool((spread <= self.tolerance * reference).all()) else 0
+        constant = torch.tensor(int(bool((spread <= self.tolerance * reference).all())), device=spread.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # constant on every rank
+            torch.distributed.all_reduce(constant, op=torch.distributed.ReduceOp.MIN)
+        self.constant = self.constant + 1 if bool(constant) else 0
         if self.constant >= self.patience:
-            value = float(output[Keys.PRED].detach().float().mean())
+            low, high = float(reconstruction.min()), float(reconstruction.max())
+            saturated = min(abs(low), abs(high)) > 0.999  # at the bounds of a TANH (or a sigmoid's 1)
+            cause = (
+                "its output activation has saturated at its bound: lower the learning rate (lr), or train without one "
+                "(autoencoder_def#output_act null, the bundles' default)" if saturated else
+                "its output no longer depends on its input: lower the learning rate (lr), and check the data"
+            )
             raise ConstantReconstructionError(
                 f"training stopped at iteration {engine.state.iteration} (epoch {engine.state.epoch}): for "
-                f"{self.patience} iterations the VQ-GAN's reconstructions were constant (every voxel at {value:.4g}), "
-                "so its decoder gets no gradient and the rest of the run would learn nothing. A saturated output "
-                "activation is the usual cause: lower the learning rate (lr), or train without one "
-                "(autoencoder_def#output_act null, the bundles' default). No checkpoint was written for this iteration."
+                f"{self.patience} iterations the VQ-GAN's reconstructions were constant (this batch's between {low:.4g} "
+                f"and {high:.4g}), so the rest of the run would learn nothing; {cause}. No final checkpoint is written."
             )

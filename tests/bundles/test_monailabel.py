@@ -43,7 +43,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@made_in_the_background(for_tests="tests/bundles/test_monailabel.py")
+@made_in_the_background(needed_by="monailabel_python")
 def monailabel_environment(folder: Path) -> str:
     """A virtual environment with monailabel installed as docs/deployment.md says, on top of this one; its python."""
     python = make_environment(folder / "venv", on_top_of_this_one=True)

@@ -229,7 +229,7 @@ def test_the_package_passes_the_model_zoo_checks(packaged):
     assert [p.split(": ")[1] for p in unhosted] == [f"models/{n}" for n in ("autoencoder.pt", "autoencoder.ts", "model.pt", "model.ts")]
 
 
-@made_in_the_background(for_tests="tests/deploy/test_package.py::test_a_fresh_environment")
+@made_in_the_background(needed_by="test_a_fresh_environment_installs_the_pinned_versions_and_requirements_and_runs_the_package")
 def pinned_environment(folder: Path) -> tuple[str, list[str]]:
     """A new virtual environment with nothing but pip and the brain bundle's pinned versions, installed as the Model
     Zoo's CI installs them; its python and the pins."""

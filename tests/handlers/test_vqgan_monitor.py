@@ -56,17 +56,24 @@ def test_held_out_reconstruction_is_measured_in_eval_mode_and_written_to_tensorb
 
 def test_constant_reconstructions_stop_the_run_after_the_patience_and_varied_ones_reset_it():
     torch.manual_seed(0)
-    image = torch.rand(2, 1, 8, 8, 8) * 2 - 1
+    image = torch.rand(2, 1, 8, 8, 8) * 2 - 1  # a voxel spread of about 0.58
     saturated = {"image": image, "pred": torch.full_like(image, -1.0)}
-    nearly = {"image": image, "pred": -1.0 + 1e-9 * torch.rand_like(image)}  # a tanh at -1 in float32 rounding
+    nearly = {"image": image, "pred": -0.9 + 1e-6 * torch.randn_like(image)}  # spread 1e-6: below 1e-4 of the input's
     untrained = {"image": image, "pred": 0.004 * torch.randn_like(image)}  # an untrained decoder varies this much
+    just_above = {"image": image, "pred": -0.9 + 2e-4 * image}  # spread 2e-4 of the input's: not constant
     one_varies = {"image": image, "pred": torch.cat([saturated["pred"][:1], untrained["pred"][1:]])}
-    outputs = [untrained] * 3 + [saturated, nearly] * 2 + [one_varies] + [saturated] * 4 + [nearly]
+    faint = {"image": image * 1e-3, "pred": 1e-5 * torch.randn_like(image)}  # relative, not absolute: not constant
+    outputs = [untrained] * 3 + [saturated, nearly] * 2 + [one_varies] + [nearly] * 4 + [just_above] + [faint]
+    outputs += [nearly] * 4 + [saturated]
     engine = _engine(outputs)
     StopOnConstantReconstruction(patience=5).attach(engine)
-    with pytest.raises(ConstantReconstructionError, match=r"iteration 13 \(epoch 1\): for 5 iterations the VQ-GAN's "
-                       r"reconstructions were constant \(every voxel at -1\).*output_act null"):
-        engine.run(range(len(outputs)), max_epochs=1)  # the 4 before one_varies do not count: 13 is the fifth after it
+    with pytest.raises(ConstantReconstructionError, match=r"iteration 19 \(epoch 1\): for 5 iterations the VQ-GAN's "
+                       r"reconstructions were constant \(this batch's between -1 and -1\).*saturated.*output_act null"):
+        engine.run(range(len(outputs)), max_epochs=1)  # each run of 4 is broken by one that varies: 19 is the fifth
+    engine = _engine([nearly] * 5)
+    StopOnConstantReconstruction(patience=5).attach(engine)
+    with pytest.raises(ConstantReconstructionError, match=r"between -0.9.*no longer depends on its input"):
+        engine.run(range(5), max_epochs=1)  # constant away from an activation's bound: another cause named
     engine = _engine([untrained] * 8)
     StopOnConstantReconstruction(patience=2).attach(engine)
     engine.run(range(8), max_epochs=1)  # never constant: runs to its end
