@@ -354,6 +354,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=8, help="held-out subjects")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--autoencoder-epochs", type=int, help="VQ-GAN epochs (default: the settings')")
+    parser.add_argument("--autoencoder-lr", type=float, help="the VQ-GAN's learning rate (default: the settings', 1e-3; "
+                        "at --downsample-factor 4 it saturates the decoder's tanh within 10 iterations: use 3e-4)")
     parser.add_argument("--downsample-factor", type=int, choices=(2, 4), help="the VQ-GAN's compression per axis (default: the "
                         "settings', 2 as the paper's brain model); 4 gives a latent of 1/8 the voxels (use another --workdir)")
     parser.add_argument("--scale-equivariance", type=float, default=0.0, help="the VQ-GAN's scale_equivariance_weight (default 0, "
@@ -410,6 +412,8 @@ def main() -> None:
         return
     if args.autoencoder_epochs:
         settings["autoencoder"]["train#trainer#max_epochs"] = args.autoencoder_epochs
+    if args.autoencoder_lr:
+        settings["autoencoder"]["lr"] = args.autoencoder_lr
     data = args.workdir / "data"
     brain_demo_datalist(data, count=args.train, seed=0)  # the demo's population
     brain_demo_heldout_datalist(data, count=args.heldout, seed=0)
