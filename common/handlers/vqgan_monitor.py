@@ -204,9 +204,9 @@ class StopOnConstantReconstruction:
         self.constant = self.constant + 1 if bool(constant) else 0
         if self.constant >= self.patience:
             low, high = float(reconstruction.min()), float(reconstruction.max())
-            saturated = min(abs(low), abs(high)) > 0.999  # at the bounds of a TANH (or a sigmoid's 1)
+            saturated = min(abs(low), abs(high)) > 0.999  # at +-1, where a TANH output saturates
             cause = (
-                "its output activation has saturated at its bound: lower the learning rate (lr), or train without one "
+                "at +-1 a TANH output activation has saturated: lower the learning rate (lr), or train without one "
                 "(autoencoder_def#output_act null, the bundles' default)" if saturated else
                 "its output no longer depends on its input: lower the learning rate (lr), and check the data"
             )

@@ -198,7 +198,7 @@ PYTHONS = ("3.10", "3.13")  # the zoo CI's Python and the newest
 @made_in_the_background(needed_by="test_the_pinned_versions_install_together_on_the_oldest_and_newest_python")
 def pins_resolved(folder: Path) -> dict[str, BaseException | dict | None]:
     """``pip install --dry-run`` of the pins (``==``, as the zoo's CI installs them) for each of :data:`PYTHONS`, both
-    at once (each mostly waits on the index): per version, pip's report of what it would install, the exception
+    at once: per version, pip's report of what it would install, the exception
     (a failure, or a skip where the index cannot be reached), or None where this machine lacks that Python."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -232,8 +232,9 @@ def test_the_pinned_versions_install_together_on_the_oldest_and_newest_python(ba
     for version, report in outcomes.items():
         if isinstance(report, dict):  # ``==`` as pip reads it: 2.13.0+cpu is 2.13.0
             resolved = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"] for item in report["install"]}
-            wrong = {name: resolved.get(canonicalize_name(name)) for name, pin in _pins().items()
-                     if resolved.get(canonicalize_name(name)) is None or not SpecifierSet(f"=={pin}").contains(resolved[canonicalize_name(name)])}
+            installs = {name: resolved.get(canonicalize_name(name)) for name in _pins()}
+            wrong = {name: version for name, version in installs.items()
+                     if version is None or not SpecifierSet(f"=={_pins()[name]}").contains(version)}
             assert not wrong, f"Python {version} would install {wrong}, not the pins"
     if raised:
         raise raised[0]
