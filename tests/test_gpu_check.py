@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.bundles.bundle_runs import in_repository, isolated_state
+
 REPO = Path(__file__).resolve().parents[1]
-# the bundle groups run in their own process, as the command runs them (and so apart from this test process's
-# state); the codebook group (one search, no bundle) in this one. Generous, for a loaded machine:
+# the latent bundle group runs in its own process, as the command runs every group; the Med-DDPM and codebook groups
+# in this one (a process of its own costs about 4 s of imports), with the process's state given back after them.
+# Generous, for a loaded machine:
 TIMEOUT = 600.0
 
 
@@ -45,8 +48,8 @@ def test_latent_bundle_cases_run_and_report(gpu_check) -> None:
 
 
 def test_mask_conditioned_bundle_and_codebook_cases_run(gpu_check) -> None:
-    # the codebook group (one search, no bundle) in this process: a process of its own would mostly import torch
-    results = gpu_check.run_group_process("brain_tumor_semantic", "cpu", True, TIMEOUT) + gpu_check.run_group("codebook", "cpu", tiny=True)
+    with in_repository(), isolated_state():
+        results = gpu_check.run_group("brain_tumor_semantic", "cpu", tiny=True) + gpu_check.run_group("codebook", "cpu", tiny=True)
     assert not failures(results), failures(results)
     by_case = {r["case"]: r for r in results}
     assert by_case["train_mask_conditioned_float32"]["step_s"] > 0

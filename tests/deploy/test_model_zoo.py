@@ -209,7 +209,7 @@ def pins_resolved(folder: Path) -> dict[str, BaseException | dict | None]:
     found = {version: python for version, python in pythons.items() if python is not None}
     with ThreadPoolExecutor(max(1, len(found))) as pool:
         resolving = {version: pool.submit(pip_install, python, "--dry-run", "--ignore-installed", "-q",
-                                          "--report", str(folder / f"{version}.json"), *pins)
+                                          "--report", str(folder / f"{version}.json"), *pins, own_pip=True)
                      for version, python in found.items()}
         outcomes = {version: future.exception() for version, future in resolving.items()}
     return {version: None if version not in found else outcomes[version] or json.loads((folder / f"{version}.json").read_text())

@@ -231,7 +231,7 @@ def test_the_package_passes_the_model_zoo_checks(packaged):
 
 @made_in_the_background(needed_by="test_a_fresh_environment_installs_the_pinned_versions_and_requirements_and_runs_the_package")
 def pinned_environment(folder: Path) -> tuple[str, list[str]]:
-    """A new virtual environment with nothing but pip and the brain bundle's pinned versions, installed as the Model
+    """A new virtual environment with nothing but the brain bundle's pinned versions, installed by pip as the Model
     Zoo's CI installs them; its python and the pins."""
     python = make_environment(folder / "venv", on_top_of_this_one=False)
     pins = metadata_pins(json.loads((REPO / "bundles" / "brain_mri" / "configs" / "metadata.json").read_text()))
@@ -240,7 +240,7 @@ def pinned_environment(folder: Path) -> tuple[str, list[str]]:
 
 
 def test_a_fresh_environment_installs_the_pinned_versions_and_requirements_and_runs_the_package(packaged, background, tmp_path):
-    """A new virtual environment with nothing but pip gets the metadata's pinned versions as the Model Zoo's CI
+    """A new virtual environment with nothing in it gets the metadata's pinned versions as the Model Zoo's CI
     installs them, then the documented ``pip install -r requirements.txt`` (which the pins must satisfy), and
     samples from the package's folder. This test, like ``.ci/run``'s own install, needs the package index."""
     python, pins = background.result(pinned_environment)
