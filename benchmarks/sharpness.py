@@ -65,7 +65,13 @@ VARIANTS: dict[str, dict] = {
     "gan_adaptive": {"adversarial_start": 1000, "loss#adaptive_adversarial_weight": True},
     "gan_adaptive_tenth": {"adversarial_start": 1000, "loss#adaptive_adversarial_weight": True, "loss#image_gan_weight": 0.1,
                            "loss#volume_gan_weight": 0.1, "loss#feature_matching_weight": 1.6},
+    # the same with the discriminators' hinge of latent bundles 0.2.15 and before: MONAI's PatchAdversarialLoss, a
+    # tanh on the logits first (set by the benchmark; the bundles now use the hinge on the raw logits, the paper's)
+    "gan_adaptive_tenth_tanh_hinge": {"adversarial_start": 1000, "loss#adaptive_adversarial_weight": True,
+                                      "loss#image_gan_weight": 0.1, "loss#volume_gan_weight": 0.1,
+                                      "loss#feature_matching_weight": 1.6},
 }
+TANH_HINGE = {"gan_adaptive_tenth_tanh_hinge"}
 # inference.json overrides of each sampler variant, on top of the demo's (DDIM 100, EMA weights, x0 clipped to 1.25)
 SAMPLERS: dict[str, dict] = {
     "ddim_100": {},
@@ -77,6 +83,31 @@ SAMPLERS: dict[str, dict] = {
 }
 STOCHASTIC = {"ddim_100_eta_1": 1.0}
 REUSED = " (measuring only: the VQ-GANs were trained by an earlier run into the same --workdir; their minutes are that run's)"
+
+
+@contextmanager
+def tanh_hinge(active: bool):
+    """While the block runs, the discriminators train with MONAI's ``PatchAdversarialLoss("hinge")``, which passes
+    the logits through a tanh before the hinge (the bundles' loss until 0.2.15), instead of the hinge on the raw
+    logits (``common.losses.hinge_discriminator_loss``)."""
+    if not active:
+        yield
+        return
+    from monai.losses import PatchAdversarialLoss
+
+    from common import losses
+
+    original, adversarial = losses.hinge_discriminator_loss, PatchAdversarialLoss(criterion="hinge")
+
+    def through_tanh(real_logits, fake_logits):
+        return 0.5 * (adversarial(real_logits, target_is_real=True, for_discriminator=True)
+                      + adversarial(fake_logits, target_is_real=False, for_discriminator=True))
+
+    losses.hinge_discriminator_loss = through_tanh
+    try:
+        yield
+    finally:
+        losses.hinge_discriminator_loss = original
 
 
 @contextmanager
@@ -165,8 +196,9 @@ def train_and_measure_vqgans(args, settings: dict, data: Path) -> tuple[list[dic
             minutes = json.loads(trained.read_text())["minutes"]
         else:
             start = time.time()
-            run_stages(BUNDLE, str(run_dir), str(data / "train"), "autoencoder", settings,
-                       {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')", **VARIANTS[name]})
+            with tanh_hinge(name in TANH_HINGE):
+                run_stages(BUNDLE, str(run_dir), str(data / "train"), "autoencoder", settings,
+                           {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')", **VARIANTS[name]})
             minutes = (time.time() - start) / 60
             trained.write_text(json.dumps({"minutes": minutes}) + "\n")
         found, real, made = measure(run_dir, data, settings, args.device, VARIANTS[name])
@@ -290,7 +322,8 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], detai
             f"Data: {args.train} training and {args.heldout} held-out subjects of the demo's population; the demo's VQ-GAN "
             f"settings, {iterations} iterations of batch 2; reconstructions of the held-out brains.", "",
             "Variants (train_autoencoder.json overrides): " + "; ".join(
-                f"`{n}`: {' '.join(f'--{k} {v}' for k, v in VARIANTS[n].items()) or 'the demo as it is'}" for n in args.variants) + ".", "",
+                f"`{n}`: {' '.join(f'--{k} {v}' for k, v in VARIANTS[n].items()) or 'the demo as it is'}"
+                f"{' (discriminators trained with MONAI tanh hinge, set by the benchmark)' if n in TANH_HINGE else ''}" for n in args.variants) + ".", "",
             "| variant | training min | held-out PSNR dB | held-out SSIM | sharpness (x real) | per brain |",
             "|---|---|---|---|---|---|",
             *(f"| {r['variant']} | {r['minutes']:.1f} | {r['psnr_db']:.2f} | {r['ssim']:.3f} | {r['sharpness']:.2f} | "

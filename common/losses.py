@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from monai.losses import PatchAdversarialLoss, PerceptualLoss
+from monai.losses import PerceptualLoss
 from torch import nn
 
 __all__ = ["SCALE_FACTORS", "VQGANLoss", "build_perceptual_loss", "check_scale_equivariance", "depth_slices", "feature_matching_loss",
-           "adversarial_balance", "scale_factors"]
+           "adversarial_balance", "hinge_discriminator_loss", "scale_factors"]
 
 SCALE_FACTORS = (2, 4)  # the latent poolings of the scale-equivariance term (Skorokhodov et al. pool by 2 or 4)
 
@@ -115,6 +115,15 @@ def adversarial_balance(reconstruction_loss: torch.Tensor, adversarial_loss: tor
     return (reconstruction_grad.norm() / (adversarial_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss on its raw logits, 0.5 * (mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))),
+    as the paper's code trains both discriminators (after Taming Transformers, Esser et al., CVPR 2021; the hinge GAN
+    of Lim and Ye, 2017). Not MONAI's ``PatchAdversarialLoss("hinge")``, which passes the logits through a tanh
+    first: a discriminator whose logits pass about +-3 then gets no gradient, and its loss sticks at exactly 1 while
+    the generator's -mean(D(fake)) on the raw logits goes on (``benchmarks/gan_hinge.md``)."""
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
 def _discriminate(discriminator: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Run a patch discriminator; an input too small for its depth gets a message saying what to change."""
     try:
@@ -201,7 +210,6 @@ class VQGANLoss(nn.Module):
         self.scale_equivariance_weight = scale_equivariance_weight
         self.adaptive_adversarial_weight = bool(adaptive_adversarial_weight)
         self._factor_generator = torch.Generator().manual_seed(torch.initial_seed())
-        self.adversarial = PatchAdversarialLoss(criterion="hinge")
 
     def train(self, mode: bool = True) -> VQGANLoss:
         """Train mode for the discriminators only; the pretrained perceptual network always stays in eval mode
@@ -297,6 +305,4 @@ class VQGANLoss(nn.Module):
     def _hinge(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         real_logits = _discriminate(discriminator, real.contiguous())[-1]
         fake_logits = _discriminate(discriminator, fake.contiguous())[-1]
-        real_loss = self.adversarial(real_logits, target_is_real=True, for_discriminator=True)
-        fake_loss = self.adversarial(fake_logits, target_is_real=False, for_discriminator=True)
-        return 0.5 * (real_loss + fake_loss)
+        return hinge_discriminator_loss(real_logits, fake_logits)

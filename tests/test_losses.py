@@ -12,6 +12,7 @@ from common.losses import (
     build_perceptual_loss,
     depth_slices,
     feature_matching_loss,
+    hinge_discriminator_loss,
 )
 
 
@@ -52,6 +53,40 @@ def test_adversarial_terms_start_after_the_configured_iteration():
     assert fake.grad is not None
     disc = loss.discriminator_loss(real, fake, index)
     assert disc["loss"] > 0 and torch.isclose(disc["loss"], disc["image_disc"] + disc["volume_disc"])
+
+
+def test_the_discriminators_hinge_is_on_the_raw_logits():
+    # 0.5 * (relu(1 - real) + relu(1 + fake)): logits of 0 cost 1; +12 on both costs 0.5 * (0 + 13), not the 1 that a
+    # tanh before the hinge (MONAI's PatchAdversarialLoss) gives every saturated discriminator
+    assert hinge_discriminator_loss(torch.zeros(2, 1, 3), torch.zeros(2, 1, 3)) == 1
+    logits = torch.full((2, 1, 3), 12.0, requires_grad=True)
+    fake = torch.full((2, 1, 3), 12.0, requires_grad=True)
+    loss = hinge_discriminator_loss(logits, fake)
+    assert torch.isclose(loss, torch.tensor(6.5))
+    loss.backward()
+    assert torch.all(fake.grad > 0) and torch.all(logits.grad == 0)  # pushes fake down; real is past its margin
+
+
+def test_a_discriminator_that_rates_everything_real_learns_to_tell_reconstructions_apart():
+    torch.manual_seed(0)
+    loss = _loss()
+    volume_d = loss.volume_discriminator
+    last = [m for m in volume_d.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+    with torch.no_grad():
+        last.bias.fill_(10.0)  # every logit far past the hinge's margin: "real"
+    optimizer = torch.optim.Adam(loss.parameters(), lr=1e-2)
+    real = torch.rand(2, 1, 16, 16, 16)
+    fake = torch.nn.functional.avg_pool3d(real, 3, stride=1, padding=1)  # blurred
+    index = torch.tensor([3, 8])
+    history = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        terms = loss.discriminator_loss(real, fake, index)
+        terms["loss"].backward()
+        optimizer.step()
+        history.append(float(terms["volume_disc"].detach()))
+    assert history[0] > 5  # 0.5 * (0 + ~11)
+    assert history[-1] < 1  # it learned: it now rates the blurred volume below the real one
 
 
 def test_adversarial_balance_is_the_ratio_of_the_gradient_norms_at_the_layer():

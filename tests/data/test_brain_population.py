@@ -47,7 +47,7 @@ def test_a_seed_gives_the_same_subject_and_subjects_differ_from_each_other_and_t
     assert np.corrcoef(unchanged[template > 0.02], template[template > 0.02])[0, 1] > 0.95
 
 
-def test_held_out_subjects_never_reach_a_training_datalist(tmp_path):
+def test_held_out_subjects_never_reach_a_training_datalist(tmp_path, demo_brains):
     training = [item["image"] for item in brain_demo_datalist(tmp_path, count=3)]
     heldout = [item["image"] for item in brain_demo_heldout_datalist(tmp_path, count=2)]
     assert not set(training) & set(heldout) and all("/heldout/" in path for path in heldout)
@@ -55,13 +55,13 @@ def test_held_out_subjects_never_reach_a_training_datalist(tmp_path):
     assert [np.array_equal(nib.load(a).get_fdata(), nib.load(b).get_fdata()) for a, b in zip(heldout, again)] == [True, True]
     more = brain_demo_heldout_datalist(tmp_path / "bigger", count=2)  # the held-out subjects do not depend on count
     assert np.array_equal(nib.load(more[0]["image"]).get_fdata(), nib.load(heldout[0]).get_fdata())
-    parser = ConfigParser()  # the brain bundle's own configs, without a dataset_dir: the demo split
+    parser = ConfigParser()  # the brain bundle's own configs, without a dataset_dir: the demo split (made once a session)
     parser.read_config(config_files("brain_mri", "train_autoencoder"))
-    parser.update({"demo_dir": str(tmp_path)})
+    parser.update({"demo_dir": str(demo_brains(tmp_path / "demo"))})
     trains, helds = parser.get_parsed_content("datalist"), parser.get_parsed_content("heldout_datalist")
     assert len(trains) == 20 and len(helds) == 8
     assert not {item["image"] for item in trains} & {item["image"] for item in helds}
-    parser.update({"dataset_dir": str(tmp_path / "train")})  # the user's data: no demo held-out set is made up
+    parser.update({"dataset_dir": str(tmp_path / "demo" / "train")})  # the user's data: no demo held-out set is made up
     assert parser.get_parsed_content("heldout_datalist") is None
 
 
