@@ -11,12 +11,15 @@ own; 1 is as sharp as real):
   against the held-out brains' latents, and their images by spectral band: is the detail lost in the latents or
   when the decoder renders them?
 
-    python benchmarks/sharpness.py                                        # every VQ-GAN variant, 4 to 12 minutes each here
+    python benchmarks/sharpness.py                                        # every VQ-GAN variant, 4 to 14 minutes each here
     python benchmarks/sharpness.py --variants none --demo-output demo_output   # the sampler variants, about 6 minutes
 
 Every variant runs the brain_mri bundle's own configs (``common.pipeline.run_stages``), so each is one
-``python -m monai.bundle run`` option, except ``ddim_100_eta_1`` (DDIM with eta 1, as random as DDPM), which the
-bundles do not offer: the benchmark sets MONAI's ``DDIMScheduler.step`` eta for it. Writes ``sharpness.md``,
+``python -m monai.bundle run`` option, except two that the bundles do not offer, set by the benchmark:
+``ddim_100_eta_1`` (MONAI's ``DDIMScheduler.step`` with eta 1, as random as DDPM) and
+``gan_adaptive_tenth_tanh_hinge`` (the discriminators on MONAI's tanh hinge of 0.2.15, ``benchmarks/gan_hinge.md``).
+``--reuse`` does not know which hinge an earlier run trained with: reuse only a --workdir trained by this version.
+Writes ``sharpness.md``,
 ``sharpness/reconstructions.png``, each sampler variant's samples beside real brains and ``rows.json``.
 """
 

@@ -72,7 +72,8 @@ SMALL_IMAGE_SIZE: dict[str, list[int]] = {
 # real-anatomy demo brains (20 to train on, 8 held out). At 32^3 the VQ-GAN keeps the paper's brain compression of 2
 # (a 16^3 latent): compression 4 leaves too few codes for a held-out PSNR above 27 dB. Its adversarial phase keeps
 # the paper's start (iteration 10,000), which the demo's 2,000 iterations never reach: from iteration 500 it
-# collapses the reconstructions into stripes (benchmarks/sharpness.md; the tests exercise that phase). By stage:
+# collapses the reconstructions into stripes (benchmarks/sharpness.md, measured while MONAI's tanh hinge froze the
+# discriminators: benchmarks/gan_hinge.md; the tests exercise that phase). By stage:
 # "shared" goes to every stage, "denoiser" to the diffusion training and inference (the network must match its
 # checkpoint). The ids are the bundle's documented ones; what departs from the paper is said where it is set.
 DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {

@@ -18,6 +18,7 @@ minute the three installs take alone. The test takes its result, or its failure 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import site
@@ -56,15 +57,23 @@ def this_environments_site_folders() -> list[str]:
     return folders
 
 
+@functools.lru_cache(maxsize=1)
+def installs_for_others() -> bool:
+    """Whether this interpreter has a pip that installs into another environment (``--python``, pip 22.3 on)."""
+    found = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, text=True)
+    version = re.match(r"pip (\d+)\.(\d+)", found.stdout) if found.returncode == 0 else None
+    return version is not None and (int(version[1]), int(version[2])) >= (22, 3)
+
+
 def make_environment(path: Path, on_top_of_this_one: bool) -> str:
-    """A new virtual environment at ``path``, without pip of its own (``pip_install`` runs this interpreter's pip
-    for it: ensurepip would cost about 3 s of CPU per environment); returns its ``python``.
+    """A new virtual environment at ``path``; returns its ``python``. Without pip of its own where this
+    interpreter's pip can install into it (``pip_install``): ensurepip costs about 3 s of CPU per environment.
 
     Args:
         path: folder to create.
         on_top_of_this_one: also see this interpreter's packages (torch, MONAI, this project), after its own.
     """
-    venv.EnvBuilder(with_pip=False, system_site_packages=False).create(path)
+    venv.EnvBuilder(with_pip=not installs_for_others(), system_site_packages=False).create(path)
     python = path / "bin" / "python"
     if on_top_of_this_one:
         purelib = subprocess.run(
@@ -78,8 +87,9 @@ def make_environment(path: Path, on_top_of_this_one: bool) -> str:
 
 def pip_install(python: str, *args: str, own_pip: bool = False) -> str:
     """``pip install ARGS`` into ``python``'s environment, by this interpreter's pip (``--python``) or, with
-    ``own_pip``, by ``python``'s own; skips the test when the package index cannot be reached."""
-    pip = [python, "-m", "pip"] if own_pip else [sys.executable, "-m", "pip", "--python", python]
+    ``own_pip`` or where this one's cannot (``installs_for_others``), by ``python``'s own; skips the test when the
+    package index cannot be reached."""
+    pip = [python, "-m", "pip"] if own_pip or not installs_for_others() else [sys.executable, "-m", "pip", "--python", python]
     result = subprocess.run(
         [*pip, "install", "--disable-pip-version-check", "--no-compile", *args],  # no .pyc: faster
         capture_output=True, text=True, env=isolated_environment_variables(),

@@ -85,8 +85,10 @@ def test_a_discriminator_that_rates_everything_real_learns_to_tell_reconstructio
         terms["loss"].backward()
         optimizer.step()
         history.append(float(terms["volume_disc"].detach()))
-    assert history[0] > 5  # 0.5 * (0 + ~11)
-    assert history[-1] < 1  # it learned: it now rates the blurred volume below the real one
+    assert history[0] > 5  # 0.5 * (0 + ~11): a tanh before the hinge would read 1 here, and give no gradient
+    assert history[-1] < 2  # back inside the hinge's margin (0.9 to 1.0 over seeds 0 to 3)
+    with torch.no_grad():  # and it rates the blurred volume below the real one (by 0.06 to 0.25 over seeds 0 to 3)
+        assert volume_d(real)[-1].mean() > volume_d(fake)[-1].mean()
 
 
 def test_adversarial_balance_is_the_ratio_of_the_gradient_norms_at_the_layer():
