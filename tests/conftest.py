@@ -92,7 +92,8 @@ def brain_model(tmp_path_factory) -> dict:
     """Train both stages with train.json and sample, at 32^3 on 5 brains (2 epochs of each training, 2 samples),
     then run evaluate.json with 3 samples. The bundle seeds itself before it builds its networks, so the model is
     the same whichever test asks for it first (``tests/bundles/test_initial_weights.py``): its VQ-GAN's last residual
-    unit keeps 2 of its 4 channels alive. The tests that compare samples need a decoder that depends on its input.
+    unit starts with 2 of its 4 channels alive (measured). The tests that compare samples need a decoder that
+    depends on its input, which the fixture checks.
 
     Returns the folders (``brains``, ``models``, ``logs``, ``samples``, ``evaluated``) and the overrides that
     point evaluate.json at them (``overrides``)."""
