@@ -39,7 +39,8 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
             volume drawn independently; 0.1 to 0.2 is usual (Ho & Salimans). 0 trains no unconditional model, so
             guidance scales other than 1 have nothing to push from.
         timestep_sampling, snr_gamma: which timesteps are drawn (``PredictionTargetPrepareBatch``); ``"min_snr"``
-            uses the latents' own variance, so it means the same for codebook-range and unit-variance latents.
+            and ``"variance_shifted"`` use the latents' own variance, so each means the same for codebook-range and
+            unit-variance latents.
     """
 
     def __init__(

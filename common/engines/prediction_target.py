@@ -25,8 +25,9 @@ class PredictionTargetPrepareBatch(DiffusionPrepareBatch):
         num_train_timesteps: number of diffusion steps T.
         scheduler: the training noise scheduler (the one the sampler's is built like); None: epsilon prediction.
         condition_name: the batch entry passed to the inferer as ``condition``, as in MONAI's class.
-        timestep_sampling: ``"uniform"`` (the papers) or ``"min_snr"``: timesteps drawn in proportion to their
-            min-SNR-gamma weight at the batch's own variance (``common.engines.timestep_sampling``); needs ``scheduler``.
+        timestep_sampling: ``"uniform"`` (the papers); ``"min_snr"``: timesteps drawn in proportion to their
+            min-SNR-gamma weight at the batch's own variance; ``"variance_shifted"``: half of them moved to where the
+            batch's real SNR is the schedule's (``common.engines.timestep_sampling``). All but uniform need ``scheduler``.
         snr_gamma: gamma of ``"min_snr"`` (Hang et al.: 5).
     """
 

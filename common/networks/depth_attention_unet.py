@@ -66,6 +66,15 @@ def _check_odd(value: int, name: str, note: str = "") -> None:
         raise ValueError(f"{name} must be a positive odd integer{note}, got {value!r}.")
 
 
+def _coordinates(x: torch.Tensor) -> torch.Tensor:
+    """Every voxel's H, W and D coordinate, from -1 to 1 across the volume, as 3 channels shaped like ``x`` (B, C, H,
+    W, D) has them."""
+    b, _, *size = x.shape
+    axes = [torch.linspace(-1.0, 1.0, n, device=x.device, dtype=x.dtype) for n in size]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return grid[None].expand(b, *grid.shape)
+
+
 class DepthConvolution(nn.Module):
     """A residual convolution along depth only (kernel ``kernel_size`` x 1 x 1) of a depth-major stack of slices.
 
@@ -328,6 +337,12 @@ class DepthAttentionUNet(nn.Module):
             the latent's size along every axis, with ``in_channels * patch_size**3`` channels in and out. Not in
             the paper (1, its setting): the patching of simple diffusion (Hoogeboom et al., ICML 2023) and DiT
             (Peebles and Xie, ICCV 2023), which makes a large latent cost a small one's iterations.
+        position_channels: give the first convolution three more input channels holding every voxel's H, W and D
+            coordinate, from -1 to 1 across the volume (CoordConv, Liu et al., NeurIPS 2018). Not in the paper
+            (False, its setting): its convolutions and attention see no absolute position but what the zero
+            padding at the borders tells them, where in registered volumes (a brain in a fixed frame) the anatomy
+            at a place is largely fixed by the place. It defines the model (the first convolution's weights). At
+            64^3 it brought no anatomy and learned the outline slower (``benchmarks/convergence_64_levers.md``).
     """
 
     def __init__(
@@ -349,6 +364,7 @@ class DepthAttentionUNet(nn.Module):
         class_counts: Sequence[int] | None = None,
         patch_size: int = 1,
         depth_kernel_size: int = 1,
+        position_channels: bool = False,
     ) -> None:
         super().__init__()
         levels = len(channels)
@@ -357,6 +373,8 @@ class DepthAttentionUNet(nn.Module):
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}.")
         _check_odd(depth_kernel_size, "depth_kernel_size", " (1: no depth convolution)")
+        if not isinstance(position_channels, bool):
+            raise ValueError(f"position_channels must be True or False, got {position_channels!r}.")
         if any(c % norm_groups for c in channels):
             raise ValueError(f"norm_groups={norm_groups} must divide every entry of channels={tuple(channels)}.")
         if num_res_blocks < 1:
@@ -374,6 +392,7 @@ class DepthAttentionUNet(nn.Module):
         self.out_channels = out_channels or in_channels
         self.channels = tuple(channels)
         self.patch_size = patch_size
+        self.position_channels = position_channels
         self.spatial_factor = 2 ** (levels - 1) * patch_size
         self.use_checkpointing = use_checkpointing
         self.autocast_dtype = autocast_dtype
@@ -392,7 +411,7 @@ class DepthAttentionUNet(nn.Module):
                          volume_norm=volume_norm)
         block_args = dict(time_dim=time_dim, norm_groups=norm_groups, volume_norm=volume_norm, depth_kernel_size=depth_kernel_size)
 
-        self.init_conv = nn.Conv2d(in_channels * patch_size**3, channels[0], 7, padding=3)
+        self.init_conv = nn.Conv2d(in_channels * patch_size**3 + 3 * position_channels, channels[0], 7, padding=3)
         self.init_attention = AttentionPair(channels[0], spatial=False, depth=use_depth, **attn_args)
 
         self.down_blocks = nn.ModuleList()
@@ -503,6 +522,8 @@ class DepthAttentionUNet(nn.Module):
             slices = get_timestep_embedding(torch.arange(depth, device=x.device), self.channels[0]).to(x.dtype)
             t = t + self.depth_position(slices).repeat_interleave(b, dim=0)
 
+        if self.position_channels:
+            x = torch.cat([x, _coordinates(x)], dim=1)
         hidden = x.permute(4, 0, 1, 2, 3).reshape(depth * b, x.shape[1], h, w)
         hidden = hidden.contiguous(memory_format=torch.channels_last)
         hidden = self._run(self.init_attention, self.init_conv(hidden), depth)

@@ -1,6 +1,6 @@
 """The diffusion recipes of the latent bundles through their own configs: the paper's (codebook-range latents,
 epsilon prediction) by default, and latents scaled to unit variance with v-prediction (and GroupNorm over the whole
-volume, timesteps drawn by their min-SNR weight) by overrides; the scale computed from the training data and
+volume, timesteps drawn by their min-SNR weight or variance-shifted) by overrides; the scale computed from the training data and
 stored with the checkpoint; every setting that defines the trained model read from one id by training and
 inference, and a sampling run that disagrees with its checkpoint refused."""
 
@@ -77,7 +77,7 @@ def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the
     with pytest.raises(Exception) as mistyped:  # a mistyped choice stops the bundle's own training, by name
         run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **RECIPE,
                    timestep_sampling="minsnr")
-    assert "timestep_sampling must be one of ('uniform', 'min_snr'), got 'minsnr'" in error_chain(mistyped.value)
+    assert "timestep_sampling must be one of ('uniform', 'min_snr', 'variance_shifted'), got 'minsnr'" in error_chain(mistyped.value)
     assert (models / "diffusion.pt").read_bytes() == trained  # and leaves the trained checkpoint as it was
 
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
@@ -119,21 +119,24 @@ def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 
-def test_a_patched_denoiser_with_depth_convolutions_trains_samples_and_refuses_other_networks_through_the_bundle_configs(
+def test_a_patched_denoiser_with_depth_convolutions_and_position_channels_trains_samples_and_refuses_other_networks(
     brain_model, tmp_path
 ):
-    # the two network options that add or reshape weights, trained once together to keep the suite short
+    # the three network options that add or reshape weights, trained once together through the bundle's configs to
+    # keep the suite short, with the variance_shifted timestep density (training only)
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
     # the 16^3 latent of 32^3 brains as 64 channels at 8^3, and a convolution along 3 slices in every residual block
-    patched = {**SMALL_DENOISER, "network_def#patch_size": 2, "network_def#depth_kernel_size": 3}
+    # and every voxel's coordinates as three more input channels
+    patched = {**SMALL_DENOISER, "network_def#patch_size": 2, "network_def#depth_kernel_size": 3,
+               "network_def#position_channels": True}
     run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), dataset_dir=str(brain_model["brains"]),
                ckpt_dir=str(models), log_dir=str(tmp_path / "logs"), **SIZE_32, **patched, num_workers=0, batch_size=2,
-               **{"train#trainer#max_epochs": 1, "ema#start_iteration": 1})
+               timestep_sampling="variance_shifted", **{"train#trainer#max_epochs": 1, "ema#start_iteration": 1})
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     weights = checkpoint["ema_network"]
-    assert weights["init_conv.weight"].shape[1] == 8 * 8 and weights["final_conv.weight"].shape[0] == 8 * 8
+    assert weights["init_conv.weight"].shape[1] == 8 * 8 + 3 and weights["final_conv.weight"].shape[0] == 8 * 8
     depth_taps = {k: w for k, w in weights.items() if k.endswith("depth_conv.proj.weight")}
     assert depth_taps and all(w.shape[0] == 3 * w.shape[1] for w in depth_taps.values())
     # the trained network's (the EMA takes a step only every 10 iterations) left their zero start
@@ -150,6 +153,10 @@ def test_a_patched_denoiser_with_depth_convolutions_trains_samples_and_refuses_o
         run_bundle(config_files("brain_mri", "inference"), **sampling, **{**patched, "network_def#depth_kernel_size": 1},
                    output_dir=str(tmp_path / "wrong"))
     assert "does not fit DepthAttentionUNet" in error_chain(mismatch.value) and "depth_conv.proj.weight" in error_chain(mismatch.value)
+    with pytest.raises(Exception) as mismatch:  # nor one without the position channels
+        run_bundle(config_files("brain_mri", "inference"), **sampling, **{**patched, "network_def#position_channels": False},
+                   output_dir=str(tmp_path / "wrong"))
+    assert "does not fit DepthAttentionUNet" in error_chain(mismatch.value) and "init_conv.weight" in error_chain(mismatch.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 

@@ -1,5 +1,6 @@
-"""Which timesteps diffusion training draws: uniformly (the papers) or by their min-SNR-gamma weight at the inputs'
-own variance (``common.engines.timestep_sampling``), through ``PredictionTargetPrepareBatch``."""
+"""Which timesteps diffusion training draws: uniformly (the papers), by their min-SNR-gamma weight at the inputs'
+own variance, or half shifted to the SNRs of unit-variance inputs (``common.engines.timestep_sampling``), through
+``PredictionTargetPrepareBatch``."""
 
 from __future__ import annotations
 
@@ -42,6 +43,24 @@ def test_min_snr_favours_the_less_noisy_steps_more_the_less_variance_the_inputs_
     assert float(epsilon[T // 2 :].sum()) == pytest.approx(0.5, abs=0.05)
 
 
+def test_variance_shifted_moves_half_the_draws_to_the_steps_with_the_schedules_snr():
+    alphas = scheduler().alphas_cumprod.double()
+    log_snr = (alphas / (1 - alphas)).log()
+    uniform = torch.full((T,), 1 / T, dtype=torch.float64)
+    assert torch.allclose(timestep_probabilities("variance_shifted", alphas, 1.0, "v_prediction"), uniform)  # unit variance
+    low = timestep_probabilities("variance_shifted", alphas, 0.03, "v_prediction")
+    assert float(low.sum()) == pytest.approx(1.0) and float(low.min()) >= 0.5 / T  # every step keeps half its chance
+    # the shifted half: a step drawn uniformly at j moves to the step t with 0.03 * SNR(t) = SNR(j), within one step
+    shifted = 2 * low - uniform
+    for j in (40, 150, 260):
+        t = int(torch.argmin((log_snr + torch.log(torch.tensor(0.03, dtype=torch.float64)) - log_snr[j]).abs()))
+        assert t < j and float(shifted[t - 1 : t + 2].sum()) >= 1 / T
+    assert float(low[:18].sum()) > 3 * 18 / T  # several times the uniform share of the least noisy steps
+    assert float(low[T // 2 :].sum()) > 0.25  # and a good share of the noisy half, unlike min-SNR's
+    high = timestep_probabilities("variance_shifted", alphas, 4.0, "v_prediction")
+    assert float(high[T // 2 :].sum()) > 0.5  # more variance than the schedule assumes: towards the noisy steps
+
+
 def test_the_prepare_batch_draws_timesteps_by_the_batchs_own_variance():
     torch.manual_seed(0)
     prepare = PredictionTargetPrepareBatch(T, scheduler(), timestep_sampling="min_snr")
@@ -51,6 +70,9 @@ def test_the_prepare_batch_draws_timesteps_by_the_batchs_own_variance():
     assert drawn.shape == (4000,) and drawn.dtype == torch.long and 0 <= int(drawn.min()) and int(drawn.max()) < T
     expected = float(timestep_probabilities("min_snr", scheduler().alphas_cumprod, float(images.var()), "v_prediction")[:30].sum())
     assert float((drawn < 30).float().mean()) == pytest.approx(expected, abs=0.03)
+    shifted = PredictionTargetPrepareBatch(T, scheduler(), timestep_sampling="variance_shifted")({"image": images})[3]["timesteps"]
+    expected = float(timestep_probabilities("variance_shifted", scheduler().alphas_cumprod, float(images.var()), "v_prediction")[:30].sum())
+    assert float((shifted < 30).float().mean()) == pytest.approx(expected, abs=0.03) and expected > 0.2
     uniform = PredictionTargetPrepareBatch(T, scheduler())({"image": images})[3]["timesteps"]
     assert float((uniform < 30).float().mean()) == pytest.approx(0.1, abs=0.03)
 
@@ -64,3 +86,5 @@ def test_bad_settings_are_refused_by_name():
         PredictionTargetPrepareBatch(T, scheduler(), timestep_sampling="min_snr", snr_gamma=0)
     with pytest.raises(ValueError, match="variance must be positive.*constant"):
         timestep_probabilities("min_snr", scheduler().alphas_cumprod, 0.0, "v_prediction")
+    with pytest.raises(ValueError, match="variance must be positive.*constant"):
+        timestep_probabilities("variance_shifted", scheduler().alphas_cumprod, 0.0, "v_prediction")

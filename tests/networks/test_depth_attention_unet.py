@@ -186,6 +186,32 @@ def test_depth_position_embedding_tells_slices_apart():
     assert not torch.allclose(out[..., 0], out[..., 3])
 
 
+def test_position_channels_tell_identical_voxels_apart_and_trace():
+    from common.networks.depth_attention_unet import _coordinates
+
+    grid = _coordinates(torch.zeros(2, 5, 3, 4, 5))
+    assert grid.shape == (2, 3, 3, 4, 5)
+    assert torch.equal(grid[0, 0, :, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))  # H runs from -1 to 1
+    assert torch.allclose(grid[1, 2, 0, 0], torch.linspace(-1, 1, 5)) and (grid[:, 1, :, 0] == -1).all()
+    net = small_unet(position_channels=True, depth_attention=False, spatial_attention=False).eval()
+    assert net.init_conv.in_channels == 3 + 3
+    x = torch.zeros(1, 3, 8, 8, 4)  # every voxel alike: only the coordinates can make the slices' outputs differ
+    with torch.no_grad():
+        out = net(x, torch.tensor([3]))
+        assert not torch.allclose(out[..., 0], out[..., 3])
+        traced = torch.jit.trace(net, (torch.randn(1, 3, 8, 8, 4), torch.tensor([3])))
+        x, t = torch.randn(2, 3, 16, 8, 6), torch.tensor([3, 90])
+        assert torch.allclose(traced(x, t), net(x, t), atol=1e-5)  # the grid follows the input's size
+    plain = small_unet(depth_attention=False, spatial_attention=False).eval()
+    with torch.no_grad():
+        plain_out = plain(torch.zeros(1, 3, 8, 8, 4), torch.tensor([3]))
+    assert torch.allclose(plain_out[..., 0], plain_out[..., 3])  # without them, slices alike are denoised alike
+    patched = small_unet(position_channels=True, patch_size=2)
+    assert patched.init_conv.in_channels == 3 * 8 + 3 and patched(torch.randn(1, 3, 8, 8, 4), torch.tensor([1])).shape == (1, 3, 8, 8, 4)
+    with pytest.raises(ValueError, match="position_channels must be True or False, got 'yes'"):
+        small_unet(position_channels="yes")
+
+
 def test_overfits_one_batch():
     net = small_unet()
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
