@@ -18,8 +18,10 @@ wrong steps.
 
 ``variance_shifted`` (not in the papers) draws half the timesteps uniformly and half so that the SNR the denoiser sees
 is distributed as the schedule's own SNR is for unit-variance inputs under uniform draws: each uniformly drawn step is
-moved to the step where the inputs' real SNR equals the schedule's SNR there. Codebook-range latents (variance near
-0.03) then get several times more of the least noisy steps, where a 64^3 brain's grey/white pattern is decided
+moved to the step where the inputs' real SNR equals the schedule's SNR there. Where that SNR lies beyond the
+schedule's range the step goes to its end: for inputs of variance 0.03, step 0 gets 2.5% of all draws (7.5 times the
+uniform share); the smaller the variance, the more. Codebook-range latents (variance near 0.03) get about three times
+the uniform share of the least noisy steps, where a 64^3 brain's grey/white pattern is decided
 (``benchmarks/latent_detail.md``), while the uniform half keeps the noisy steps where the outline is decided (min-SNR
 moved nearly all draws to the less noisy half, and the outlines fell apart: ``benchmarks/convergence_64_gpu.md``). On
 unit-variance inputs it is uniform. In the spirit of the resolution-dependent schedule shift of simple diffusion

@@ -338,7 +338,8 @@ class DepthAttentionUNet(nn.Module):
             the paper (1, its setting): the patching of simple diffusion (Hoogeboom et al., ICML 2023) and DiT
             (Peebles and Xie, ICCV 2023), which makes a large latent cost a small one's iterations.
         position_channels: give the first convolution three more input channels holding every voxel's H, W and D
-            coordinate, from -1 to 1 across the volume (CoordConv, Liu et al., NeurIPS 2018). Not in the paper
+            coordinate, from -1 to 1 across the volume (CoordConv, Liu et al., NeurIPS 2018); with ``patch_size``
+            above 1, every patch's. Not in the paper
             (False, its setting): its convolutions and attention see no absolute position but what the zero
             padding at the borders tells them, where in registered volumes (a brain in a fixed frame) the anatomy
             at a place is largely fixed by the place. It defines the model (the first convolution's weights). At

@@ -123,7 +123,8 @@ def test_a_patched_denoiser_with_depth_convolutions_and_position_channels_trains
     brain_model, tmp_path
 ):
     # the three network options that add or reshape weights, trained once together through the bundle's configs to
-    # keep the suite short, with the variance_shifted timestep density (training only)
+    # keep the suite short, with the variance_shifted timestep density (training only; here it is only run, its draws
+    # are checked in tests/engines/test_timestep_sampling.py)
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")

@@ -57,6 +57,8 @@ def test_variance_shifted_moves_half_the_draws_to_the_steps_with_the_schedules_s
         assert t < j and float(shifted[t - 1 : t + 2].sum()) >= 1 / T
     assert float(low[:18].sum()) > 3 * 18 / T  # several times the uniform share of the least noisy steps
     assert float(low[T // 2 :].sum()) > 0.25  # and a good share of the noisy half, unlike min-SNR's
+    # targets beyond the schedule's least noisy SNR pile up on step 0 (the docstring's 2.5% at variance 0.03)
+    assert float(low[0]) == pytest.approx(0.025, abs=0.003)
     high = timestep_probabilities("variance_shifted", alphas, 4.0, "v_prediction")
     assert float(high[T // 2 :].sum()) > 0.5  # more variance than the schedule assumes: towards the noisy steps
 
