@@ -39,10 +39,15 @@ __all__ = ["TIMESTEP_SAMPLINGS", "min_snr_weights", "timestep_probabilities", "v
 TIMESTEP_SAMPLINGS = ("uniform", "min_snr", "variance_shifted")
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, variance: float, prediction_type: str, gamma: float) -> torch.Tensor:
-    """The min-SNR-gamma loss weight of every timestep (module docstring) for inputs of ``variance``."""
+def _check_variance(variance: float) -> None:
+    """``ValueError`` unless the inputs' variance is positive (a NaN is not): neither density is defined without it."""
     if not variance > 0:
         raise ValueError(f"the inputs' variance must be positive, got {variance!r}: are the training inputs constant?")
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, variance: float, prediction_type: str, gamma: float) -> torch.Tensor:
+    """The min-SNR-gamma loss weight of every timestep (module docstring) for inputs of ``variance``."""
+    _check_variance(variance)
     if not gamma > 0:
         raise ValueError(f"snr_gamma must be positive, got {gamma!r}.")
     alphas_cumprod = alphas_cumprod.double()
@@ -59,8 +64,7 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, variance: float, prediction_ty
 
 def variance_shifted_probabilities(alphas_cumprod: torch.Tensor, variance: float) -> torch.Tensor:
     """The ``variance_shifted`` density (module docstring) of every timestep for inputs of ``variance``."""
-    if not variance > 0:
-        raise ValueError(f"the inputs' variance must be positive, got {variance!r}: are the training inputs constant?")
+    _check_variance(variance)
     alphas_cumprod = alphas_cumprod.double().clamp(1e-12, 1 - 1e-12)
     log_snr = alphas_cumprod.log() - (1 - alphas_cumprod).log()  # the schedule's, falling with the timestep
     steps = len(log_snr)
