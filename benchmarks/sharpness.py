@@ -3,8 +3,8 @@ held-out brains (sharpness: the share of spectral power above 0.25 cycles per vo
 own; 1 is as sharp as real):
 
 - the VQ-GAN: variants of its training (``train_autoencoder.json`` overrides) trained side by side on the demo's
-  brains (32^3, ``common.pipeline.DEMO_SETTINGS``), each reconstructing held-out brains it never saw (PSNR, SSIM,
-  sharpness);
+  brains (32^3, ``common.pipeline.DEMO_SETTINGS``; with ``--size 64`` at the paper's brain size with
+  ``benchmarks/quality.py``'s settings), each reconstructing held-out brains it never saw (PSNR, SSIM, sharpness);
 - the sampler: the denoiser a demo trained (``--demo-output``, the folder ``python -m common demo --output_dir``
   wrote) sampled with the same seeds by each sampler variant (``inference.json`` overrides) and evaluated with
   ``evaluate.json`` (sharpness beside the histogram, diversity and slice-consistency ratios); then its latents
@@ -73,6 +73,10 @@ VARIANTS: dict[str, dict] = {
     "gan_adaptive_tenth_tanh_hinge": {"adversarial_start": 1000, "loss#adaptive_adversarial_weight": True,
                                       "loss#image_gan_weight": 0.1, "loss#volume_gan_weight": 0.1,
                                       "loss#feature_matching_weight": 1.6},
+    # the last tenth of the run trains the decoder alone on a frozen encoder and codebook (VQGANTrainer's
+    # frozen_codebook_iterations): of the demo's 2,000 iterations, and of the 500 at --size 64
+    "frozen_codebook_200": {"frozen_codebook_iterations": 200},
+    "frozen_codebook_50": {"frozen_codebook_iterations": 50},
 }
 TANH_HINGE = {"gan_adaptive_tenth_tanh_hinge"}
 # inference.json overrides of each sampler variant, on top of the demo's (DDIM 100, EMA weights, x0 clipped to 1.25)
@@ -307,11 +311,11 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], detai
         return "" if names == list(every) else f" --{flag} {','.join(names) or 'none'}"
 
     options = chosen("variants", args.variants, VARIANTS) + (chosen("samplers", args.samplers, SAMPLERS) if args.demo_output else "")
-    options += (f" --epochs {args.epochs}" if args.epochs else "") + (" --reuse" if args.reuse else "")
+    options += (f" --size {args.size}" if args.size != 32 else "") + (f" --epochs {args.epochs}" if args.epochs else "") + (" --reuse" if args.reuse else "")
     options += f" --demo-output {args.demo_output.name}" if args.demo_output else ""
     count = settings["inference"]["num_samples"]
     lines = [
-        "# Where the demo's samples lose their sharpness (brain_mri, 32^3)", "",
+        f"# Where the {'demo' if args.size == 32 else 'paper-size'} samples lose their sharpness (brain_mri, {args.size}^3)", "",
         f"Command: `python benchmarks/sharpness.py{options}` (commit {commit()}). Machine: {platform.machine()}, "
         f"{torch.get_num_threads()} threads, device {args.device}, torch {torch.__version__}. Wall time {minutes:.1f} min"
         f"{REUSED if args.reuse and vqgans else ''}.", "",
@@ -322,10 +326,11 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], detai
         iterations = settings["autoencoder"]["train#trainer#max_epochs"] * args.train // 2  # train_autoencoder's batch_size 2
         lines += [
             "## The VQ-GAN", "",
-            f"Data: {args.train} training and {args.heldout} held-out subjects of the demo's population; the demo's VQ-GAN "
-            f"settings, {iterations} iterations of batch 2; reconstructions of the held-out brains.", "",
+            f"Data: {args.train} training and {args.heldout} held-out subjects of the demo's population; "
+            f"{'the demo' if args.size == 32 else 'benchmarks/quality.py'}'s VQ-GAN settings at {args.size}^3, {iterations} iterations "
+            "of batch 2, every variant from the same initial weights and data order; reconstructions of the held-out brains.", "",
             "Variants (train_autoencoder.json overrides): " + "; ".join(
-                f"`{n}`: {' '.join(f'--{k} {v}' for k, v in VARIANTS[n].items()) or 'the demo as it is'}"
+                f"`{n}`: {' '.join(f'--{k} {v}' for k, v in VARIANTS[n].items()) or ('the demo as it is' if args.size == 32 else 'the settings as they are')}"
                 f"{' (discriminators trained with MONAI tanh hinge, set by the benchmark)' if n in TANH_HINGE else ''}" for n in args.variants) + ".", "",
             "| variant | training min | held-out PSNR dB | held-out SSIM | sharpness (x real) | per brain |",
             "|---|---|---|---|---|---|",
@@ -384,7 +389,9 @@ def main() -> None:
     parser.add_argument("--samplers", help=f"sampler variants (with --demo-output), of {', '.join(SAMPLERS)} (default: all)")
     parser.add_argument("--demo-output", type=Path, help="a folder python -m common demo --output_dir wrote: its denoiser is sampled "
                         "with each sampler variant (without it the sampler part is skipped)")
-    parser.add_argument("--epochs", type=int, help="VQ-GAN epochs (default: the demo's)")
+    parser.add_argument("--size", type=int, choices=(32, 64), default=32, help="32: the demo's settings; 64: the paper's brain "
+                        "size with benchmarks/quality.py's settings (VQ-GAN variants only)")
+    parser.add_argument("--epochs", type=int, help="VQ-GAN epochs (default: the settings')")
     parser.add_argument("--train", type=int, default=20, help="training subjects")
     parser.add_argument("--heldout", type=int, default=8, help="held-out subjects")
     parser.add_argument("--device", default="cpu")
@@ -393,6 +400,8 @@ def main() -> None:
                         "(their training minutes as measured then) instead of training them again")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "sharpness.md")
     args = parser.parse_args()
+    if args.demo_output and args.size != 32:
+        parser.error("--demo-output: the sampler variants are measured on the demo's denoiser, at --size 32")
     if args.samplers and not args.demo_output:
         parser.error("--samplers needs --demo-output: the demo run whose denoiser they sample")
     args.samplers = args.samplers or ",".join(SAMPLERS)
@@ -412,9 +421,11 @@ def main() -> None:
 
     from common.data import brain_demo_datalist, brain_demo_heldout_datalist
     from common.io import write_text
-    from common.pipeline import DEMO_SETTINGS, without_autoguidance
+    from convergence import stage_settings
 
-    settings = without_autoguidance(DEMO_SETTINGS[BUNDLE])  # the sampler variants as measured, unguided
+    # the demo's settings without autoguidance (the sampler variants as measured, unguided), or quality.py's at 64^3
+    settings = stage_settings(argparse.Namespace(size=args.size, paper_widths=False, train=args.train, samples=8,
+                                                 downsample_factor=None, scale_equivariance=0.0))
     if args.epochs:
         settings["autoencoder"]["train#trainer#max_epochs"] = args.epochs
     args.pictures = args.out.with_suffix("")

@@ -6,6 +6,11 @@ discriminators (a random depth slice and the whole volume) with feature matching
 after a given iteration, and gradient clipping (Khader et al., Sci Rep 2023, Sec. 2.3 "VQ-GAN"; the settings of
 Supplementary Table 1). The objective itself lives in ``common.losses.VQGANLoss``; with its scale-equivariance term
 on, the autoencoder's forward pass also decodes the pooled latent.
+
+Beyond the paper, the last ``frozen_codebook_iterations`` can train the decoder alone on a frozen encoder and
+codebook: the EMA codebook moves (and restarts dead codes) at every step until the end, so the decoder always lags
+behind the codes it will decode; fitting it once to the final codes is what Stable Diffusion's released
+autoencoders did to their decoders (the "ft-EMA" and "ft-MSE" decoders, encoder frozen).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
 from monai.networks.nets import VQVAE
@@ -56,8 +62,10 @@ class VQGANTrainer(Trainer):
     active (after ``loss_function.adversarial_start`` iterations) it also updates both discriminators on
     ``loss_function.discriminator_loss``. ``engine.state.output`` holds the input (``image``), the
     reconstruction (``pred``), the autoencoder loss (``loss``) and ``losses``, a dict of every loss term plus
-    the codebook's ``perplexity``, ``codebook_usage`` (fraction of codes used in the batch) and
-    ``codebook_restarts`` (dead codes re-seeded this step), for ``StatsHandler`` / ``TensorBoardStatsHandler``.
+    the codebook's ``perplexity``, ``codebook_usage`` (fraction of codes used in the batch),
+    ``codebook_restarts`` (dead codes re-seeded this step; these two are left out while the codebook is frozen) and
+    ``codebook_frozen`` (1 in the last ``frozen_codebook_iterations``), for ``StatsHandler`` /
+    ``TensorBoardStatsHandler``.
 
     Args:
         device: device of the networks.
@@ -79,6 +87,11 @@ class VQGANTrainer(Trainer):
             threads, 12 of 40 at 3, other seeds on each run; 0 of 80 without oneDNN). PyTorch's own kernels are
             slower but sound.
         amp_dtype: "float16" (loss scaling on CUDA) or "bfloat16" (no scaling needed); None for the default above.
+        frozen_codebook_iterations: the last this many iterations of the run (of ``max_epochs`` x ``epoch_length``)
+            update the decoder and the discriminators only: the codebook stops its EMA updates and dead-code
+            restarts, and the encoder's gradients are dropped before the step (still computed, so that
+            ``DistributedDataParallel`` sees every parameter used). 0, the paper's, trains everything to the end.
+            The latents the diffusion model learns are fixed from the first of these iterations on.
         train_handlers: ignite handlers with ``attach(engine)``.
         prepare_batch: how to take the image from a batch.
         non_blocking: non-blocking host-to-device copies.
@@ -97,12 +110,15 @@ class VQGANTrainer(Trainer):
         gradient_clip: float = 1.0,
         amp: bool = False,
         amp_dtype: str | None = None,
+        frozen_codebook_iterations: int = 0,
         train_handlers: Sequence | None = None,
         prepare_batch: Callable = default_prepare_batch,
         non_blocking: bool = False,
     ) -> None:
         if gradient_clip < 0:
             raise ValueError(f"gradient_clip must be >= 0, got {gradient_clip}.")
+        if isinstance(frozen_codebook_iterations, bool) or not isinstance(frozen_codebook_iterations, int) or frozen_codebook_iterations < 0:
+            raise ValueError(f"frozen_codebook_iterations must be an integer >= 0, got {frozen_codebook_iterations!r}.")
         device = torch.device(device)
         if amp_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {amp_dtype!r}.")
@@ -124,6 +140,9 @@ class VQGANTrainer(Trainer):
         self.loss_function = loss_function
         self.discriminator_optimizer = discriminator_optimizer
         self.gradient_clip = gradient_clip
+        self.frozen_codebook_iterations = frozen_codebook_iterations
+        if frozen_codebook_iterations:
+            self.add_event_handler(Events.STARTED, self._check_frozen_codebook_iterations)
         # where the adversarial terms are balanced against the reconstruction, found once (the same Parameter object
         # all training: loading a checkpoint copies into it)
         self.balance_layer = last_decoder_weight(network) if loss_function.adaptive_adversarial_weight else None
@@ -132,12 +151,32 @@ class VQGANTrainer(Trainer):
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.discriminator_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
-    def _step(self, loss: torch.Tensor, optimizer: Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    def _total_iterations(self) -> int:
+        return self.state.max_epochs * self.state.epoch_length
+
+    def _check_frozen_codebook_iterations(self, engine: VQGANTrainer) -> None:
+        """At the start (a resumed run included): the frozen phase must leave iterations that train the codebook."""
+        total = engine._total_iterations()
+        if engine.frozen_codebook_iterations >= total:
+            raise ValueError(
+                f"frozen_codebook_iterations ({engine.frozen_codebook_iterations}) must be fewer than the run's "
+                f"{total} iterations (max_epochs {engine.state.max_epochs} x {engine.state.epoch_length} per epoch): "
+                "the encoder and the codebook would never train."
+            )
+
+    def codebook_frozen(self, iteration: int) -> bool:
+        """Whether ``iteration`` (1-based) is one of the run's last ``frozen_codebook_iterations``."""
+        return iteration > self._total_iterations() - self.frozen_codebook_iterations
+
+    def _step(self, loss: torch.Tensor, optimizer: Optimizer, scaler: torch.amp.GradScaler | None,
+              frozen: Sequence[torch.nn.Parameter] = ()) -> None:
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
         else:
             loss.backward()
+        for parameter in frozen:  # no gradient: the optimizer leaves it (and its moments) as they are
+            parameter.grad = None
         if self.gradient_clip:
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.gradient_clip)
@@ -161,7 +200,11 @@ class VQGANTrainer(Trainer):
         slice_index = torch.randint(images.shape[-1], (images.shape[0],), device=images.device)
         losses = engine.loss_function
 
+        autoencoder = getattr(engine.network, "module", engine.network)  # unwrap DistributedDataParallel
+        frozen = engine.frozen_codebook_iterations > 0 and engine.codebook_frozen(iteration)
         engine.network.train()
+        if frozen:  # the codebook neither moves nor restarts codes; the encoder's gradients are dropped below
+            autoencoder.quantizer.eval()
         losses.train()
         engine.optimizer.zero_grad(set_to_none=True)
         discriminators = (losses.image_discriminator, losses.volume_discriminator)
@@ -176,7 +219,7 @@ class VQGANTrainer(Trainer):
         with torch.autocast(**engine.amp_kwargs, enabled=engine.amp):
             reconstruction, commitment, *pooled = engine.network(images, factor) if factor > 1 else engine.network(images)
             terms = losses.generator_loss(images, reconstruction, commitment, slice_index, iteration, *pooled, **last_layer)
-        engine._step(terms["loss"], engine.optimizer, engine.scaler)
+        engine._step(terms["loss"], engine.optimizer, engine.scaler, tuple(autoencoder.encoder.parameters()) if frozen else ())
         for discriminator in discriminators:
             discriminator.requires_grad_(True)
 
@@ -188,11 +231,13 @@ class VQGANTrainer(Trainer):
             terms.update({k: v for k, v in disc_terms.items() if k != "loss"})
             terms["disc_loss"] = disc_terms["loss"]
 
-        codebook = getattr(engine.network, "module", engine.network).quantizer  # unwrap DistributedDataParallel
+        codebook = autoencoder.quantizer
         logged = {key: float(value.detach()) for key, value in terms.items()}
         logged["perplexity"] = float(codebook.perplexity)
-        logged["codebook_usage"] = float(getattr(codebook.quantizer, "last_usage", float("nan")))
-        logged["codebook_restarts"] = float(getattr(codebook.quantizer, "last_restarts", 0))
+        if not frozen:  # a frozen codebook measures no usage and restarts no codes
+            logged["codebook_usage"] = float(getattr(codebook.quantizer, "last_usage", float("nan")))
+            logged["codebook_restarts"] = float(getattr(codebook.quantizer, "last_restarts", 0))
+        logged["codebook_frozen"] = float(frozen)
         engine.state.output = {
             Keys.IMAGE: images,
             Keys.PRED: reconstruction.detach(),

@@ -14,7 +14,7 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd, ScaleIntensityd
 from common.engines import VQGANTrainer
 from common.engines.vqgan_trainer import last_decoder_weight
 from common.losses import VQGANLoss
-from tests.bundles.bundle_runs import SMALL_AUTOENCODER, SMALL_SHARED
+from tests.bundles.bundle_runs import SMALL_AUTOENCODER, SMALL_SHARED, error_chain
 from tests.helpers import tiny_vqgan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +25,21 @@ def _reconstruction_error(vqgan, volume: torch.Tensor) -> float:
     with torch.no_grad():
         recon, _ = vqgan(volume)
     return float((recon - volume).abs().mean())
+
+
+def _bundle_trainer(tmp_path: Path, batches: int | list[dict], **overrides):
+    """The brain bundle's VQ-GAN trainer at a tiny size for one epoch over ``batches`` (a count of random batches of
+    2 volumes of 16^3, or the batches themselves), with ``overrides`` of its config ids."""
+    if isinstance(batches, int):
+        batches = [{"image": torch.rand(2, 1, 16, 16, 16) * 2 - 1} for _ in range(batches)]
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "brain_mri" / "configs" / "train_autoencoder.json"))
+    parser.update({
+        "bundle_root": str(REPO / "bundles" / "brain_mri"), "device": "$torch.device('cpu')", "ckpt_dir": str(tmp_path),
+        "log_dir": str(tmp_path / "logs"), "initialize": [], "image_size": [16, 16, 16], **SMALL_SHARED, **SMALL_AUTOENCODER,
+        "train#handlers": [], "train#trainer#max_epochs": 1, "train#dataloader": "$@_batches", "_batches": batches, **overrides,
+    })
+    return parser.get_parsed_content("train#trainer")
 
 
 def test_vqgan_learns_to_reconstruct_a_real_t1_volume(real_t1):
@@ -74,16 +89,8 @@ def test_bundle_trainer_under_bfloat16_on_a_cpu_runs_its_steps_without_onednn(am
     """oneDNN's CPU bfloat16 3D-convolution weight gradients were now and then non-finite (torch 2.13, Zen 4): the
     bundle's VQ-GAN trainer, with amp on a CPU (bfloat16), runs both steps, forward and backward, without it; in
     float32 it keeps it."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / "brain_mri" / "configs" / "train_autoencoder.json"))
-    parser.update({
-        "bundle_root": str(REPO / "bundles" / "brain_mri"), "device": "$torch.device('cpu')", "ckpt_dir": str(tmp_path),
-        "log_dir": str(tmp_path / "logs"), "initialize": [], "image_size": [16, 16, 16], **SMALL_SHARED, **SMALL_AUTOENCODER,
-        "adversarial_start": 0, "train#handlers": [], "train#trainer#max_epochs": 1,
-        "train#trainer#amp": amp, "train#trainer#amp_dtype": "bfloat16" if amp else None,
-        "train#dataloader": "$@_batches", "_batches": [{"image": torch.rand(2, 1, 16, 16, 16) * 2 - 1} for _ in range(2)],
-    })
-    trainer = parser.get_parsed_content("train#trainer")
+    trainer = _bundle_trainer(tmp_path, 2, adversarial_start=0, **{"train#trainer#amp": amp,
+                                                                   "train#trainer#amp_dtype": "bfloat16" if amp else None})
     seen: list[bool] = []
     record = lambda *_: seen.append(torch.backends.mkldnn.enabled)  # noqa: E731
     for module in (trainer.network, trainer.loss_function.volume_discriminator.final_conv.conv):
@@ -101,15 +108,7 @@ def test_bundle_trainer_under_bfloat16_on_a_cpu_runs_its_steps_without_onednn(am
 def test_bundle_trainer_balances_the_adversarial_terms_at_the_decoders_last_weight(tmp_path):
     """With ``loss#adaptive_adversarial_weight`` the bundle's trainer hands the loss the decoder's output weight once
     the adversarial terms count, and logs the balance; before that it computes none."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / "brain_mri" / "configs" / "train_autoencoder.json"))
-    parser.update({
-        "bundle_root": str(REPO / "bundles" / "brain_mri"), "device": "$torch.device('cpu')", "ckpt_dir": str(tmp_path),
-        "log_dir": str(tmp_path / "logs"), "initialize": [], "image_size": [16, 16, 16], **SMALL_SHARED, **SMALL_AUTOENCODER,
-        "adversarial_start": 1, "loss#adaptive_adversarial_weight": True, "train#handlers": [], "train#trainer#max_epochs": 1,
-        "train#dataloader": "$@_batches", "_batches": [{"image": torch.rand(2, 1, 16, 16, 16) * 2 - 1} for _ in range(3)],
-    })
-    trainer = parser.get_parsed_content("train#trainer")
+    trainer = _bundle_trainer(tmp_path, 3, adversarial_start=1, **{"loss#adaptive_adversarial_weight": True})
     given, generator_loss = [], trainer.loss_function.generator_loss
     trainer.loss_function.generator_loss = lambda *a, **k: given.append(k.get("last_layer")) or generator_loss(*a, **k)
     logged = []
@@ -145,15 +144,7 @@ def test_bundle_scale_equivariance_teaches_the_decoder_to_decode_a_pooled_latent
     errors, logged = {}, []
     for weight in (0.0, 4.0):
         torch.manual_seed(0)
-        parser = ConfigParser()
-        parser.read_config(str(REPO / "bundles" / "brain_mri" / "configs" / "train_autoencoder.json"))
-        parser.update({
-            "bundle_root": str(REPO / "bundles" / "brain_mri"), "device": "$torch.device('cpu')", "ckpt_dir": str(tmp_path),
-            "log_dir": str(tmp_path / "logs"), "initialize": [], "image_size": [16, 16, 16], **SMALL_SHARED, **SMALL_AUTOENCODER,
-            "lr": 4e-3, "adversarial_start": 1000, "train#handlers": [], "train#trainer#max_epochs": 1,
-            "scale_equivariance_weight": weight, "train#dataloader": "$@_batches", "_batches": batches,
-        })
-        trainer = parser.get_parsed_content("train#trainer")
+        trainer = _bundle_trainer(tmp_path, batches, lr=4e-3, adversarial_start=1000, scale_equivariance_weight=weight)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: logged.append(e.state.output["losses"]))
         trainer.run()
         errors[weight] = _pooled_decoding_error(trainer.network, volume)
@@ -162,3 +153,52 @@ def test_bundle_scale_equivariance_teaches_the_decoder_to_decode_a_pooled_latent
     term = [step["scale_equivariance"] for step in logged[100:]]
     assert sum(term[-20:]) < 0.75 * sum(term[:20])  # it falls while it trains (0.56 here; factors 2 and 4 in both windows)
     assert errors[4.0] < 0.8 * errors[0.0], errors  # 0.13 against 0.20 here (seeded)
+
+
+def test_bundle_trainer_fits_the_decoder_alone_to_a_frozen_codebook_in_its_last_iterations(tmp_path):
+    """``frozen_codebook_iterations``: in the run's last N iterations the encoder and the codebook stay exactly as
+    they were (no EMA update, no restart) while the decoder and the discriminators still learn; before them
+    everything trains. The log says which iterations were frozen."""
+    torch.manual_seed(0)
+    trainer = _bundle_trainer(tmp_path, 6, adversarial_start=2, frozen_codebook_iterations=3)
+    vqgan = trainer.network
+    parts = {"encoder": vqgan.encoder, "decoder": vqgan.decoder, "discriminator": trainer.loss_function.volume_discriminator}
+    snapshots, logged = [], []
+
+    def snapshot(engine):
+        state = {name: [p.detach().clone() for p in part.parameters()] for name, part in parts.items()}
+        state["codebook"] = [vqgan.codebook.embedding.weight.detach().clone()]
+        snapshots.append(state)
+        logged.append(engine.state.output["losses"])
+
+    trainer.add_event_handler(Events.STARTED, lambda e: snapshots.append(None))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, snapshot)
+    trainer.run()
+
+    def changed(name: str, before: int, after: int) -> bool:
+        return any(not torch.equal(a, b) for a, b in zip(snapshots[before][name], snapshots[after][name]))
+
+    assert [step["codebook_frozen"] for step in logged] == [0, 0, 0, 1, 1, 1]
+    assert changed("encoder", 1, 3) and changed("codebook", 1, 3)  # trained before the frozen phase
+    assert not changed("encoder", 3, 6) and not changed("codebook", 3, 6)
+    assert changed("decoder", 3, 6) and changed("discriminator", 3, 6)
+    assert "codebook_usage" in logged[2] and "codebook_usage" not in logged[3] and "codebook_restarts" not in logged[5]
+    assert all(np.isfinite(v) for v in logged[-1].values())
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_bundle_trainer_refuses_a_frozen_codebook_phase_that_is_not_a_count(value, tmp_path):
+    with pytest.raises(Exception) as raised:
+        _bundle_trainer(tmp_path, 2, frozen_codebook_iterations=value)
+    assert f"frozen_codebook_iterations must be an integer >= 0, got {value!r}" in error_chain(raised.value)
+
+
+def test_bundle_trainer_refuses_a_frozen_codebook_phase_as_long_as_the_run(tmp_path):
+    """A run whose every iteration would be frozen would never train the encoder or the codebook: refused when it
+    starts, naming the run's length, before any step."""
+    trainer = _bundle_trainer(tmp_path, 3, frozen_codebook_iterations=3)
+    steps = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: steps.append(e.state.iteration))
+    with pytest.raises(ValueError, match=r"frozen_codebook_iterations \(3\) must be fewer than the run's 3 iterations"):
+        trainer.run()
+    assert steps == []
