@@ -40,11 +40,12 @@ CONFIGS = REPO / "bundles" / convergence.BUNDLE / "configs"
 FOREGROUND = -0.9  # voxels of the real brain above this (images in [-1, 1]): where PSNR is measured
 
 
-def load_models(args: argparse.Namespace) -> tuple[torch.Tensor, object, torch.nn.Module, object, float]:
-    """The held-out brains (N, 1, H, W, D), the latent autoencoder, the denoiser, its DDIM scheduler and x0 clip."""
+def load_models(args: argparse.Namespace, size: int = 64) -> tuple[torch.Tensor, object, torch.nn.Module, object, float]:
+    """The held-out brains (N, 1, H, W, D), the latent autoencoder, the denoiser, its DDIM scheduler and x0 clip, of a
+    ``convergence.py --size size`` run."""
     from monai.bundle import ConfigParser
 
-    settings = convergence.stage_settings(argparse.Namespace(size=64, paper_widths=False, train=20, samples=8,
+    settings = convergence.stage_settings(argparse.Namespace(size=size, paper_widths=False, train=20, samples=8,
                                                              downsample_factor=None, scale_equivariance=0.0))
     recipe = convergence.RECIPES[args.recipe]
     models = args.workdir / "recipes" / args.recipe / "models"
