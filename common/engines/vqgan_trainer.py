@@ -9,18 +9,18 @@ on, the autoencoder's forward pass also decodes the pooled latent.
 
 Beyond the paper, the last ``frozen_codebook_iterations`` can train the decoder alone on a frozen encoder and
 codebook: the EMA codebook moves (and restarts dead codes) at every step until the end, so the decoder always lags
-behind the codes it will decode; fitting it once to the final codes is what Stable Diffusion's released
-autoencoders did to their decoders (the "ft-EMA" and "ft-MSE" decoders, encoder frozen).
+behind the codes it will decode; this fits it once to the final codes (a decoder fine-tuned with its encoder
+frozen, as Stable Diffusion's autoencoder decoders were, there without a codebook).
 """
 
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from ignite.engine import Events
 from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
 from monai.networks.nets import VQVAE
@@ -90,8 +90,9 @@ class VQGANTrainer(Trainer):
         frozen_codebook_iterations: the last this many iterations of the run (of ``max_epochs`` x ``epoch_length``)
             update the decoder and the discriminators only: the codebook stops its EMA updates and dead-code
             restarts, and the encoder's gradients are dropped before the step (still computed, so that
-            ``DistributedDataParallel`` sees every parameter used). 0, the paper's, trains everything to the end.
-            The latents the diffusion model learns are fixed from the first of these iterations on.
+            ``DistributedDataParallel`` sees every parameter used; ``gradient_clip`` then bounds the decoder's
+            gradients alone). 0, the paper's, trains everything to the end. The latents the diffusion model learns
+            are fixed from the first of these iterations on. Must be fewer than the run's iterations.
         train_handlers: ignite handlers with ``attach(engine)``.
         prepare_batch: how to take the image from a batch.
         non_blocking: non-blocking host-to-device copies.
@@ -117,7 +118,8 @@ class VQGANTrainer(Trainer):
     ) -> None:
         if gradient_clip < 0:
             raise ValueError(f"gradient_clip must be >= 0, got {gradient_clip}.")
-        if isinstance(frozen_codebook_iterations, bool) or not isinstance(frozen_codebook_iterations, int) or frozen_codebook_iterations < 0:
+        if isinstance(frozen_codebook_iterations, bool) or not isinstance(frozen_codebook_iterations, numbers.Integral) \
+                or frozen_codebook_iterations < 0:
             raise ValueError(f"frozen_codebook_iterations must be an integer >= 0, got {frozen_codebook_iterations!r}.")
         device = torch.device(device)
         if amp_dtype not in (None, "float16", "bfloat16"):
@@ -140,9 +142,9 @@ class VQGANTrainer(Trainer):
         self.loss_function = loss_function
         self.discriminator_optimizer = discriminator_optimizer
         self.gradient_clip = gradient_clip
-        self.frozen_codebook_iterations = frozen_codebook_iterations
-        if frozen_codebook_iterations:
-            self.add_event_handler(Events.STARTED, self._check_frozen_codebook_iterations)
+        self.frozen_codebook_iterations = int(frozen_codebook_iterations)
+        if self.frozen_codebook_iterations:
+            self._check_frozen_codebook_iterations()
         # where the adversarial terms are balanced against the reconstruction, found once (the same Parameter object
         # all training: loading a checkpoint copies into it)
         self.balance_layer = last_decoder_weight(network) if loss_function.adaptive_adversarial_weight else None
@@ -154,13 +156,15 @@ class VQGANTrainer(Trainer):
     def _total_iterations(self) -> int:
         return self.state.max_epochs * self.state.epoch_length
 
-    def _check_frozen_codebook_iterations(self, engine: VQGANTrainer) -> None:
-        """At the start (a resumed run included): the frozen phase must leave iterations that train the codebook."""
-        total = engine._total_iterations()
-        if engine.frozen_codebook_iterations >= total:
+    def _check_frozen_codebook_iterations(self) -> None:
+        """The frozen phase needs a known run length and must leave iterations that train the encoder and codebook."""
+        if not self.state.epoch_length:
+            raise ValueError("frozen_codebook_iterations needs the run's length: give epoch_length, or a loader with a length.")
+        total = self._total_iterations()
+        if self.frozen_codebook_iterations >= total:
             raise ValueError(
-                f"frozen_codebook_iterations ({engine.frozen_codebook_iterations}) must be fewer than the run's "
-                f"{total} iterations (max_epochs {engine.state.max_epochs} x {engine.state.epoch_length} per epoch): "
+                f"frozen_codebook_iterations ({self.frozen_codebook_iterations}) must be fewer than the run's "
+                f"{total} iterations (max_epochs {self.state.max_epochs} x {self.state.epoch_length} per epoch): "
                 "the encoder and the codebook would never train."
             )
 

@@ -156,11 +156,11 @@ def test_bundle_scale_equivariance_teaches_the_decoder_to_decode_a_pooled_latent
 
 
 def test_bundle_trainer_fits_the_decoder_alone_to_a_frozen_codebook_in_its_last_iterations(tmp_path):
-    """``frozen_codebook_iterations``: in the run's last N iterations the encoder and the codebook stay exactly as
-    they were (no EMA update, no restart) while the decoder and the discriminators still learn; before them
-    everything trains. The log says which iterations were frozen."""
+    """``frozen_codebook_iterations``: in the run's last N iterations (of max_epochs x the epoch's) the encoder and the
+    codebook stay exactly as they were (no EMA update, no restart) while the decoder and the discriminators still
+    learn; before them everything trains. The log says which iterations were frozen."""
     torch.manual_seed(0)
-    trainer = _bundle_trainer(tmp_path, 6, adversarial_start=2, frozen_codebook_iterations=3)
+    trainer = _bundle_trainer(tmp_path, 3, adversarial_start=2, frozen_codebook_iterations=2, **{"train#trainer#max_epochs": 2})
     vqgan = trainer.network
     parts = {"encoder": vqgan.encoder, "decoder": vqgan.decoder, "discriminator": trainer.loss_function.volume_discriminator}
     snapshots, logged = [], []
@@ -178,15 +178,15 @@ def test_bundle_trainer_fits_the_decoder_alone_to_a_frozen_codebook_in_its_last_
     def changed(name: str, before: int, after: int) -> bool:
         return any(not torch.equal(a, b) for a, b in zip(snapshots[before][name], snapshots[after][name]))
 
-    assert [step["codebook_frozen"] for step in logged] == [0, 0, 0, 1, 1, 1]
-    assert changed("encoder", 1, 3) and changed("codebook", 1, 3)  # trained before the frozen phase
-    assert not changed("encoder", 3, 6) and not changed("codebook", 3, 6)
-    assert changed("decoder", 3, 6) and changed("discriminator", 3, 6)
-    assert "codebook_usage" in logged[2] and "codebook_usage" not in logged[3] and "codebook_restarts" not in logged[5]
+    assert [step["codebook_frozen"] for step in logged] == [0, 0, 0, 0, 1, 1]
+    assert changed("encoder", 1, 4) and changed("codebook", 1, 4)  # trained before the frozen phase
+    assert not changed("encoder", 4, 6) and not changed("codebook", 4, 6)
+    assert changed("decoder", 4, 6) and changed("discriminator", 4, 6)
+    assert "codebook_usage" in logged[3] and "codebook_usage" not in logged[4] and "codebook_restarts" not in logged[5]
     assert all(np.isfinite(v) for v in logged[-1].values())
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, True])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
 def test_bundle_trainer_refuses_a_frozen_codebook_phase_that_is_not_a_count(value, tmp_path):
     with pytest.raises(Exception) as raised:
         _bundle_trainer(tmp_path, 2, frozen_codebook_iterations=value)
@@ -194,11 +194,16 @@ def test_bundle_trainer_refuses_a_frozen_codebook_phase_that_is_not_a_count(valu
 
 
 def test_bundle_trainer_refuses_a_frozen_codebook_phase_as_long_as_the_run(tmp_path):
-    """A run whose every iteration would be frozen would never train the encoder or the codebook: refused when it
-    starts, naming the run's length, before any step."""
-    trainer = _bundle_trainer(tmp_path, 3, frozen_codebook_iterations=3)
-    steps = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: steps.append(e.state.iteration))
-    with pytest.raises(ValueError, match=r"frozen_codebook_iterations \(3\) must be fewer than the run's 3 iterations"):
-        trainer.run()
-    assert steps == []
+    """A run whose every iteration would be frozen would never train the encoder or the codebook, and one whose
+    length is unknown cannot say which iterations are its last: both refused when the trainer is built."""
+    with pytest.raises(Exception) as raised:
+        _bundle_trainer(tmp_path, 3, frozen_codebook_iterations=6, **{"train#trainer#max_epochs": 2})
+    assert "frozen_codebook_iterations (6) must be fewer than the run's 6 iterations (max_epochs 2 x 3" in error_chain(raised.value)
+
+    built = _bundle_trainer(tmp_path, 3)
+    unsized = (batch for batch in built.data_loader)  # no len()
+    with pytest.raises(ValueError, match="frozen_codebook_iterations needs the run's length"):
+        VQGANTrainer("cpu", 1, unsized, built.network, built.optimizer, built.loss_function, built.discriminator_optimizer,
+                     frozen_codebook_iterations=3)
+    assert VQGANTrainer("cpu", 1, unsized, built.network, built.optimizer, built.loss_function, built.discriminator_optimizer,
+                        epoch_length=4, frozen_codebook_iterations=np.int64(3)).frozen_codebook_iterations == 3
