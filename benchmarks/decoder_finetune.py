@@ -9,7 +9,7 @@ its VQ-GAN and the recipe's denoiser under ``recipes/<recipe>/models``), with th
 compression. Nothing in ``W`` is changed. The fine-tuning keeps the encoder and the codebook as they are, so the latents
 the denoiser learnt stay valid: it is the decoder alone that ``VQGANTrainer``'s ``frozen_codebook_iterations`` trains
 at the end of a run, here after it, with an L1 loss and Adam. Each degraded latent is blurred by a Gaussian of a random
-width in [0, ``--sigma-max``] latent voxels (none for a quarter of them) and given white noise of a random standard
+width in [0, ``--sigma-max``] latent voxels (none for a quarter of them; ``latent_detail.gaussian_blur``) and given white noise of a random standard
 deviation in [0, ``--noise-max``], then snapped to its nearest codes as the sampler does.
 
 Measured against the held-out brains (PSNR over the whole volume and inside the brain, sharpness as a ratio to real):
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,41 +40,6 @@ import latent_detail  # noqa: E402
 
 FOREGROUND = latent_detail.FOREGROUND
 BLURS = (0.0, 0.5, 1.0)
-
-
-def gaussian_blur(latents: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Each channel of (B, C, H, W, D) blurred by a Gaussian of ``sigma`` voxels along every spatial axis (edges
-    replicated); ``sigma`` 0 returns the latents as they are."""
-    if sigma <= 0:
-        return latents
-    radius = max(1, int(3 * sigma + 0.5))
-    offsets = torch.arange(-radius, radius + 1, dtype=latents.dtype)
-    kernel = torch.exp(-offsets**2 / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = latents.shape[1]
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = len(kernel)
-        padding = [0] * 6
-        padding[2 * (2 - axis)] = padding[2 * (2 - axis) + 1] = radius  # F.pad lists the last axis first
-        latents = F.conv3d(F.pad(latents, padding, mode="replicate"), kernel.view(shape).repeat(channels, 1, 1, 1, 1), groups=channels)
-    return latents
-
-
-def preprocessed(workdir: Path, folder: str, size: int) -> torch.Tensor:
-    """The brains of ``workdir/data/folder`` preprocessed as the VQ-GAN's evaluation does (N, 1, H, W, D)."""
-    from monai.bundle import ConfigParser
-
-    settings = convergence.stage_settings(argparse.Namespace(size=size, paper_widths=False, train=20, samples=8,
-                                                             downsample_factor=None, scale_equivariance=0.0))
-    reading = ConfigParser()
-    reading.read_config([str(latent_detail.CONFIGS / "train_autoencoder.json")])
-    reading.update(settings["shared"])
-    preprocess = reading.get_parsed_content("evaluation_preprocessing")
-    files = sorted((workdir / "data" / folder).glob("*.nii*"))
-    if not files:
-        raise SystemExit(f"no brains in {workdir / 'data' / folder}")
-    return torch.stack([torch.as_tensor(preprocess({"image": str(f)})["image"]) for f in files]).float()
 
 
 def main() -> None:
@@ -102,7 +66,7 @@ def main() -> None:
     torch.manual_seed(0)
     heldout, autoencoder, network, scheduler, _ = latent_detail.load_models(
         argparse.Namespace(workdir=args.workdir, recipe=args.recipe, count=8, steps=args.steps), size=args.size)
-    train = preprocessed(args.workdir, "train", args.size)
+    train = latent_detail.brains(args.workdir, "train", args.size)
     train = torch.cat([train, train.flip(2)])  # with their left-right flips, as the denoiser's data
     trained = autoencoder.autoencoder
     with torch.no_grad():
@@ -125,7 +89,7 @@ def main() -> None:
             if not args.plain:
                 sigma = 0.0 if float(torch.rand(1, generator=draw)) < 0.25 else float(torch.rand(1, generator=draw)) * args.sigma_max
                 noise = float(torch.rand(1, generator=draw)) * args.noise_max
-                latent = gaussian_blur(latent, sigma) + noise * torch.randn(latent.shape, generator=draw)
+                latent = latent_detail.gaussian_blur(latent, sigma) + noise * torch.randn(latent.shape, generator=draw)
             latents.append(latent)
         with torch.no_grad():
             quantised = codes(torch.cat(latents))
@@ -146,7 +110,7 @@ def main() -> None:
 
     rows, blurred_pictures = [], {"real": heldout[0, 0]}
     for sigma in BLURS:
-        latents = gaussian_blur(heldout_latents, sigma)
+        latents = latent_detail.gaussian_blur(heldout_latents, sigma)
         for name, model in (("trained", trained), ("fine-tuned", tuned)):
             images = decoded(model, latents)
             error = (images - heldout) ** 2

@@ -40,25 +40,48 @@ CONFIGS = REPO / "bundles" / convergence.BUNDLE / "configs"
 FOREGROUND = -0.9  # voxels of the real brain above this (images in [-1, 1]): where PSNR is measured
 
 
+def run_settings(size: int) -> dict:
+    """The stage settings of a ``convergence.py --size size`` run with its default widths and compression."""
+    return convergence.stage_settings(argparse.Namespace(size=size, paper_widths=False, train=20, samples=8,
+                                                         downsample_factor=None, scale_equivariance=0.0))
+
+
+def brains(workdir: Path, folder: str, size: int, count: int | None = None) -> torch.Tensor:
+    """The first ``count`` (default: all) brains of ``workdir/data/folder``, preprocessed as the VQ-GAN's evaluation
+    does (N, 1, H, W, D)."""
+    from monai.bundle import ConfigParser
+
+    reading = ConfigParser()
+    reading.read_config([str(CONFIGS / "train_autoencoder.json")])
+    reading.update(run_settings(size)["shared"])
+    preprocess = reading.get_parsed_content("evaluation_preprocessing")
+    files = sorted((workdir / "data" / folder).glob("*.nii*"))[:count]
+    if not files:
+        raise SystemExit(f"no brains in {workdir / 'data' / folder}")
+    return torch.stack([torch.as_tensor(preprocess({"image": str(f)})["image"]) for f in files]).float()
+
+
+def gaussian_blur(latents: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each channel of (B, C, H, W, D) blurred by a Gaussian of ``sigma`` voxels along every spatial axis (scipy);
+    ``sigma`` 0 returns the latents as they are."""
+    from scipy.ndimage import gaussian_filter
+
+    if sigma <= 0:
+        return latents
+    return torch.from_numpy(gaussian_filter(latents.numpy(), sigma=(0, 0, sigma, sigma, sigma))).to(latents.dtype)
+
+
 def load_models(args: argparse.Namespace, size: int = 64) -> tuple[torch.Tensor, object, torch.nn.Module, object, float]:
     """The held-out brains (N, 1, H, W, D), the latent autoencoder, the denoiser, its DDIM scheduler and x0 clip, of a
     ``convergence.py --size size`` run."""
     from monai.bundle import ConfigParser
 
-    settings = convergence.stage_settings(argparse.Namespace(size=size, paper_widths=False, train=20, samples=8,
-                                                             downsample_factor=None, scale_equivariance=0.0))
+    settings = run_settings(size)
     recipe = convergence.RECIPES[args.recipe]
     models = args.workdir / "recipes" / args.recipe / "models"
     if not (models / "diffusion.pt").is_file():
         raise SystemExit(f"{models / 'diffusion.pt'} does not exist: train the recipe with benchmarks/convergence.py first.")
-    reading = ConfigParser()
-    reading.read_config([str(CONFIGS / "train_autoencoder.json")])
-    reading.update({**settings["shared"], "ckpt_dir": str(models)})
-    preprocess = reading.get_parsed_content("evaluation_preprocessing")
-    files = sorted((args.workdir / "data" / "heldout").glob("*.nii*"))[: args.count]
-    if not files:
-        raise SystemExit(f"no held-out brains in {args.workdir / 'data' / 'heldout'}")
-    images = torch.stack([torch.as_tensor(preprocess({"image": str(f)})["image"]) for f in files]).float()
+    images = brains(args.workdir, "heldout", size, args.count)
 
     sampling = ConfigParser()
     sampling.read_config([str(CONFIGS / "inference.json")])
@@ -85,8 +108,6 @@ def main() -> None:
     timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
     if not timesteps or args.count < 1:
         parser.error("--timesteps needs at least one timestep and --count at least one brain")
-
-    from scipy.ndimage import gaussian_filter
 
     from common.evaluation.metrics import high_frequency_share
 
@@ -133,7 +154,7 @@ def main() -> None:
         decoder_rows += [row, measured(f"white noise added, RMSE {rmse}, unquantised", latents + rmse * noise, quantised=False)[0]]
         pictures[f"noise {rmse}"] = decoded[0, 0]
     for sigma in (0.5, 1.0):
-        blurred = torch.from_numpy(gaussian_filter(latents.numpy(), sigma=(0, 0, sigma, sigma, sigma))).float()
+        blurred = gaussian_blur(latents, sigma)
         row, decoded = measured(f"blurred, Gaussian sigma {sigma} latent voxels", blurred)
         decoder_rows += [row, measured(f"blurred, Gaussian sigma {sigma} latent voxels, unquantised", blurred, quantised=False)[0]]
         pictures[f"blur {sigma}"] = decoded[0, 0]
