@@ -128,8 +128,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "latent_crops.md")
     args = parser.parse_args()
-    if not 0.0 <= args.full_share <= 1.0 or args.crop < 8 or args.crop % 8 or args.every <= 0 or args.minutes < args.every:
-        parser.error("--full-share in [0, 1], --crop a multiple of 8, 0 < --every <= --minutes")
+    points = args.minutes / args.every if args.every > 0 else 0.0
+    if not 0.0 <= args.full_share <= 1.0 or args.crop < 8 or args.crop % 8 or points < 1 or abs(points - round(points)) > 1e-9:
+        parser.error("--full-share in [0, 1], --crop a multiple of 8, --minutes a multiple of a positive --every")
     template = args.workdir / "recipes" / args.template / "models"
     if not (template / "diffusion.pt").is_file():
         parser.error(f"{template / 'diffusion.pt'} does not exist: train --template with benchmarks/convergence.py --size 64 first")
@@ -160,7 +161,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     ema, rows, trained, iteration, counts = None, [], 0.0, 0, {"whole": 0, "crops": 0}
     network.train()
-    for point in range(1, int(round(args.minutes / args.every)) + 1):
+    for point in range(1, round(points) + 1):
         while trained < point * args.every * 60:
             start = time.time()
             chosen = latents[torch.randperm(len(latents), generator=generator)[:args.batch]]
