@@ -15,8 +15,9 @@ trains the same network a different way:
   coordinates Patch Diffusion feeds), so a crop knows where in the brain it lies; sampling runs on whole latents as
   always, with the network's own coordinates.
 
-Everything else is the bundle's: the network, loss (L1), Adam, target (the scheduler's ``prediction_type``), EMA
-(decay 0.995 every step, from the middle of the budget). Every ``--every`` minutes of training the network and its
+Everything else is the bundle's, parsed from its training config with the recipe's ids: the network, loss (L1),
+optimiser (Adam at ``--lr``), and the timesteps and target of ``PredictionTargetPrepareBatch`` (the recipe's
+``timestep_sampling`` and ``prediction_type``); EMA (decay 0.995 every step) from the middle of the budget. Every ``--every`` minutes of training the network and its
 EMA are written into a copy of ``--template``'s diffusion checkpoint (a ``benchmarks/convergence.py`` recipe of
 the same network trained in ``W``, whose model settings and latent scale it keeps) and sampled and evaluated by
 the bundle's own configs, exactly as ``convergence.py`` does: the rows compare with that script's reports on the
@@ -69,17 +70,26 @@ class CropCoordinates:
         return torch.stack(crops).to(x.device)
 
 
-def training_parts(workdir: Path, template: str):
-    """The bundle's training network (fresh), noise scheduler and the latent autoencoder of ``template``'s run."""
+def training_parts(workdir: Path, template: str, lr: float) -> dict:
+    """The bundle's diffusion training parts for ``template``'s ids: a fresh ``network``, its ``optimizer`` (at
+    ``lr``), ``loss_function``, the ``noise_scheduler``, ``targets`` (a ``PredictionTargetPrepareBatch`` whose
+    ``get_timesteps``/``get_target`` a step uses) and the ``latent_autoencoder`` of ``template``'s run."""
     from monai.bundle import ConfigParser
+
+    from common.engines import PredictionTargetPrepareBatch
 
     settings = latent_detail.run_settings(64)
     recipe = convergence.RECIPES[template]
     parser = ConfigParser()
     parser.read_config([str(latent_detail.CONFIGS / "train_autoencoder.json"), str(latent_detail.CONFIGS / "train_diffusion.json")])
-    parser.update({**settings["shared"], **settings.get("denoiser", {}), **{k: v for k, v in recipe["train"].items() if k != "lr"},
+    parser.update({**settings["shared"], **settings.get("denoiser", {}), **recipe["train"], "lr": lr,
                    "ckpt_dir": str(workdir / "recipes" / template / "models"), "device": "$torch.device('cpu')"})
-    return parser.get_parsed_content("network"), parser.get_parsed_content("noise_scheduler"), parser.get_parsed_content("latent_autoencoder")
+    parts = {name: parser.get_parsed_content(name) for name in ("network", "optimizer", "noise_scheduler", "latent_autoencoder")}
+    parts["loss_function"] = parser.get_parsed_content("train#trainer#loss_function")
+    parts["targets"] = PredictionTargetPrepareBatch(
+        num_train_timesteps=parser.get_parsed_content("num_train_timesteps"), scheduler=parts["noise_scheduler"],
+        timestep_sampling=parser.get_parsed_content("timestep_sampling"), snr_gamma=parser.get_parsed_content("snr_gamma"))
+    return parts
 
 
 def encoded_brains(workdir: Path, autoencoder) -> torch.Tensor:
@@ -140,8 +150,10 @@ def main() -> None:
     from common.pipeline import run_stages
 
     set_determinism(args.seed)
-    network, scheduler, autoencoder = training_parts(args.workdir, args.template)
-    latents = encoded_brains(args.workdir, autoencoder)
+    parts = training_parts(args.workdir, args.template, args.lr)
+    network, optimizer, loss_function = parts["network"], parts["optimizer"], parts["loss_function"]
+    scheduler, targets = parts["noise_scheduler"], parts["targets"]
+    latents = encoded_brains(args.workdir, parts["latent_autoencoder"])
     coordinates = CropCoordinates(tuple(latents.shape[2:]))
     depth_attention_unet._coordinates = coordinates  # the crops' places (read by DepthAttentionUNet._denoise)
     run_dir = args.workdir / "recipes" / args.name
@@ -149,15 +161,12 @@ def main() -> None:
     shutil.copy2(template / "autoencoder.pt", run_dir / "models" / "autoencoder.pt")
     pictures = args.out.parent / args.out.stem
     pictures.mkdir(parents=True, exist_ok=True)
-    settings = convergence.stage_settings(argparse.Namespace(size=64, paper_widths=False, train=20, samples=8,
-                                                             downsample_factor=None, scale_equivariance=0.0))
+    settings = latent_detail.run_settings(64)
     recipe = convergence.RECIPES[args.template]
     data = args.workdir / "data"
     overrides = {"heldout_dir": str(data / "heldout"), "device": "$torch.device('cpu')", "cache_dir": str(args.workdir / "cache"),
                  **recipe["train"], **recipe["sample"]}
 
-    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
-    loss_function = torch.nn.L1Loss()
     generator = torch.Generator().manual_seed(args.seed)
     ema, rows, trained, iteration, counts = None, [], 0.0, 0, {"whole": 0, "crops": 0}
     network.train()
@@ -171,10 +180,9 @@ def main() -> None:
             else:
                 batch, coordinates.offsets = crop_batch(chosen, args.crop, args.crops, generator)
             noise = torch.randn(batch.shape, generator=generator)
-            timesteps = torch.randint(0, scheduler.num_train_timesteps, (len(batch),), generator=generator)
-            noisy = scheduler.add_noise(batch, noise, timesteps)
-            target = scheduler.get_velocity(batch, noise, timesteps) if scheduler.prediction_type == "v_prediction" else noise
-            loss = loss_function(network(noisy, timesteps), target)
+            timesteps = targets.get_timesteps(batch)
+            loss = loss_function(network(scheduler.add_noise(batch, noise, timesteps), timesteps),
+                                 targets.get_target(batch, noise, timesteps))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
