@@ -27,10 +27,7 @@ Writes ``--out`` and beside it the samples and ``rows.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import platform
-import shlex
 import shutil
 import sys
 import time
@@ -94,20 +91,6 @@ def codes_in_use(autoencoder, latents: torch.Tensor) -> tuple[torch.Tensor, torc
     used, indices = torch.unique(nearest, return_inverse=True)
     residual = float((flat - codebook[nearest]).pow(2).mean().sqrt())
     return codebook[used].clone(), indices.view(latents.shape[0], *latents.shape[2:]), residual
-
-
-def write_checkpoint(template: Path, target: Path, network: torch.nn.Module, ema: torch.nn.Module | None, iteration: int) -> None:
-    """``template``'s checkpoint with this network, its EMA, ``prediction_type sample`` and its ``iteration``."""
-    from common.checkpoints import read_checkpoint
-    from common.io import save_torch
-
-    checkpoint = read_checkpoint(template)
-    checkpoint["network"] = network.state_dict()
-    checkpoint["ema_network"] = (ema or network).state_dict()
-    checkpoint["model_settings"] = {**checkpoint["model_settings"], "prediction_type": "sample"}
-    checkpoint["trainer"] = {**checkpoint.get("trainer", {}), "iteration": iteration}
-    checkpoint.pop("optimizer", None)
-    save_torch(checkpoint, target)
 
 
 def main() -> None:
@@ -188,8 +171,8 @@ def main() -> None:
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         if state["ema"] is not None:
-            ema = copy.deepcopy(network).eval().requires_grad_(False)
-            ema.load_state_dict(state["ema"])
+            ema = latent_crops.follow_ema(None, network, start=True)
+            ema.ema_network.load_state_dict(state["ema"])
         iteration, trained, rows = state["iteration"], state["trained_seconds"], state["rows"]
         generator.set_state(state["generator"])
         print(f"resumed {args.name} at iteration {iteration}, {trained / 60:.1f} min", flush=True)
@@ -210,47 +193,34 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             iteration += 1
-            if ema is None and trained >= args.minutes * 60 / 2:
-                ema = copy.deepcopy(network).eval().requires_grad_(False)
-            elif ema is not None:
-                with torch.no_grad():
-                    for kept, new in zip(ema.parameters(), network.parameters()):
-                        kept.lerp_(new, 1 - 0.995)
+            ema = latent_crops.follow_ema(ema, network, trained >= args.minutes * 60 / 2)
             trained += time.time() - start
             if iteration % 50 == 0:
                 print(f"iteration {iteration}, {trained / 60:.1f} min, cross entropy {loss.item():.4f}", flush=True)
-        write_checkpoint(template / "diffusion.pt", run_dir / "models" / "diffusion.pt", network, ema, iteration)
-        found = convergence.sample_and_evaluate(run_stages, run_dir, data, settings, overrides, args.steps)
-        rows.append({"recipe": args.name, "iteration": iteration, "train_minutes": trained / 60, "steps": args.steps,
-                     "codes": len(codes), "ema": ema is not None, **found})
-        shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", pictures / f"{args.name}_{iteration}_samples_and_real.png")
-        (pictures / "rows.json").write_text(json.dumps({"curves": rows}, indent=1) + "\n")
-        print(json.dumps(rows[-1]), flush=True)
-        save_torch({"network": network.state_dict(), "ema": None if ema is None else ema.state_dict(), "optimizer": optimizer.state_dict(),
-                    "iteration": iteration, "trained_seconds": trained, "generator": generator.get_state(), "rows": rows}, state_path)
+        latent_crops.write_checkpoint(template / "diffusion.pt", run_dir / "models" / "diffusion.pt", network, ema,
+                                      {"prediction_type": "sample"}, iteration)
+        latent_crops.evaluate_point(run_stages, run_dir, data, settings, overrides, args.steps, rows,
+                                    {"recipe": args.name, "iteration": iteration, "train_minutes": trained / 60, "steps": args.steps,
+                                     "codes": len(codes), "ema": ema is not None},
+                                    pictures / f"{args.name}_{iteration}_samples_and_real.png")
+        save_torch({"network": network.state_dict(), "ema": None if ema is None else ema.ema_network.state_dict(),
+                    "optimizer": optimizer.state_dict(), "iteration": iteration, "trained_seconds": trained,
+                    "generator": generator.get_state(), "rows": rows}, state_path)
     for temperature in args.temperatures:
         CodeClassifyingUNet.TEMPERATURE = temperature
-        found = convergence.sample_and_evaluate(run_stages, run_dir, data, settings, overrides, args.steps, args.sample_seed)
         seeds = f", seeds {args.sample_seed} on" if args.sample_seed else ""
-        rows.append({"recipe": f"{args.name}, temperature {temperature:g}{seeds}", "iteration": iteration, "train_minutes": trained / 60,
-                     "steps": args.steps, "codes": len(codes), "temperature": temperature, "sample_seed": args.sample_seed, **found})
-        shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png",
-                    pictures / f"{args.name}_{iteration}_temperature_{temperature:g}{seeds.replace(', ', '_').replace(' ', '_')}_samples_and_real.png")
-        (pictures / "rows.json").write_text(json.dumps({"curves": rows}, indent=1) + "\n")
-        print(json.dumps(rows[-1]), flush=True)
+        latent_crops.evaluate_point(
+            run_stages, run_dir, data, settings, overrides, args.steps, rows,
+            {"recipe": f"{args.name}, temperature {temperature:g}{seeds}", "iteration": iteration, "train_minutes": trained / 60,
+             "steps": args.steps, "codes": len(codes), "temperature": temperature, "sample_seed": args.sample_seed},
+            pictures / f"{args.name}_{iteration}_temperature_{temperature:g}{seeds.replace(', ', '_').replace(' ', '_')}_samples_and_real.png",
+            args.sample_seed)
 
-    from common.io import write_text
-
-    lines = [f"# Code classification at 64^3 (`{args.name}`)", "",
-             f"Command: `python benchmarks/code_prediction.py {shlex.join(sys.argv[1:])}` (commit {convergence.commit()}). Machine: "
-             f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Network: `{args.template}` "
-             f"({convergence.describe(args.template)}) with {len(codes)} output logits (the codes in use) from a linear layer on its last features, cross entropy, "
-             f"lr {args.lr}, batch {args.batch}, the cross entropy of {args.voxels} random voxels of each latent; sampled as `prediction_type sample`.", "",
-             *convergence.table(rows, "run"), "",
-             f"Pictures (`{pictures.name}/`): the samples at each point beside real brains."]
-    write_text("\n".join(lines) + "\n", args.out)
-    print("\n".join(lines))
-
+    latent_crops.write_report(
+        args.out, f"Code classification at 64^3 (`{args.name}`)",
+        f"Network: `{args.template}` ({convergence.describe(args.template)}) with {len(codes)} output logits (the codes in use) "
+        f"from a linear layer on its last features, cross entropy, lr {args.lr}, batch {args.batch}, the cross entropy of "
+        f"{args.voxels} random voxels of each latent; sampled as `prediction_type sample`.", rows)
 
 if __name__ == "__main__":
     main()

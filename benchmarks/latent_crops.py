@@ -28,7 +28,6 @@ Writes ``--out`` (a report) and beside it the samples at each point and ``rows.j
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import shlex
@@ -46,6 +45,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import convergence  # noqa: E402
 import latent_detail  # noqa: E402
 
+from common.handlers.ema import DelayedEMAHandler  # noqa: E402
 from common.networks import depth_attention_unet  # noqa: E402
 
 
@@ -110,15 +110,53 @@ def crop_batch(latents: torch.Tensor, crop: int, count: int, generator: torch.Ge
     return torch.stack(crops), offsets
 
 
-def write_checkpoint(template: Path, target: Path, network: torch.nn.Module, ema: torch.nn.Module | None) -> None:
+def write_checkpoint(template: Path, target: Path, network: torch.nn.Module, ema: DelayedEMAHandler | None,
+                     model_settings: dict | None = None, iteration: int | None = None) -> None:
+    """``template``'s checkpoint with ``network`` and its EMA (the network itself before the EMA starts), the
+    ``model_settings`` given changed and the trainer's ``iteration`` set when given; no optimizer."""
     from common.checkpoints import read_checkpoint
     from common.io import save_torch
 
     checkpoint = read_checkpoint(template)
     checkpoint["network"] = network.state_dict()
-    checkpoint["ema_network"] = (ema or network).state_dict()
+    checkpoint["ema_network"] = (network if ema is None else ema.ema_network).state_dict()
+    checkpoint["model_settings"] = {**checkpoint["model_settings"], **(model_settings or {})}
+    if iteration is not None:
+        checkpoint["trainer"] = {**checkpoint.get("trainer", {}), "iteration": iteration}
     checkpoint.pop("optimizer", None)
     save_torch(checkpoint, target)
+
+
+def follow_ema(ema: DelayedEMAHandler | None, network: torch.nn.Module, start: bool) -> DelayedEMAHandler | None:
+    """After a training step: the bundle's EMA of ``network`` (0.995 every step), made when ``start`` first holds and
+    updated at every later step; None before."""
+    if ema is None:
+        return DelayedEMAHandler(network, decay=0.995, every=1, start_iteration=0) if start else None
+    ema.update()
+    return ema
+
+
+def evaluate_point(run_stages, run_dir: Path, data: Path, settings: dict, overrides: dict, steps: int, rows: list[dict],
+                   row: dict, picture: Path, seed: int = 0) -> None:
+    """Sample ``run_dir``'s checkpoint and evaluate it as ``convergence.py`` does; append ``row`` with the ratios to
+    ``rows``, keep the samples' picture as ``picture`` and every row in ``rows.json`` beside it."""
+    rows.append({**row, **convergence.sample_and_evaluate(run_stages, run_dir, data, settings, overrides, steps, seed)})
+    shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", picture)
+    (picture.parent / "rows.json").write_text(json.dumps({"curves": rows}, indent=1) + "\n")
+    print(json.dumps(rows[-1]), flush=True)
+
+
+def write_report(out: Path, title: str, description: str, rows: list[dict]) -> None:
+    """``out``: ``title``, the command, commit and machine, ``description``, the rows' table and where the pictures are."""
+    from common.io import write_text
+
+    lines = [f"# {title}", "",
+             f"Command: `python benchmarks/{Path(sys.argv[0]).name} {shlex.join(sys.argv[1:])}` (commit {convergence.commit()}). "
+             f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. {description}", "",
+             *convergence.table(rows, "run"), "",
+             f"Pictures (`{out.stem}/`): the samples at each point beside real brains."]
+    write_text("\n".join(lines) + "\n", out)
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -189,35 +227,20 @@ def main() -> None:
             coordinates.offsets = None
             iteration += 1
             counts["whole" if whole else "crops"] += 1
-            if ema is None and trained >= args.minutes * 60 / 2:
-                ema = copy.deepcopy(network).eval().requires_grad_(False)
-            elif ema is not None:
-                with torch.no_grad():
-                    for kept, new in zip(ema.parameters(), network.parameters()):
-                        kept.lerp_(new, 1 - 0.995)
+            ema = follow_ema(ema, network, trained >= args.minutes * 60 / 2)
             trained += time.time() - start
             if iteration % 50 == 0:
                 print(f"iteration {iteration}, {trained / 60:.1f} min, loss {loss.item():.4f}, {counts}", flush=True)
         write_checkpoint(template / "diffusion.pt", run_dir / "models" / "diffusion.pt", network, ema)
-        found = convergence.sample_and_evaluate(run_stages, run_dir, data, settings, overrides, args.steps)
-        rows.append({"recipe": args.name, "iteration": iteration, "train_minutes": trained / 60, "steps": args.steps,
-                     "whole_steps": counts["whole"], "crop_steps": counts["crops"], "ema": ema is not None, **found})
-        shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", pictures / f"{args.name}_{iteration}_samples_and_real.png")
-        (pictures / "rows.json").write_text(json.dumps({"curves": rows}, indent=1) + "\n")
-        print(json.dumps(rows[-1]), flush=True)
+        evaluate_point(run_stages, run_dir, data, settings, overrides, args.steps, rows,
+                       {"recipe": args.name, "iteration": iteration, "train_minutes": trained / 60, "steps": args.steps,
+                        "whole_steps": counts["whole"], "crop_steps": counts["crops"], "ema": ema is not None},
+                       pictures / f"{args.name}_{iteration}_samples_and_real.png")
 
-    from common.io import write_text
-
-    lines = [f"# Latent crops at 64^3 (`{args.name}`)", "",
-             f"Command: `python benchmarks/latent_crops.py {shlex.join(sys.argv[1:])}` (commit {convergence.commit()}). Machine: "
-             f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. Network and sampling: "
-             f"`{args.template}` ({convergence.describe(args.template)}), lr {args.lr}; {counts['whole']} steps on whole latents "
-             f"(batch {args.batch}) and {counts['crops']} on {args.crop}^3 crops (batch {args.batch * args.crops}).", "",
-             *convergence.table(rows, "run"), "",
-             f"Pictures (`{pictures.name}/`): the samples at each point beside real brains."]
-    write_text("\n".join(lines) + "\n", args.out)
-    print("\n".join(lines))
-
+    write_report(args.out, f"Latent crops at 64^3 (`{args.name}`)",
+                 f"Network and sampling: `{args.template}` ({convergence.describe(args.template)}), lr {args.lr}; {counts['whole']} "
+                 f"steps on whole latents (batch {args.batch}) and {counts['crops']} on {args.crop}^3 crops (batch {args.batch * args.crops}).",
+                 rows)
 
 if __name__ == "__main__":
     main()
