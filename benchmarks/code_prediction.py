@@ -2,6 +2,7 @@
 their values? (Continuous diffusion for categorical data, CDCD: Dieleman et al., 2022, applied to VQ-GAN codes.)
 
     python benchmarks/code_prediction.py --workdir W --minutes 40 --every 20
+    python benchmarks/code_prediction.py --workdir W32 --size 32 --template v_prediction --minutes 4 --every 2
 
 Every 64^3 recipe so far ends in brain outlines without the grey/white pattern, and ``latent_detail.md`` says why:
 even at the least noisy timesteps the regression denoiser returns the latent blurred, and the VQ-GAN's decoder needs
@@ -17,8 +18,8 @@ codebook's entries. This experiment makes the denoiser say *which* entry:
   softmax is sharp and the estimate is a code, not a blur of codes.
 
 Everything else is the bundle's, from ``--template``'s run in ``W`` (a ``benchmarks/convergence.py --size 64``
-recipe): the network's widths, the optimiser (Adam at ``--lr``), the noise schedule and the timesteps of
-``PredictionTargetPrepareBatch``; EMA (0.995) from the middle of the budget. Every ``--every`` minutes of training
+recipe, or with ``--size 32`` one at the demo's size): the network's widths, the optimiser (Adam at ``--lr``), the
+noise schedule and the timesteps of ``PredictionTargetPrepareBatch``; EMA (0.995) from the middle of the budget. Every ``--every`` minutes of training
 the network is written into a copy of the template's checkpoint and sampled and evaluated by the bundle's own
 configs (its network class replaced in this process by the code-classifying one), as ``convergence.py`` does.
 Writes ``--out`` and beside it the samples and ``rows.json``.
@@ -95,7 +96,8 @@ def codes_in_use(autoencoder, latents: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="a benchmarks/convergence.py --size 64 run's --workdir")
+    parser.add_argument("--workdir", type=Path, required=True, help="a benchmarks/convergence.py --size SIZE run's --workdir")
+    parser.add_argument("--size", type=int, default=64, choices=(32, 64), help="the --size of the --workdir's run")
     parser.add_argument("--template", default="v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position",
                         choices=sorted(convergence.RECIPES), help="the recipe (trained in --workdir) whose network is trained")
     parser.add_argument("--name", default="codes", help="this run's folder under --workdir/recipes")
@@ -122,7 +124,7 @@ def main() -> None:
         parser.error("--temperatures must be at least 0")
     template = args.workdir / "recipes" / args.template / "models"
     if not (template / "diffusion.pt").is_file():
-        parser.error(f"{template / 'diffusion.pt'} does not exist: train --template with benchmarks/convergence.py --size 64 first")
+        parser.error(f"{template / 'diffusion.pt'} does not exist: train --template with benchmarks/convergence.py --size {args.size} first")
 
     from monai.utils import set_determinism
 
@@ -130,8 +132,8 @@ def main() -> None:
     from common.pipeline import run_stages
 
     set_determinism(args.seed)
-    autoencoder = latent_crops.training_parts(args.workdir, args.template, args.lr)["latent_autoencoder"]
-    latents = latent_crops.encoded_brains(args.workdir, autoencoder)
+    autoencoder = latent_crops.training_parts(args.workdir, args.template, args.lr, args.size)["latent_autoencoder"]
+    latents = latent_crops.encoded_brains(args.workdir, autoencoder, args.size)
     codes, indices, residual = codes_in_use(autoencoder, latents)
     data_codes = codes[indices].movedim(-1, 1).contiguous()  # (B, C, H, W, D): every voxel its code
     print(f"{len(latents)} latents {tuple(latents.shape[1:])}, std {float(latents.std()):.3f}; {len(codes)} codes in use; "
@@ -139,7 +141,7 @@ def main() -> None:
 
     CodeClassifyingUNet.COUNT = len(codes)
     common.networks.DepthAttentionUNet = CodeClassifyingUNet  # what the bundle's configs build, here and in sampling
-    parts = latent_crops.training_parts(args.workdir, args.template, args.lr)
+    parts = latent_crops.training_parts(args.workdir, args.template, args.lr, args.size)
     network, optimizer, scheduler, targets = parts["network"], parts["optimizer"], parts["noise_scheduler"], parts["targets"]
     if not isinstance(network, CodeClassifyingUNet):
         raise SystemExit(f"the bundle built a {type(network).__name__}, not the code-classifying network")
@@ -150,7 +152,7 @@ def main() -> None:
     shutil.copy2(template / "autoencoder.pt", run_dir / "models" / "autoencoder.pt")
     pictures = args.out.parent / args.out.stem
     pictures.mkdir(parents=True, exist_ok=True)
-    settings = latent_detail.run_settings(64)
+    settings = latent_detail.run_settings(args.size)
     recipe = convergence.RECIPES[args.template]
     data = args.workdir / "data"
     overrides = {"heldout_dir": str(data / "heldout"), "device": "$torch.device('cpu')", "cache_dir": str(args.workdir / "cache"),
@@ -217,7 +219,7 @@ def main() -> None:
             args.sample_seed)
 
     latent_crops.write_report(
-        args.out, f"Code classification at 64^3 (`{args.name}`)",
+        args.out, f"Code classification at {args.size}^3 (`{args.name}`)",
         f"Network: `{args.template}` ({convergence.describe(args.template)}) with {len(codes)} output logits (the codes in use) "
         f"from a linear layer on its last features, cross entropy, lr {args.lr}, batch {args.batch}, the cross entropy of "
         f"{args.voxels} random voxels of each latent; sampled as `prediction_type sample`.", rows)

@@ -110,6 +110,13 @@ RECIPES["v_prediction_variance_shifted"] = {"train": {**RECIPES["v_prediction"][
                                             "sample": RECIPES["v_prediction"]["sample"]}
 RECIPES["v_prediction_depth_conv"] = {"train": {**RECIPES["v_prediction"]["train"], "network_def#depth_kernel_size": 3},
                                       "sample": RECIPES["v_prediction"]["sample"]}
+# the denoiser naming each latent voxel's code (the bundles' code_classification: one logit per code, cross entropy,
+# sampled through the softmax-weighted mean code at temperature 0.5), on the demo's recipe and on the position one
+# at 64^3 (benchmarks/code_prediction.py measured the same idea outside the bundle's trainer)
+CODES = {"train": {"prediction_type": "sample", "code_classification": True}, "sample": {"code_temperature": 0.5}}
+for _base in ("v_prediction", "v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position"):
+    RECIPES[f"{_base}_codes"] = {"train": {**RECIPES[_base]["train"], **CODES["train"]},
+                                 "sample": {**RECIPES[_base]["sample"], **CODES["sample"]}}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
     "histogram_jensen_shannon": "histogram Jensen-Shannon",

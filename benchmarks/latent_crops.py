@@ -70,15 +70,16 @@ class CropCoordinates:
         return torch.stack(crops).to(x.device)
 
 
-def training_parts(workdir: Path, template: str, lr: float) -> dict:
+def training_parts(workdir: Path, template: str, lr: float, size: int = 64) -> dict:
     """The bundle's diffusion training parts for ``template``'s ids: a fresh ``network``, its ``optimizer`` (at
     ``lr``), ``loss_function``, the ``noise_scheduler``, ``targets`` (a ``PredictionTargetPrepareBatch`` whose
-    ``get_timesteps``/``get_target`` a step uses) and the ``latent_autoencoder`` of ``template``'s run."""
+    ``get_timesteps``/``get_target`` a step uses) and the ``latent_autoencoder`` of ``template``'s run (a
+    ``convergence.py --size size`` run)."""
     from monai.bundle import ConfigParser
 
     from common.engines import PredictionTargetPrepareBatch
 
-    settings = latent_detail.run_settings(64)
+    settings = latent_detail.run_settings(size)
     recipe = convergence.RECIPES[template]
     parser = ConfigParser()
     parser.read_config([str(latent_detail.CONFIGS / "train_autoencoder.json"), str(latent_detail.CONFIGS / "train_diffusion.json")])
@@ -92,9 +93,10 @@ def training_parts(workdir: Path, template: str, lr: float) -> dict:
     return parts
 
 
-def encoded_brains(workdir: Path, autoencoder) -> torch.Tensor:
-    """The training brains and their left-right flips (the bundle's ``RandFlipd`` on spatial axis 0), encoded once."""
-    images = latent_detail.brains(workdir, "train", 64)
+def encoded_brains(workdir: Path, autoencoder, size: int = 64) -> torch.Tensor:
+    """The training brains (``size``^3) and their left-right flips (the bundle's ``RandFlipd`` on spatial axis 0),
+    encoded once."""
+    images = latent_detail.brains(workdir, "train", size)
     with torch.no_grad():
         return torch.cat([autoencoder.encode_stage_2_inputs(batch) for batch in (images, images.flip(2))])
 

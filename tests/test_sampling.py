@@ -298,3 +298,51 @@ def test_a_class_conditional_denoiser_is_autoguided_with_its_labels_and_classifi
     assert not torch.allclose(volume, LatentSampler(CodebookRangeAutoencoder(vqgan), net, make_sampling_scheduler(20, 3), (4, 8, 8, 4),
                                                     str(tmp_path / "alone"), verbose=False, class_labels={"side": ["left", "right"]},
                                                     labels={"side": "right"}, guidance_scale=3.0).sample([0], [(1,)]))
+
+
+class _FixedLogits(torch.nn.Module):
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x, timesteps, context=None):
+        return self.logits
+
+
+def test_a_code_classifiers_estimate_is_the_softmax_weighted_mean_code_and_temperature_zero_the_most_likely():
+    from common.sampling import CodeExpectation
+
+    codes = torch.tensor([[0.0, 1.0], [2.0, -1.0], [-3.0, 0.5]])
+    logits = torch.randn(2, 3, 4, 4, 2)
+    x, t = torch.zeros(2, 2, 4, 4, 2), torch.tensor([5, 5])
+    for temperature in (1.0, 0.5):
+        expected = torch.einsum("bk...,kc->bc...", (logits / temperature).softmax(dim=1), codes)
+        assert torch.allclose(CodeExpectation(_FixedLogits(logits), codes, temperature)(x, t), expected, atol=1e-6)
+    most_likely = codes[logits.argmax(dim=1)].movedim(-1, 1)
+    assert torch.equal(CodeExpectation(_FixedLogits(logits), codes, 0)(x, t), most_likely)
+    for temperature in (-1, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="code_temperature must be a number >= 0"):
+            CodeExpectation(_FixedLogits(logits), codes, temperature)
+    with pytest.raises(ValueError, match=r"codes must be \(K, C\)"):
+        CodeExpectation(_FixedLogits(logits), codes.flatten())
+    with pytest.raises(ValueError, match="not one logit per code \\(4 codes\\).*trained with code_classification"):
+        CodeExpectation(_FixedLogits(logits), torch.zeros(4, 2))(x, t)
+
+
+def test_the_sampler_samples_a_code_classifier_through_its_expected_code_and_records_the_temperature(tmp_path):
+    vqgan = tiny_vqgan().train()
+    vqgan(torch.randn(1, 1, 16, 16, 16))
+    autoencoder = CodebookRangeAutoencoder(vqgan.eval())
+    net = DepthAttentionUNet(4, out_channels=64, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    sampler = LatentSampler(autoencoder, net, make_sampling_scheduler(20, 3, prediction_type="sample"), (4, 8, 8, 8),
+                            str(tmp_path), num_samples=1, verbose=False, code_classification=True, code_temperature=0.25)
+    assert torch.equal(sampler.denoiser.codes, autoencoder.codes()) and sampler.denoiser.temperature == 0.25
+    sampler.run()
+    assert json.loads((tmp_path / "samples.json").read_text())["code_classification"] == {"temperature": 0.25}
+    assert np.isfinite(np.asanyarray(nib.load(str(tmp_path / "sample_0000_seed0.nii.gz")).dataobj)).all()
+    with pytest.raises(ValueError, match="code_classification true.*set prediction_type 'sample', not 'epsilon'"):
+        LatentSampler(autoencoder, net, make_sampling_scheduler(20, 3), (4, 8, 8, 8), str(tmp_path), code_classification=True)
+    with pytest.raises(ValueError, match="not one logit per code"):  # a regressing denoiser sampled as a classifier
+        regressing = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+        LatentSampler(autoencoder, regressing, make_sampling_scheduler(20, 3, prediction_type="sample"), (4, 8, 8, 8),
+                      str(tmp_path / "wrong"), verbose=False, code_classification=True).run()

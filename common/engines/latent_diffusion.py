@@ -3,7 +3,9 @@
 Khader et al., Sci Rep 2023, Sec. 2.3 "Putting It All Together": the DDPM learns the VQ-GAN's unquantized,
 codebook-range normalised latents. For a class-conditional denoiser (not in the paper) the batch's labels go with
 them, dropped at a rate so that the same network also learns the unconditional model that classifier-free
-guidance needs (Ho & Salimans, 2022).
+guidance needs (Ho & Salimans, 2022). For a code-classifying denoiser (not in the paper: continuous diffusion for
+categorical data, Dieleman et al., 2022) the latents are snapped to their nearest codes and the target is each
+voxel's code index (``common.sampling.code_expectation``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         timestep_sampling, snr_gamma: which timesteps are drawn (``PredictionTargetPrepareBatch``); ``"min_snr"``
             and ``"variance_shifted"`` use the latents' own variance, so each means the same for codebook-range and
             unit-variance latents.
+        code_classification: every latent voxel is replaced by its nearest code (what the decoder reads) and the
+            target is that code's index (B, spatial...) for a cross-entropy loss against the denoiser's logits (one
+            per code). Needs the scheduler's ``prediction_type`` "sample": the sampler's estimate of the clean latent
+            is the expectation of the codes (``common.sampling.CodeExpectation``).
     """
 
     def __init__(
@@ -52,13 +58,22 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         label_dropout: float = 0.1,
         timestep_sampling: str = "uniform",
         snr_gamma: float = 5.0,
+        code_classification: bool = False,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, scheduler=scheduler, condition_name=condition_name,
                          timestep_sampling=timestep_sampling, snr_gamma=snr_gamma)
         if isinstance(label_dropout, bool) or not 0.0 <= float(label_dropout) < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout!r}.")
+        if not isinstance(code_classification, bool):
+            raise ValueError(f"code_classification must be true or false, got {code_classification!r}.")
+        if code_classification and self.prediction_type != "sample":
+            raise ValueError(
+                "a code-classifying denoiser (code_classification true) estimates the clean latent: set prediction_type "
+                f"'sample', not {self.prediction_type!r}."
+            )
         self.autoencoder = autoencoder
         self.label_dropout = float(label_dropout)
+        self.code_classification = code_classification
 
     def __call__(
         self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
@@ -66,6 +81,8 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         images, _ = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         with torch.no_grad():
             latents = self.autoencoder.encode_stage_2_inputs(torch.as_tensor(images))
+            if self.code_classification:
+                latents = self.autoencoder.snap_to_codes(latents)[0]
         batch = {Keys.IMAGE: latents}
         if self.condition_name is not None:
             if self.condition_name not in batchdata:
@@ -75,6 +92,12 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
                 )
             batch[self.condition_name] = self.drop_labels(torch.as_tensor(batchdata[self.condition_name]))
         return super().__call__(batch, device, non_blocking, **kwargs)
+
+    def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.code_classification:  # ``images`` are codes already: each is its own nearest
+            with torch.no_grad():
+                return self.autoencoder.code_indices(images)
+        return super().get_target(images, noise, timesteps)
 
     def drop_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """``labels`` (B, variables) with every label of a ``label_dropout`` share of volumes set to ``NULL_LABEL``."""

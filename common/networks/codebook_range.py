@@ -140,15 +140,31 @@ class CodebookRangeAutoencoder(nn.Module):
         low, high = self.codebook_range()
         return (latent + 1) / 2 * (high - low) + low
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Replace every latent vector of ``z`` (B, C, spatial...) by its nearest code, without updating codes."""
+    def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """The index (B, spatial...) of the nearest code of every latent vector of ``z`` (B, C, spatial...)."""
         quantizer = self.autoencoder.quantizer.quantizer
         if hasattr(quantizer, "search"):
             flat = z.movedim(1, -1).reshape(-1, z.shape[1])
-            indices = quantizer.search(flat).view(z.shape[0], *z.shape[2:])
-        else:  # a stock EMAQuantizer: its quantize() only reads the codebook
-            indices = quantizer.quantize(z)[2]
-        return quantizer.embed(indices).to(z.dtype)
+            return quantizer.search(flat).view(z.shape[0], *z.shape[2:])
+        return quantizer.quantize(z)[2]  # a stock EMAQuantizer: its quantize() only reads the codebook
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """Replace every latent vector of ``z`` (B, C, spatial...) by its nearest code, without updating codes."""
+        return self.autoencoder.quantizer.quantizer.embed(self.nearest_codes(z)).to(z.dtype)
+
+    def codes(self) -> torch.Tensor:
+        """The codebook (K, C) in the diffusion model's space: normalised with the codebook range and scaled."""
+        return self.normalize(self.autoencoder.quantizer.quantizer.embedding.weight) * self.latent_scale.factor()
+
+    def code_indices(self, latent: torch.Tensor) -> torch.Tensor:
+        """The index (B, spatial...) of the code nearest to every voxel of diffusion-space ``latent`` (B, C, ...):
+        the code the decoder would read there."""
+        return self.nearest_codes(self.denormalize(latent / self.latent_scale.factor()))
+
+    def snap_to_codes(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Diffusion-space ``latent`` with every voxel replaced by its nearest code (``codes``), and the codes' indices."""
+        indices = self.code_indices(latent)
+        return self.codes()[indices].movedim(-1, 1).to(latent.dtype), indices
 
     def codebook_range_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> unquantized latents normalised with the codebook range, before ``latent_scale``."""

@@ -1,18 +1,20 @@
 """Sampling trained models: the scheduler (``make_sampling_scheduler``), the loop every sampler shares (seeds, the
 random state, the work shared out over processes, ``samples.json``: ``loop``), and the latent bundles' sampler
 (``LatentSampler``, Khader et al., Sec. 2.3), optionally autoguided by an earlier checkpoint (``autoguidance``,
-Karras et al., 2024). Med-DDPM's ``common.med_ddpm.MaskConditionedSampler`` uses the same
-scheduler and loop."""
+Karras et al., 2024), with a code-classifying denoiser's estimate of the clean latent (``code_expectation``).
+Med-DDPM's ``common.med_ddpm.MaskConditionedSampler`` uses the same scheduler and loop."""
 
 from common.io import gather, process_rank, save_nifti  # noqa: F401  (release 0.1 paths: docs/migration.md)
 
 from .autoguidance import AutoGuidedDenoiser, autoguided, checked_autoguidance_scale
+from .code_expectation import CodeExpectation, checked_code_temperature
 from .latent import LatentSampler, checked_guidance_scale, labels_description, volume_affine
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 from .schedulers import make_sampling_scheduler
 
 __all__ = [
-    "AutoGuidedDenoiser", "LatentSampler", "autoguided", "checked_autoguidance_scale", "checked_guidance_scale",
+    "AutoGuidedDenoiser", "CodeExpectation", "LatentSampler", "autoguided", "checked_autoguidance_scale",
+    "checked_code_temperature", "checked_guidance_scale",
     "labels_description", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state", "starting_noise",
     "volume_affine",
 ]

@@ -4,7 +4,8 @@ Khader et al., Sci Rep 2023, Sec. 2.3 "Putting It All Together": reverse diffusi
 codebook-range latent space, then quantisation to the codebook and decoding. Besides the paper's ancestral DDPM
 over all T steps, DDIM (Song et al., ICLR 2021) samples in fewer steps (``make_sampling_scheduler``). A
 class-conditional denoiser (not in the paper) samples the labels asked for, with MONAI's classifier-free guidance
-(Ho & Salimans, 2022).
+(Ho & Salimans, 2022); a code-classifying one (``code_classification``, not in the paper) through the expectation
+of its codes (``common.sampling.code_expectation``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from common.io import process_rank, require_output_folder, save_nifti
 from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 
 from .autoguidance import AutoGuidedDenoiser
+from .code_expectation import CodeExpectation
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 
 __all__ = ["LatentSampler", "checked_guidance_scale", "labels_description", "volume_affine"]
@@ -76,6 +78,10 @@ class LatentSampler:
             ``{variable: class}`` for all samples, a list of them (one per sample), or a CSV/JSON file of them.
         guidance_scale: classifier-free guidance scale w (``unconditional + w * (conditional - unconditional)``):
             1 samples the conditional model alone, larger follows the labels more closely with less variety.
+        code_classification: the denoiser gives one logit per code of the autoencoder's codebook (trained with
+            ``code_classification``); it is sampled through ``CodeExpectation`` at ``code_temperature``, with the
+            scheduler's ``prediction_type`` "sample". Guidance of either kind combines the logits.
+        code_temperature: the softmax temperature of a code-classifying denoiser (``CodeExpectation``).
     """
 
     def __init__(
@@ -95,6 +101,8 @@ class LatentSampler:
         class_labels: dict[str, Sequence[str]] | None = None,
         labels: object = None,
         guidance_scale: float = 1.0,
+        code_classification: bool = False,
+        code_temperature: float = 1.0,
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
@@ -133,6 +141,16 @@ class LatentSampler:
             )
         self.labels = requested_labels(labels, self.class_labels, num_samples)
         self.guidance_scale = checked_guidance_scale(guidance_scale)
+        if not isinstance(code_classification, bool):
+            raise ValueError(f"code_classification must be true or false, got {code_classification!r}.")
+        self.denoiser = network
+        if code_classification:
+            if inferer.scheduler.prediction_type != "sample":
+                raise ValueError(
+                    "a code-classifying denoiser (code_classification true) estimates the clean latent: set "
+                    f"prediction_type 'sample', not {inferer.scheduler.prediction_type!r}."
+                )
+            self.denoiser = CodeExpectation(network, autoencoder.codes(), code_temperature)
 
     @torch.no_grad()
     def sample(
@@ -153,7 +171,7 @@ class LatentSampler:
         self.network.eval()
         with seeded_random_state(seeds[0], self.device):
             images = self.inferer.sample(
-                input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.network, verbose=self.verbose,
+                input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.denoiser, verbose=self.verbose,
                 conditioning=conditioning, mode="crossattn", **guidance,
             )
         return images.clamp(-1, 1).cpu()
@@ -194,11 +212,13 @@ class LatentSampler:
         }
         autoguidance = {"autoguidance": {"scale": self.network.scale, "guide": self.network.guide_source}} \
             if isinstance(self.network, AutoGuidedDenoiser) else {}
+        codes = {"code_classification": {"temperature": self.denoiser.temperature}} if isinstance(self.denoiser, CodeExpectation) else {}
         return {
             "files": [os.path.basename(path) for _, _, path in written],
             "seeds": [seed for _, seed, _ in written],
             **conditional,
             **autoguidance,
+            **codes,
             "spacing": self.spacing,
             # what else fixes a sample: each batch's random draws are seeded with its first sample's seed
             "batch_size": self.batch_size,

@@ -21,7 +21,8 @@ from common.sampling import AutoGuidedDenoiser
 from tests.bundles.bundle_runs import REPO, SIZE_32, SMALL_DENOISER, config_files, error_chain, run_bundle
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
-MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling", "class_labels", "volume_norm")
+MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling", "class_labels", "volume_norm",
+                  "code_classification")
 # every non-default recipe setting at once: scaled latents, v-prediction, and the paper's volume-wide GroupNorm
 RECIPE = {"latent_scaling": "unit_variance", "prediction_type": "v_prediction", "volume_norm": True}
 
@@ -40,18 +41,21 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     # a checkpoint written before the settings were stored was trained with the paper's recipe, the only one then
     assert shared["model_settings"]["written_before"] == {"noise_schedule": "cosine", "prediction_type": "epsilon",
                                                           "latent_scaling": "codebook_range", "class_labels": None,
-                                                          "volume_norm": False}
+                                                          "volume_norm": False, "code_classification": False}
     assert training["noise_scheduler"]["schedule"] == "@noise_schedule"
     assert training["noise_scheduler"]["prediction_type"] == "@prediction_type"
     assert training["train#trainer"]["prepare_batch"]["scheduler"] == "@noise_scheduler"  # the target follows it
     assert "@noise_schedule, @prediction_type" in inference["noise_scheduler"]
-    for key in ("noise_schedule", "prediction_type", "latent_scaling", "class_labels", "volume_norm"):  # train.json passes them to the diffusion stage
+    for key in MODEL_DEFINING[1:]:  # train.json passes them to the diffusion stage
         assert one_command["stage_overrides"]["diffusion"][key] == f"@{key}"
     assert inference["sampler"]["clip_sample_range"] == "@clip_sample_range"
     # the paper's recipe is the default, unconditional
     assert (shared["noise_schedule"], shared["prediction_type"], shared["latent_scaling"]) == ("cosine", "epsilon", "codebook_range")
     assert shared["class_labels"] is None and shared["network_def"]["class_counts"] == "$common.data.class_counts(@class_labels)"
     assert shared["volume_norm"] is False and shared["network_def"]["volume_norm"] == "@volume_norm"
+    assert shared["code_classification"] is False and "@code_classification" in shared["network_def"]["out_channels"]
+    assert training["train#trainer"]["prepare_batch"]["code_classification"] == "@code_classification"
+    assert inference["sampler"]["code_classification"] == "@code_classification"
 
 
 def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model):
@@ -59,7 +63,7 @@ def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model)
     assert set(checkpoint["latent_scale"]) == {"value"} and float(checkpoint["latent_scale"]["value"]) == 1.0
     assert checkpoint["model_settings"] == {"num_train_timesteps": 300, "noise_schedule": "cosine",
                                             "prediction_type": "epsilon", "latent_scaling": "codebook_range", "class_labels": None,
-                                            "volume_norm": False}
+                                            "volume_norm": False, "code_classification": False}
     record = json.loads((brain_model["samples"] / "samples.json").read_text())
     assert record["prediction_type"] == "epsilon" and record["latent_scale"] == 1.0
 
@@ -158,6 +162,45 @@ def test_a_patched_denoiser_with_depth_convolutions_and_position_channels_trains
         run_bundle(config_files("brain_mri", "inference"), **sampling, **{**patched, "network_def#position_channels": False},
                    output_dir=str(tmp_path / "wrong"))
     assert "does not fit DepthAttentionUNet" in error_chain(mismatch.value) and "init_conv.weight" in error_chain(mismatch.value)
+    assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
+
+
+def test_a_code_classifying_denoiser_trains_with_cross_entropy_and_samples_through_the_bundle_configs(brain_model, tmp_path):
+    models, logs = tmp_path / "models", tmp_path / "logs"
+    models.mkdir()
+    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "lr": 1e-3, "train#trainer#max_epochs": 2,
+                "ema#start_iteration": 1, "ema#every": 1, "log_interval": 1}
+    with pytest.raises(Exception) as regressing:  # the classifier's estimate is the clean latent: refused otherwise
+        run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, code_classification=True)
+    assert "code_classification true) estimates the clean latent: set prediction_type 'sample', not 'epsilon'" in error_chain(regressing.value)
+    assert not (models / "diffusion.pt").exists()
+
+    codes = {"code_classification": True, "prediction_type": "sample"}
+    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **codes)
+    checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
+    assert checkpoint["model_settings"]["code_classification"] is True and checkpoint["model_settings"]["prediction_type"] == "sample"
+    count = SIZE_32["autoencoder_def#num_embeddings"]
+    assert checkpoint["ema_network"]["final_conv.weight"].shape[0] == count  # one logit per code of the codebook
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    losses = [event.value for event in events.Scalars("train_diffusion_loss")]
+    assert len(losses) == 4 and losses[0] == pytest.approx(np.log(count), rel=0.2)  # the cross entropy of K codes, not an L1
+
+    sampling = {"ckpt_dir": str(models), **SIZE_32, **SMALL_DENOISER, "num_samples": 1, "num_inference_steps": 3}
+    run_bundle(config_files("brain_mri", "inference"), **sampling, **codes, code_temperature=0.25, output_dir=str(tmp_path / "samples"))
+    volume = np.asanyarray(nib.load(str(tmp_path / "samples" / "sample_0000_seed0.nii.gz")).dataobj)
+    assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
+    record = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert record["prediction_type"] == "sample" and record["code_classification"] == {"temperature": 0.25}
+
+    with pytest.raises(Exception) as mismatch:  # the classifier sampled as a regressing denoiser: refused by the setting
+        run_bundle(config_files("brain_mri", "inference"), **sampling, prediction_type="sample", output_dir=str(tmp_path / "wrong"))
+    assert "trained with code_classification True (configured: False); set --code_classification" in error_chain(mismatch.value)
+    with pytest.raises(Exception) as cold:
+        run_bundle(config_files("brain_mri", "inference"), **sampling, **codes, code_temperature=-1, output_dir=str(tmp_path / "wrong"))
+    assert "code_temperature must be a number >= 0" in error_chain(cold.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 

@@ -64,3 +64,36 @@ def test_the_target_is_what_the_scheduler_predicts(prediction_type):
 def test_a_scheduler_that_disagrees_is_refused():
     with pytest.raises(ValueError, match="scheduler has 1000 training timesteps but num_train_timesteps is 300"):
         LatentDiffusionPrepareBatch(_autoencoder(), 300, DDPMScheduler(num_train_timesteps=1000))
+
+
+def test_code_classification_trains_on_the_nearest_codes_with_their_indices_as_target():
+    autoencoder = _autoencoder()
+    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="sample")
+    prepare = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True)
+    images = torch.randn(3, 1, 16, 16, 8)
+    latents, target, _, _ = prepare({"image": images})
+    assert target.shape == (3, 8, 8, 4) and target.dtype == torch.long
+    codes = autoencoder.codes()
+    assert torch.allclose(latents, codes[target].movedim(-1, 1), atol=1e-6)  # every voxel is the code it is labelled
+    assert torch.equal(target, autoencoder.code_indices(autoencoder.encode_stage_2_inputs(images)))  # the nearest one
+    # the classifier it trains: one logit per code, cross entropy against the index, the loss going down
+    net = DepthAttentionUNet(4, out_channels=len(codes), channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    data = [{"image": torch.randn(1, 16, 16, 8)} for _ in range(4)]
+    losses = []
+    trainer = SupervisedTrainer(
+        device="cpu", max_epochs=10, train_data_loader=torch.utils.data.DataLoader(data, batch_size=2), network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=2e-3), loss_function=torch.nn.CrossEntropyLoss(),
+        inferer=DiffusionInferer(scheduler), prepare_batch=prepare, decollate=False,
+    )
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].detach().item()))
+    trainer.run()
+    assert losses[0] == pytest.approx(float(torch.log(torch.tensor(len(codes)))), rel=0.2)  # about uniform at first
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
+
+
+def test_code_classification_needs_the_sample_prediction_type():
+    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="code_classification true.*set prediction_type 'sample', not 'v_prediction'"):
+        LatentDiffusionPrepareBatch(_autoencoder(), 300, scheduler, code_classification=True)
+    with pytest.raises(ValueError, match="code_classification must be true or false, got 'yes'"):
+        LatentDiffusionPrepareBatch(_autoencoder(), 300, code_classification="yes")

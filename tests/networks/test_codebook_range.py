@@ -102,3 +102,28 @@ def test_the_scale_comes_from_the_checkpoint_and_an_older_checkpoint_is_the_pape
         LatentScale.from_checkpoint(tmp_path / "older.pt", "unit_variance")
     with pytest.raises(ValueError, match="latent scaling must be one of"):
         LatentScale("unit")
+
+
+@pytest.mark.parametrize("stock", [False, True])
+def test_the_codes_in_the_diffusion_space_are_what_the_decoder_reads(stock):
+    vqgan = VQVAE(
+        spatial_dims=3, in_channels=1, out_channels=1, channels=(4, 8), num_res_channels=(4, 8), num_res_layers=1,
+        downsample_parameters=((2, 4, 1, 1), (1, 3, 1, 1)), upsample_parameters=((1, 3, 1, 1, 0), (2, 4, 1, 1, 0)),
+        num_embeddings=16, embedding_dim=4,
+    ) if stock else tiny_vqgan()
+    vqgan = _trained_like(vqgan)
+    scale = LatentScale("unit_variance")
+    scale.fit(0.5)
+    wrapper = CodebookRangeAutoencoder(vqgan, latent_scale=scale)
+    codes = wrapper.codes()
+    assert codes.shape == vqgan.quantizer.quantizer.embedding.weight.shape
+    assert torch.allclose(codes, wrapper.normalize(vqgan.quantizer.quantizer.embedding.weight) * 2)
+    with torch.no_grad():
+        latent = wrapper.encode_stage_2_inputs(torch.randn(2, 1, 16, 16, 16))
+        snapped, indices = wrapper.snap_to_codes(latent)
+        assert indices.shape == (2, *latent.shape[2:]) and torch.equal(wrapper.code_indices(snapped), indices)
+        distances = torch.cdist(latent.movedim(1, -1).reshape(-1, 4), codes, compute_mode="donot_use_mm_for_euclid_dist")
+        chosen = distances.gather(1, indices.flatten()[:, None])[:, 0]  # a nearest code, in the scaled space too
+        assert torch.allclose(chosen, distances.min(dim=1).values, atol=1e-4)  # (a trained codebook can hold twins)
+        # snapping changes nothing the decoder sees
+        assert torch.allclose(wrapper.decode_stage_2_outputs(snapped), wrapper.decode_stage_2_outputs(latent), atol=1e-5)
