@@ -47,6 +47,10 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
             target is that code's index (B, spatial...) for a cross-entropy loss against the denoiser's logits (one
             per code). Needs the scheduler's ``prediction_type`` "sample": the sampler's estimate of the clean latent
             is the expectation of the codes (``common.sampling.CodeExpectation``).
+        code_voxels: with ``code_classification``, the number of random voxels of each latent (drawn anew every
+            batch, without repeats) at which the cross entropy is taken: the target is their codes (B, N) and the
+            inferer is given their indices as ``voxels`` (``SampledVoxelsInferer``), so the logits of the other
+            voxels are never computed. None: every voxel.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         timestep_sampling: str = "uniform",
         snr_gamma: float = 5.0,
         code_classification: bool = False,
+        code_voxels: int | None = None,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, scheduler=scheduler, condition_name=condition_name,
                          timestep_sampling=timestep_sampling, snr_gamma=snr_gamma)
@@ -71,9 +76,12 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
                 "a code-classifying denoiser (code_classification true) estimates the clean latent: set prediction_type "
                 f"'sample', not {self.prediction_type!r}."
             )
+        if code_voxels is not None and (isinstance(code_voxels, bool) or not isinstance(code_voxels, int) or code_voxels < 1):
+            raise ValueError(f"code_voxels must be a positive integer or None (every voxel), got {code_voxels!r}.")
         self.autoencoder = autoencoder
         self.label_dropout = float(label_dropout)
         self.code_classification = code_classification
+        self.code_voxels = code_voxels if code_classification else None  # regression: every voxel's target
 
     def __call__(
         self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
@@ -91,7 +99,14 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
                     "labels (set class_labels and the labels file, or train unconditionally)."
                 )
             batch[self.condition_name] = self.drop_labels(torch.as_tensor(batchdata[self.condition_name]))
-        return super().__call__(batch, device, non_blocking, **kwargs)
+        inputs, target, args, infer_kwargs = super().__call__(batch, device, non_blocking, **kwargs)
+        if self.code_voxels is not None:
+            count = target[0].numel()
+            if self.code_voxels > count:
+                raise ValueError(f"code_voxels is {self.code_voxels} but a latent of {tuple(inputs.shape[2:])} has {count} voxels.")
+            voxels = torch.rand(target.shape[0], count, device=target.device).argsort(dim=1)[:, : self.code_voxels]
+            target, infer_kwargs = target.flatten(1).gather(1, voxels), {**infer_kwargs, "voxels": voxels}
+        return inputs, target, args, infer_kwargs
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.code_classification:  # ``images`` are codes already: each is its own nearest

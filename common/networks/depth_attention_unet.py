@@ -492,23 +492,45 @@ class DepthAttentionUNet(nn.Module):
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, voxels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Predict the noise in ``x`` (B, C, H, W, D) at ``timesteps`` (shape (1,) or (B,)); a class-conditional
-        denoiser reads its labels (B, variables) from ``context``, None giving no label (the unconditional model)."""
-        timesteps = self._check_input(x, timesteps, context)
-        if self.autocast_dtype is None:
-            return self._patched(x, timesteps, context)
-        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-            return self._patched(x, timesteps, context).to(x.dtype)
+        denoiser reads its labels (B, variables) from ``context``, None giving no label (the unconditional model).
 
-    def _patched(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        ``voxels`` (B, N), flat indices into each volume's H x W x D grid (``x[b, :].flatten(1)``'s order): the
+        prediction (B, out_channels, N) at those voxels only, the last 1x1 projection skipped elsewhere. A code
+        classifier's training takes its cross entropy at a sample of voxels this way, without the logits of every
+        code at every voxel (``common.engines.LatentDiffusionPrepareBatch``'s ``code_voxels``). ``patch_size`` 1 only.
+        """
+        timesteps = self._check_input(x, timesteps, context)
+        if voxels is not None:
+            self._check_voxels(x, voxels)
+        if self.autocast_dtype is None:
+            return self._patched(x, timesteps, context, voxels)
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            return self._patched(x, timesteps, context, voxels).to(x.dtype)
+
+    def _check_voxels(self, x: torch.Tensor, voxels: torch.Tensor) -> None:
+        if self.patch_size != 1:
+            raise ValueError(f"voxels needs patch_size 1 (the prediction of single voxels), got patch_size {self.patch_size}.")
+        if voxels.ndim != 2 or voxels.shape[0] != x.shape[0] or voxels.dtype != torch.long:
+            raise ValueError(f"voxels must be integer indices (B, N) with B={x.shape[0]}, got {voxels.dtype} {tuple(voxels.shape)}.")
+        if voxels.numel() and not 0 <= int(voxels.min()) <= int(voxels.max()) < x.shape[2:].numel():
+            raise ValueError(f"voxels must index the {x.shape[2:].numel()} voxels of a {tuple(x.shape[2:])} volume.")
+
+    def _patched(
+        self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None, voxels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``_denoise`` on the input folded into patches (``patch_size``), the prediction unfolded."""
         if self.patch_size == 1:
-            return self._denoise(x, timesteps, labels)
+            return self._denoise(x, timesteps, labels, voxels)
         out = self._denoise(pixelunshuffle(x, 3, self.patch_size), timesteps, labels)
         return pixelshuffle(out, 3, self.patch_size)
 
-    def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def _denoise(
+        self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None, voxels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, _, h, w, depth = x.shape
         # slices are stacked depth-major, (D * B, C, H, W) with index d * B + b, in channels-last memory format:
         # the 3x3x1 convolutions run as 2D ones and both attentions read their sequences as strided views
@@ -548,5 +570,10 @@ class DepthAttentionUNet(nn.Module):
             hidden = up(self._run(attention, hidden, depth))
 
         hidden = self.final_block(torch.cat([hidden, stem], dim=1), t, depth)
+        if voxels is not None:  # the 1x1 projection at the chosen voxels only
+            features = hidden.reshape(depth, b, hidden.shape[1], h, w).permute(1, 2, 3, 4, 0).reshape(b, hidden.shape[1], -1)
+            chosen = features.gather(2, voxels[:, None].expand(-1, features.shape[1], -1))
+            weight = self.final_conv.weight[:, :, 0, 0]
+            return torch.einsum("bcn,oc->bon", chosen, weight.to(chosen.dtype)) + self.final_conv.bias[:, None].to(chosen.dtype)
         out = self.final_conv(hidden)
         return out.reshape(depth, b, out.shape[1], h, w).permute(1, 2, 3, 4, 0)

@@ -55,6 +55,8 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     assert shared["volume_norm"] is False and shared["network_def"]["volume_norm"] == "@volume_norm"
     assert shared["code_classification"] is False and "@code_classification" in shared["network_def"]["out_channels"]
     assert training["train#trainer"]["prepare_batch"]["code_classification"] == "@code_classification"
+    assert training["train#trainer"]["prepare_batch"]["code_voxels"] == "@code_voxels" == one_command["stage_overrides"]["diffusion"]["code_voxels"]
+    assert training["inferer"]["_target_"] == "common.engines.SampledVoxelsInferer"  # hands the sampled voxels on
     assert inference["sampler"]["code_classification"] == "@code_classification"
 
 
@@ -178,7 +180,11 @@ def test_a_code_classifying_denoiser_trains_with_cross_entropy_and_samples_throu
     assert not (models / "diffusion.pt").exists()
 
     codes = {"code_classification": True, "prediction_type": "sample"}
-    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **codes)
+    with pytest.raises(Exception) as too_many:  # the config hands code_voxels to the batches
+        run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **codes, code_voxels=5000)
+    assert "code_voxels is 5000 but a latent of (16, 16, 16) has 4096 voxels" in error_chain(too_many.value)
+    # the cross entropy at 100 random voxels of each 16^3 latent (the default 4096 would be all of them)
+    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **codes, code_voxels=100)
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     assert checkpoint["model_settings"]["code_classification"] is True and checkpoint["model_settings"]["prediction_type"] == "sample"
     count = SIZE_32["autoencoder_def#num_embeddings"]

@@ -7,7 +7,7 @@ from monai.engines import SupervisedTrainer
 from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDPMScheduler
 
-from common.engines import LatentDiffusionPrepareBatch
+from common.engines import LatentDiffusionPrepareBatch, SampledVoxelsInferer
 from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet
 from tests.helpers import tiny_vqgan
 
@@ -76,14 +76,21 @@ def test_code_classification_trains_on_the_nearest_codes_with_their_indices_as_t
     codes = autoencoder.codes()
     assert torch.allclose(latents, codes[target].movedim(-1, 1), atol=1e-6)  # every voxel is the code it is labelled
     assert torch.equal(target, autoencoder.code_indices(autoencoder.encode_stage_2_inputs(images)))  # the nearest one
-    # the classifier it trains: one logit per code, cross entropy against the index, the loss going down
+
+
+@pytest.mark.parametrize("code_voxels", [None, 40])
+def test_a_code_classifier_trains_with_the_cross_entropy_at_every_voxel_or_at_sampled_ones(code_voxels):
+    autoencoder = _autoencoder()
+    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="sample")
+    prepare = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, code_voxels=code_voxels)
+    codes = autoencoder.codes()
     net = DepthAttentionUNet(4, out_channels=len(codes), channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
     data = [{"image": torch.randn(1, 16, 16, 8)} for _ in range(4)]
     losses = []
     trainer = SupervisedTrainer(
         device="cpu", max_epochs=10, train_data_loader=torch.utils.data.DataLoader(data, batch_size=2), network=net,
         optimizer=torch.optim.Adam(net.parameters(), lr=2e-3), loss_function=torch.nn.CrossEntropyLoss(),
-        inferer=DiffusionInferer(scheduler), prepare_batch=prepare, decollate=False,
+        inferer=SampledVoxelsInferer(scheduler), prepare_batch=prepare, decollate=False,
     )
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].detach().item()))
     trainer.run()
@@ -97,3 +104,27 @@ def test_code_classification_needs_the_sample_prediction_type():
         LatentDiffusionPrepareBatch(_autoencoder(), 300, scheduler, code_classification=True)
     with pytest.raises(ValueError, match="code_classification must be true or false, got 'yes'"):
         LatentDiffusionPrepareBatch(_autoencoder(), 300, code_classification="yes")
+
+
+def test_sampled_voxels_are_distinct_their_targets_the_codes_there_and_the_inferer_hands_them_to_the_network():
+    autoencoder = _autoencoder()
+    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="sample")
+    images = torch.randn(3, 1, 16, 16, 8)
+    torch.manual_seed(0)
+    latents, target, _, kwargs = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, code_voxels=50)(
+        {"image": images})
+    voxels = kwargs["voxels"]
+    assert voxels.shape == target.shape == (3, 50) and all(len(set(row.tolist())) == 50 for row in voxels)
+    assert torch.equal(target, autoencoder.code_indices(latents).flatten(1).gather(1, voxels))
+    net = DepthAttentionUNet(4, out_channels=64, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    inferer = SampledVoxelsInferer(scheduler)
+    with torch.no_grad():
+        chosen = inferer(latents, net, kwargs["noise"], kwargs["timesteps"], voxels=voxels)
+        full = inferer(latents, net, kwargs["noise"], kwargs["timesteps"])  # MONAI's call: every voxel
+    assert chosen.shape == (3, 64, 50) and full.shape == (3, 64, 8, 8, 4)
+    assert torch.allclose(chosen, full.flatten(2).gather(2, voxels[:, None].expand(-1, 64, -1)), atol=1e-5)
+    with pytest.raises(ValueError, match=r"code_voxels is 300 but a latent of \(8, 8, 4\) has 256 voxels"):
+        LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, code_voxels=300)({"image": images})
+    for wrong in (0, 2.5, True):
+        with pytest.raises(ValueError, match="code_voxels must be a positive integer or None"):
+            LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, code_voxels=wrong)

@@ -403,3 +403,22 @@ def test_an_unconditional_denoiser_has_the_state_dict_it_had():
     # checkpoints written before conditioning existed load unchanged: no new entry unless class_counts is set
     assert not any("class" in key for key in small_unet().state_dict())
     assert {k for k in small_unet(class_counts=[2]).state_dict() if "class" in k} == {"class_embedding.tables.0.weight"}
+
+
+def test_the_prediction_at_chosen_voxels_is_the_full_predictions_there_and_its_gradient_reaches_the_network():
+    net = DepthAttentionUNet(4, out_channels=10, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    x, t = torch.randn(2, 4, 8, 8, 4), torch.tensor([3, 40])
+    voxels = torch.stack([torch.randperm(256)[:20], torch.randperm(256)[:20]])
+    chosen = net(x, t, voxels=voxels)
+    assert chosen.shape == (2, 10, 20)
+    full = net(x, t).flatten(2)
+    assert torch.allclose(chosen, full.gather(2, voxels[:, None].expand(-1, 10, -1)), atol=1e-5)
+    chosen.square().mean().backward()
+    assert net.final_conv.weight.grad.abs().sum() > 0 and net.init_conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"voxels must index the 256 voxels of a \(8, 8, 4\) volume"):
+        net(x, t, voxels=voxels + 250)
+    with pytest.raises(ValueError, match=r"voxels must be integer indices \(B, N\) with B=2"):
+        net(x, t, voxels=voxels[:1])
+    patched = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4, patch_size=2)
+    with pytest.raises(ValueError, match="voxels needs patch_size 1"):
+        patched(x, t, voxels=voxels)
