@@ -148,12 +148,17 @@ def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict
     if "autoencoder_data_format" in metadata:  # latent: the denoiser sees the VQ-GAN's latents
         embedding = parser["autoencoder_def"]["embedding_dim"]
         latent_shape = [s // parser["autoencoder_def"]["downsample_factor"] for s in image_size]
+        channels = {"inputs": embedding, "outputs": embedding}
+        if parser.get_parsed_content("code_classification"):  # the denoiser gives one logit per code
+            channels["outputs"] = parser.get_parsed_content("autoencoder_def#num_embeddings")
+            metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = {
+                "0": "logit of each VQ-GAN code (code_classification): the sampler's x0 estimate is the softmax-weighted mean code"}
         for part in ("inputs", "outputs"):
             for entry in metadata["autoencoder_data_format"][part].values():
                 entry["spatial_shape"] = image_size
             for entry in metadata["network_data_format"][part].values():
                 if entry["spatial_shape"]:
-                    entry["spatial_shape"], entry["num_channels"] = latent_shape, embedding
+                    entry["spatial_shape"], entry["num_channels"] = latent_shape, channels[part]
         classes = check_class_labels(parser.get_parsed_content("class_labels"))
         if classes is not None:
             metadata["network_data_format"]["inputs"]["context"] = class_labels_input(classes)

@@ -90,7 +90,7 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         with torch.no_grad():
             latents = self.autoencoder.encode_stage_2_inputs(torch.as_tensor(images))
             if self.code_classification:
-                latents = self.autoencoder.snap_to_codes(latents)[0]
+                latents, indices = self.autoencoder.snap_to_codes(latents)
         batch = {Keys.IMAGE: latents}
         if self.condition_name is not None:
             if self.condition_name not in batchdata:
@@ -100,6 +100,8 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
                 )
             batch[self.condition_name] = self.drop_labels(torch.as_tensor(batchdata[self.condition_name]))
         inputs, target, args, infer_kwargs = super().__call__(batch, device, non_blocking, **kwargs)
+        if self.code_classification:  # each voxel's code, the index of what it was snapped to
+            target = indices.to(target.device)
         if self.code_voxels is not None:
             count = target[0].numel()
             if self.code_voxels > count:
@@ -107,12 +109,6 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
             voxels = torch.rand(target.shape[0], count, device=target.device).argsort(dim=1)[:, : self.code_voxels]
             target, infer_kwargs = target.flatten(1).gather(1, voxels), {**infer_kwargs, "voxels": voxels}
         return inputs, target, args, infer_kwargs
-
-    def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        if self.code_classification:  # ``images`` are codes already: each is its own nearest
-            with torch.no_grad():
-                return self.autoencoder.code_indices(images)
-        return super().get_target(images, noise, timesteps)
 
     def drop_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """``labels`` (B, variables) with every label of a ``label_dropout`` share of volumes set to ``NULL_LABEL``."""

@@ -9,7 +9,8 @@ the model as trained (``benchmarks/autoguidance.md``), at twice the denoiser's c
 The guide is a checkpoint of the same network definition and model settings, trained on the same latents (its
 latent scale must equal the network's): the diffusion training writes one at ``guide_iteration``
 (``train_diffusion.json``, ``guide.pt``). Any prediction type works, because the combination is linear in the
-network's output and the scheduler's x0 estimate is linear in it too.
+network's output and the scheduler's x0 estimate is linear in it too. A code classifier's (``code_classification``)
+output is its logits: it is guided in logit space, before ``CodeExpectation``'s softmax.
 """
 
 from __future__ import annotations

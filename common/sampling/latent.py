@@ -27,7 +27,7 @@ from common.io import process_rank, require_output_folder, save_nifti
 from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 
 from .autoguidance import AutoGuidedDenoiser
-from .code_expectation import CodeExpectation
+from .code_expectation import CodeExpectation, checked_code_temperature
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 
 __all__ = ["LatentSampler", "checked_guidance_scale", "labels_description", "volume_affine"]
@@ -80,7 +80,8 @@ class LatentSampler:
             1 samples the conditional model alone, larger follows the labels more closely with less variety.
         code_classification: the denoiser gives one logit per code of the autoencoder's codebook (trained with
             ``code_classification``); it is sampled through ``CodeExpectation`` at ``code_temperature``, with the
-            scheduler's ``prediction_type`` "sample". Guidance of either kind combines the logits.
+            scheduler's ``prediction_type`` "sample". Autoguidance combines the logits of the network and its guide
+            (before the softmax); classifier-free guidance (MONAI's inferer) combines the estimates (after it).
         code_temperature: the softmax temperature of a code-classifying denoiser (``CodeExpectation``).
     """
 
@@ -143,6 +144,7 @@ class LatentSampler:
         self.guidance_scale = checked_guidance_scale(guidance_scale)
         if not isinstance(code_classification, bool):
             raise ValueError(f"code_classification must be true or false, got {code_classification!r}.")
+        code_temperature = checked_code_temperature(code_temperature)  # checked whether or not it is used
         self.denoiser = network
         if code_classification:
             if inferer.scheduler.prediction_type != "sample":

@@ -128,3 +128,31 @@ def test_sampled_voxels_are_distinct_their_targets_the_codes_there_and_the_infer
     for wrong in (0, 2.5, True):
         with pytest.raises(ValueError, match="code_voxels must be a positive integer or None"):
             LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, code_voxels=wrong)
+
+
+class _NearestCodeOracle(torch.nn.Module):
+    """A perfect code classifier at low noise: the logits are minus the distances of each voxel to every code."""
+
+    def __init__(self, codes: torch.Tensor) -> None:
+        super().__init__()
+        self.codes = codes
+
+    def forward(self, x, timesteps, context=None, voxels=None):
+        flat = x.flatten(2).transpose(1, 2)  # (B, voxels, C)
+        logits = -100 * torch.cdist(flat, self.codes[None].expand(len(x), -1, -1)).transpose(1, 2)  # (B, K, voxels)
+        if voxels is not None:
+            return logits.gather(2, voxels[:, None].expand(-1, logits.shape[1], -1))
+        return logits.reshape(len(x), -1, *x.shape[2:])
+
+
+@pytest.mark.parametrize("code_voxels", [None, 40])
+def test_the_loss_of_a_perfect_classifier_is_zero_so_targets_and_predictions_are_of_the_same_voxels(code_voxels):
+    autoencoder = _autoencoder()
+    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="sample")
+    prepare = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, code_voxels=code_voxels)
+    prepare.get_timesteps = lambda images: torch.zeros(len(images), dtype=torch.long)  # the least noisy step
+    inputs, target, _, kwargs = prepare({"image": torch.randn(3, 1, 16, 16, 8)})
+    logits = SampledVoxelsInferer(scheduler)(inputs, _NearestCodeOracle(autoencoder.codes()), **kwargs)
+    loss = torch.nn.CrossEntropyLoss()
+    assert float(loss(logits, target)) < 0.05
+    assert float(loss(logits, target.roll(1, dims=-1))) > 1.0  # the same codes one voxel off: far from it
