@@ -47,6 +47,7 @@ import latent_detail  # noqa: E402
 
 import common.networks  # noqa: E402
 from common.networks.depth_attention_unet import DepthAttentionUNet  # noqa: E402
+from common.sampling.code_expectation import expected_codes  # noqa: E402
 
 
 class CodeClassifyingUNet(DepthAttentionUNet):
@@ -75,11 +76,7 @@ class CodeClassifyingUNet(DepthAttentionUNet):
         estimate = torch.empty_like(x)
         for index in range(x.shape[0]):  # one volume's logits at a time: K values a voxel
             logits = self.code_head(features[index].flatten(1).T.float())
-            if self.TEMPERATURE > 0:
-                weights = (logits / self.TEMPERATURE).softmax(dim=1)
-            else:
-                weights = F.one_hot(logits.argmax(dim=1), logits.shape[1]).to(logits.dtype)
-            estimate[index] = (weights @ self.codes).T.reshape(x.shape[1:]).to(x.dtype)
+            estimate[index] = expected_codes(logits, self.codes, self.TEMPERATURE).T.reshape(x.shape[1:])
         return estimate
 
 

@@ -18,7 +18,7 @@ import numbers
 import torch
 from torch import nn
 
-__all__ = ["CodeExpectation", "checked_code_temperature"]
+__all__ = ["CodeExpectation", "checked_code_temperature", "expected_codes"]
 
 
 def checked_code_temperature(temperature: object) -> float:
@@ -65,10 +65,13 @@ class CodeExpectation(nn.Module):
             )
         estimate = torch.empty_like(x)
         for index in range(x.shape[0]):  # one volume at a time: K weights a voxel
-            flat = logits[index].flatten(1).T.float()  # (voxels, K)
-            if self.temperature > 0:
-                weights = (flat / self.temperature).softmax(dim=1)
-                estimate[index] = (weights @ self.codes.float()).T.reshape(x.shape[1:]).to(x.dtype)
-            else:
-                estimate[index] = self.codes[flat.argmax(dim=1)].T.reshape(x.shape[1:]).to(x.dtype)
+            estimate[index] = expected_codes(logits[index].flatten(1).T, self.codes, self.temperature).T.reshape(x.shape[1:])
         return estimate
+
+
+def expected_codes(logits: torch.Tensor, codes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The softmax(``logits`` / ``temperature``)-weighted mean of ``codes`` (K, C) for logits (N, K): (N, C), in
+    the codes' dtype; ``temperature`` 0 gives each row's most likely code."""
+    if temperature == 0:
+        return codes[logits.argmax(dim=1)]
+    return ((logits.float() / temperature).softmax(dim=1) @ codes.float()).to(codes.dtype)
