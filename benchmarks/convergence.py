@@ -112,11 +112,18 @@ RECIPES["v_prediction_depth_conv"] = {"train": {**RECIPES["v_prediction"]["train
                                       "sample": RECIPES["v_prediction"]["sample"]}
 # the denoiser naming each latent voxel's code (the bundles' code_classification: one logit per code, cross entropy,
 # sampled through the softmax-weighted mean code at temperature 0.5), on the demo's recipe and on the position one
-# at 64^3 (benchmarks/code_prediction.py measured the same idea outside the bundle's trainer)
+# at 64^3 (benchmarks/code_prediction.py measured the same idea outside the bundle's trainer), and on the same without
+# the voxels' coordinates as input channels (do they make the samples alike, by letting the denoiser draw one brain?)
 CODES = {"train": {"prediction_type": "sample", "code_classification": True}, "sample": {"code_temperature": 0.5}}
-for _base in ("v_prediction", "v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position"):
+for _base in ("v_prediction", "v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position",
+              "v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3"):
     RECIPES[f"{_base}_codes"] = {"train": {**RECIPES[_base]["train"], **CODES["train"]},
                                  "sample": {**RECIPES[_base]["sample"], **CODES["sample"]}}
+# the position recipe's code classifier on latents scaled to unit variance (the regression recipe went from too alike
+# to too diverse with that scale, convergence_64_depth_conv.md): does it make the classifier's samples less alike?
+RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"] = {
+    "train": {**RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"], "latent_scaling": "unit_variance"},
+    "sample": RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
     "histogram_jensen_shannon": "histogram Jensen-Shannon",
@@ -223,15 +230,17 @@ def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stag
 def sweep_steps(args, settings, data, best: str, common_overrides, run_stages, curves: list[dict]) -> list[dict]:
     """The best recipe's last checkpoint sampled with each of ``--sweep-steps`` DDIM steps, and with the curves' steps
     from other seeds (``SEED_CHANGE`` on): how much the numbers move with the seeds alone, against which the fewer
-    steps are judged."""
+    steps are judged. ``--sweep-overrides`` (inference.json ids) apply to every one of these samples."""
     rows = []
     recipe = RECIPES[best]
+    extra = "".join(f", {key} {value}" for key, value in args.sweep_overrides.items())
     for steps, seed in [*((s, 0) for s in args.sweep_steps), (args.steps, SEED_CHANGE)]:
         found = sample_and_evaluate(run_stages, args.workdir / "recipes" / best, data, settings,
-                                    {**common_overrides, **recipe["train"], **recipe["sample"]}, steps, seed)
-        rows.append({"recipe": best if not seed else f"{best}, seeds {seed}+", "iteration": args.iterations, "steps": steps, **found})
+                                    {**common_overrides, **recipe["train"], **recipe["sample"], **args.sweep_overrides}, steps, seed)
+        rows.append({"recipe": f"{best}{extra}" + (f", seeds {seed}+" if seed else ""), "iteration": args.iterations, "steps": steps, **found})
+        suffix = "".join(f"_{key}_{value}" for key, value in args.sweep_overrides.items())
         shutil.copy(args.workdir / "recipes" / best / "samples" / "evaluation" / "samples_and_real.png",
-                    args.pictures / f"{best}_{steps}_steps{'_seeds' if seed else ''}_samples_and_real.png")
+                    args.pictures / f"{best}_{steps}_steps{suffix}{'_seeds' if seed else ''}_samples_and_real.png")
         keep(args, curves, rows)
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -346,7 +355,9 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "",
         f"Fewer sampling steps, `{best}` (of this run's recipes the closest to real at {args.iterations} iterations) from its last checkpoint; the "
         f"last row samples other seeds ({SEED_CHANGE} on) with {args.steps} steps, so its distance from the curves' last "
-        f"`{best}` row is the noise of a seed change:",
+        f"`{best}` row is the noise of a seed change"
+        + (f"; every one of these samples with {', '.join(f'--{k} {v}' for k, v in args.sweep_overrides.items())}" if args.sweep_overrides else "")
+        + ":",
         "",
         *table(sweep, "recipe"),
         "",
@@ -384,6 +395,8 @@ def main() -> None:
                         "run (same --out, --recipes, --iterations and --earlier): nothing is trained or sampled")
     rerun.add_argument("--sweep-only", action="store_true", help="the curves from rows.json of an earlier run (same --out, "
                         "--workdir), then only the sweep of the steps and seeds")
+    parser.add_argument("--sweep-overrides", type=json.loads, default={}, help="JSON of inference.json ids the sweep's "
+                        "samples take on top of the recipe's, e.g. '{\"ddim_eta\": 1.0}'")
     parser.add_argument("--already", default="", help="name:iterations:minutes,...: recipes an interrupted run into --workdir "
                         "trained that far in that many minutes; they continue from their checkpoint (--resume)")
     parser.add_argument("--earlier", type=Path, help="rows.json of an earlier run into the same --workdir (the same VQ-GAN, data "
@@ -402,6 +415,8 @@ def main() -> None:
     if not 0 <= args.scale_equivariance < float("inf"):
         parser.error(f"--scale-equivariance must be a finite weight >= 0, got {args.scale_equivariance}")
     args.sweep_steps = [int(s) for s in args.sweep_steps.split(",") if s.strip()]
+    if not isinstance(args.sweep_overrides, dict):
+        parser.error(f"--sweep-overrides must be a JSON object of inference.json ids, got {args.sweep_overrides!r}")
     args.already = {a.split(":")[0]: (int(a.split(":")[1]), float(a.split(":")[2])) for a in args.already.split(",") if a.strip()}
     args.out = args.out.resolve()
     args.earlier_rows = json.loads(args.earlier.read_text())["curves"] if args.earlier else []

@@ -15,8 +15,7 @@ own; 1 is as sharp as real):
     python benchmarks/sharpness.py --variants none --demo-output demo_output   # the sampler variants, about 6 minutes
 
 Every variant runs the brain_mri bundle's own configs (``common.pipeline.run_stages``), so each is one
-``python -m monai.bundle run`` option, except two that the bundles do not offer, set by the benchmark:
-``ddim_100_eta_1`` (MONAI's ``DDIMScheduler.step`` with eta 1, as random as DDPM) and
+``python -m monai.bundle run`` option, except one that the bundles do not offer, set by the benchmark:
 ``gan_adaptive_tenth_tanh_hinge`` (the discriminators on MONAI's tanh hinge of 0.2.15, ``benchmarks/gan_hinge.md``).
 ``--reuse`` does not know which hinge an earlier run trained with: reuse only a --workdir trained by this version.
 Writes ``sharpness.md``,
@@ -82,13 +81,12 @@ TANH_HINGE = {"gan_adaptive_tenth_tanh_hinge"}
 # inference.json overrides of each sampler variant, on top of the demo's (DDIM 100, EMA weights, x0 clipped to 1.25)
 SAMPLERS: dict[str, dict] = {
     "ddim_100": {},
-    "ddim_100_eta_1": {},  # eta set by the benchmark (stochastic DDIM)
+    "ddim_100_eta_1": {"ddim_eta": 1.0},  # stochastic DDIM, as random as DDPM
     "ddpm_300": {"num_inference_steps": 300},  # the paper's sampler: ancestral DDPM over every training step
     "ddim_25": {"num_inference_steps": 25},
     "clip_2": {"clip_sample_range": 2.0},
     "without_ema": {"network": "$common.checkpoints.load_weights(@network_def, @diffusion_path, 'network', @model_settings).to(@device)"},
 }
-STOCHASTIC = {"ddim_100_eta_1": 1.0}
 REUSED = " (measuring only: the VQ-GANs were trained by an earlier run into the same --workdir; their minutes are that run's)"
 
 
@@ -115,26 +113,6 @@ def tanh_hinge(active: bool):
         yield
     finally:
         losses.hinge_discriminator_loss = original
-
-
-@contextmanager
-def ddim_eta(eta: float | None):
-    """MONAI's ``DDIMScheduler.step`` with the given eta while the block runs (the inferer calls it without one)."""
-    if eta is None:
-        yield
-        return
-    from monai.networks.schedulers import ddim
-
-    original = ddim.DDIMScheduler.step
-
-    def step(self, model_output, timestep, sample, eta_=0.0, generator=None):
-        return original(self, model_output, timestep, sample, eta, generator)
-
-    ddim.DDIMScheduler.step = step
-    try:
-        yield
-    finally:
-        ddim.DDIMScheduler.step = original
 
 
 def measure(run_dir: Path, data: Path, settings: dict, device: str, variant: dict | None = None) -> tuple[dict, "object", "object"]:
@@ -228,9 +206,8 @@ def sample_with_each_sampler(args, settings: dict) -> list[dict]:
             (run_dir / "models").unlink()
         (run_dir / "models").symlink_to((args.demo_output / "models").resolve(), target_is_directory=True)
         overrides = {"heldout_dir": str(data / "heldout"), "device": f"$torch.device('{args.device}')", **SAMPLERS[name]}
-        with ddim_eta(STOCHASTIC.get(name)):
-            steps = SAMPLERS[name].get("num_inference_steps", settings["inference"]["num_inference_steps"])
-            found = sample_and_evaluate(run_stages, run_dir, data, settings, overrides, steps)
+        steps = SAMPLERS[name].get("num_inference_steps", settings["inference"]["num_inference_steps"])
+        found = sample_and_evaluate(run_stages, run_dir, data, settings, overrides, steps)
         rows.append({"sampler": name, **found})
         shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png", args.pictures / f"{name}_samples_and_real.png")
         print(json.dumps(rows[-1]), flush=True)
@@ -345,7 +322,7 @@ def report(args, settings: dict, vqgans: list[dict], samplers: list[dict], detai
             f"The denoiser and VQ-GAN of a demo run (`python -m common demo --output_dir {args.demo_output.name}`), "
             f"{count} samples of seeds 0 to {count - 1} for each variant, evaluated against the demo's held-out brains. Variants "
             "(inference.json overrides): " + "; ".join(
-                f"`{n}`: {' '.join(f'--{k} {v}' for k, v in SAMPLERS[n].items()) or ('DDIM 100 with eta 1 (set by the benchmark)' if n in STOCHASTIC else 'the demo as it is')}"
+                f"`{n}`: {' '.join(f'--{k} {v}' for k, v in SAMPLERS[n].items()) or 'the demo as it is'}"
                 for n in args.samplers) + ".", "",
             "| sampler | s / sample | sharpness | reconstruction sharpness | histogram JS | histogram W | diversity | slice consistency |",
             "|---|---|---|---|---|---|---|---|",

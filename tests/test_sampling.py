@@ -10,7 +10,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from common.io import save_nifti
 from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet
-from common.sampling import LatentSampler, make_sampling_scheduler, volume_affine
+from common.sampling import LatentSampler, StochasticDDIMScheduler, make_sampling_scheduler, volume_affine
 from tests.helpers import tiny_vqgan
 
 
@@ -21,6 +21,22 @@ def test_full_steps_use_the_papers_ddpm_and_fewer_use_ddim():
     assert isinstance(ddim, DDIMScheduler) and len(ddim.timesteps) == 50 and ddim.clip_sample
     with pytest.raises(ValueError, match=r"\[1, 300\]"):
         make_sampling_scheduler(300, 301)
+
+
+def test_ddim_eta_adds_fresh_noise_at_every_step_and_is_refused_for_ddpm():
+    deterministic, stochastic = make_sampling_scheduler(300, 10), make_sampling_scheduler(300, 10, eta=1.0)
+    assert isinstance(stochastic, StochasticDDIMScheduler) and stochastic.eta == 1.0
+    t, latent, noise = int(stochastic.timesteps[0]), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)
+    assert torch.equal(deterministic.step(noise, t, latent)[0], torch.zeros(1, 2, 4))  # eta 0: the mean step alone
+    torch.manual_seed(0)
+    first = stochastic.step(noise, t, latent)[0]
+    torch.manual_seed(0)
+    assert first.abs().sum() > 0 and torch.equal(first, stochastic.step(noise, t, latent)[0])  # seeded by the caller
+    with pytest.raises(ValueError, match="DDPM over all 300 steps already adds noise"):
+        make_sampling_scheduler(300, None, eta=0.5)
+    for eta in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match=r"eta must be a number in \[0, 1\]"):
+            make_sampling_scheduler(300, 10, eta=eta)
 
 
 def test_affine_has_the_spacing_and_centres_the_volume():

@@ -10,10 +10,10 @@ from .autoguidance import AutoGuidedDenoiser, autoguided, checked_autoguidance_s
 from .code_expectation import CodeExpectation, checked_code_temperature
 from .latent import LatentSampler, checked_guidance_scale, labels_description, volume_affine
 from .loop import sample_shared_out, seeded_random_state, starting_noise
-from .schedulers import make_sampling_scheduler
+from .schedulers import StochasticDDIMScheduler, make_sampling_scheduler
 
 __all__ = [
-    "AutoGuidedDenoiser", "CodeExpectation", "LatentSampler", "autoguided", "checked_autoguidance_scale",
+    "AutoGuidedDenoiser", "CodeExpectation", "LatentSampler", "StochasticDDIMScheduler", "autoguided", "checked_autoguidance_scale",
     "checked_code_temperature", "checked_guidance_scale",
     "labels_description", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state", "starting_noise",
     "volume_affine",

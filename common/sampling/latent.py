@@ -226,6 +226,7 @@ class LatentSampler:
             "batch_size": self.batch_size,
             "processes": process_rank()[1],
             "num_inference_steps": len(self.inferer.scheduler.timesteps),
+            "eta": float(getattr(self.inferer.scheduler, "eta", 0.0)),  # DDIM's fresh noise per step (DDPM: its own)
             "prediction_type": self.inferer.scheduler.prediction_type,
             "latent_scale": float(self.autoencoder.latent_scale.factor()),
         }

@@ -1,11 +1,30 @@
 """The sampling scheduler of a trained diffusion model, latent (Khader et al., Sec. 2.3) or mask-conditioned
-(Dorjsembe et al., Sec. II): the papers' ancestral DDPM over all steps, or DDIM (Song et al., ICLR 2021) in fewer."""
+(Dorjsembe et al., Sec. II): the papers' ancestral DDPM over all steps, or DDIM (Song et al., ICLR 2021) in fewer,
+deterministic (eta 0) or with fresh noise at every step (eta above 0)."""
 
 from __future__ import annotations
 
+import math
+
+import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-__all__ = ["make_sampling_scheduler"]
+__all__ = ["StochasticDDIMScheduler", "make_sampling_scheduler"]
+
+
+class StochasticDDIMScheduler(DDIMScheduler):
+    """MONAI's ``DDIMScheduler`` whose ``step`` takes its ``eta`` (Song et al., Eq. 16) from the constructor, because
+    MONAI's inferers call ``step(model_output, t, sample)`` without one: 0 is deterministic DDIM, 1 adds as much
+    fresh noise at every step as DDPM's posterior does. The noise comes from the default generator of the sample's
+    device, which the samplers seed per sample (``common.sampling.loop.seeded_random_state``)."""
+
+    def __init__(self, eta: float = 0.0, **settings) -> None:
+        super().__init__(**settings)
+        self.eta = float(eta)
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float | None = None,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().step(model_output, timestep, sample, self.eta if eta is None else eta, generator)
 
 
 def make_sampling_scheduler(
@@ -13,17 +32,25 @@ def make_sampling_scheduler(
     num_inference_steps: int | None = None,
     schedule: str = "cosine",
     prediction_type: str = "epsilon",
+    eta: float = 0.0,
 ) -> Scheduler:
     """The paper's ancestral DDPM over all ``num_train_timesteps`` steps, or DDIM when fewer steps are asked for.
 
     ``schedule`` and ``prediction_type`` must be what the model was trained with (the bundles read both from one
     config id each). The predicted x0 is clipped, to [-1, 1] as the paper does unless ``LatentSampler`` sets
-    another range (``clip_sample_range``).
+    another range (``clip_sample_range``). ``eta`` (DDIM only, 0 to 1): the share of DDPM's noise added back at
+    every DDIM step; DDPM over all steps adds its own, so an ``eta`` above 0 there is refused rather than ignored.
     """
     steps = num_train_timesteps if num_inference_steps is None else int(num_inference_steps)
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and 0 <= eta <= 1):
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}.")
+    if eta > 0 and steps == num_train_timesteps:
+        raise ValueError(f"eta {eta} is for DDIM (num_inference_steps below {num_train_timesteps}); DDPM over all "
+                         f"{num_train_timesteps} steps already adds noise at every step.")
     settings = dict(num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type, clip_sample=True)
-    scheduler: Scheduler = DDPMScheduler(**settings) if steps == num_train_timesteps else DDIMScheduler(**settings)
+    scheduler: Scheduler = (DDPMScheduler(**settings) if steps == num_train_timesteps
+                            else StochasticDDIMScheduler(eta=eta, **settings))
     scheduler.set_timesteps(steps)
     return scheduler

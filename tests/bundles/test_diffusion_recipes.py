@@ -45,7 +45,7 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     assert training["noise_scheduler"]["schedule"] == "@noise_schedule"
     assert training["noise_scheduler"]["prediction_type"] == "@prediction_type"
     assert training["train#trainer"]["prepare_batch"]["scheduler"] == "@noise_scheduler"  # the target follows it
-    assert "@noise_schedule, @prediction_type" in inference["noise_scheduler"]
+    assert "@noise_schedule, @prediction_type, @ddim_eta" in inference["noise_scheduler"]
     for key in MODEL_DEFINING[1:]:  # train.json passes them to the diffusion stage
         assert one_command["stage_overrides"]["diffusion"][key] == f"@{key}"
     assert inference["sampler"]["clip_sample_range"] == "@clip_sample_range"
@@ -68,6 +68,22 @@ def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model)
                                             "volume_norm": False, "code_classification": False}
     record = json.loads((brain_model["samples"] / "samples.json").read_text())
     assert record["prediction_type"] == "epsilon" and record["latent_scale"] == 1.0
+
+
+def test_ddim_eta_adds_noise_at_every_step_through_the_bundle_config_and_is_refused_with_ddpm(brain_model, tmp_path):
+    sampling = {"ckpt_dir": str(brain_model["models"]), **SIZE_32, **SMALL_DENOISER, "num_samples": 1, "num_inference_steps": 3}
+    volumes = {}
+    for eta in (0.0, 1.0):
+        out = tmp_path / f"eta_{eta}"
+        run_bundle(config_files("brain_mri", "inference"), **sampling, ddim_eta=eta, output_dir=str(out))
+        assert json.loads((out / "samples.json").read_text())["eta"] == eta
+        volumes[eta] = np.asanyarray(nib.load(str(out / "sample_0000_seed0.nii.gz")).dataobj)
+    assert not np.array_equal(volumes[0.0], volumes[1.0])  # the same seed, other draws along the way
+    with pytest.raises(Exception) as ddpm:
+        run_bundle(config_files("brain_mri", "inference"), **{**sampling, "num_inference_steps": 300}, ddim_eta=0.5,
+                   output_dir=str(tmp_path / "wrong"))
+    assert "eta 0.5 is for DDIM" in error_chain(ddpm.value)
+    assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 
 def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the_bundle_configs(brain_model, tmp_path):
