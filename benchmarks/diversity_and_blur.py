@@ -5,7 +5,7 @@ them as ``evaluate.json`` measures samples: the sharpness ratio (share of spectr
 and the diversity ratio, both against the unblurred brains. Samples whose diversity ratio is well above what blur to
 their sharpness gives here are alike in their anatomy, not only blurred.
 
-    python benchmarks/diversity_and_blur.py --size 64   # the paper's brain size, under a minute here
+    python benchmarks/diversity_and_blur.py --size 64   # the paper's brain size, about 1.5 minutes here
 
 The brains are the demo's held-out population (``common.data.brain_demo_heldout_datalist``, seed 0), read through
 the brain_mri bundle's own evaluation preprocessing. Writes ``diversity_and_blur.md`` (or ``--out``).

@@ -5,6 +5,7 @@ deterministic (eta 0) or with fresh noise at every step (eta above 0)."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
@@ -44,7 +45,7 @@ def make_sampling_scheduler(
     steps = num_train_timesteps if num_inference_steps is None else int(num_inference_steps)
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and 0 <= eta <= 1):
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not (math.isfinite(eta) and 0 <= eta <= 1):
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}.")
     if eta > 0 and steps == num_train_timesteps:
         raise ValueError(f"eta {eta} is for DDIM (num_inference_steps below {num_train_timesteps}); DDPM over all "
