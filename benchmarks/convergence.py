@@ -124,6 +124,12 @@ for _base in ("v_prediction", "v_prediction_4_levels_volume_norm_depth_conv_lr_2
 RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"] = {
     "train": {**RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"], "latent_scaling": "unit_variance"},
     "sample": RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
+# the same with the latents scaled to std 0.4 instead of 1 (latent_target_std): every step's SNR about 8 dB above the
+# codebook range's and 8 dB below unit variance's: between the codebook-range classifier's coherent but alike brains
+# and the unit-variance one's diverse but mottled ones?
+RECIPES["latent_std_0.4_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"] = {
+    "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"], "latent_target_std": 0.4},
+    "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
     "histogram_jensen_shannon": "histogram Jensen-Shannon",

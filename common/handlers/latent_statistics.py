@@ -119,7 +119,8 @@ class LatentStatistics:
         self.report(found, resumed, engine.state.iteration)
 
     def report(self, found: dict[str, Any], resumed: bool, iteration: int) -> None:
-        scaling = self.autoencoder.latent_scale.scaling
+        scale = self.autoencoder.latent_scale
+        scaling = scale.scaling
         logger.info(
             "latents of %d training volumes (codebook range): mean %.3f, std %.3f (per channel %s), range [%.2f, %.2f]; "
             "latent_scaling %s%s: the denoiser is given std %.3f",
@@ -136,8 +137,11 @@ class LatentStatistics:
         elif not 1 / self.tolerance <= found["given_std"] <= self.tolerance:
             logger.warning(
                 "the denoiser is given latents of std %.3f; the noise schedule is designed for unit variance, so every "
-                "timestep's signal-to-noise ratio is %+.1f dB off its design. latent_scaling 'unit_variance' scales them "
-                "to std 1 (see the bundle's docs).", found["given_std"], 20 * math.log10(found["given_std"]),
+                "timestep's signal-to-noise ratio is %+.1f dB off its design. %s", found["given_std"],
+                20 * math.log10(found["given_std"]),
+                "latent_target_std sets the std latent_scaling 'unit_variance' gives (1: unit variance)."
+                if scale.scaling == "unit_variance"
+                else "latent_scaling 'unit_variance' scales them to std 1 (see the bundle's docs).",
             )
         if self.log_dir is not None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter

@@ -18,6 +18,7 @@ diffusion checkpoint, so sampling needs nothing else. ``scaling="codebook_range"
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import torch
@@ -34,20 +35,33 @@ LATENT_SCALINGS = ("codebook_range", "unit_variance")
 class LatentScale(nn.Module):
     """The factor codebook-range latents are multiplied by before the diffusion model sees them.
 
-    ``"codebook_range"``: 1, the paper's latents as they are. ``"unit_variance"``: 1 / (their standard deviation
-    over the training data), set once by ``fit`` before training (``common.handlers.LatentStatistics`` does it) and
-    saved in the diffusion checkpoint under ``latent_scale``. Which scaling a checkpoint was trained with is kept
-    beside it (``model_settings``, ``common.checkpoints.ModelSettings``), which refuses a model configured otherwise.
+    ``"codebook_range"``: 1, the paper's latents as they are. ``"unit_variance"``: ``target_std`` / (their standard
+    deviation over the training data), set once by ``fit`` before training (``common.handlers.LatentStatistics`` does
+    it) and saved in the diffusion checkpoint under ``latent_scale``. Which scaling a checkpoint was trained with is
+    kept beside it (``model_settings``, ``common.checkpoints.ModelSettings``), which refuses a model configured
+    otherwise.
 
     Args:
         scaling: ``"codebook_range"`` (the paper's) or ``"unit_variance"``.
+        target_std: the standard deviation ``"unit_variance"`` gives the latents: 1 (unit variance, Rombach et al.) by
+            default; between the codebook-range latents' own (about 0.15 to 0.2) and 1, every timestep's
+            signal-to-noise ratio moves only part of the way to the schedule's design (not in the papers). Used by
+            ``fit`` only: sampling reads the fitted factor from the checkpoint.
     """
 
-    def __init__(self, scaling: str = "codebook_range") -> None:
+    def __init__(self, scaling: str = "codebook_range", target_std: float = 1.0) -> None:
         super().__init__()
         if scaling not in LATENT_SCALINGS:
             raise ValueError(f"latent scaling must be one of {LATENT_SCALINGS}, got {scaling!r}.")
+        if isinstance(target_std, bool) or not isinstance(target_std, numbers.Real) or not 0 < target_std < math.inf:
+            raise ValueError(f"the latents' target standard deviation must be a positive number, got {target_std!r}.")
+        if scaling == "codebook_range" and target_std != 1.0:
+            raise ValueError(
+                f"a target standard deviation ({target_std}) scales latents only with latent_scaling 'unit_variance'; "
+                "'codebook_range' (the paper's) keeps them as they are."
+            )
         self.scaling = scaling
+        self.target_std = float(target_std)
         self.register_buffer("value", torch.tensor(float("nan") if scaling == "unit_variance" else 1.0))
 
     @property
@@ -60,8 +74,8 @@ class LatentScale(nn.Module):
         if self.scaling != "unit_variance":
             return
         if not math.isfinite(std) or std <= 0:
-            raise ValueError(f"cannot scale latents of standard deviation {std} to unit variance.")
-        self.value.fill_(1.0 / std)
+            raise ValueError(f"cannot scale latents of standard deviation {std} to standard deviation {self.target_std}.")
+        self.value.fill_(self.target_std / std)
 
     def factor(self) -> torch.Tensor:
         """The factor, or a clear error if a ``unit_variance`` scale was never fitted nor loaded."""

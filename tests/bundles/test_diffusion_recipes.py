@@ -141,6 +141,39 @@ def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 
+def test_a_target_standard_deviation_scales_the_latents_through_the_bundle_configs_and_sampling_needs_none(brain_model, tmp_path):
+    models, logs = tmp_path / "models", tmp_path / "logs"
+    models.mkdir()
+    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 1,
+                "latent_scaling": "unit_variance", "prediction_type": "v_prediction"}
+    diffusion = config_files("brain_mri", "train_autoencoder", "train_diffusion")
+    with pytest.raises(Exception) as wrong:  # refused by name before anything is written
+        run_bundle(diffusion, **training, latent_target_std=0)
+    assert "target standard deviation must be a positive number, got 0" in error_chain(wrong.value)
+    with pytest.raises(Exception) as ignored:  # the paper's scaling would ignore it: refused instead
+        run_bundle(diffusion, **{**training, "latent_scaling": "codebook_range"}, latent_target_std=0.5)
+    assert "scales latents only with latent_scaling 'unit_variance'" in error_chain(ignored.value)
+    assert not (models / "diffusion.pt").exists()
+
+    run_bundle(diffusion, **training, latent_target_std=0.5)
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    assert events.Scalars("latent/given_std")[0].value == pytest.approx(0.5, rel=1e-3)
+    checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
+    assert float(checkpoint["latent_scale"]["value"]) == pytest.approx(0.5 / events.Scalars("latent/std")[0].value, rel=1e-3)
+
+    # inference reads the factor from the checkpoint: it is not told the target
+    sampling = {"ckpt_dir": str(models), **SIZE_32, **SMALL_DENOISER, "num_samples": 1, "num_inference_steps": 3,
+                "latent_scaling": "unit_variance", "prediction_type": "v_prediction"}
+    run_bundle(config_files("brain_mri", "inference"), **sampling, output_dir=str(tmp_path / "samples"))
+    record = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert record["latent_scale"] == pytest.approx(float(checkpoint["latent_scale"]["value"]))
+    volume = np.asanyarray(nib.load(str(tmp_path / "samples" / "sample_0000_seed0.nii.gz")).dataobj)
+    assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
+
+
 def test_a_patched_denoiser_with_depth_convolutions_and_position_channels_trains_samples_and_refuses_other_networks(
     brain_model, tmp_path
 ):

@@ -52,7 +52,7 @@ def test_composed_train_config_of_every_latent_bundle(bundle, multi_gpu):
     diffusion = ConfigParser()
     diffusion.read_config(config_files(bundle, *[name.removesuffix(".json") for name in stages["diffusion"]]))
     passed = parser["stage_overrides"]["diffusion"]
-    assert {"prediction_type", "latent_scaling", "volume_norm", "timestep_sampling", "snr_gamma", "lr_decay#final_ratio",
+    assert {"prediction_type", "latent_scaling", "latent_target_std", "volume_norm", "timestep_sampling", "snr_gamma", "lr_decay#final_ratio",
             "lr_decay#start_iteration", "lr_decay#end_iteration", "guide_iteration"} <= set(passed)
     for config_id, reference in passed.items():
         assert reference == f"@{config_id}" and diffusion[config_id] == parser[config_id], config_id

@@ -75,6 +75,17 @@ def test_latents_far_from_unit_variance_are_warned_about_with_the_setting_that_h
     assert f"{20 * torch.log10(torch.tensor(given)):+.1f} dB" in caplog.text
 
 
+def test_a_target_standard_deviation_below_one_is_fitted_and_the_warning_names_its_setting(caplog):
+    autoencoder = _autoencoder()
+    autoencoder.latent_scale = LatentScale("unit_variance", target_std=0.3)
+    with caplog.at_level(logging.WARNING):
+        handler = LatentStatistics(autoencoder, max_volumes=4)
+        _run(handler, _loader())
+    assert handler.statistics["given_std"] == pytest.approx(0.3, rel=1e-6)
+    assert "latents of std 0.300" in caplog.text and "latent_target_std sets the std" in caplog.text
+    assert "scales them to std 1" not in caplog.text  # not the advice for the paper's codebook range
+
+
 def test_a_sliver_of_the_codebook_range_is_reported():
     autoencoder = _autoencoder()
     autoencoder.autoencoder.codebook.embedding.weight.data[0] = 100.0  # one stale code far away stretches the range

@@ -91,6 +91,20 @@ def test_a_unit_variance_scale_multiplies_the_latents_and_decodes_the_same_volum
         scale.fit(0.0)
 
 
+def test_a_target_standard_deviation_scales_the_latents_to_it_and_is_checked():
+    scale = LatentScale("unit_variance", target_std=0.4)
+    scale.fit(0.2)
+    assert float(scale.factor()) == pytest.approx(2.0)  # latents of std 0.2 given to the denoiser at std 0.4
+    default = LatentScale("unit_variance")
+    default.fit(0.2)
+    assert float(default.factor()) == pytest.approx(5.0)  # unit variance by default
+    for wrong in (0, -0.4, float("nan"), float("inf"), True, "0.4"):
+        with pytest.raises(ValueError, match="target standard deviation must be a positive number"):
+            LatentScale("unit_variance", target_std=wrong)
+    with pytest.raises(ValueError, match="scales latents only with latent_scaling 'unit_variance'"):
+        LatentScale("codebook_range", target_std=0.4)  # would be ignored: refused instead
+
+
 def test_the_scale_comes_from_the_checkpoint_and_an_older_checkpoint_is_the_papers(tmp_path):
     fitted = LatentScale("unit_variance")
     fitted.fit(0.2)
