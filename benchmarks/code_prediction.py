@@ -76,7 +76,7 @@ class CodeClassifyingUNet(DepthAttentionUNet):
         estimate = torch.empty_like(x)
         for index in range(x.shape[0]):  # one volume's logits at a time: K values a voxel
             logits = self.code_head(features[index].flatten(1).T.float())
-            estimate[index] = expected_codes(logits, self.codes, self.TEMPERATURE).T.reshape(x.shape[1:])
+            estimate[index] = expected_codes(logits.T, self.codes, self.TEMPERATURE).reshape(x.shape[1:])
         return estimate
 
 

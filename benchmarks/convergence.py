@@ -348,7 +348,9 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         "Ratios to real (about 1 is real-like; for the histogram distances the real value is half of the real "
         "volumes against the other half, so below 1 is as close as real data are to each other).",
         "",
-        *(line for recon in [r for r in rows + sweep if "reconstruction_psnr_db" in r][:1] for line in (
+        # this run's VQ-GAN: the rows of --earlier come from another run's, which may be another training
+        *(line for recon in [r for r in rows + sweep if "reconstruction_psnr_db" in r and r["recipe"] in args.recipes][:1]
+          for line in (
             f"The VQ-GAN (compression {settings['shared']['autoencoder_def#downsample_factor']} per axis) reconstructs the "
             f"held-out brains at {recon['reconstruction_psnr_db']:.1f} dB, sharpness {recon['reconstruction_sharpness']:.2f}x real"
             + (f" (trained with --scale_equivariance_weight {args.scale_equivariance})." if args.scale_equivariance else "."), "")),

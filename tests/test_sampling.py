@@ -345,6 +345,20 @@ def test_a_code_classifiers_estimate_is_the_softmax_weighted_mean_code_and_tempe
         CodeExpectation(_FixedLogits(logits), torch.zeros(4, 2))(x, t)
 
 
+def test_expected_codes_take_channel_first_logits_of_one_volume_and_refuse_a_count_that_is_not_the_codes():
+    from common.sampling.code_expectation import expected_codes
+
+    codes = torch.tensor([[0.0, 1.0], [2.0, -1.0], [-3.0, 0.5]])
+    logits = torch.randn(3, 4, 5, 2)  # (K, H, W, D), as the classifier gives one volume's
+    estimate = expected_codes(logits, codes, 0.5)
+    assert estimate.shape == (2, 4, 5, 2)
+    voxel = (logits[:, 1, 3, 0] / 0.5).softmax(dim=0) @ codes  # one voxel worked out by hand
+    assert torch.allclose(estimate[:, 1, 3, 0], voxel, atol=1e-6)
+    assert torch.equal(expected_codes(logits, codes, 0)[:, 1, 3, 0], codes[logits[:, 1, 3, 0].argmax()])
+    with pytest.raises(ValueError, match="4 logits a voxel for 3 codes"):
+        expected_codes(torch.randn(4, 2, 2, 2), codes)
+
+
 def test_the_sampler_samples_a_code_classifier_through_its_expected_code_and_records_the_temperature(tmp_path):
     vqgan = tiny_vqgan().train()
     vqgan(torch.randn(1, 1, 16, 16, 16))

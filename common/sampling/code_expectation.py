@@ -65,13 +65,22 @@ class CodeExpectation(nn.Module):
             )
         estimate = torch.empty_like(x)
         for index in range(x.shape[0]):  # one volume at a time: K weights a voxel
-            estimate[index] = expected_codes(logits[index].flatten(1).T, self.codes, self.temperature).T.reshape(x.shape[1:])
+            estimate[index] = expected_codes(logits[index], self.codes, self.temperature)
         return estimate
 
 
 def expected_codes(logits: torch.Tensor, codes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """The softmax(``logits`` / ``temperature``)-weighted mean of ``codes`` (K, C) for logits (N, K): (N, C), in
-    the codes' dtype; ``temperature`` 0 gives each row's most likely code."""
+    """The softmax(``logits`` / ``temperature``)-weighted mean of ``codes`` (K, C) for channel-first logits
+    (K, spatial...): (C, spatial...), in the codes' dtype; ``temperature`` 0 gives each voxel's most likely code.
+
+    The softmax runs over the channel axis of the logits as the network gives them, and the mean is one (C, K) x
+    (K, voxels) product: no transposed copy of the K logits of every voxel (``benchmarks/code_expectation_speed.md``).
+    """
+    if logits.shape[0] != codes.shape[0]:
+        raise ValueError(f"{logits.shape[0]} logits a voxel for {codes.shape[0]} codes: one logit per code is needed.")
+    flat = logits.flatten(1)
     if temperature == 0:
-        return codes[logits.argmax(dim=1)]
-    return ((logits.float() / temperature).softmax(dim=1) @ codes.float()).to(codes.dtype)
+        chosen = codes.T[:, flat.argmax(dim=0)]
+    else:
+        chosen = (codes.float().T @ (flat.float() / temperature).softmax(dim=0)).to(codes.dtype)
+    return chosen.reshape(codes.shape[1], *logits.shape[1:])
