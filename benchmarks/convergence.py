@@ -124,9 +124,9 @@ for _base in ("v_prediction", "v_prediction_4_levels_volume_norm_depth_conv_lr_2
 RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"] = {
     "train": {**RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"], "latent_scaling": "unit_variance"},
     "sample": RECIPES["v_prediction_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
-# the same with the latents scaled to std 0.4 instead of 1 (latent_target_std): every step's SNR about 8 dB above the
-# codebook range's and 8 dB below unit variance's: between the codebook-range classifier's coherent but alike brains
-# and the unit-variance one's diverse but mottled ones?
+# the same with the latents scaled to std 0.4 instead of 1 (latent_target_std): every step's SNR 8 dB below unit
+# variance's and 8 to 10 dB above the codebook range's (by the VQ-GAN's latents): between the codebook-range
+# classifier's coherent but alike brains and the unit-variance one's diverse but mottled ones?
 RECIPES["latent_std_0.4_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"] = {
     "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"], "latent_target_std": 0.4},
     "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}

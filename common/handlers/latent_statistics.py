@@ -117,6 +117,12 @@ class LatentStatistics:
         found["given_std"] = found["std"] * found["scale"]
         self.statistics = found
         self.report(found, resumed, engine.state.iteration)
+        if resumed and abs(found["given_std"] / scale.target_std - 1) > 0.1:  # the measured std moves a little with the flips
+            logger.warning(
+                "resumed with the checkpoint's latent scale %.3f, which gives the denoiser std %.3f, not the "
+                "latent_target_std %s configured: a trained denoiser keeps the scale it was trained with; start a new "
+                "training (resume false) for another target.", found["scale"], found["given_std"], scale.target_std,
+            )
 
     def report(self, found: dict[str, Any], resumed: bool, iteration: int) -> None:
         scale = self.autoencoder.latent_scale

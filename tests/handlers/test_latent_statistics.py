@@ -62,6 +62,13 @@ def test_unit_variance_is_fitted_once_and_logged_to_tensorboard(tmp_path, caplog
     with caplog.at_level(logging.INFO):
         _run(LatentStatistics(autoencoder, max_volumes=4), _loader())
     assert float(autoencoder.latent_scale.factor()) == 7.0 and "from the checkpoint" in caplog.text
+    # resumed under another latent_target_std than the checkpoint's scale gives: kept, and said
+    assert "not the latent_target_std 1.0 configured" in caplog.text
+    autoencoder.latent_scale.value.fill_(1 / std)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _run(LatentStatistics(autoencoder, max_volumes=4), _loader())
+    assert "from the checkpoint" in caplog.text and "latent_target_std" not in caplog.text  # as configured: no warning
 
 
 def test_latents_far_from_unit_variance_are_warned_about_with_the_setting_that_helps(caplog):
