@@ -130,6 +130,23 @@ RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"
 RECIPES["latent_std_0.4_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"] = {
     "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"], "latent_target_std": 0.4},
     "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
+# rectified flow (noise_schedule rectified_flow: straight lines from the latent to the noise, the velocity x0 - noise
+# learned, Euler steps in sampling; the issue's last candidate, MONAI's RFlowScheduler) on the demo's codebook-range
+# latents and on unit-variance ones (the noise it interpolates with has unit variance), the latter also with its
+# timesteps drawn logit-normally (Esser et al.'s best density)
+_FLOW = {"noise_schedule": "rectified_flow", "prediction_type": "v_prediction"}
+RECIPES["rectified_flow"] = {"train": {**PAPER, **_FLOW}, "sample": {"clip_sample_range": 1.25}}
+RECIPES["unit_variance_rectified_flow"] = {"train": {"latent_scaling": "unit_variance", **_FLOW}, "sample": {"clip_sample_range": 1.25}}
+RECIPES["unit_variance_rectified_flow_logit_normal"] = {
+    "train": {**RECIPES["unit_variance_rectified_flow"]["train"], "timestep_sampling": "logit_normal"},
+    "sample": RECIPES["unit_variance_rectified_flow"]["sample"]}
+# the 64^3 unit-variance position code classifier (convergence_64_codes_diversity.md: diverse, mottled) with
+# rectified flow (uniform timesteps, the better of the two densities at 32^3): the clean latent is the classifier's
+# target on either path, so what changes is the noise path, the noise levels training visits and the sampler
+RECIPES["rectified_flow_unit_variance_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"] = {
+    "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"],
+              "noise_schedule": "rectified_flow"},
+    "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)
 CURVES = {  # ratio key in metrics.json -> label
     "histogram_jensen_shannon": "histogram Jensen-Shannon",

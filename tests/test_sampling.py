@@ -9,8 +9,11 @@ import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from common.io import save_nifti
-from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet
-from common.sampling import LatentSampler, StochasticDDIMScheduler, make_sampling_scheduler, volume_affine
+from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet, RectifiedFlowScheduler
+from common.engines import PredictionTargetPrepareBatch
+from common.sampling import (
+    LatentSampler, StochasticDDIMScheduler, make_noise_scheduler, make_sampling_scheduler, volume_affine,
+)
 from tests.helpers import tiny_vqgan
 
 
@@ -21,6 +24,43 @@ def test_full_steps_use_the_papers_ddpm_and_fewer_use_ddim():
     assert isinstance(ddim, DDIMScheduler) and len(ddim.timesteps) == 50 and ddim.clip_sample
     with pytest.raises(ValueError, match=r"\[1, 300\]"):
         make_sampling_scheduler(300, 301)
+
+
+def test_rectified_flow_noises_on_a_straight_line_and_its_euler_steps_follow_it():
+    training = make_noise_scheduler(300, "rectified_flow", "v_prediction")
+    assert isinstance(training, RectifiedFlowScheduler) and training.prediction_type == "v_prediction"
+    torch.manual_seed(0)
+    clean, noise = torch.rand(2, 3, 4, 4, 4) * 2 - 1, torch.randn(2, 3, 4, 4, 4)
+    noisy = training.add_noise(clean, noise, torch.tensor([300, 100]))
+    assert torch.allclose(noisy[0], noise[0]) and torch.allclose(noisy[1], clean[1] * 2 / 3 + noise[1] / 3, atol=1e-6)
+    # the bundles' prepare batch takes the velocity x0 - noise as the target
+    prepare = PredictionTargetPrepareBatch(300, training)
+    _, target, _, kwargs = prepare({"image": clean})
+    assert torch.allclose(target, clean - kwargs["noise"])
+
+    sampling = make_sampling_scheduler(300, 10, "rectified_flow", "v_prediction")
+    assert isinstance(sampling, RectifiedFlowScheduler) and sampling.timesteps.tolist() == list(range(300, 0, -30))
+    velocity = clean - noise  # the exact velocity: every step lands on the line, the clean estimate is the latent
+    following, estimate = sampling.step(velocity, 150, clean / 2 + noise / 2, 120)
+    assert torch.allclose(estimate, clean, atol=1e-6) and torch.allclose(following, clean * 0.6 + noise * 0.4, atol=1e-6)
+    # the clean estimate is clipped (LatentSampler sets the range), and the step goes through the clipped estimate
+    sampling.clip_sample_values = [-0.5, 0.5]
+    following, estimate = sampling.step(velocity, 150, clean / 2 + noise / 2, 120)
+    assert float(estimate.abs().max()) <= 0.5 and torch.allclose(following, estimate * 0.6 + (clean / 2 + noise / 2 - estimate / 2) * 0.8, atol=1e-6)
+    # a denoiser of the clean latent (a code classifier's estimate) steps the same way
+    sample_scheduler = make_sampling_scheduler(300, 10, "rectified_flow", "sample")
+    assert torch.allclose(sample_scheduler.step(clean, 150, clean / 2 + noise / 2, 120)[0], clean * 0.6 + noise * 0.4, atol=1e-6)
+    assert torch.allclose(sample_scheduler.step(clean, 30, noise, 0)[0], clean)  # the last step ends on the estimate
+
+
+def test_rectified_flow_refuses_epsilon_and_a_stochastic_eta():
+    with pytest.raises(ValueError, match="learns the velocity .* not 'epsilon'"):
+        make_noise_scheduler(300, "rectified_flow", "epsilon")
+    for steps in (None, 10):
+        with pytest.raises(ValueError, match=r"rectified flow samples deterministically \(eta 0\)"):
+            make_sampling_scheduler(300, steps, "rectified_flow", "v_prediction", eta=0.5)
+    assert len(make_sampling_scheduler(300, None, "rectified_flow", "v_prediction").timesteps) == 300
+    assert isinstance(make_noise_scheduler(300), DDPMScheduler)  # the paper's by default
 
 
 def test_ddim_eta_adds_fresh_noise_at_every_step_and_is_refused_for_ddpm():

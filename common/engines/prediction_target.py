@@ -2,7 +2,8 @@
 
 The noise (``"epsilon"``: Ho et al., NeurIPS 2020, and both papers this project reproduces), the velocity
 alpha_t * noise - sigma_t * x0 (``"v_prediction"``: Salimans & Ho, ICLR 2022, as MONAI's ``VPredictionPrepareBatch``),
-or the clean input (``"sample"``); and at which timesteps it learns (``common.engines.timestep_sampling``).
+or the clean input (``"sample"``); and at which timesteps it learns (``common.engines.timestep_sampling``). With
+rectified flow (``common.networks.RectifiedFlowScheduler``) the velocity is x0 - noise and the timesteps are 1 to T.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import torch
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.schedulers import Scheduler
 
-from common.engines.timestep_sampling import TIMESTEP_SAMPLINGS, timestep_probabilities
+from common.engines.timestep_sampling import (
+    RECTIFIED_FLOW_SAMPLINGS, TIMESTEP_SAMPLINGS, logit_normal_probabilities, timestep_probabilities,
+)
+from common.networks import RectifiedFlowScheduler
 
 __all__ = ["PREDICTION_TYPES", "PredictionTargetPrepareBatch"]
 
@@ -27,7 +31,9 @@ class PredictionTargetPrepareBatch(DiffusionPrepareBatch):
         condition_name: the batch entry passed to the inferer as ``condition``, as in MONAI's class.
         timestep_sampling: ``"uniform"`` (the papers); ``"min_snr"``: timesteps drawn in proportion to their
             min-SNR-gamma weight at the batch's own variance; ``"variance_shifted"``: half of them moved to where the
-            batch's real SNR is the schedule's (``common.engines.timestep_sampling``). All but uniform need ``scheduler``.
+            batch's real SNR is the schedule's (``common.engines.timestep_sampling``); ``"logit_normal"``: the noise share
+            from a logit-normal density, for rectified flow only (which takes uniform or it). All but uniform need
+            ``scheduler``.
         snr_gamma: gamma of ``"min_snr"`` (Hang et al.: 5).
     """
 
@@ -54,11 +60,22 @@ class PredictionTargetPrepareBatch(DiffusionPrepareBatch):
                 f"the scheduler has {scheduler.num_train_timesteps} training timesteps but num_train_timesteps is "
                 f"{num_train_timesteps}."
             )
+        self.rectified_flow = isinstance(scheduler, RectifiedFlowScheduler)
+        if self.rectified_flow and timestep_sampling not in RECTIFIED_FLOW_SAMPLINGS:
+            raise ValueError(f"timestep_sampling {timestep_sampling!r} reads a DDPM schedule's noise levels; with "
+                             f"noise_schedule 'rectified_flow' choose one of {RECTIFIED_FLOW_SAMPLINGS}.")
+        if timestep_sampling == "logit_normal" and not self.rectified_flow:
+            raise ValueError("timestep_sampling 'logit_normal' is for noise_schedule 'rectified_flow'.")
         self.scheduler = scheduler
         self.prediction_type = prediction_type
         self.timestep_sampling, self.snr_gamma = timestep_sampling, float(snr_gamma)
 
     def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
+        if self.rectified_flow and self.timestep_sampling == "uniform":
+            return self.scheduler.sample_timesteps(images)
+        if self.rectified_flow:  # logit-normal over 1 to T
+            probabilities = logit_normal_probabilities(self.num_train_timesteps)
+            return torch.multinomial(probabilities.float(), images.shape[0], replacement=True).to(images.device) + 1
         if self.timestep_sampling == "uniform":
             return super().get_timesteps(images)
         variance = float(images.detach().float().var())

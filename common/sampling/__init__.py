@@ -1,4 +1,5 @@
-"""Sampling trained models: the scheduler (``make_sampling_scheduler``), the loop every sampler shares (seeds, the
+"""Sampling trained models: the scheduler (``make_sampling_scheduler``; the training one, ``make_noise_scheduler``,
+rectified flow's ``common.networks.RectifiedFlowScheduler`` among them), the loop every sampler shares (seeds, the
 random state, the work shared out over processes, ``samples.json``: ``loop``), and the latent bundles' sampler
 (``LatentSampler``, Khader et al., Sec. 2.3), optionally autoguided by an earlier checkpoint (``autoguidance``,
 Karras et al., 2024), with a code-classifying denoiser's estimate of the clean latent (``code_expectation``).
@@ -10,11 +11,11 @@ from .autoguidance import AutoGuidedDenoiser, autoguided, checked_autoguidance_s
 from .code_expectation import CodeExpectation, checked_code_temperature
 from .latent import LatentSampler, checked_guidance_scale, labels_description, volume_affine
 from .loop import sample_shared_out, seeded_random_state, starting_noise
-from .schedulers import StochasticDDIMScheduler, make_sampling_scheduler
+from .schedulers import StochasticDDIMScheduler, make_noise_scheduler, make_sampling_scheduler
 
 __all__ = [
     "AutoGuidedDenoiser", "CodeExpectation", "LatentSampler", "StochasticDDIMScheduler", "autoguided", "checked_autoguidance_scale",
     "checked_code_temperature", "checked_guidance_scale",
-    "labels_description", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state", "starting_noise",
+    "labels_description", "make_noise_scheduler", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state", "starting_noise",
     "volume_affine",
 ]

@@ -1,6 +1,8 @@
-"""The sampling scheduler of a trained diffusion model, latent (Khader et al., Sec. 2.3) or mask-conditioned
-(Dorjsembe et al., Sec. II): the papers' ancestral DDPM over all steps, or DDIM (Song et al., ICLR 2021) in fewer,
-deterministic (eta 0) or with fresh noise at every step (eta above 0)."""
+"""The noise scheduler of a diffusion model, for training and for sampling, latent (Khader et al., Sec. 2.3) or
+mask-conditioned (Dorjsembe et al., Sec. II): the papers' ancestral DDPM over all steps, or DDIM (Song et al., ICLR
+2021) in fewer, deterministic (eta 0) or with fresh noise at every step (eta above 0); or, for the latent bundles'
+``noise_schedule "rectified_flow"`` (not in the papers), Euler steps along straight lines
+(``common.networks.RectifiedFlowScheduler``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import numbers
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-__all__ = ["StochasticDDIMScheduler", "make_sampling_scheduler"]
+from common.networks import RECTIFIED_FLOW, RectifiedFlowScheduler
+
+__all__ = ["StochasticDDIMScheduler", "make_noise_scheduler", "make_sampling_scheduler"]
 
 
 class StochasticDDIMScheduler(DDIMScheduler):
@@ -35,7 +39,8 @@ def make_sampling_scheduler(
     prediction_type: str = "epsilon",
     eta: float = 0.0,
 ) -> Scheduler:
-    """The paper's ancestral DDPM over all ``num_train_timesteps`` steps, or DDIM when fewer steps are asked for.
+    """The paper's ancestral DDPM over all ``num_train_timesteps`` steps, or DDIM when fewer steps are asked for;
+    with ``schedule`` ``"rectified_flow"``, that many Euler steps (deterministic: an ``eta`` above 0 is refused).
 
     ``schedule`` and ``prediction_type`` must be what the model was trained with (the bundles read both from one
     config id each). The predicted x0 is clipped, to [-1, 1] as the paper does unless ``LatentSampler`` sets
@@ -47,11 +52,27 @@ def make_sampling_scheduler(
         raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}.")
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not (math.isfinite(eta) and 0 <= eta <= 1):
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}.")
+    if eta > 0 and schedule == RECTIFIED_FLOW:
+        raise ValueError(f"eta {eta} adds noise along the way; rectified flow samples deterministically (eta 0).")
     if eta > 0 and steps == num_train_timesteps:
         raise ValueError(f"eta {eta} is for DDIM (num_inference_steps below {num_train_timesteps}); DDPM over all "
                          f"{num_train_timesteps} steps already adds noise at every step.")
-    settings = dict(num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type, clip_sample=True)
-    scheduler: Scheduler = (DDPMScheduler(**settings) if steps == num_train_timesteps
-                            else StochasticDDIMScheduler(eta=eta, **settings))
+    if schedule == RECTIFIED_FLOW or steps == num_train_timesteps:
+        scheduler: Scheduler = make_noise_scheduler(num_train_timesteps, schedule, prediction_type)
+    else:
+        scheduler = StochasticDDIMScheduler(eta=eta, num_train_timesteps=num_train_timesteps, schedule=schedule,
+                                            prediction_type=prediction_type, clip_sample=True)
     scheduler.set_timesteps(steps)
     return scheduler
+
+
+def make_noise_scheduler(
+    num_train_timesteps: int = 300, schedule: str = "cosine", prediction_type: str = "epsilon", clip_sample: bool = True,
+) -> Scheduler:
+    """The training scheduler (what noises a batch and defines the target; the paper's DDPM, Khader et al.: cosine,
+    epsilon, 300 steps), which is also the sampling scheduler over all steps. ``schedule`` is one of MONAI's DDPM
+    schedules or ``"rectified_flow"`` (``RectifiedFlowScheduler``: ``prediction_type`` "v_prediction" or "sample")."""
+    if schedule == RECTIFIED_FLOW:
+        return RectifiedFlowScheduler(num_train_timesteps, prediction_type, clip_sample)
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type,
+                         clip_sample=clip_sample)

@@ -99,7 +99,7 @@ def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the
     with pytest.raises(Exception) as mistyped:  # a mistyped choice stops the bundle's own training, by name
         run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **RECIPE,
                    timestep_sampling="minsnr")
-    assert "timestep_sampling must be one of ('uniform', 'min_snr', 'variance_shifted'), got 'minsnr'" in error_chain(mistyped.value)
+    assert "timestep_sampling must be one of ('uniform', 'min_snr', 'variance_shifted', 'logit_normal'), got 'minsnr'" in error_chain(mistyped.value)
     assert (models / "diffusion.pt").read_bytes() == trained  # and leaves the trained checkpoint as it was
 
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
@@ -172,6 +172,48 @@ def test_a_target_standard_deviation_scales_the_latents_through_the_bundle_confi
     assert record["latent_scale"] == pytest.approx(float(checkpoint["latent_scale"]["value"]))
     volume = np.asanyarray(nib.load(str(tmp_path / "samples" / "sample_0000_seed0.nii.gz")).dataobj)
     assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
+
+
+def test_rectified_flow_trains_and_samples_through_the_bundle_configs_and_refuses_what_it_cannot_use(brain_model, tmp_path):
+    models, logs = tmp_path / "models", tmp_path / "logs"
+    models.mkdir()
+    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 1, "ema#start_iteration": 1,
+                "noise_schedule": "rectified_flow", "latent_scaling": "unit_variance"}
+    diffusion = config_files("brain_mri", "train_autoencoder", "train_diffusion")
+    with pytest.raises(Exception) as epsilon:  # the paper's epsilon target has no stable clean latent near pure noise
+        run_bundle(diffusion, **training)
+    assert "rectified flow learns the velocity ('v_prediction') or the clean latent ('sample'), not 'epsilon'" in error_chain(epsilon.value)
+    with pytest.raises(Exception) as min_snr:  # its density reads a DDPM schedule's noise levels
+        run_bundle(diffusion, **training, prediction_type="v_prediction", timestep_sampling="min_snr")
+    assert "with noise_schedule 'rectified_flow' choose one of ('uniform', 'logit_normal')" in error_chain(min_snr.value)
+    with pytest.raises(Exception) as ddpm:  # and the logit-normal density is rectified flow's only
+        run_bundle(diffusion, **{**training, "noise_schedule": "cosine"}, prediction_type="v_prediction", timestep_sampling="logit_normal")
+    assert "timestep_sampling 'logit_normal' is for noise_schedule 'rectified_flow'" in error_chain(ddpm.value)
+    assert not (models / "diffusion.pt").exists()
+
+    flow = {"noise_schedule": "rectified_flow", "prediction_type": "v_prediction", "latent_scaling": "unit_variance"}
+    run_bundle(diffusion, **{**training, **flow}, timestep_sampling="logit_normal")
+    checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
+    assert checkpoint["model_settings"]["noise_schedule"] == "rectified_flow"
+    assert checkpoint["model_settings"]["prediction_type"] == "v_prediction"
+
+    sampling = {"ckpt_dir": str(models), **SIZE_32, **SMALL_DENOISER, "num_samples": 1, "num_inference_steps": 4}
+    run_bundle(config_files("brain_mri", "inference"), **sampling, **flow, output_dir=str(tmp_path / "samples"))
+    volume = np.asanyarray(nib.load(str(tmp_path / "samples" / "sample_0000_seed0.nii.gz")).dataobj)
+    assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
+    record = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert record["num_inference_steps"] == 4 and record["eta"] == 0.0 and record["prediction_type"] == "v_prediction"
+
+    with pytest.raises(Exception) as mismatch:  # sampled as a DDPM model: refused by the stored schedule
+        run_bundle(config_files("brain_mri", "inference"), **sampling, **{**flow, "noise_schedule": "cosine"},
+                   output_dir=str(tmp_path / "wrong"))
+    assert "trained with noise_schedule 'rectified_flow' (configured: 'cosine'); set --noise_schedule" in error_chain(mismatch.value)
+    with pytest.raises(Exception) as eta:  # Euler steps add no noise: a stochastic eta is refused, not ignored
+        run_bundle(config_files("brain_mri", "inference"), **sampling, **flow, ddim_eta=0.5, output_dir=str(tmp_path / "wrong"))
+    assert "rectified flow samples deterministically (eta 0)" in error_chain(eta.value)
+    assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 
 def test_a_patched_denoiser_with_depth_convolutions_and_position_channels_trains_samples_and_refuses_other_networks(

@@ -8,7 +8,7 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDPMScheduler
 
 from common.engines import LatentDiffusionPrepareBatch, SampledVoxelsInferer
-from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet
+from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet, RectifiedFlowScheduler
 from tests.helpers import tiny_vqgan
 
 
@@ -59,6 +59,47 @@ def test_the_target_is_what_the_scheduler_predicts(prediction_type):
     alpha = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
     expected = {"epsilon": noise, "sample": latents, "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * latents}
     assert torch.allclose(target, expected[prediction_type], atol=1e-6)
+
+
+def test_rectified_flow_velocity_and_code_targets_train_on_straight_line_inputs_through_the_supervised_trainer():
+    autoencoder = _autoencoder()
+    seen = []
+
+    class Recording(torch.nn.Module):  # the denoiser, remembering the noisy input the inferer gives it
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, timesteps, context=None, voxels=None):
+            seen.append((x.detach(), timesteps))
+            return self.net(x, timesteps, context) if voxels is None else self.net(x, timesteps, context, voxels=voxels)
+
+    data = [{"image": torch.randn(1, 16, 16, 8)} for _ in range(4)]
+    for prediction_type, classify in (("v_prediction", False), ("sample", True)):
+        scheduler, seen[:] = RectifiedFlowScheduler(300, prediction_type), []
+        prepare = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=classify)
+        out_channels = len(autoencoder.codes()) if classify else 4
+        net = Recording(DepthAttentionUNet(4, out_channels=out_channels, channels=(8, 16), num_res_blocks=1, num_heads=2,
+                                           head_channels=4, norm_groups=4))
+        batches, losses = [], []
+        wrapped = lambda batch, device=None, non_blocking=False, **kw: batches.append(prepare(batch, device, non_blocking, **kw)) or batches[-1]
+        trainer = SupervisedTrainer(
+            device="cpu", max_epochs=10, train_data_loader=torch.utils.data.DataLoader(data, batch_size=2), network=net,
+            optimizer=torch.optim.Adam(net.parameters(), lr=2e-3),
+            loss_function=torch.nn.CrossEntropyLoss() if classify else torch.nn.L1Loss(),
+            inferer=SampledVoxelsInferer(scheduler), prepare_batch=wrapped, decollate=False,
+        )
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].detach().item()))
+        trainer.run()
+        latents, target, _, kwargs = batches[0]
+        share = kwargs["timesteps"].float().view(-1, 1, 1, 1, 1) / 300
+        assert 1 <= int(kwargs["timesteps"].min()) and int(kwargs["timesteps"].max()) <= 300
+        assert torch.allclose(seen[0][0], (1 - share) * latents + share * kwargs["noise"], atol=1e-6)
+        if not classify:
+            assert torch.allclose(target, latents - kwargs["noise"], atol=1e-6)  # the velocity, MONAI's sign
+        else:
+            assert target.dtype == torch.long and torch.allclose(latents, autoencoder.codes()[target].movedim(-1, 1), atol=1e-6)
+        assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, prediction_type
 
 
 def test_a_scheduler_that_disagrees_is_refused():

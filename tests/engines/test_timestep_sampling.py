@@ -1,6 +1,6 @@
 """Which timesteps diffusion training draws: uniformly (the papers), by their min-SNR-gamma weight at the inputs'
-own variance, or half shifted to the SNRs of unit-variance inputs (``common.engines.timestep_sampling``), through
-``PredictionTargetPrepareBatch``."""
+own variance, or half shifted to the SNRs of unit-variance inputs, and for rectified flow uniformly or logit-normally
+over 1 to T (``common.engines.timestep_sampling``), through ``PredictionTargetPrepareBatch``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from monai.networks.schedulers import DDPMScheduler
 
 from common.engines import PredictionTargetPrepareBatch
-from common.engines.timestep_sampling import min_snr_weights, timestep_probabilities
+from common.engines.timestep_sampling import logit_normal_probabilities, min_snr_weights, timestep_probabilities
+from common.networks import RectifiedFlowScheduler
 
 T = 300
 
@@ -90,3 +91,29 @@ def test_bad_settings_are_refused_by_name():
         timestep_probabilities("min_snr", scheduler().alphas_cumprod, 0.0, "v_prediction")
     with pytest.raises(ValueError, match="variance must be positive.*constant"):
         timestep_probabilities("variance_shifted", scheduler().alphas_cumprod, 0.0, "v_prediction")
+
+
+def test_logit_normal_puts_the_draws_at_the_middle_of_the_line_and_rectified_flow_draws_from_1_to_t():
+    probabilities = logit_normal_probabilities(T)
+    assert probabilities.shape == (T,) and float(probabilities.sum()) == pytest.approx(1.0)
+    assert torch.allclose(probabilities, probabilities.flip(0))  # symmetric about t = T / 2
+    # a standard normal logit: about 38% of the draws within 0.4 to 0.6 of the way (erf of 0.405 / sqrt 2 is 0.31 each side)
+    assert float(probabilities[int(0.4 * T):int(0.6 * T)].sum()) == pytest.approx(0.315, abs=0.01)
+    assert float(probabilities[:3].sum()) < 1e-4 and int(probabilities.argmax()) in (T // 2 - 1, T // 2)
+
+    torch.manual_seed(0)
+    images = torch.randn(4000, 1, 2, 2, 2)
+    for sampling in ("uniform", "logit_normal"):
+        drawn = PredictionTargetPrepareBatch(T, RectifiedFlowScheduler(T), timestep_sampling=sampling)({"image": images})[3]["timesteps"]
+        assert drawn.dtype == torch.long and int(drawn.min()) >= 1 and int(drawn.max()) <= T
+    assert float(((drawn > 0.4 * T) & (drawn <= 0.6 * T)).float().mean()) == pytest.approx(0.315, abs=0.03)
+
+
+def test_rectified_flow_refuses_the_densities_of_a_ddpm_schedule_and_ddpm_refuses_logit_normal():
+    for sampling in ("min_snr", "variance_shifted"):
+        with pytest.raises(ValueError, match="with noise_schedule 'rectified_flow' choose one of"):
+            PredictionTargetPrepareBatch(T, RectifiedFlowScheduler(T), timestep_sampling=sampling)
+    with pytest.raises(ValueError, match="'logit_normal' is for noise_schedule 'rectified_flow'"):
+        PredictionTargetPrepareBatch(T, scheduler(), timestep_sampling="logit_normal")
+    with pytest.raises(ValueError, match="'logit_normal' is for noise_schedule 'rectified_flow'"):
+        timestep_probabilities("logit_normal", scheduler().alphas_cumprod, 1.0, "v_prediction")
