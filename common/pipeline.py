@@ -111,7 +111,8 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             # scaled to unit variance, predicting the velocity. At 900 iterations it came closer to real than the
             # earlier demo recipe (v-prediction, codebook range) on two seed sets (histogram JS 0.72x / 2.94x against
             # 1.18x / 5.60x, sharpness 0.77x against 0.70x; benchmarks/convergence_demo_rectified_flow.md), and the
-            # whole demo with it at 900 iterations gave numbers within the spread of the earlier demo's runs at 1,800
+            # whole demo with it at 900 iterations was level with the earlier demo at 1,800 within the noise of a
+            # seed change: better on one seed set, worse on the histograms of the other, sharper on both
             # (bundles/brain_mri/docs/README.md, "The demo"). `--noise_schedule cosine --latent_scaling codebook_range
             # --prediction_type epsilon` is the paper's.
             "noise_schedule": "rectified_flow",
