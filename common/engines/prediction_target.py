@@ -69,13 +69,15 @@ class PredictionTargetPrepareBatch(DiffusionPrepareBatch):
         self.scheduler = scheduler
         self.prediction_type = prediction_type
         self.timestep_sampling, self.snr_gamma = timestep_sampling, float(snr_gamma)
+        # fixed by T alone, so drawn from once per batch rather than computed again
+        self.logit_normal = (logit_normal_probabilities(num_train_timesteps).float()
+                             if timestep_sampling == "logit_normal" else None)
 
     def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
         if self.rectified_flow and self.timestep_sampling == "uniform":
             return self.scheduler.sample_timesteps(images)
         if self.rectified_flow:  # logit-normal over 1 to T
-            probabilities = logit_normal_probabilities(self.num_train_timesteps)
-            return torch.multinomial(probabilities.float(), images.shape[0], replacement=True).to(images.device) + 1
+            return torch.multinomial(self.logit_normal, images.shape[0], replacement=True).to(images.device) + 1
         if self.timestep_sampling == "uniform":
             return super().get_timesteps(images)
         variance = float(images.detach().float().var())

@@ -27,6 +27,15 @@ MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "l
 RECIPE = {"latent_scaling": "unit_variance", "prediction_type": "v_prediction", "volume_norm": True}
 
 
+def with_the_vqgan(brain_model, tmp_path):
+    """A fresh ``models`` folder holding the brain bundle's VQ-GAN (trained once for the module), and a ``logs``
+    path: where a diffusion training of its own writes."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    return models, tmp_path / "logs"
+
+
 @pytest.mark.parametrize("bundle", LATENT_BUNDLES)
 def test_training_and_inference_read_the_model_defining_settings_from_one_source(bundle):
     training, inference, one_command = ConfigParser(), ConfigParser(), ConfigParser()
@@ -87,9 +96,7 @@ def test_ddim_eta_adds_noise_at_every_step_through_the_bundle_config_and_is_refu
 
 
 def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the_bundle_configs(brain_model, tmp_path):
-    models, logs = tmp_path / "models", tmp_path / "logs"
-    models.mkdir()
-    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")  # the VQ-GAN trained once
+    models, logs = with_the_vqgan(brain_model, tmp_path)
     training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
                 **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 2, "ema#start_iteration": 2}
     # with timesteps drawn by their min-SNR weight (training only: sampling below does not name it)
@@ -142,9 +149,7 @@ def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the
 
 
 def test_a_target_standard_deviation_scales_the_latents_through_the_bundle_configs_and_sampling_needs_none(brain_model, tmp_path):
-    models, logs = tmp_path / "models", tmp_path / "logs"
-    models.mkdir()
-    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    models, logs = with_the_vqgan(brain_model, tmp_path)
     training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
                 **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 1,
                 "latent_scaling": "unit_variance", "prediction_type": "v_prediction"}
@@ -175,9 +180,7 @@ def test_a_target_standard_deviation_scales_the_latents_through_the_bundle_confi
 
 
 def test_rectified_flow_trains_and_samples_through_the_bundle_configs_and_refuses_what_it_cannot_use(brain_model, tmp_path):
-    models, logs = tmp_path / "models", tmp_path / "logs"
-    models.mkdir()
-    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    models, logs = with_the_vqgan(brain_model, tmp_path)
     training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
                 **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 1, "ema#start_iteration": 1,
                 "noise_schedule": "rectified_flow", "latent_scaling": "unit_variance"}
@@ -222,15 +225,13 @@ def test_a_patched_denoiser_with_depth_convolutions_and_position_channels_trains
     # the three network options that add or reshape weights, trained once together through the bundle's configs to
     # keep the suite short, with the variance_shifted timestep density (training only; here it is only run, its draws
     # are checked in tests/engines/test_timestep_sampling.py)
-    models = tmp_path / "models"
-    models.mkdir()
-    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    models, logs = with_the_vqgan(brain_model, tmp_path)
     # the 16^3 latent of 32^3 brains as 64 channels at 8^3, and a convolution along 3 slices in every residual block
     # and every voxel's coordinates as three more input channels
     patched = {**SMALL_DENOISER, "network_def#patch_size": 2, "network_def#depth_kernel_size": 3,
                "network_def#position_channels": True}
     run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), dataset_dir=str(brain_model["brains"]),
-               ckpt_dir=str(models), log_dir=str(tmp_path / "logs"), **SIZE_32, **patched, num_workers=0, batch_size=2,
+               ckpt_dir=str(models), log_dir=str(logs), **SIZE_32, **patched, num_workers=0, batch_size=2,
                timestep_sampling="variance_shifted", **{"train#trainer#max_epochs": 1, "ema#start_iteration": 1})
     checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
     weights = checkpoint["ema_network"]
@@ -259,9 +260,7 @@ def test_a_patched_denoiser_with_depth_convolutions_and_position_channels_trains
 
 
 def test_a_code_classifying_denoiser_trains_with_cross_entropy_and_samples_through_the_bundle_configs(brain_model, tmp_path):
-    models, logs = tmp_path / "models", tmp_path / "logs"
-    models.mkdir()
-    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    models, logs = with_the_vqgan(brain_model, tmp_path)
     training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
                 **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "lr": 1e-3, "train#trainer#max_epochs": 2,
                 "ema#start_iteration": 1, "ema#every": 1, "log_interval": 1}
@@ -302,11 +301,9 @@ def test_a_code_classifying_denoiser_trains_with_cross_entropy_and_samples_throu
 
 
 def test_training_writes_a_guide_that_autoguides_sampling_through_the_bundle_configs(brain_model, tmp_path):
-    models = tmp_path / "models"
-    models.mkdir()
-    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
+    models, logs = with_the_vqgan(brain_model, tmp_path)
     # 5 brains at batch 2: 2 iterations an epoch, 4 in all; the EMA steps every iteration from the first
-    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(tmp_path / "logs"), **SIZE_32,
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
                 **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "lr": 1e-3, "train#trainer#max_epochs": 2,
                 "ema#start_iteration": 1, "ema#every": 1}
     with pytest.raises(Exception) as late:  # a guide that would never be written: refused before any iteration
@@ -348,10 +345,8 @@ def test_training_writes_a_guide_that_autoguides_sampling_through_the_bundle_con
 
 
 def test_the_learning_rate_decays_through_the_bundle_config_and_a_decay_after_the_end_is_refused(brain_model, tmp_path):
-    models = tmp_path / "models"
-    models.mkdir()
-    shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
-    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(tmp_path / "logs"), **SIZE_32,
+    models, logs = with_the_vqgan(brain_model, tmp_path)
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
                 **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "lr": 1e-3, "ema#start_iteration": 1,
                 "train#trainer#max_epochs": 2, "lr_decay#final_ratio": 0.1, "lr_decay#start_iteration": 1}
     run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training)
@@ -360,7 +355,7 @@ def test_the_learning_rate_decays_through_the_bundle_config_and_a_decay_after_th
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     # the rate each epoch ended at, in TensorBoard beside the loss and numbered by iteration as it is: 2 iterations an
     # epoch, the decay from iteration 1 to 4, so 0.1 + 0.9 * (1 + cos(pi / 3)) / 2 = 0.775 of lr at iteration 2, 0.1 at 4
-    events = EventAccumulator(str(tmp_path / "logs"))
+    events = EventAccumulator(str(logs))
     events.Reload()
     logged = [(event.step, event.value) for event in events.Scalars("learning_rate")]
     assert [step for step, _ in logged] == [2, 4] and [value for _, value in logged] == pytest.approx([7.75e-4, 1e-4])
