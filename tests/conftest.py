@@ -5,6 +5,7 @@ which the bundle, deploy and integration tests share. Helpers to import are in `
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,12 @@ from tests.bundles.med_ddpm_runs import SMALL, TRAINING, write_pairs
 from tests.environments import Background
 from tests.helpers import ANATOMICAL
 
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # the tests spread over as many processes as the machine has cores (``pytest -n``, as .ci/run does): one thread
+    # each, in this process and the processes its tests start, instead of every process's threads on every core
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -38,8 +45,9 @@ def _seed():
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory) -> Background:
     """The environments the collected tests install from the package index (``tests.environments``), begun in
-    threads at the session's first test so that their waits on the index overlap the other tests."""
-    made = Background(request.session.items, tmp_path_factory.mktemp)
+    threads at the session's first test so that their waits on the index overlap the other tests; with the tests
+    spread over processes (``pytest -n``), each begun by the process whose test first needs it."""
+    made = Background(request.session.items, tmp_path_factory.mktemp, eager="PYTEST_XDIST_WORKER" not in os.environ)
     yield made
     made.close()
 

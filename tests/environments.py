@@ -124,24 +124,36 @@ class Background:
     Args:
         tests: the collected test items (each with its ``fixturenames`` and ``originalname``).
         folder: makes an empty folder for a name (``tmp_path_factory.mktemp``), called here, before the threads.
+        eager: begin every wanted environment now. ``False`` where the tests are spread over several processes
+            (pytest-xdist): each process collects every test but runs only some, so an environment is begun when a
+            test first asks for it, in this process only, instead of once in every process.
     """
 
-    def __init__(self, tests: Iterable[Any], folder: Callable[[str], Path]) -> None:
+    def __init__(self, tests: Iterable[Any], folder: Callable[[str], Path], eager: bool = True) -> None:
         needs = set()
         for test in tests:
             needs.update(getattr(test, "fixturenames", ()))
             needs.add(getattr(test, "originalname", test.name))
-        wanted = {name: function for name, (needed_by, function) in _REGISTERED.items() if needed_by in needs}
-        self._pool = ThreadPoolExecutor(max(1, len(wanted)), thread_name_prefix="environment")
-        self._made: dict[str, Future] = {name: self._pool.submit(function, folder(name)) for name, function in wanted.items()}
+        self._wanted = {name: function for name, (needed_by, function) in _REGISTERED.items() if needed_by in needs}
+        self._folder = folder
+        self._pool = ThreadPoolExecutor(max(1, len(self._wanted)), thread_name_prefix="environment")
+        self._made: dict[str, Future] = {}
+        if eager:
+            for name in self._wanted:
+                self._begin(name)
+
+    def _begin(self, name: str) -> Future:
+        if name not in self._made:
+            self._made[name] = self._pool.submit(self._wanted[name], self._folder(name))
+        return self._made[name]
 
     def result(self, function: Callable[[Path], Any]) -> Any:
         """What the registered ``function`` returned, once it has; its exception (a skip included) is raised here."""
-        if function.__name__ not in self._made:
+        if function.__name__ not in self._wanted:
             needed_by = _REGISTERED[function.__name__][0] if function.__name__ in _REGISTERED else None
             raise KeyError(f"{function.__name__} was not begun: " + (f"no collected test uses or is {needed_by}" if needed_by
                            else "it is not registered with made_in_the_background"))
-        return self._made[function.__name__].result()
+        return self._begin(function.__name__).result()
 
     def close(self) -> None:
         """Waits for the environments still being made (a test that failed early may have left one)."""
