@@ -47,6 +47,25 @@ def train(run_stages, run_dir: Path, data: Path, vqgan: Path, settings: dict, ov
     return (time.time() - start) / 60
 
 
+def demo_vqgan(workdir: Path, settings: dict, run_stages) -> tuple[Path, Path, dict]:
+    """The demo's data (20 training, 8 held-out brains) in ``workdir/data`` and its VQ-GAN in ``workdir/vqgan``, made
+    there if absent (the layout of ``convergence.py --size 32``); the data folder, the VQ-GAN's run folder and the
+    overrides every stage of a run on them takes."""
+    from common.data import brain_demo_datalist, brain_demo_heldout_datalist
+
+    data = workdir / "data"
+    brain_demo_datalist(data, count=20, seed=0)
+    brain_demo_heldout_datalist(data, count=8, seed=0)
+    common = {"heldout_dir": str(data / "heldout"), "device": "$torch.device('cpu')", "cache_dir": str(workdir / "cache")}
+    vqgan = workdir / "vqgan"
+    if not (vqgan / "models" / "autoencoder.pt").is_file():
+        run_stages(BUNDLE, str(vqgan), str(data / "train"), "autoencoder", settings, common)
+        (vqgan / "settings.json").write_text(json.dumps({"scale_equivariance_weight": 0.0}) + "\n")
+    elif convergence.vqgan_weight(vqgan) != 0.0:
+        raise SystemExit(f"the VQ-GAN in {vqgan} was trained with a scale-equivariance term, not the demo's: use another --workdir")
+    return data, vqgan, common
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data and VQ-GAN (convergence.py's)")
@@ -63,7 +82,6 @@ def main() -> None:
     if not scales or any(s <= 1 for s in scales) or not seeds:
         parser.error("--scales must be numbers above 1 and --seeds at least one seed")
 
-    from common.data import brain_demo_datalist, brain_demo_heldout_datalist
     from common.io import write_text
     from common.pipeline import DEMO_SETTINGS, run_stages, without_autoguidance
 
@@ -73,16 +91,7 @@ def main() -> None:
     iterations = args.iterations or settings["diffusion"]["train#trainer#max_epochs"] * 20 // settings["diffusion"]["batch_size"]
     if not 0 < args.guide_iteration < iterations:
         parser.error(f"--guide-iteration must lie inside the denoiser's {iterations} iterations")
-    data = args.workdir / "data"
-    brain_demo_datalist(data, count=20, seed=0)
-    brain_demo_heldout_datalist(data, count=8, seed=0)
-    common = {"heldout_dir": str(data / "heldout"), "device": "$torch.device('cpu')", "cache_dir": str(args.workdir / "cache")}
-    vqgan = args.workdir / "vqgan"
-    if not (vqgan / "models" / "autoencoder.pt").is_file():
-        run_stages(BUNDLE, str(vqgan), str(data / "train"), "autoencoder", settings, common)
-        (vqgan / "settings.json").write_text(json.dumps({"scale_equivariance_weight": 0.0}) + "\n")
-    elif convergence.vqgan_weight(vqgan) != 0.0:
-        parser.error(f"the VQ-GAN in {vqgan} was trained with a scale-equivariance term, not the demo's: use another --workdir")
+    data, vqgan, common = demo_vqgan(args.workdir, settings, run_stages)
 
     work = args.workdir / "autoguidance"
     run = work / ("denoiser" if args.iterations is None else f"denoiser_{iterations}")

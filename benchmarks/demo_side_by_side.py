@@ -1,0 +1,183 @@
+"""Which denoiser recipe and length give the demo its numbers, and in how few sampling steps? Demo denoisers
+trained on one VQ-GAN, each sampled from several seed sets, side by side (issue 23, point 3).
+
+    python benchmarks/demo_side_by_side.py --workdir W     # about 70 minutes here; reuses W's data and VQ-GAN
+
+Each run of ``--runs`` is ``recipe:iterations:steps/steps/...``: a denoiser with the demo's settings
+(``common.pipeline.DEMO_SETTINGS``) and the recipe's ids (``RECIPES``), trained that many iterations (EMA from half
+of them, the autoguidance guide its snapshot at a quarter, as the demo), sampled with autoguidance at each step
+count (DDIM steps for the DDPM recipes, Euler steps for rectified flow), through the brain_mri bundle's own configs
+(``common.pipeline.run_stages``). The default runs: the demo's recipe (v-prediction on codebook-range latents) at its
+1,800 iterations, and rectified flow on unit-variance latents, the demo's recipe at 900 iterations in 0.2.22, at 900
+and 1,800.
+
+A seed change alone moves the histogram distances by a factor of two to three (``convergence_demo_rectified_flow.md``),
+so every row is sampled from each ``--seeds`` set and the summary gives the mean and the range over the sets. The data
+and the VQ-GAN are those of ``autoguidance.py`` / ``convergence.py --size 32`` (made in ``--workdir`` if absent).
+Writes ``demo_side_by_side.md`` and the samples beside real brains in ``demo_side_by_side/``, where its
+``rows.json`` keeps every sampled row: a later run into the same ``--out`` (more seeds, another length) samples only
+the rows it lacks and trains only the denoisers missing from ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import autoguidance  # noqa: E402  (the demo's data and VQ-GAN, and training a denoiser on them)
+import convergence  # noqa: E402  (sampling and evaluation of the convergence runs)
+
+# the denoiser recipes on top of DEMO_SETTINGS, by name: their model-defining ids
+RECIPES: dict[str, dict[str, str]] = {
+    "v_prediction": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "v_prediction"},
+    "rectified_flow": {"noise_schedule": "rectified_flow", "latent_scaling": "unit_variance", "prediction_type": "v_prediction"},
+}
+DEFAULT_RUNS = "v_prediction:1800:100/25,rectified_flow:900:100/25/10,rectified_flow:1800:100/25"
+# the ratios to real that the summary averages over the seed sets, with their column names
+METRICS = {
+    "histogram_jensen_shannon": "histogram JS", "histogram_wasserstein": "histogram W", "diversity_ms_ssim": "diversity",
+    "slice_consistency_ssim": "slice consistency", "sharpness": "sharpness", "mmd": "MMD",
+}
+
+
+def parse_runs(text: str) -> dict[str, dict]:
+    """``recipe:iterations:steps/steps,...`` -> by run name (``<recipe>_<iterations>``): the recipe, the iterations
+    and the sampling step counts; ValueError naming what is wrong."""
+    runs = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        fields = part.split(":")
+        if len(fields) != 3 or fields[0] not in RECIPES:
+            raise ValueError(f"{part!r} is not recipe:iterations:steps/steps with a recipe of {sorted(RECIPES)}")
+        iterations, steps = int(fields[1]), [int(n) for n in fields[2].split("/")]
+        if iterations < 8 or iterations * 4 % 20 or min(steps) < 1:
+            raise ValueError(f"{part!r}: iterations are whole epochs (multiples of 5) of at least 8, steps at least 1")
+        runs[f"{fields[0]}_{iterations}"] = {"recipe": fields[0], "iterations": iterations, "steps": steps}
+    if not runs:
+        raise ValueError("no run given")
+    return runs
+
+
+def summarise(rows: list[dict], demo: str, steps: int) -> dict | None:
+    """Mean, lowest and highest of every metric over the seed sets of one demo at one step count."""
+    found = [r for r in rows if r["demo"] == demo and r["steps"] == steps]
+    if not found:
+        return None
+    spread = {}
+    for key in (*METRICS, "seconds_per_sample"):
+        values = [r[key] for r in found if r.get(key) is not None]
+        spread[key] = (sum(values) / len(values), min(values), max(values), len(values)) if values else None
+    return {"demo": demo, "steps": steps, "sets": len(found), **spread}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data and VQ-GAN (convergence.py's)")
+    parser.add_argument("--seeds", default="0,1000,2000,3000", help="first seed of each seed set")
+    parser.add_argument("--runs", default=DEFAULT_RUNS, help="recipe:iterations:steps/steps, comma-separated")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "demo_side_by_side.md")
+    args = parser.parse_args()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        runs = parse_runs(args.runs)
+    except ValueError as error:
+        parser.error(f"--seeds or --runs: {error}")
+    if not seeds:
+        parser.error("--seeds needs at least one seed")
+
+    from common.io import write_text
+    from common.pipeline import DEMO_SETTINGS, run_stages, without_autoguidance
+
+    started = time.time()
+    settings = DEMO_SETTINGS[convergence.BUNDLE]
+    data, vqgan, common = autoguidance.demo_vqgan(args.workdir, without_autoguidance(settings), run_stages)
+    pictures = args.out.parent / args.out.stem
+    pictures.mkdir(parents=True, exist_ok=True)
+    timed = pictures / "training_minutes.json"  # each denoiser's training minutes, kept for the runs that reuse it
+    minutes = json.loads(timed.read_text()) if timed.is_file() else {}
+    for name, run in runs.items():
+        run["settings"] = copy.deepcopy(settings)
+        run["settings"]["denoiser"].update(RECIPES[run["recipe"]])
+        run["dir"] = args.workdir / "demo_side_by_side" / name
+        took = autoguidance.train(run_stages, run["dir"], data, vqgan, without_autoguidance(run["settings"]),
+                                  {**common, "guide_iteration": run["iterations"] // 4}, run["iterations"], run["iterations"] // 2)
+        minutes[name] = took or minutes.get(name, 0.0)
+        timed.write_text(json.dumps(minutes, indent=1) + "\n")
+    kept = pictures / "rows.json"  # the rows of an earlier run into the same --out: sampled again only if missing
+    rows = json.loads(kept.read_text()) if kept.is_file() else []
+    plan = [(name, steps) for name, run in runs.items() for steps in run["steps"]]
+    for seed in seeds:
+        for name, steps in plan:
+            if any((r["demo"], r["steps"], r["seed"]) == (name, steps, seed) for r in rows):
+                continue
+            run = runs[name]
+            found = convergence.sample_and_evaluate(run_stages, run["dir"], data, run["settings"], common, steps, seed)
+            rows.append({"demo": name, "steps": steps, "seed": seed, **found})
+            shutil.copy(run["dir"] / "samples" / "evaluation" / "samples_and_real.png",
+                        pictures / f"{name}_{steps}_steps_seeds_{seed}_samples_and_real.png")
+            (pictures / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+            print(json.dumps(rows[-1]), flush=True)
+
+    import torch
+
+    def show(value) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    def spread(value, sets: int) -> str:
+        if value is None:
+            return "n/a"
+        missing = f", {value[3]} of {sets} sets" if value[3] < sets else ""  # n/a where the real value is not positive
+        return f"{value[0]:.2f} ({value[1]:.2f} to {value[2]:.2f}{missing})"
+
+    plan += sorted({(r["demo"], r["steps"]) for r in rows} - set(plan))  # kept rows of runs not asked for this time
+    summaries = [s for s in (summarise(rows, name, steps) for name, steps in plan) if s]
+    lines = [
+        "# Demo denoisers side by side (brain_mri, 32^3)",
+        "",
+        f"Command: `python benchmarks/demo_side_by_side.py {shlex.join(sys.argv[1:])}` (commit {convergence.commit()}). "
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, CPU, torch {torch.__version__}. Wall time "
+        f"{(time.time() - started) / 60:.1f} min; denoiser training minutes: "
+        + ", ".join(f"{k} {v:.1f}" if v else f"{k} trained before (not timed)" for k, v in minutes.items())
+        + " (the minutes of the run that trained each).",
+        "",
+        f"One VQ-GAN and data (`{args.workdir}`), the demo's settings (`common.pipeline.DEMO_SETTINGS`) with each "
+        "recipe's ids ("
+        + "; ".join(f"`{name}`: " + " ".join(f"`--{k} {v}`" for k, v in ids.items()) for name, ids in RECIPES.items())
+        + "); each run `<recipe>_<iterations>` trained that many iterations, EMA from half of them, its snapshot at a "
+        f"quarter the guide of autoguidance (scale {settings['inference']['autoguidance_scale']:g}); "
+        f"{settings['inference']['num_samples']} samples from each seed set ({', '.join(f'{s}+' for s in seeds)}); "
+        "ratios to the held-out real brains (about 1 is real-like). Steps are DDIM steps for `v_prediction`, Euler "
+        "steps for `rectified_flow`.",
+        "",
+        "Mean over the seed sets (lowest to highest in brackets):",
+        "",
+        "| run | steps | seed sets | s / sample | " + " | ".join(METRICS.values()) + " |",
+        "|" + "---|" * (4 + len(METRICS)),
+        *(f"| {s['demo']} | {s['steps']} | {s['sets']} | {s['seconds_per_sample'][0]:.1f} | "
+          + " | ".join(spread(s[key], s["sets"]) for key in METRICS) + " |" for s in summaries),
+        "",
+        "Every seed set:",
+        "",
+        "| run | steps | seeds | s / sample | " + " | ".join(METRICS.values()) + " | near copies |",
+        "|" + "---|" * (5 + len(METRICS)),
+        *(f"| {r['demo']} | {r['steps']} | {r['seed']}+ | {r['seconds_per_sample']:.1f} | "
+          + " | ".join(show(r.get(key)) for key in METRICS) + f" | {r['near_copies']} |"
+          for r in sorted(rows, key=lambda r: (plan.index((r["demo"], r["steps"])), r["seed"]))),
+        "",
+        f"Pictures (`{pictures.name}/`): each row's samples beside real brains (`<run>_<steps>_steps_seeds_<seed>_samples_and_real.png`).",
+    ]
+    write_text("\n".join(lines) + "\n", args.out)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
