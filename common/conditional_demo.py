@@ -40,11 +40,8 @@ GUIDANCE_SCALES = (1.0, 3.0, 7.0)
 # their class by ventricle volume 81%, 100% and 100% of the time at guidance 1, 3 and 7 (bundles/brain_mri/docs/README.md);
 # from 3 the normal class loses most of its ventricles, at 7 the enlarged one overshoots (histograms 5.4x / 3.6x real).
 # Classifier-free guidance alone, as measured: without the unconditional demo's autoguidance.
-# Its denoiser keeps the recipe and length it was measured with, the unconditional demo's before 0.2.22 (v-prediction
-# on codebook-range latents, 1,800 iterations): rectified flow has not been measured with class labels.
 CONDITIONAL_SETTINGS: dict[str, dict[str, Any]] = without_autoguidance(DEMO_SETTINGS[BUNDLE])
-CONDITIONAL_SETTINGS["denoiser"].update({"class_labels": LABELS, "noise_schedule": "cosine", "latent_scaling": "codebook_range"})
-CONDITIONAL_SETTINGS["diffusion"].update({"train#trainer#max_epochs": 360, "ema#start_iteration": 900})
+CONDITIONAL_SETTINGS["denoiser"].update({"class_labels": LABELS})
 CONDITIONAL_SETTINGS["inference"].update({"num_samples": 8, "num_inference_steps": 50})
 
 

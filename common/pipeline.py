@@ -107,16 +107,13 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "network_def#spatial_attention": [False, True],
             "network_def#num_heads": 4,
             "network_def#head_channels": 16,
-            # not the paper's cosine DDPM on codebook-range latents, predicting the noise: rectified flow on latents
-            # scaled to unit variance, predicting the velocity. At 900 iterations it came closer to real than the
-            # earlier demo recipe (v-prediction, codebook range) on two seed sets (histogram JS 0.72x / 2.94x against
-            # 1.18x / 5.60x, sharpness 0.77x against 0.70x; benchmarks/convergence_demo_rectified_flow.md), and the
-            # whole demo with it at 900 iterations was level with the earlier demo at 1,800 within the noise of a
-            # seed change: better on one seed set, worse on the histograms of the other, sharper on both
-            # (bundles/brain_mri/docs/README.md, "The demo"). `--noise_schedule cosine --latent_scaling codebook_range
-            # --prediction_type epsilon` is the paper's.
-            "noise_schedule": "rectified_flow",
-            "latent_scaling": "unit_variance",
+            # not the paper's epsilon: at the same 1,800 iterations v-prediction comes closer to real
+            # (benchmarks/convergence_demo_length.md: histograms 0.87x / 0.15x real against 1.21x / 0.60x); at 900
+            # its numbers match the paper's at 1,800, but the pictures show less inner anatomy, so the length stays.
+            # Rectified flow on unit-variance latents (`--noise_schedule rectified_flow --latent_scaling
+            # unit_variance`), the demo's recipe at 900 iterations for a while, was further from real beside this one
+            # on one VQ-GAN and four seed sets, at 900 iterations and more so at 1,800
+            # (benchmarks/demo_side_by_side.md). `--prediction_type epsilon` is the paper's.
             "prediction_type": "v_prediction",
         },
         "diffusion": {
@@ -125,25 +122,26 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             # 64^3: benchmarks/convergence_64.md)
             "lr": 0.001,
             "num_workers": 0,
-            # 900 iterations, half the earlier demo's 1,800 with its recipe above (the target)
-            "train#trainer#max_epochs": 180,
+            # 1,800 iterations
+            "train#trainer#max_epochs": 360,
             "accumulation_steps": 1,
-            "ema#start_iteration": 450,
+            "ema#start_iteration": 900,
             "ema#every": 1,
             "ema#decay": 0.995,
             "save_interval": 0,
             "log_interval": 100,
             # the denoiser at a quarter of its training, kept as the guide of autoguidance (below)
-            "guide_iteration": 225,
+            "guide_iteration": 450,
         },
         "inference": {
             "num_samples": 8,
-            "num_inference_steps": 100,
+            # 25 DDIM steps: as close to real as 100 on four seed sets, in a quarter of the time
+            # (benchmarks/demo_side_by_side.md)
+            "num_inference_steps": 25,
             "clip_sample_range": 1.25,  # the x0 estimates clipped a little beyond the codebook range
             # not the paper's: autoguidance by the denoiser's snapshot at a quarter of its training (Karras et al.,
-            # 2024); measured with the earlier recipe (snapshot 450 of 1,800), from two seed sets, sharpness 0.95x /
-            # 0.93x real against 0.73x / 0.72x without, histogram JS 1.31x / 2.51x against 1.82x / 3.55x, at twice
-            # the time per sample (benchmarks/autoguidance.md)
+            # 2024); from two seed sets, sharpness 0.95x / 0.93x real against 0.73x / 0.72x without, histogram JS
+            # 1.31x / 2.51x against 1.82x / 3.55x, at twice the time per sample (benchmarks/autoguidance.md)
             "guide_path": "$@ckpt_dir + '/guide.pt'",
             "autoguidance_scale": 2.0,
             "spacing": [5.6, 5.6, 5.6],
