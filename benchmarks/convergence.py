@@ -147,8 +147,8 @@ RECIPES["rectified_flow_unit_variance_4_levels_volume_norm_depth_conv_lr_2e-3_po
     "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"],
               "noise_schedule": "rectified_flow"},
     "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
-# the DDPM's cosine schedule wherever a recipe does not name another: the demo's settings (the base at 32^3) use
-# rectified flow since 0.2.22, and each recipe must mean the same whatever the base
+# the DDPM's cosine schedule wherever a recipe does not name another: the demo's settings (the base at 32^3) used
+# rectified flow in 0.2.22, and each recipe must mean the same whatever the base
 for _recipe in RECIPES.values():
     _recipe["train"] = {"noise_schedule": "cosine", **_recipe["train"]}
 SEED_CHANGE = 1000  # the first seed of the second seed set (the curves use 0 on)

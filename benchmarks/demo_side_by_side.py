@@ -15,8 +15,9 @@ A seed change alone moves the histogram distances by a factor of two to three (`
 so every row is sampled from each ``--seeds`` set and the summary gives the mean and the range over the sets. The data
 and the VQ-GAN are those of ``autoguidance.py`` / ``convergence.py --size 32`` (made in ``--workdir`` if absent).
 Writes ``demo_side_by_side.md`` and the samples beside real brains in ``demo_side_by_side/``, where its
-``rows.json`` keeps every sampled row: a later run into the same ``--out`` (more seeds, another length) samples only
-the rows it lacks and trains only the denoisers missing from ``--workdir``.
+``rows.json`` keeps every sampled row: a later run into the same ``--out`` with the same ``--workdir`` (more seeds,
+another length) trains only the denoisers missing there and samples only the rows it lacks; rows of another
+work folder or of a denoiser it trains again are dropped.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ RECIPES: dict[str, dict[str, str]] = {
     "rectified_flow": {"noise_schedule": "rectified_flow", "latent_scaling": "unit_variance", "prediction_type": "v_prediction"},
 }
 DEFAULT_RUNS = "v_prediction:1800:100/25,rectified_flow:900:100/25/10,rectified_flow:1800:100/25"
+TRAINING_BRAINS = 20  # the demo's (autoguidance.demo_vqgan), batched without remainder
 # the ratios to real that the summary averages over the seed sets, with their column names
 METRICS = {
     "histogram_jensen_shannon": "histogram JS", "histogram_wasserstein": "histogram W", "diversity_ms_ssim": "diversity",
@@ -50,18 +52,24 @@ METRICS = {
 }
 
 
-def parse_runs(text: str) -> dict[str, dict]:
+def parse_runs(text: str, iterations_per_epoch: int) -> dict[str, dict]:
     """``recipe:iterations:steps/steps,...`` -> by run name (``<recipe>_<iterations>``): the recipe, the iterations
-    and the sampling step counts; ValueError naming what is wrong."""
+    (whole epochs of ``iterations_per_epoch``) and the sampling step counts; ValueError naming what is wrong."""
     runs = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         fields = part.split(":")
         if len(fields) != 3 or fields[0] not in RECIPES:
             raise ValueError(f"{part!r} is not recipe:iterations:steps/steps with a recipe of {sorted(RECIPES)}")
         iterations, steps = int(fields[1]), [int(n) for n in fields[2].split("/")]
-        if iterations < 8 or iterations * 4 % 20 or min(steps) < 1:
-            raise ValueError(f"{part!r}: iterations are whole epochs (multiples of 5) of at least 8, steps at least 1")
-        runs[f"{fields[0]}_{iterations}"] = {"recipe": fields[0], "iterations": iterations, "steps": steps}
+        if iterations < 2 * iterations_per_epoch or iterations % iterations_per_epoch or min(steps) < 1:
+            raise ValueError(f"{part!r}: iterations are whole epochs of {iterations_per_epoch} iterations, two at least; "
+                             "steps at least 1")
+        if len(set(steps)) < len(steps):
+            raise ValueError(f"{part!r} names a step count twice")
+        name = f"{fields[0]}_{iterations}"
+        if name in runs:
+            raise ValueError(f"{name} is given twice: give all its step counts in one entry")
+        runs[name] = {"recipe": fields[0], "iterations": iterations, "steps": steps}
     if not runs:
         raise ValueError("no run given")
     return runs
@@ -86,34 +94,40 @@ def main() -> None:
     parser.add_argument("--runs", default=DEFAULT_RUNS, help="recipe:iterations:steps/steps, comma-separated")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "demo_side_by_side.md")
     args = parser.parse_args()
+    from common.io import write_text
+    from common.pipeline import DEMO_SETTINGS, run_stages, without_autoguidance
+
+    settings = DEMO_SETTINGS[convergence.BUNDLE]
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        runs = parse_runs(args.runs)
+        runs = parse_runs(args.runs, TRAINING_BRAINS // settings["diffusion"]["batch_size"])
     except ValueError as error:
         parser.error(f"--seeds or --runs: {error}")
     if not seeds:
         parser.error("--seeds needs at least one seed")
 
-    from common.io import write_text
-    from common.pipeline import DEMO_SETTINGS, run_stages, without_autoguidance
-
     started = time.time()
-    settings = DEMO_SETTINGS[convergence.BUNDLE]
     data, vqgan, common = autoguidance.demo_vqgan(args.workdir, without_autoguidance(settings), run_stages)
     pictures = args.out.parent / args.out.stem
     pictures.mkdir(parents=True, exist_ok=True)
     timed = pictures / "training_minutes.json"  # each denoiser's training minutes, kept for the runs that reuse it
     minutes = json.loads(timed.read_text()) if timed.is_file() else {}
+    retrained = set()
     for name, run in runs.items():
         run["settings"] = copy.deepcopy(settings)
         run["settings"]["denoiser"].update(RECIPES[run["recipe"]])
         run["dir"] = args.workdir / "demo_side_by_side" / name
         took = autoguidance.train(run_stages, run["dir"], data, vqgan, without_autoguidance(run["settings"]),
                                   {**common, "guide_iteration": run["iterations"] // 4}, run["iterations"], run["iterations"] // 2)
+        if took:
+            retrained.add(name)
         minutes[name] = took or minutes.get(name, 0.0)
         timed.write_text(json.dumps(minutes, indent=1) + "\n")
-    kept = pictures / "rows.json"  # the rows of an earlier run into the same --out: sampled again only if missing
-    rows = json.loads(kept.read_text()) if kept.is_file() else []
+    # the rows of an earlier run into the same --out, kept where they sampled the same denoiser: one of this
+    # --workdir that this run did not train again
+    kept = pictures / "rows.json"
+    rows = [r for r in (json.loads(kept.read_text()) if kept.is_file() else [])
+            if r["demo"] not in retrained and r.get("workdir") == str(args.workdir)]
     plan = [(name, steps) for name, run in runs.items() for steps in run["steps"]]
     for seed in seeds:
         for name, steps in plan:
@@ -121,7 +135,7 @@ def main() -> None:
                 continue
             run = runs[name]
             found = convergence.sample_and_evaluate(run_stages, run["dir"], data, run["settings"], common, steps, seed)
-            rows.append({"demo": name, "steps": steps, "seed": seed, **found})
+            rows.append({"demo": name, "steps": steps, "seed": seed, "workdir": str(args.workdir), **found})
             shutil.copy(run["dir"] / "samples" / "evaluation" / "samples_and_real.png",
                         pictures / f"{name}_{steps}_steps_seeds_{seed}_samples_and_real.png")
             (pictures / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")

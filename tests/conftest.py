@@ -30,10 +30,21 @@ from tests.environments import Background
 from tests.helpers import ANATOMICAL
 
 if "PYTEST_XDIST_WORKER" in os.environ:
-    # the tests spread over as many processes as the machine has cores (``pytest -n``, as .ci/run does): one thread
-    # each, in this process and the processes its tests start, instead of every process's threads on every core
+    # the tests spread over processes (``pytest -n 2``, as .ci/run runs them on 2 cores): one thread each, in this
+    # process and the processes its tests start, instead of every process's threads on every core
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups off the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With the tests spread over processes (``pytest -n 2 --dist loadgroup``), the tests of the Med-DDPM model that
+    the session trains once (``semantic_model``, a minute on one thread) run in one process, which trains it once,
+    instead of in each process that meets one of them."""
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            if "semantic_model" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group("semantic_model"))
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,8 @@ Installing needs the package index, as ``.ci/run``'s own install does; when the 
 is skipped with pip's reason, and any other pip failure fails the test.
 
 A test module registers such an install with :func:`made_in_the_background`, and the session begins it in a thread
-at its first test (``conftest.background``), so that its waits on the index overlap the other tests. pip's work is
+at its first test (``conftest.background``), so that its waits on the index overlap the other tests (with the tests
+spread over processes, ``pytest -n``, when a test first asks for it). pip's work is
 mostly CPU, though, which the tests beside it then share: measured on 2 cores, the suite gained about 10 s, not the
 minute the three installs take alone. The test takes its result, or its failure or skip, with
 :meth:`Background.result`; only the environments of the tests that were collected are made.
@@ -119,11 +120,12 @@ def made_in_the_background(needed_by: str) -> Callable[[Callable[[Path], Any]], 
 
 
 class Background:
-    """The registered environments that the collected tests need, each made in a thread of its own from the start.
+    """The registered environments that the collected tests need, each made in a thread of its own, from the start
+    or (``eager`` false) from the first test that asks for it.
 
     Args:
         tests: the collected test items (each with its ``fixturenames`` and ``originalname``).
-        folder: makes an empty folder for a name (``tmp_path_factory.mktemp``), called here, before the threads.
+        folder: makes an empty folder for a name (``tmp_path_factory.mktemp``), called before its thread begins.
         eager: begin every wanted environment now. ``False`` where the tests are spread over several processes
             (pytest-xdist): each process collects every test but runs only some, so an environment is begun when a
             test first asks for it, in this process only, instead of once in every process.
