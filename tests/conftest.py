@@ -36,17 +36,6 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     torch.set_num_threads(1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups off the marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With the tests spread over processes (``pytest -n 2 --dist loadgroup``), the tests of the Med-DDPM model that
-    the session trains once (``semantic_model``, a minute on one thread) run in one process, which trains it once,
-    instead of in each process that meets one of them."""
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            if "semantic_model" in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group("semantic_model"))
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
