@@ -41,7 +41,7 @@ GUIDANCE_SCALES = (1.0, 3.0, 7.0)
 # from 3 the normal class loses most of its ventricles, at 7 the enlarged one overshoots (histograms 5.4x / 3.6x real).
 # Classifier-free guidance alone, as measured: without the unconditional demo's autoguidance.
 CONDITIONAL_SETTINGS: dict[str, dict[str, Any]] = without_autoguidance(DEMO_SETTINGS[BUNDLE])
-CONDITIONAL_SETTINGS["denoiser"].update({"class_labels": LABELS})
+CONDITIONAL_SETTINGS["denoiser"]["class_labels"] = LABELS
 CONDITIONAL_SETTINGS["inference"].update({"num_samples": 8, "num_inference_steps": 50})
 
 
