@@ -242,6 +242,8 @@ def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stag
             chunk = copy.deepcopy(settings)
             chunk["diffusion"].update({"train#trainer#max_epochs": target // iterations_per_epoch,
                                        "ema#start_iteration": args.iterations // 2})
+            if args.guide_iteration:  # the snapshot that --autoguidance-scales samples with (models/guide.pt)
+                chunk["diffusion"]["guide_iteration"] = args.guide_iteration
             start = time.time()
             run_stages(BUNDLE, str(run_dir), str(data / "train"), "diffusion", chunk,
                        {**common_overrides, **recipe["train"], **decay, "resume": target > args.every})
@@ -257,16 +259,25 @@ def train_recipes(args, settings, data, vqgan_models, common_overrides, run_stag
 def sweep_steps(args, settings, data, best: str, common_overrides, run_stages, curves: list[dict]) -> list[dict]:
     """The best recipe's last checkpoint sampled with each of ``--sweep-steps`` DDIM steps, and with the curves' steps
     from other seeds (``SEED_CHANGE`` on): how much the numbers move with the seeds alone, against which the fewer
-    steps are judged. ``--sweep-overrides`` (inference.json ids) apply to every one of these samples."""
+    steps are judged. ``--sweep-overrides`` (inference.json ids) apply to every one of these samples. With
+    ``--autoguidance-scales``, the curves' steps from both seed sets again, guided by the run's ``guide.pt`` at each
+    scale (Karras et al., NeurIPS 2024: ``common.sampling.autoguidance``)."""
     rows = []
     recipe = RECIPES[best]
-    extra = "".join(f", {key} {value}" for key, value in args.sweep_overrides.items())
-    for steps, seed in [*((s, 0) for s in args.sweep_steps), (args.steps, SEED_CHANGE)]:
-        found = sample_and_evaluate(run_stages, args.workdir / "recipes" / best, data, settings,
-                                    {**common_overrides, **recipe["train"], **recipe["sample"], **args.sweep_overrides}, steps, seed)
+    run_dir = args.workdir / "recipes" / best
+    guided = [{"guide_path": str(run_dir / "models" / "guide.pt"), "autoguidance_scale": scale} for scale in args.autoguidance_scales]
+    plans = [*((s, 0, {}) for s in args.sweep_steps), (args.steps, SEED_CHANGE, {}),
+             *((args.steps, seed, guide) for guide in guided for seed in (0, SEED_CHANGE))]
+    for steps, seed, guide in plans:
+        overrides = {**args.sweep_overrides, **guide}
+        found = sample_and_evaluate(run_stages, run_dir, data, settings,
+                                    {**common_overrides, **recipe["train"], **recipe["sample"], **overrides}, steps, seed)
+        extra = "".join(f", {key} {value}" for key, value in args.sweep_overrides.items())
+        extra += f", autoguidance_scale {guide['autoguidance_scale']} (guide: iteration {args.guide_iteration})" if guide else ""
         rows.append({"recipe": f"{best}{extra}" + (f", seeds {seed}+" if seed else ""), "iteration": args.iterations, "steps": steps, **found})
         suffix = "".join(f"_{key}_{value}" for key, value in args.sweep_overrides.items())
-        shutil.copy(args.workdir / "recipes" / best / "samples" / "evaluation" / "samples_and_real.png",
+        suffix += f"_autoguidance_{guide['autoguidance_scale']}" if guide else ""
+        shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png",
                     args.pictures / f"{best}_{steps}_steps{suffix}{'_seeds' if seed else ''}_samples_and_real.png")
         keep(args, curves, rows)
         print(json.dumps(rows[-1]), flush=True)
@@ -383,8 +394,10 @@ def write_report(args, rows: list[dict], sweep: list[dict], best: str, settings:
         *table(rows, "recipe"),
         "",
         f"Fewer sampling steps, `{best}` (of this run's recipes the closest to real at {args.iterations} iterations) from its last checkpoint; the "
-        f"last row samples other seeds ({SEED_CHANGE} on) with {args.steps} steps, so its distance from the curves' last "
-        f"`{best}` row is the noise of a seed change"
+        f"row of other seeds ({SEED_CHANGE} on) with {args.steps} steps measures, by its distance from the curves' last "
+        f"`{best}` row, the noise of a seed change"
+        + (f"; the rows with an autoguidance_scale sample the same checkpoint guided by its own weights after iteration "
+           f"{args.guide_iteration} (`--guide_path <run>/models/guide.pt`), from both seed sets" if args.autoguidance_scales else "")
         + (f"; every one of these samples with {', '.join(f'--{k} {v}' for k, v in args.sweep_overrides.items())}" if args.sweep_overrides else "")
         + ":",
         "",
@@ -426,6 +439,10 @@ def main() -> None:
                         "--workdir), then only the sweep of the steps and seeds")
     parser.add_argument("--sweep-overrides", type=json.loads, default={}, help="JSON of inference.json ids the sweep's "
                         "samples take on top of the recipe's, e.g. '{\"ddim_eta\": 1.0}'")
+    parser.add_argument("--guide-iteration", type=int, help="every recipe's training keeps its weights after this many "
+                        "iterations as models/guide.pt (guide_iteration): the guide of --autoguidance-scales")
+    parser.add_argument("--autoguidance-scales", default="", help="comma-separated scales > 1: the sweep also samples the best "
+                        "recipe's last checkpoint guided by its guide.pt (guide_path, autoguidance_scale), both seed sets")
     parser.add_argument("--already", default="", help="name:iterations:minutes,...: recipes an interrupted run into --workdir "
                         "trained that far in that many minutes; they continue from their checkpoint (--resume)")
     parser.add_argument("--earlier", type=Path, help="rows.json of an earlier run into the same --workdir (the same VQ-GAN, data "
@@ -444,6 +461,13 @@ def main() -> None:
     if not 0 <= args.scale_equivariance < float("inf"):
         parser.error(f"--scale-equivariance must be a finite weight >= 0, got {args.scale_equivariance}")
     args.sweep_steps = [int(s) for s in args.sweep_steps.split(",") if s.strip()]
+    args.autoguidance_scales = [float(s) for s in args.autoguidance_scales.split(",") if s.strip()]
+    if any(not 1 < scale < float("inf") for scale in args.autoguidance_scales):
+        parser.error(f"--autoguidance-scales must be finite scales > 1 (1 is the denoiser alone), got {args.autoguidance_scales}")
+    if args.guide_iteration is not None and not 0 < args.guide_iteration < args.iterations:
+        parser.error(f"--guide-iteration must be between 0 and --iterations {args.iterations} (exclusive), got {args.guide_iteration}")
+    if args.autoguidance_scales and args.guide_iteration is None:
+        parser.error("--autoguidance-scales needs --guide-iteration: the iteration whose snapshot the training kept as the guide")
     if not isinstance(args.sweep_overrides, dict):
         parser.error(f"--sweep-overrides must be a JSON object of inference.json ids, got {args.sweep_overrides!r}")
     args.already = {a.split(":")[0]: (int(a.split(":")[1]), float(a.split(":")[2])) for a in args.already.split(",") if a.strip()}
