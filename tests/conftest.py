@@ -31,7 +31,9 @@ from tests.helpers import ANATOMICAL
 
 if "PYTEST_XDIST_WORKER" in os.environ:
     # the tests spread over processes (``pytest -n 2``, as .ci/run runs them on 2 cores): one thread each, in this
-    # process and the processes its tests start, instead of every process's threads on every core
+    # process and the processes its tests start, instead of every process's threads on every core. Each process
+    # trains the session's models it needs itself: ``--dist loadgroup`` with ``xdist_group`` marks would keep them
+    # in one, but with pytest 9.2 and pytest-xdist 3.8 it does not group at all (pytest-xdist issue #1386)
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
