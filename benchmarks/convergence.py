@@ -268,15 +268,14 @@ def sweep_steps(args, settings, data, best: str, common_overrides, run_stages, c
     guided = [{"guide_path": str(run_dir / "models" / "guide.pt"), "autoguidance_scale": scale} for scale in args.autoguidance_scales]
     plans = [*((s, 0, {}) for s in args.sweep_steps), (args.steps, SEED_CHANGE, {}),
              *((args.steps, seed, guide) for guide in guided for seed in (0, SEED_CHANGE))]
+    given = "".join(f", {key} {value}" for key, value in args.sweep_overrides.items())  # the row's label
+    given_suffix = "".join(f"_{key}_{value}" for key, value in args.sweep_overrides.items())  # its picture's name
     for steps, seed, guide in plans:
-        overrides = {**args.sweep_overrides, **guide}
         found = sample_and_evaluate(run_stages, run_dir, data, settings,
-                                    {**common_overrides, **recipe["train"], **recipe["sample"], **overrides}, steps, seed)
-        extra = "".join(f", {key} {value}" for key, value in args.sweep_overrides.items())
-        extra += f", autoguidance_scale {guide['autoguidance_scale']} (guide: iteration {args.guide_iteration})" if guide else ""
+                                    {**common_overrides, **recipe["train"], **recipe["sample"], **args.sweep_overrides, **guide}, steps, seed)
+        extra = given + (f", autoguidance_scale {guide['autoguidance_scale']} (guide: iteration {args.guide_iteration})" if guide else "")
         rows.append({"recipe": f"{best}{extra}" + (f", seeds {seed}+" if seed else ""), "iteration": args.iterations, "steps": steps, **found})
-        suffix = "".join(f"_{key}_{value}" for key, value in args.sweep_overrides.items())
-        suffix += f"_autoguidance_{guide['autoguidance_scale']}" if guide else ""
+        suffix = given_suffix + (f"_autoguidance_{guide['autoguidance_scale']}" if guide else "")
         shutil.copy(run_dir / "samples" / "evaluation" / "samples_and_real.png",
                     args.pictures / f"{best}_{steps}_steps{suffix}{'_seeds' if seed else ''}_samples_and_real.png")
         keep(args, curves, rows)
