@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import nibabel as nib
 import numpy as np
@@ -281,7 +282,25 @@ def test_autoguidance_extrapolates_from_the_guide_and_scale_one_is_the_network_a
         AutoGuidedDenoiser(network, network, 2.0)
 
 
-def test_autoguided_loads_the_guide_from_its_checkpoint_and_refuses_what_does_not_fit(tmp_path):
+def test_an_autoguidance_interval_guides_only_the_steps_of_its_noise_levels():
+    from common.sampling import AutoGuidedDenoiser
+
+    network, guide = _Constant(1.0), _Constant(0.25)
+    guided = AutoGuidedDenoiser(network, guide, 2.0, interval=[0.2, 0.5], num_train_timesteps=100)
+    x = torch.zeros(3, 4, 8, 8, 4)
+    assert torch.equal(guided(x, torch.tensor(90)), torch.ones_like(x)) and guide.calls == 0  # outside: not evaluated
+    assert torch.equal(guided(x, torch.tensor(10)), torch.ones_like(x)) and guide.calls == 0
+    assert torch.allclose(guided(x, torch.tensor(50)), torch.full_like(x, 1.75)) and guide.calls == 1  # bounds inside
+    mixed = guided(x, torch.tensor([20, 60, 35]))  # a batch at several noise levels: each sample by its own
+    assert [float(v) for v in mixed.flatten(1)[:, 0]] == [1.75, 1.0, 1.75]
+    for wrong in ([0.5, 0.2], [0.0, 1.5], [-0.1, 0.5], (0.3,), "0.2,0.5", [0.1, float("nan")], [True, 0.5]):
+        with pytest.raises(ValueError, match="autoguidance_interval must be null .* or \\[low, high\\]"):
+            AutoGuidedDenoiser(network, guide, 2.0, interval=wrong, num_train_timesteps=100)
+    with pytest.raises(ValueError, match="an autoguidance interval needs num_train_timesteps"):
+        AutoGuidedDenoiser(network, guide, 2.0, interval=[0.2, 0.5])
+
+
+def test_autoguided_loads_the_guide_from_its_checkpoint_and_refuses_what_does_not_fit(tmp_path, caplog):
     from common.checkpoints import ModelSettings
     from common.networks import LatentScale
     from common.sampling import AutoGuidedDenoiser, autoguided
@@ -321,6 +340,11 @@ def test_autoguided_loads_the_guide_from_its_checkpoint_and_refuses_what_does_no
         autoguided(net, tmp_path / "late.pt", 2.0, settings, scale, tmp_path / "diffusion.pt")
     checkpoint(tmp_path / "early.pt", earlier, scale, iteration=10)
     assert isinstance(autoguided(net, tmp_path / "early.pt", 2.0, settings, scale, tmp_path / "diffusion.pt"), AutoGuidedDenoiser)
+    banded = autoguided(net, tmp_path / "early.pt", 2.0, settings, scale, tmp_path / "diffusion.pt", (0.1, 0.9), 300)
+    assert banded.interval == (0.1, 0.9) and banded.num_train_timesteps == 300
+    with caplog.at_level(logging.WARNING, logger="common.sampling.autoguidance"):
+        assert autoguided(net, None, 1.0, settings, scale, tmp_path / "diffusion.pt", [0.1, 0.9], 300) is net
+    assert "autoguidance_interval [0.1, 0.9] is set but nothing is guided" in caplog.text
     with pytest.raises(Exception, match="prediction_type"):  # the guide was trained as another model
         autoguided(net, tmp_path / "guide.pt", 2.0, ModelSettings(prediction_type="epsilon", latent_scaling="unit_variance"),
                    scale, tmp_path / "diffusion.pt")
@@ -412,6 +436,25 @@ def test_the_sampler_samples_a_code_classifier_through_its_expected_code_and_rec
     assert np.isfinite(np.asanyarray(nib.load(str(tmp_path / "sample_0000_seed0.nii.gz")).dataobj)).all()
     with pytest.raises(ValueError, match="code_classification true.*set prediction_type 'sample', not 'epsilon'"):
         LatentSampler(autoencoder, net, make_sampling_scheduler(20, 3), (4, 8, 8, 8), str(tmp_path), code_classification=True)
+    # autoguided: the guide's and the network's expected codes are combined, not their logits
+    from common.sampling import AutoGuidedDenoiser, CodeExpectation
+
+    guide = DepthAttentionUNet(4, out_channels=64, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
+    guided = LatentSampler(autoencoder, AutoGuidedDenoiser(net, guide, 2.0), make_sampling_scheduler(20, 3, prediction_type="sample"),
+                           (4, 8, 8, 8), str(tmp_path / "guided"), num_samples=1, verbose=False, code_classification=True,
+                           code_temperature=0.25)
+    denoiser = guided.denoiser
+    assert isinstance(denoiser, AutoGuidedDenoiser) and denoiser.scale == 2.0
+    assert isinstance(denoiser.network, CodeExpectation) and denoiser.network.classifier is net
+    assert isinstance(denoiser.guide, CodeExpectation) and denoiser.guide.classifier is guide and denoiser.guide.temperature == 0.25
+    x, t = torch.randn(1, 4, 8, 8, 8), torch.tensor([10])
+    with torch.no_grad():
+        alone, of_guide = (CodeExpectation(n, autoencoder.codes(), 0.25)(x, t) for n in (net, guide))
+        assert torch.allclose(denoiser(x, t), of_guide + 2.0 * (alone - of_guide), atol=1e-5)
+        by_logits = CodeExpectation(AutoGuidedDenoiser(net, guide, 2.0), autoencoder.codes(), 0.25)(x, t)
+        assert not torch.allclose(denoiser(x, t), by_logits, atol=1e-3)
+    guided.run()
+    assert json.loads((tmp_path / "guided" / "samples.json").read_text())["code_classification"] == {"temperature": 0.25}
     with pytest.raises(ValueError, match="not one logit per code"):  # a regressing denoiser sampled as a classifier
         regressing = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
         LatentSampler(autoencoder, regressing, make_sampling_scheduler(20, 3, prediction_type="sample"), (4, 8, 8, 8),

@@ -10,6 +10,7 @@ of its codes (``common.sampling.code_expectation``).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -80,8 +81,8 @@ class LatentSampler:
             1 samples the conditional model alone, larger follows the labels more closely with less variety.
         code_classification: the denoiser gives one logit per code of the autoencoder's codebook (trained with
             ``code_classification``); it is sampled through ``CodeExpectation`` at ``code_temperature``, with the
-            scheduler's ``prediction_type`` "sample". Autoguidance combines the logits of the network and its guide
-            (before the softmax); classifier-free guidance (MONAI's inferer) combines the estimates (after it).
+            scheduler's ``prediction_type`` "sample". Autoguidance and classifier-free guidance (MONAI's inferer)
+            both combine the estimates (the expected codes, after the softmax), not the logits.
         code_temperature: the softmax temperature of a code-classifying denoiser (``CodeExpectation``).
     """
 
@@ -152,7 +153,11 @@ class LatentSampler:
                     "a code-classifying denoiser (code_classification true) estimates the clean latent: set "
                     f"prediction_type 'sample', not {inferer.scheduler.prediction_type!r}."
                 )
-            self.denoiser = CodeExpectation(network, autoencoder.codes(), code_temperature)
+            codes = autoencoder.codes()
+            expectation = functools.partial(CodeExpectation, codes=codes, temperature=code_temperature)
+            # autoguided: on the expected codes of the denoiser and its guide, not on their logits (common.sampling.autoguidance)
+            self.denoiser = network.applied_to(expectation) if isinstance(network, AutoGuidedDenoiser) else expectation(network)
+        self.code_temperature = code_temperature if code_classification else None
 
     @torch.no_grad()
     def sample(
@@ -212,9 +217,11 @@ class LatentSampler:
             "class_labels": {name: list(classes) for name, classes in self.class_labels.items()},
             "guidance_scale": self.guidance_scale,
         }
-        autoguidance = {"autoguidance": {"scale": self.network.scale, "guide": self.network.guide_source}} \
-            if isinstance(self.network, AutoGuidedDenoiser) else {}
-        codes = {"code_classification": {"temperature": self.denoiser.temperature}} if isinstance(self.denoiser, CodeExpectation) else {}
+        autoguidance = {"autoguidance": {
+            "scale": self.network.scale, "guide": self.network.guide_source,
+            "interval": None if self.network.interval is None else list(self.network.interval),
+        }} if isinstance(self.network, AutoGuidedDenoiser) else {}
+        codes = {} if self.code_temperature is None else {"code_classification": {"temperature": self.code_temperature}}
         return {
             "files": [os.path.basename(path) for _, _, path in written],
             "seeds": [seed for _, seed, _ in written],

@@ -323,21 +323,27 @@ def test_training_writes_a_guide_that_autoguides_sampling_through_the_bundle_con
     parser.read_config(config_files("brain_mri", "inference"))
     parser.update({**sampling, **guided, "device": "$torch.device('cpu')"})
     network = parser.get_parsed_content("sampling_network")
-    assert isinstance(network, AutoGuidedDenoiser) and network.scale == 2.0
+    assert isinstance(network, AutoGuidedDenoiser) and network.scale == 2.0 and network.interval is None
     assert all(torch.equal(w, guide["ema_network"][k]) for k, w in network.guide.state_dict().items())
     assert all(torch.equal(w, final["ema_network"][k]) for k, w in network.network.state_dict().items())
     x, t = torch.randn(1, 8, 16, 16, 16), torch.tensor([10])
     with torch.no_grad():
         assert torch.allclose(network(x, t), 2 * network.network(x, t) - network.guide(x, t), atol=1e-5)
-    # and the sampling run with it (its volumes pass through the nearest codes, which can hide a small change)
-    run_bundle(config_files("brain_mri", "inference"), **sampling, **guided, output_dir=str(tmp_path / "guided"))
+    # and the sampling run with it, guided in a band of noise levels only (its volumes pass through the nearest
+    # codes, which can hide a small change)
+    parser.update({"autoguidance_interval": [0.2, 0.8]})
+    banded = parser.get_parsed_content("sampling_network", lazy=False)
+    assert banded.interval == (0.2, 0.8) and banded.num_train_timesteps == parser["num_train_timesteps"] == 300
+    run_bundle(config_files("brain_mri", "inference"), **sampling, **guided, autoguidance_interval=[0.2, 0.8],
+               output_dir=str(tmp_path / "guided"))
     volume = np.asanyarray(nib.load(str(tmp_path / "guided" / "sample_0000_seed0.nii.gz")).dataobj)
     assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
     record = json.loads((tmp_path / "guided" / "samples.json").read_text())
-    assert record["autoguidance"] == {"scale": 2.0, "guide": str(models / "guide.pt")}
+    assert record["autoguidance"] == {"scale": 2.0, "guide": str(models / "guide.pt"), "interval": [0.2, 0.8]}
     for wrong, message in (({"autoguidance_scale": 2.0}, "autoguidance_scale is 2.0 but no guide_path is set"),
                            ({"guide_path": str(models / "diffusion.pt"), "autoguidance_scale": 2.0}, "the guide must be an earlier one"),
-                           ({"guide_path": str(models / "guide.pt"), "autoguidance_scale": 0.5}, "autoguidance_scale must be a number >= 1")):
+                           ({"guide_path": str(models / "guide.pt"), "autoguidance_scale": 0.5}, "autoguidance_scale must be a number >= 1"),
+                           ({**guided, "autoguidance_interval": [0.8, 0.2]}, "autoguidance_interval must be null")):
         with pytest.raises(Exception) as refused:
             run_bundle(config_files("brain_mri", "inference"), **sampling, **wrong, output_dir=str(tmp_path / "wrong"))
         assert message in error_chain(refused.value)

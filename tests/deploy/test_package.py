@@ -201,7 +201,7 @@ def test_an_autoguidance_guide_is_packaged_with_the_denoiser_and_named_in_its_co
     run_bundle([str(folder / "configs" / "inference.json")], bundle_root=str(folder), num_samples=1, num_inference_steps=2,
                output_dir=str(tmp_path / "samples"))
     record = json.loads((tmp_path / "samples" / "samples.json").read_text())["autoguidance"]
-    assert record == {"scale": 2.0, "guide": str(folder / "models" / "guide.pt")}
+    assert record == {"scale": 2.0, "guide": str(folder / "models" / "guide.pt"), "interval": None}
     with pytest.raises(PackagingError, match=r"cannot package the guide_path the inference config names: checkpoint .*guide_at_2.pt does not exist"):
         package_bundle("brain_mri", models, tmp_path / "dist2", {**SIZE_32_OVERRIDES, **guided})
 
