@@ -151,7 +151,9 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 # the ids of DEMO_SETTINGS that make the demo sample with autoguidance, by stage
-AUTOGUIDANCE_IDS: dict[str, tuple[str, ...]] = {"diffusion": ("guide_iteration",), "inference": ("guide_path", "autoguidance_scale")}
+AUTOGUIDANCE_IDS: dict[str, tuple[str, ...]] = {
+    "diffusion": ("guide_iteration",), "inference": ("guide_path", "autoguidance_scale", "autoguidance_interval"),
+}
 
 
 def without_autoguidance(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

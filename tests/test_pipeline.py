@@ -41,3 +41,16 @@ def test_the_demo_settings_at_a_small_scale(tmp_path, demo_brains):
     printed = summary(metrics, samples / "evaluation", "[brain_mri] ")
     assert "[brain_mri] VQ-GAN reconstruction of 8 held-out volumes: PSNR" in printed and "near copies of a training volume: " in printed
     assert f"sharpness {metrics['ratios_to_real']['sharpness']:.2f}x (reconstructions: " in printed
+
+
+def test_without_autoguidance_strips_every_autoguidance_id_and_leaves_the_rest():
+    from common.pipeline import without_autoguidance
+
+    settings = copy.deepcopy(DEMO_SETTINGS["brain_mri"])
+    settings["inference"]["autoguidance_interval"] = [0.2, 0.8]
+    alone = without_autoguidance(settings)
+    assert "guide_iteration" not in alone["diffusion"] and "guide_iteration" in settings["diffusion"]
+    assert not {"guide_path", "autoguidance_scale", "autoguidance_interval"} & set(alone["inference"])
+    assert settings["inference"]["autoguidance_interval"] == [0.2, 0.8]  # the settings given are not changed
+    assert alone["inference"]["num_inference_steps"] == settings["inference"]["num_inference_steps"]
+    assert alone["autoencoder"] == settings["autoencoder"]

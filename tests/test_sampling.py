@@ -455,6 +455,12 @@ def test_the_sampler_samples_a_code_classifier_through_its_expected_code_and_rec
         assert not torch.allclose(denoiser(x, t), by_logits, atol=1e-3)
     guided.run()
     assert json.loads((tmp_path / "guided" / "samples.json").read_text())["code_classification"] == {"temperature": 0.25}
+    banded = LatentSampler(autoencoder, AutoGuidedDenoiser(net, guide, 2.0, interval=(0.0, 0.3), num_train_timesteps=20),
+                           make_sampling_scheduler(20, 3, prediction_type="sample"), (4, 8, 8, 8), str(tmp_path / "banded"),
+                           verbose=False, code_classification=True).denoiser  # the interval carried to the expected codes
+    assert banded.interval == (0.0, 0.3) and banded.num_train_timesteps == 20
+    with torch.no_grad():
+        assert torch.equal(banded(x, torch.tensor([10])), banded.network(x, torch.tensor([10])))  # 0.5: not guided
     with pytest.raises(ValueError, match="not one logit per code"):  # a regressing denoiser sampled as a classifier
         regressing = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
         LatentSampler(autoencoder, regressing, make_sampling_scheduler(20, 3, prediction_type="sample"), (4, 8, 8, 8),

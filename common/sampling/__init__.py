@@ -7,14 +7,14 @@ Med-DDPM's ``common.med_ddpm.MaskConditionedSampler`` uses the same scheduler an
 
 from common.io import gather, process_rank, save_nifti  # noqa: F401  (release 0.1 paths: docs/migration.md)
 
-from .autoguidance import AutoGuidedDenoiser, autoguided, checked_autoguidance_scale
+from .autoguidance import AutoGuidedDenoiser, autoguided, checked_autoguidance_interval, checked_autoguidance_scale
 from .code_expectation import CodeExpectation, checked_code_temperature
 from .latent import LatentSampler, checked_guidance_scale, labels_description, volume_affine
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 from .schedulers import StochasticDDIMScheduler, make_noise_scheduler, make_sampling_scheduler
 
 __all__ = [
-    "AutoGuidedDenoiser", "CodeExpectation", "LatentSampler", "StochasticDDIMScheduler", "autoguided", "checked_autoguidance_scale",
+    "AutoGuidedDenoiser", "CodeExpectation", "LatentSampler", "StochasticDDIMScheduler", "autoguided", "checked_autoguidance_interval", "checked_autoguidance_scale",
     "checked_code_temperature", "checked_guidance_scale",
     "labels_description", "make_noise_scheduler", "make_sampling_scheduler", "sample_shared_out", "seeded_random_state", "starting_noise",
     "volume_affine",
