@@ -42,6 +42,10 @@ import convergence  # noqa: E402  (sampling and evaluation of the convergence ru
 RECIPES: dict[str, dict[str, str]] = {
     "v_prediction": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "v_prediction"},
     "rectified_flow": {"noise_schedule": "rectified_flow", "latent_scaling": "unit_variance", "prediction_type": "v_prediction"},
+    # the demo's with the voxels' coordinates as three more input channels (more coherent brains at 64^3:
+    # convergence_64_codes_diversity.md)
+    "v_prediction_position": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "v_prediction",
+                              "network_def#position_channels": True},
 }
 DEFAULT_RUNS = "v_prediction:1800:100/25,rectified_flow:900:100/25/10,rectified_flow:1800:100/25"
 TRAINING_BRAINS = 20  # the demo's (autoguidance.demo_vqgan), batched without remainder
