@@ -461,6 +461,11 @@ def test_the_sampler_samples_a_code_classifier_through_its_expected_code_and_rec
     assert banded.interval == (0.0, 0.3) and banded.num_train_timesteps == 20
     with torch.no_grad():
         assert torch.equal(banded(x, torch.tensor([10])), banded.network(x, torch.tensor([10])))  # 0.5: not guided
+    with pytest.raises(ValueError, match=r"autoguidance_interval \[0.6, 0.7\] holds none of the 3 sampling steps, whose "
+                                         r"noise shares t / 20 are 0.95, 0.5, 0: widen it"):
+        LatentSampler(autoencoder, AutoGuidedDenoiser(net, guide, 2.0, interval=(0.6, 0.7), num_train_timesteps=20),
+                      make_sampling_scheduler(20, 3, prediction_type="sample"), (4, 8, 8, 8), str(tmp_path / "none"),
+                      code_classification=True)
     with pytest.raises(ValueError, match="not one logit per code"):  # a regressing denoiser sampled as a classifier
         regressing = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
         LatentSampler(autoencoder, regressing, make_sampling_scheduler(20, 3, prediction_type="sample"), (4, 8, 8, 8),

@@ -108,6 +108,15 @@ class AutoGuidedDenoiser(nn.Module):
         """The network's label embedding (None for an unconditional one), as ``LatentSampler`` checks it."""
         return getattr(self.network, "class_embedding", None)
 
+    def guided_steps(self, timesteps: torch.Tensor) -> int:
+        """How many of a sampler's ``timesteps`` the guide is applied at: all of them without an interval."""
+        if self.scale == 1.0:
+            return 0
+        if self.interval is None:
+            return len(timesteps)
+        share = torch.as_tensor(timesteps).float() / self.num_train_timesteps
+        return int(((share >= self.interval[0]) & (share <= self.interval[1])).sum())
+
     def applied_to(self, wrap: Callable[[nn.Module], nn.Module]) -> AutoGuidedDenoiser:
         """The same guidance of ``wrap(network)`` by ``wrap(guide)``: for a code classifier, its expected code's
         (``CodeExpectation``) in place of its logits."""

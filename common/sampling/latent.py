@@ -126,6 +126,13 @@ class LatentSampler:
         scaled = clip_sample_range * float(autoencoder.latent_scale.factor())
         inferer.scheduler.clip_sample_values = [-scaled, scaled]  # read by the scheduler's step() when it clips
         self.inferer = inferer
+        timesteps = inferer.scheduler.timesteps
+        if isinstance(network, AutoGuidedDenoiser) and network.interval is not None and network.guided_steps(timesteps) == 0:
+            shares = ", ".join(f"{float(t) / network.num_train_timesteps:.3g}" for t in timesteps)
+            raise ValueError(
+                f"autoguidance_interval {list(network.interval)} holds none of the {len(timesteps)} sampling steps, whose "
+                f"noise shares t / {network.num_train_timesteps} are {shares}: widen it, or sample without the guide."
+            )
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.output_dir = require_output_folder(output_dir)
         self.num_samples = num_samples
