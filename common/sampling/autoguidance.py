@@ -108,14 +108,13 @@ class AutoGuidedDenoiser(nn.Module):
         """The network's label embedding (None for an unconditional one), as ``LatentSampler`` checks it."""
         return getattr(self.network, "class_embedding", None)
 
-    def guided_steps(self, timesteps: torch.Tensor) -> int:
-        """How many of a sampler's ``timesteps`` the guide is applied at: all of them without an interval."""
-        if self.scale == 1.0:
-            return 0
+    def in_interval(self, timesteps: torch.Tensor | int) -> torch.Tensor:
+        """Whether each of ``timesteps`` lies in the interval (every one without an interval), as a bool tensor."""
+        timesteps = torch.as_tensor(timesteps)
         if self.interval is None:
-            return len(timesteps)
-        share = torch.as_tensor(timesteps).float() / self.num_train_timesteps
-        return int(((share >= self.interval[0]) & (share <= self.interval[1])).sum())
+            return torch.ones(timesteps.shape, dtype=torch.bool, device=timesteps.device)
+        share = timesteps.float() / self.num_train_timesteps
+        return (share >= self.interval[0]) & (share <= self.interval[1])
 
     def applied_to(self, wrap: Callable[[nn.Module], nn.Module]) -> AutoGuidedDenoiser:
         """The same guidance of ``wrap(network)`` by ``wrap(guide)``: for a code classifier, its expected code's
@@ -129,8 +128,7 @@ class AutoGuidedDenoiser(nn.Module):
             return prediction
         if self.interval is None:
             return torch.lerp(self.guide(x, timesteps, context), prediction, self.scale)
-        share = torch.as_tensor(timesteps, device=x.device).float().expand(x.shape[0]) / self.num_train_timesteps
-        inside = (share >= self.interval[0]) & (share <= self.interval[1])
+        inside = self.in_interval(torch.as_tensor(timesteps, device=x.device).expand(x.shape[0]))
         if not bool(inside.any()):
             return prediction
         guided = torch.lerp(self.guide(x, timesteps, context), prediction, self.scale)

@@ -127,7 +127,7 @@ class LatentSampler:
         inferer.scheduler.clip_sample_values = [-scaled, scaled]  # read by the scheduler's step() when it clips
         self.inferer = inferer
         timesteps = inferer.scheduler.timesteps
-        if isinstance(network, AutoGuidedDenoiser) and network.interval is not None and network.guided_steps(timesteps) == 0:
+        if isinstance(network, AutoGuidedDenoiser) and not bool(network.in_interval(timesteps).any()):
             shares = ", ".join(f"{float(t) / network.num_train_timesteps:.3g}" for t in timesteps)
             raise ValueError(
                 f"autoguidance_interval {list(network.interval)} holds none of the {len(timesteps)} sampling steps, whose "

@@ -343,7 +343,8 @@ def test_training_writes_a_guide_that_autoguides_sampling_through_the_bundle_con
     for wrong, message in (({"autoguidance_scale": 2.0}, "autoguidance_scale is 2.0 but no guide_path is set"),
                            ({"guide_path": str(models / "diffusion.pt"), "autoguidance_scale": 2.0}, "the guide must be an earlier one"),
                            ({"guide_path": str(models / "guide.pt"), "autoguidance_scale": 0.5}, "autoguidance_scale must be a number >= 1"),
-                           ({**guided, "autoguidance_interval": [0.8, 0.2]}, "autoguidance_interval must be null")):
+                           ({**guided, "autoguidance_interval": [0.8, 0.2]}, "autoguidance_interval must be null"),
+                           ({**guided, "autoguidance_interval": [0.6, 0.7]}, "autoguidance_interval [0.6, 0.7] holds none of the 3 sampling steps")):
         with pytest.raises(Exception) as refused:
             run_bundle(config_files("brain_mri", "inference"), **sampling, **wrong, output_dir=str(tmp_path / "wrong"))
         assert message in error_chain(refused.value)
