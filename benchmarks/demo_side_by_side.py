@@ -3,10 +3,11 @@ trained on one VQ-GAN, each sampled from several seed sets, side by side (issue 
 
     python benchmarks/demo_side_by_side.py --workdir W     # about 70 minutes here; reuses W's data and VQ-GAN
 
-Each run of ``--runs`` is ``recipe:iterations:steps/steps/...``: a denoiser with the demo's settings
+Each run of ``--runs`` is ``recipe:iterations:steps/steps/...[:guide]``: a denoiser with the demo's settings
 (``common.pipeline.DEMO_SETTINGS``) and the recipe's ids (``RECIPES``), trained that many iterations (EMA from half
-of them, the autoguidance guide its snapshot at a quarter, as the demo), sampled with autoguidance at each step
-count (DDIM steps for the DDPM recipes, Euler steps for rectified flow), through the brain_mri bundle's own configs
+of them, the autoguidance guide its snapshot after ``guide`` iterations, by default a quarter of them as the demo),
+sampled with autoguidance at each step count (DDIM steps for the DDPM recipes, Euler steps for rectified flow) and
+each of ``--autoguidance-scales`` (the demo's by default), through the brain_mri bundle's own configs
 (``common.pipeline.run_stages``). The default runs: the demo's recipe (v-prediction on codebook-range latents) at its
 1,800 iterations, and rectified flow on unit-variance latents, the demo's recipe at 900 iterations in 0.2.22, at 900
 and 1,800.
@@ -57,45 +58,54 @@ METRICS = {
 
 
 def parse_runs(text: str, iterations_per_epoch: int) -> dict[str, dict]:
-    """``recipe:iterations:steps/steps,...`` -> by run name (``<recipe>_<iterations>``): the recipe, the iterations
-    (whole epochs of ``iterations_per_epoch``) and the sampling step counts; ValueError naming what is wrong."""
+    """``recipe:iterations:steps/steps[:guide],...`` -> by run name (``<recipe>_<iterations>``, with ``_guide_<guide>``
+    where the guide is not the default quarter): the recipe, the iterations (whole epochs of ``iterations_per_epoch``),
+    the sampling step counts and the guide's iteration; ValueError naming what is wrong."""
     runs = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         fields = part.split(":")
-        if len(fields) != 3 or fields[0] not in RECIPES:
-            raise ValueError(f"{part!r} is not recipe:iterations:steps/steps with a recipe of {sorted(RECIPES)}")
-        iterations, steps = int(fields[1]), [int(n) for n in fields[2].split("/")]
+        if len(fields) not in (3, 4) or fields[0] not in RECIPES:
+            raise ValueError(f"{part!r} is not recipe:iterations:steps/steps[:guide] with a recipe of {sorted(RECIPES)}")
+        try:
+            iterations, steps = int(fields[1]), [int(n) for n in fields[2].split("/")]
+            guide = int(fields[3]) if len(fields) == 4 else iterations // 4
+        except ValueError:
+            raise ValueError(f"{part!r}: iterations, steps and guide are whole numbers") from None
         if iterations < 2 * iterations_per_epoch or iterations % iterations_per_epoch or min(steps) < 1:
             raise ValueError(f"{part!r}: iterations are whole epochs of {iterations_per_epoch} iterations, two at least; "
                              "steps at least 1")
+        if not 0 < guide < iterations:
+            raise ValueError(f"{part!r}: the guide's iteration must be between 0 and the iterations (exclusive)")
         if len(set(steps)) < len(steps):
             raise ValueError(f"{part!r} names a step count twice")
-        name = f"{fields[0]}_{iterations}"
+        name = f"{fields[0]}_{iterations}" + (f"_guide_{guide}" if guide != iterations // 4 else "")
         if name in runs:
             raise ValueError(f"{name} is given twice: give all its step counts in one entry")
-        runs[name] = {"recipe": fields[0], "iterations": iterations, "steps": steps}
+        runs[name] = {"recipe": fields[0], "iterations": iterations, "steps": steps, "guide": guide}
     if not runs:
         raise ValueError("no run given")
     return runs
 
 
-def summarise(rows: list[dict], demo: str, steps: int) -> dict | None:
-    """Mean, lowest and highest of every metric over the seed sets of one demo at one step count."""
-    found = [r for r in rows if r["demo"] == demo and r["steps"] == steps]
+def summarise(rows: list[dict], demo: str, steps: int, scale: float) -> dict | None:
+    """Mean, lowest and highest of every metric over the seed sets of one demo at one step count and guidance scale."""
+    found = [r for r in rows if (r["demo"], r["steps"], r["scale"]) == (demo, steps, scale)]
     if not found:
         return None
     spread = {}
     for key in (*METRICS, "seconds_per_sample"):
         values = [r[key] for r in found if r.get(key) is not None]
         spread[key] = (sum(values) / len(values), min(values), max(values), len(values)) if values else None
-    return {"demo": demo, "steps": steps, "sets": len(found), **spread}
+    return {"demo": demo, "steps": steps, "scale": scale, "sets": len(found), **spread}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO / "convergence_run", help="data and VQ-GAN (convergence.py's)")
     parser.add_argument("--seeds", default="0,1000,2000,3000", help="first seed of each seed set")
-    parser.add_argument("--runs", default=DEFAULT_RUNS, help="recipe:iterations:steps/steps, comma-separated")
+    parser.add_argument("--runs", default=DEFAULT_RUNS, help="recipe:iterations:steps/steps[:guide], comma-separated")
+    parser.add_argument("--autoguidance-scales", default="", help="comma-separated scales > 1 every run is sampled "
+                        "with (default: the demo's)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "demo_side_by_side.md")
     args = parser.parse_args()
     from common.io import write_text
@@ -109,6 +119,12 @@ def main() -> None:
         parser.error(f"--seeds or --runs: {error}")
     if not seeds:
         parser.error("--seeds needs at least one seed")
+    try:
+        scales = [float(s) for s in args.autoguidance_scales.split(",") if s.strip()] or [settings["inference"]["autoguidance_scale"]]
+    except ValueError:
+        parser.error(f"--autoguidance-scales must be comma-separated numbers, got {args.autoguidance_scales!r}")
+    if any(not 1 < scale < float("inf") for scale in scales) or len(set(scales)) < len(scales):
+        parser.error(f"--autoguidance-scales: each finite and above 1 (1 is the denoiser alone), none twice; got {scales}")
 
     started = time.time()
     data, vqgan, common = autoguidance.demo_vqgan(args.workdir, without_autoguidance(settings), run_stages)
@@ -122,7 +138,7 @@ def main() -> None:
         run["settings"]["denoiser"].update(RECIPES[run["recipe"]])
         run["dir"] = args.workdir / "demo_side_by_side" / name
         took = autoguidance.train(run_stages, run["dir"], data, vqgan, without_autoguidance(run["settings"]),
-                                  {**common, "guide_iteration": run["iterations"] // 4}, run["iterations"], run["iterations"] // 2)
+                                  {**common, "guide_iteration": run["guide"]}, run["iterations"], run["iterations"] // 2)
         if took:
             retrained.add(name)
         minutes[name] = took or minutes.get(name, 0.0)
@@ -130,18 +146,21 @@ def main() -> None:
     # the rows of an earlier run into the same --out, kept where they sampled the same denoiser: one of this
     # --workdir that this run did not train again
     kept = pictures / "rows.json"
-    rows = [r for r in (json.loads(kept.read_text()) if kept.is_file() else [])
-            if r["demo"] not in retrained and r.get("workdir") == str(args.workdir)]
-    plan = [(name, steps) for name, run in runs.items() for steps in run["steps"]]
+    demo_scale = settings["inference"]["autoguidance_scale"]
+    rows = [{"scale": demo_scale, **r} for r in (json.loads(kept.read_text()) if kept.is_file() else [])  # rows before
+            if r["demo"] not in retrained and r.get("workdir") == str(args.workdir)]  # scales were the demo's
+    plan = [(name, steps, scale) for name, run in runs.items() for steps in run["steps"] for scale in scales]
     for seed in seeds:
-        for name, steps in plan:
-            if any((r["demo"], r["steps"], r["seed"]) == (name, steps, seed) for r in rows):
+        for name, steps, scale in plan:
+            if any((r["demo"], r["steps"], r["scale"], r["seed"]) == (name, steps, scale, seed) for r in rows):
                 continue
             run = runs[name]
-            found = convergence.sample_and_evaluate(run_stages, run["dir"], data, run["settings"], common, steps, seed)
-            rows.append({"demo": name, "steps": steps, "seed": seed, "workdir": str(args.workdir), **found})
+            found = convergence.sample_and_evaluate(run_stages, run["dir"], data, run["settings"],
+                                                    {**common, "autoguidance_scale": scale}, steps, seed)
+            rows.append({"demo": name, "steps": steps, "scale": scale, "seed": seed, "workdir": str(args.workdir), **found})
+            label = f"{name}_{steps}_steps" + (f"_scale_{scale:g}" if scale != demo_scale else "")
             shutil.copy(run["dir"] / "samples" / "evaluation" / "samples_and_real.png",
-                        pictures / f"{name}_{steps}_steps_seeds_{seed}_samples_and_real.png")
+                        pictures / f"{label}_seeds_{seed}_samples_and_real.png")
             (pictures / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
             print(json.dumps(rows[-1]), flush=True)
 
@@ -156,8 +175,8 @@ def main() -> None:
         missing = f", {value[3]} of {sets} sets" if value[3] < sets else ""  # n/a where the real value is not positive
         return f"{value[0]:.2f} ({value[1]:.2f} to {value[2]:.2f}{missing})"
 
-    plan += sorted({(r["demo"], r["steps"]) for r in rows} - set(plan))  # kept rows of runs not asked for this time
-    summaries = [s for s in (summarise(rows, name, steps) for name, steps in plan) if s]
+    plan += sorted({(r["demo"], r["steps"], r["scale"]) for r in rows} - set(plan))  # kept rows not asked for now
+    summaries = [s for s in (summarise(rows, *planned) for planned in plan) if s]
     lines = [
         "# Demo denoisers side by side (brain_mri, 32^3)",
         "",
@@ -171,27 +190,29 @@ def main() -> None:
         "recipe's ids ("
         + "; ".join(f"`{name}`: " + " ".join(f"`--{k} {v}`" for k, v in ids.items()) for name, ids in RECIPES.items())
         + "); each run `<recipe>_<iterations>` trained that many iterations, EMA from half of them, its snapshot at a "
-        f"quarter the guide of autoguidance (scale {settings['inference']['autoguidance_scale']:g}); "
+        "quarter (`_guide_<iteration>`: after that iteration) the guide of autoguidance (at the scale of its row; the "
+        f"demo's is {demo_scale:g}); "
         f"{settings['inference']['num_samples']} samples from each seed set ({', '.join(f'{s}+' for s in seeds)}); "
         "ratios to the held-out real brains (about 1 is real-like). Steps are DDIM steps for `v_prediction`, Euler "
         "steps for `rectified_flow`.",
         "",
         "Mean over the seed sets (lowest to highest in brackets):",
         "",
-        "| run | steps | seed sets | s / sample | " + " | ".join(METRICS.values()) + " |",
-        "|" + "---|" * (4 + len(METRICS)),
-        *(f"| {s['demo']} | {s['steps']} | {s['sets']} | {s['seconds_per_sample'][0]:.1f} | "
+        "| run | steps | scale | seed sets | s / sample | " + " | ".join(METRICS.values()) + " |",
+        "|" + "---|" * (5 + len(METRICS)),
+        *(f"| {s['demo']} | {s['steps']} | {s['scale']:g} | {s['sets']} | {s['seconds_per_sample'][0]:.1f} | "
           + " | ".join(spread(s[key], s["sets"]) for key in METRICS) + " |" for s in summaries),
         "",
         "Every seed set:",
         "",
-        "| run | steps | seeds | s / sample | " + " | ".join(METRICS.values()) + " | near copies |",
-        "|" + "---|" * (5 + len(METRICS)),
-        *(f"| {r['demo']} | {r['steps']} | {r['seed']}+ | {r['seconds_per_sample']:.1f} | "
+        "| run | steps | scale | seeds | s / sample | " + " | ".join(METRICS.values()) + " | near copies |",
+        "|" + "---|" * (6 + len(METRICS)),
+        *(f"| {r['demo']} | {r['steps']} | {r['scale']:g} | {r['seed']}+ | {r['seconds_per_sample']:.1f} | "
           + " | ".join(show(r.get(key)) for key in METRICS) + f" | {r['near_copies']} |"
-          for r in sorted(rows, key=lambda r: (plan.index((r["demo"], r["steps"])), r["seed"]))),
+          for r in sorted(rows, key=lambda r: (plan.index((r["demo"], r["steps"], r["scale"])), r["seed"]))),
         "",
-        f"Pictures (`{pictures.name}/`): each row's samples beside real brains (`<run>_<steps>_steps_seeds_<seed>_samples_and_real.png`).",
+        f"Pictures (`{pictures.name}/`): each row's samples beside real brains "
+        "(`<run>_<steps>_steps[_scale_<scale>]_seeds_<seed>_samples_and_real.png`).",
     ]
     write_text("\n".join(lines) + "\n", args.out)
     print("\n".join(lines))
