@@ -130,13 +130,6 @@ RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"
 RECIPES["latent_std_0.4_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"] = {
     "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"], "latent_target_std": 0.4},
     "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
-# the same trained on random 16^3 crops of the 32^3 latents in half of the batches (latent_crop_size; Patch Diffusion,
-# Wang et al., NeurIPS 2023), the crops' coordinates given through the position channels: cheaper iterations
-# (latent_crop_speed.md) and crops as augmentation of the 20 training brains
-RECIPES["latent_std_0.4_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_crop_16"] = {
-    "train": {**RECIPES["latent_std_0.4_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"],
-              "latent_crop_size": [16, 16, 16]},
-    "sample": RECIPES["latent_std_0.4_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
 # rectified flow (noise_schedule rectified_flow: straight lines from the latent to the noise, the velocity x0 - noise
 # learned, Euler steps in sampling; the issue's last candidate, MONAI's RFlowScheduler) on the demo's codebook-range
 # latents and on unit-variance ones (the noise it interpolates with has unit variance), the latter also with its
@@ -294,7 +287,7 @@ def describe(name: str) -> str:
     ids = {**RECIPES[name]["train"], **RECIPES[name]["sample"]}
     decay = RECIPES[name].get("lr_decay")
     decay = f" --lr_decay#final_ratio {decay['final_ratio']} (training; the decay from {decay['from']:.0%} of the run to its end)" if decay else ""
-    return " ".join(f"--{k} {str(v).replace(' ', '') if isinstance(v, list) else v}" for k, v in ids.items()) + decay  # a list as fire reads it
+    return " ".join(f"--{k} {v}" for k, v in ids.items()) + decay
 
 
 def closeness(row: dict) -> float:

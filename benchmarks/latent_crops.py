@@ -12,11 +12,8 @@ trains the same network a different way:
 - a ``--full-share`` of the steps sees the whole latents (batch ``--batch``); the others see ``--crops`` random
   ``--crop``^3 crops of each of ``--batch`` latents (batch ``--batch * --crops``), at a sixth of a whole step's cost;
 - with a network that has ``position_channels``, every crop gets its voxels' coordinates in the whole volume (the
-  coordinates Patch Diffusion feeds, ``DepthAttentionUNet``'s ``coordinates``), so a crop knows where in the brain
-  it lies; sampling runs on whole latents as always, with the network's own coordinates. (The recorded run of
-  ``latent_crops.md`` gave them by replacing the network's grid, before ``coordinates`` existed; its depth
-  embedding then numbered a crop's slices from 0, where the network now numbers them as in the whole latent.)
-  The bundles' own option is ``latent_crop_size`` (with ``full_latent_share``).
+  coordinates Patch Diffusion feeds), so a crop knows where in the brain it lies; sampling runs on whole latents as
+  always, with the network's own coordinates.
 
 Everything else is the bundle's, parsed from its training config with the recipe's ids: the network, loss (L1),
 optimiser (Adam at ``--lr``), and the timesteps and target of ``PredictionTargetPrepareBatch`` (the recipe's
@@ -49,6 +46,28 @@ import convergence  # noqa: E402
 import latent_detail  # noqa: E402
 
 from common.handlers.ema import DelayedEMAHandler  # noqa: E402
+from common.networks import depth_attention_unet  # noqa: E402
+
+
+class CropCoordinates:
+    """The coordinates ``DepthAttentionUNet`` gives its ``position_channels``, replaced while a crop batch trains by
+    each crop's place in the whole latent (its network computes them over the grid it is given)."""
+
+    def __init__(self, full_size: tuple[int, int, int]) -> None:
+        self.full_size = full_size
+        self.offsets: list[tuple[int, int, int]] | None = None
+        self._own = depth_attention_unet._coordinates
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.offsets is None:
+            return self._own(x)
+        size = x.shape[2:]
+        axes = [torch.linspace(-1.0, 1.0, n, dtype=x.dtype) for n in self.full_size]
+        crops = []
+        for offset in self.offsets:
+            parts = [axis[o:o + n] for axis, o, n in zip(axes, offset, size)]
+            crops.append(torch.stack(torch.meshgrid(*parts, indexing="ij")))
+        return torch.stack(crops).to(x.device)
 
 
 def training_parts(workdir: Path, template: str, lr: float, size: int = 64) -> dict:
@@ -82,20 +101,15 @@ def encoded_brains(workdir: Path, autoencoder, size: int = 64) -> torch.Tensor:
         return torch.cat([autoencoder.encode_stage_2_inputs(batch) for batch in (images, images.flip(2))])
 
 
-def crop_batch(latents: torch.Tensor, crop: int, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` random ``crop``^3 crops of each latent (B, C, H, W, D), and their voxels' coordinates in the whole
-    latent (``voxel_coordinates`` cropped alike: ``DepthAttentionUNet``'s ``coordinates``)."""
-    from common.networks import voxel_coordinates
-
-    grid = voxel_coordinates(latents[:1])[0]
-    crops, places = [], []
+def crop_batch(latents: torch.Tensor, crop: int, count: int, generator: torch.Generator) -> tuple[torch.Tensor, list]:
+    """``count`` random ``crop``^3 crops of each latent (B, C, H, W, D), and their offsets."""
+    crops, offsets = [], []
     for latent in latents:
         for _ in range(count):
             offset = tuple(int(torch.randint(0, n - crop + 1, (1,), generator=generator)) for n in latent.shape[1:])
-            window = tuple(slice(o, o + crop) for o in offset)
-            crops.append(latent[(slice(None), *window)])
-            places.append(grid[(slice(None), *window)])
-    return torch.stack(crops), torch.stack(places)
+            crops.append(latent[:, offset[0]:offset[0] + crop, offset[1]:offset[1] + crop, offset[2]:offset[2] + crop])
+            offsets.append(offset)
+    return torch.stack(crops), offsets
 
 
 def write_checkpoint(template: Path, target: Path, network: torch.nn.Module, ema: DelayedEMAHandler | None,
@@ -180,6 +194,8 @@ def main() -> None:
     network, optimizer, loss_function = parts["network"], parts["optimizer"], parts["loss_function"]
     scheduler, targets = parts["noise_scheduler"], parts["targets"]
     latents = encoded_brains(args.workdir, parts["latent_autoencoder"])
+    coordinates = CropCoordinates(tuple(latents.shape[2:]))
+    depth_attention_unet._coordinates = coordinates  # the crops' places (read by DepthAttentionUNet._denoise)
     run_dir = args.workdir / "recipes" / args.name
     (run_dir / "models").mkdir(parents=True, exist_ok=True)
     shutil.copy2(template / "autoencoder.pt", run_dir / "models" / "autoencoder.pt")
@@ -200,16 +216,17 @@ def main() -> None:
             chosen = latents[torch.randperm(len(latents), generator=generator)[:args.batch]]
             whole = float(torch.rand(1, generator=generator)) < args.full_share
             if whole:
-                batch, coordinates = chosen, None  # the network's own grid
+                batch, coordinates.offsets = chosen, None
             else:
-                batch, coordinates = crop_batch(chosen, args.crop, args.crops, generator)
+                batch, coordinates.offsets = crop_batch(chosen, args.crop, args.crops, generator)
             noise = torch.randn(batch.shape, generator=generator)
             timesteps = targets.get_timesteps(batch)
-            loss = loss_function(network(scheduler.add_noise(batch, noise, timesteps), timesteps, coordinates=coordinates),
+            loss = loss_function(network(scheduler.add_noise(batch, noise, timesteps), timesteps),
                                  targets.get_target(batch, noise, timesteps))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            coordinates.offsets = None
             iteration += 1
             counts["whole" if whole else "crops"] += 1
             ema = follow_ema(ema, network, trained >= args.minutes * 60 / 2)

@@ -4,7 +4,7 @@ MONAI's schedulers, as ``monai.networks.schedulers`` keeps them) the rectified-f
 
 from .class_embedding import NULL_LABEL, ClassEmbedding
 from .codebook_range import LATENT_SCALINGS, CodebookRangeAutoencoder, LatentScale
-from .depth_attention_unet import DepthAttentionUNet, voxel_coordinates
+from .depth_attention_unet import DepthAttentionUNet
 from .image_size import check_image_size, size_multiple
 from .quantizer import CodebookQuantizer
 from .rectified_flow import RECTIFIED_FLOW, RectifiedFlowScheduler
@@ -13,5 +13,4 @@ from .vqgan import VQGAN
 __all__ = [
     "LATENT_SCALINGS", "NULL_LABEL", "RECTIFIED_FLOW", "ClassEmbedding", "CodebookQuantizer", "CodebookRangeAutoencoder",
     "DepthAttentionUNet", "LatentScale", "RectifiedFlowScheduler", "VQGAN", "check_image_size", "size_multiple",
-    "voxel_coordinates",
 ]

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .class_embedding import ClassEmbedding
 
-__all__ = ["DepthAttentionUNet", "voxel_coordinates"]
+__all__ = ["DepthAttentionUNet"]
 
 
 class SliceGroupNorm(nn.GroupNorm):
@@ -66,22 +66,13 @@ def _check_odd(value: int, name: str, note: str = "") -> None:
         raise ValueError(f"{name} must be a positive odd integer{note}, got {value!r}.")
 
 
-def voxel_coordinates(x: torch.Tensor) -> torch.Tensor:
+def _coordinates(x: torch.Tensor) -> torch.Tensor:
     """Every voxel's H, W and D coordinate, from -1 to 1 across the volume, as 3 channels shaped like ``x`` (B, C, H,
-    W, D) has them: what ``position_channels`` gives the first convolution (cropped with a latent crop, they keep
-    telling the network where the crop lies)."""
+    W, D) has them."""
     b, _, *size = x.shape
     axes = [torch.linspace(-1.0, 1.0, n, device=x.device, dtype=x.dtype) for n in size]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
     return grid[None].expand(b, *grid.shape)
-
-
-def _slice_indices(coordinates: torch.Tensor) -> torch.Tensor:
-    """Each slice's index (B, D) in the whole latent from a crop's coordinates (B, 3, H, W, D): the D coordinate runs
-    from -1 to 1 across the whole depth in steps of 2 / (depth - 1), so two neighbouring slices give both."""
-    depth = coordinates[:, 2, 0, 0, :].double()
-    step = depth[:, 1:2] - depth[:, :1]
-    return ((depth + 1) / step).round()
 
 
 class DepthConvolution(nn.Module):
@@ -502,12 +493,7 @@ class DepthAttentionUNet(nn.Module):
         return module(*args)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        timesteps: torch.Tensor,
-        context: torch.Tensor | None = None,
-        voxels: torch.Tensor | None = None,
-        coordinates: torch.Tensor | None = None,
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, voxels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Predict the noise in ``x`` (B, C, H, W, D) at ``timesteps`` (shape (1,) or (B,)); a class-conditional
         denoiser reads its labels (B, variables) from ``context``, None giving no label (the unconditional model).
@@ -516,36 +502,14 @@ class DepthAttentionUNet(nn.Module):
         prediction (B, out_channels, N) at those voxels only, the last 1x1 projection skipped elsewhere. A code
         classifier's training takes its cross entropy at a sample of voxels this way, without the logits of every
         code at every voxel (``common.engines.LatentDiffusionPrepareBatch``'s ``code_voxels``). ``patch_size`` 1 only.
-
-        ``coordinates`` (B, 3, H, W, D), with ``position_channels``: the voxels' coordinates to use instead of ``x``'s
-        own grid (-1 to 1 across ``x``). ``x`` is then a crop of a larger latent and these are the crop's coordinates
-        in it (``voxel_coordinates`` of the whole latent, cropped alike: ``LatentDiffusionPrepareBatch``'s
-        ``latent_crop_size``); ``depth_position_embedding`` then embeds each slice's index in the whole latent, read
-        from them. ``patch_size`` 1 only.
         """
         timesteps = self._check_input(x, timesteps, context)
         if voxels is not None:
             self._check_voxels(x, voxels)
-        if coordinates is not None:
-            self._check_coordinates(x, coordinates)
         if self.autocast_dtype is None:
-            return self._patched(x, timesteps, context, voxels, coordinates)
+            return self._patched(x, timesteps, context, voxels)
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-            return self._patched(x, timesteps, context, voxels, coordinates).to(x.dtype)
-
-    def _check_coordinates(self, x: torch.Tensor, coordinates: torch.Tensor) -> None:
-        if not self.position_channels:
-            raise ValueError(
-                "coordinates were given (a latent crop's) but this DepthAttentionUNet has no position_channels to read "
-                "them: a crop cannot tell where it lies without them; set network_def#position_channels true."
-            )
-        if self.patch_size != 1:
-            raise ValueError(f"coordinates need patch_size 1, got patch_size {self.patch_size}.")
-        if coordinates.shape != (x.shape[0], 3, *x.shape[2:]):
-            raise ValueError(f"coordinates must be (B, 3, H, W, D) = {(x.shape[0], 3, *x.shape[2:])}, got {tuple(coordinates.shape)}.")
-        if self.depth_position is not None and x.shape[-1] < 2:
-            raise ValueError("with depth_position_embedding a crop needs at least 2 slices: their coordinates give the "
-                             "slices' indices in the whole latent.")
+            return self._patched(x, timesteps, context, voxels).to(x.dtype)
 
     def _check_voxels(self, x: torch.Tensor, voxels: torch.Tensor) -> None:
         if self.patch_size != 1:
@@ -556,18 +520,16 @@ class DepthAttentionUNet(nn.Module):
             raise ValueError(f"voxels must index the {x.shape[2:].numel()} voxels of a {tuple(x.shape[2:])} volume.")
 
     def _patched(
-        self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None, voxels: torch.Tensor | None = None,
-        coordinates: torch.Tensor | None = None,
+        self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None, voxels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``_denoise`` on the input folded into patches (``patch_size``), the prediction unfolded."""
         if self.patch_size == 1:
-            return self._denoise(x, timesteps, labels, voxels, coordinates)
+            return self._denoise(x, timesteps, labels, voxels)
         out = self._denoise(pixelunshuffle(x, 3, self.patch_size), timesteps, labels)
         return pixelshuffle(out, 3, self.patch_size)
 
     def _denoise(
-        self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None, voxels: torch.Tensor | None = None,
-        coordinates: torch.Tensor | None = None,
+        self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None, voxels: torch.Tensor | None = None
     ) -> torch.Tensor:
         b, _, h, w, depth = x.shape
         # slices are stacked depth-major, (D * B, C, H, W) with index d * B + b, in channels-last memory format:
@@ -579,15 +541,12 @@ class DepthAttentionUNet(nn.Module):
                 raise ValueError(f"expected labels for {b} volumes (B, variables), got shape {tuple(labels.shape)}.")
             t = t + self.class_embedding(labels).to(t.dtype)
         t = t.repeat(depth, 1)
-        if self.depth_position is not None and coordinates is None:
+        if self.depth_position is not None:
             slices = get_timestep_embedding(torch.arange(depth, device=x.device), self.channels[0]).to(x.dtype)
             t = t + self.depth_position(slices).repeat_interleave(b, dim=0)
-        elif self.depth_position is not None:  # a crop: each volume's slices at their index in the whole latent
-            slices = get_timestep_embedding(_slice_indices(coordinates).T.reshape(-1), self.channels[0]).to(x.dtype)
-            t = t + self.depth_position(slices)
 
         if self.position_channels:
-            x = torch.cat([x, voxel_coordinates(x) if coordinates is None else coordinates.to(x.dtype)], dim=1)
+            x = torch.cat([x, _coordinates(x)], dim=1)
         hidden = x.permute(4, 0, 1, 2, 3).reshape(depth * b, x.shape[1], h, w)
         hidden = hidden.contiguous(memory_format=torch.channels_last)
         hidden = self._run(self.init_attention, self.init_conv(hidden), depth)

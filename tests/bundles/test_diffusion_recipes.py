@@ -65,10 +65,7 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     assert shared["code_classification"] is False and "@code_classification" in shared["network_def"]["out_channels"]
     assert training["train#trainer"]["prepare_batch"]["code_classification"] == "@code_classification"
     assert training["train#trainer"]["prepare_batch"]["code_voxels"] == "@code_voxels" == one_command["stage_overrides"]["diffusion"]["code_voxels"]
-    for key in ("latent_crop_size", "full_latent_share"):  # training only, given to the batches by both training configs
-        assert training["train#trainer"]["prepare_batch"][key] == f"@{key}" == one_command["stage_overrides"]["diffusion"][key]
-    assert shared["latent_crop_size"] is None  # the paper's: whole latents
-    assert training["inferer"]["_target_"] == "common.engines.SampledVoxelsInferer"  # hands the voxels and crops' places on
+    assert training["inferer"]["_target_"] == "common.engines.SampledVoxelsInferer"  # hands the sampled voxels on
     assert inference["sampler"]["code_classification"] == "@code_classification"
 
 
@@ -260,33 +257,6 @@ def test_a_patched_denoiser_with_depth_convolutions_and_position_channels_trains
                    output_dir=str(tmp_path / "wrong"))
     assert "does not fit DepthAttentionUNet" in error_chain(mismatch.value) and "init_conv.weight" in error_chain(mismatch.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
-
-
-def test_a_denoiser_trains_on_latent_crops_through_the_bundle_configs_and_samples_whole_latents(brain_model, tmp_path):
-    models, logs = with_the_vqgan(brain_model, tmp_path)
-    # every batch (full_latent_share 0) an 8^3 crop of the 16^3 latents of 32^3 brains
-    crops = {"latent_crop_size": [8, 8, 8], "full_latent_share": 0.0}
-    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
-                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 1, "ema#start_iteration": 1,
-                "log_interval": 1}
-    with pytest.raises(Exception) as blind:  # a crop cannot tell where it lies without the position channels
-        run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **crops)
-    assert "has no position_channels to read them" in error_chain(blind.value)
-    assert not (models / "diffusion.pt").exists()
-    with pytest.raises(Exception) as too_large:
-        run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training,
-                   **{**crops, "latent_crop_size": [8, 8, 32], "network_def#position_channels": True})
-    assert "latent_crop_size (8, 8, 32) is larger than the latents (16, 16, 16)" in error_chain(too_large.value)
-
-    placed = {"network_def#position_channels": True}
-    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, **crops, **placed)
-    events = EventAccumulator(str(logs))
-    events.Reload()
-    assert len(events.Scalars("train_diffusion_loss")) == 2  # one epoch of 2 batches, trained
-    sampling = {"ckpt_dir": str(models), **SIZE_32, **SMALL_DENOISER, **placed, "num_samples": 1, "num_inference_steps": 3}
-    run_bundle(config_files("brain_mri", "inference"), **sampling, output_dir=str(tmp_path / "samples"))
-    volume = np.asanyarray(nib.load(str(tmp_path / "samples" / "sample_0000_seed0.nii.gz")).dataobj)
-    assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()  # whole volumes from a denoiser of crops
 
 
 def test_a_code_classifying_denoiser_trains_with_cross_entropy_and_samples_through_the_bundle_configs(brain_model, tmp_path):

@@ -8,7 +8,7 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDPMScheduler
 
 from common.engines import LatentDiffusionPrepareBatch, SampledVoxelsInferer
-from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet, RectifiedFlowScheduler, voxel_coordinates
+from common.networks import CodebookRangeAutoencoder, DepthAttentionUNet, RectifiedFlowScheduler
 from tests.helpers import tiny_vqgan
 
 
@@ -169,109 +169,6 @@ def test_sampled_voxels_are_distinct_their_targets_the_codes_there_and_the_infer
     for wrong in (0, 2.5, True):
         with pytest.raises(ValueError, match="code_voxels must be a positive integer or None"):
             LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, code_voxels=wrong)
-
-
-def _window(coordinates: torch.Tensor, full_size: tuple[int, ...]) -> tuple[slice, ...]:
-    """The window of a latent of ``full_size`` that a crop's coordinates (3, h, w, d) name (-1 to 1 across it)."""
-    first = [round((float(coordinates[axis].flatten()[0]) + 1) / 2 * (n - 1)) for axis, n in enumerate(full_size)]
-    return tuple(slice(a, a + n) for a, n in zip(first, coordinates.shape[1:]))
-
-
-def test_latent_crops_are_windows_of_the_latents_at_the_coordinates_they_come_with():
-    autoencoder = _autoencoder()
-    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="sample")
-    images = torch.randn(3, 1, 16, 16, 8)
-    whole = autoencoder.encode_stage_2_inputs(images)  # (3, 4, 8, 8, 4)
-    codes = autoencoder.code_indices(whole)
-    torch.manual_seed(0)
-    prepare = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, code_voxels=None,
-                                          latent_crop_size=(4, 4, 2), full_latent_share=0.0)
-    places = set()
-    for _ in range(4):
-        latents, target, _, kwargs = prepare({"image": images})
-        coordinates = kwargs["coordinates"]
-        assert latents.shape == (3, 4, 4, 4, 2) and target.shape == (3, 4, 4, 2) and coordinates.shape == (3, 3, 4, 4, 2)
-        for index in range(3):
-            window = _window(coordinates[index], (8, 8, 4))
-            snapped = autoencoder.snap_to_codes(whole)[0]
-            assert torch.allclose(latents[index], snapped[(index, slice(None), *window)], atol=1e-6)
-            assert torch.equal(target[index], codes[(index, *window)])
-            assert torch.allclose(coordinates[index], voxel_coordinates(whole)[(index, slice(None), *window)])
-            places.add(tuple(w.start for w in window))
-    assert len(places) > 3  # each volume's crop is drawn at a place of its own
-
-    half = LatentDiffusionPrepareBatch(autoencoder, 300, latent_crop_size=(4, 4, 2), full_latent_share=0.5)
-    shapes = [tuple(half({"image": images})[0].shape[2:]) for _ in range(30)]
-    assert {(8, 8, 4), (4, 4, 2)} == set(shapes)  # whole latents in some batches, crops in the others
-    whole_batch = next(kwargs for latents, _, _, kwargs in (half({"image": images}) for _ in range(30)) if latents.shape[2] == 8)
-    assert "coordinates" not in whole_batch  # a whole latent: the network's own grid
-    paper = LatentDiffusionPrepareBatch(autoencoder, 300)
-    assert all(paper({"image": images})[0].shape[2:] == (8, 8, 4) for _ in range(5))
-
-
-def test_ranks_crop_the_same_batches_and_variance_read_timesteps_see_the_whole_latents(monkeypatch):
-    import common.engines.prediction_target as prediction_target
-
-    autoencoder = _autoencoder()
-    images = torch.randn(2, 1, 16, 16, 8)
-    cropped = []
-    for seed in (0, 1):  # two ranks: other global seeds, as multi_gpu_train seeds each rank by its own
-        torch.manual_seed(seed)
-        prepare = LatentDiffusionPrepareBatch(autoencoder, 300, latent_crop_size=(4, 4, 2), full_latent_share=0.5)
-        cropped.append([prepare({"image": images})[0].shape[2] == 4 for _ in range(12)])
-    assert cropped[0] == cropped[1] and 0 < sum(cropped[0]) < 12
-    seen = []
-    real = prediction_target.timestep_probabilities
-    monkeypatch.setattr(prediction_target, "timestep_probabilities", lambda *a, **k: seen.append(a[2]) or real(*a, **k))
-    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="v_prediction")
-    prepare = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, timestep_sampling="variance_shifted",
-                                          latent_crop_size=(4, 4, 2), full_latent_share=0.0)
-    latents = prepare({"image": images})[0]
-    whole = autoencoder.encode_stage_2_inputs(images)
-    assert latents.shape[2:] == (4, 4, 2) and seen == [pytest.approx(float(whole.var()), rel=1e-5)]
-    assert prepare.uncropped is None  # not kept beyond the batch
-
-
-def test_latent_crops_are_checked():
-    autoencoder = _autoencoder()
-    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="sample")
-    for wrong in (16, "444", (4, 4), (4, 0, 2), (4, True, 2), (4, 2.5, 2)):
-        with pytest.raises(ValueError, match="latent_crop_size must be three positive integers"):
-            LatentDiffusionPrepareBatch(autoencoder, 300, latent_crop_size=wrong)
-    for wrong in (1.0, -0.1, True, "half"):
-        with pytest.raises(ValueError, match=r"full_latent_share must be in \[0, 1\)"):
-            LatentDiffusionPrepareBatch(autoencoder, 300, latent_crop_size=(4, 4, 2), full_latent_share=wrong)
-    with pytest.raises(ValueError, match=r"code_voxels is 40 but a latent crop of \(4, 4, 2\) has 32 voxels"):
-        LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, code_voxels=40, latent_crop_size=(4, 4, 2))
-    too_large = LatentDiffusionPrepareBatch(autoencoder, 300, latent_crop_size=(4, 4, 8), full_latent_share=0.0)
-    with pytest.raises(ValueError, match=r"latent_crop_size \(4, 4, 8\) is larger than the latents \(8, 8, 4\)"):
-        too_large({"image": torch.randn(2, 1, 16, 16, 8)})
-
-
-def test_a_denoiser_trains_on_latent_crops_and_needs_position_channels_to_read_where_they_lie():
-    autoencoder = _autoencoder()
-    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="v_prediction")
-    prepare = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, latent_crop_size=(4, 4, 4), full_latent_share=0.25)
-    net = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4,
-                             position_channels=True)
-    data = [{"image": torch.randn(1, 16, 16, 8)} for _ in range(4)]
-    losses = []
-    trainer = SupervisedTrainer(
-        device="cpu", max_epochs=15, train_data_loader=torch.utils.data.DataLoader(data, batch_size=2), network=net,
-        optimizer=torch.optim.Adam(net.parameters(), lr=2e-3), loss_function=torch.nn.L1Loss(),
-        inferer=SampledVoxelsInferer(scheduler), prepare_batch=prepare, decollate=False,
-    )
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].detach().item()))
-    torch.manual_seed(0)
-    trainer.run()
-    assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6
-
-    flat = DepthAttentionUNet(4, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4)
-    crop = prepare.__class__(autoencoder, 300, scheduler, latent_crop_size=(4, 4, 4), full_latent_share=0.0)
-    with pytest.raises(ValueError, match="coordinates were given .* but this DepthAttentionUNet has no position_channels"):
-        SupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=torch.utils.data.DataLoader(data, batch_size=2),
-                          network=flat, optimizer=torch.optim.Adam(flat.parameters()), loss_function=torch.nn.L1Loss(),
-                          inferer=SampledVoxelsInferer(scheduler), prepare_batch=crop, decollate=False).run()
 
 
 class _NearestCodeOracle(torch.nn.Module):

@@ -11,7 +11,6 @@ from common.networks import (
     CodebookRangeAutoencoder,
     DepthAttentionUNet,
     depth_attention_unet,
-    voxel_coordinates,
 )
 from common.networks.depth_attention_unet import DepthAttention, DepthConvolution, SliceGroupNorm, SpatialAttention
 from tests.helpers import tiny_vqgan
@@ -188,7 +187,9 @@ def test_depth_position_embedding_tells_slices_apart():
 
 
 def test_position_channels_tell_identical_voxels_apart_and_trace():
-    grid = voxel_coordinates(torch.zeros(2, 5, 3, 4, 5))
+    from common.networks.depth_attention_unet import _coordinates
+
+    grid = _coordinates(torch.zeros(2, 5, 3, 4, 5))
     assert grid.shape == (2, 3, 3, 4, 5)
     assert torch.equal(grid[0, 0, :, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))  # H runs from -1 to 1
     assert torch.allclose(grid[1, 2, 0, 0], torch.linspace(-1, 1, 5)) and (grid[:, 1, :, 0] == -1).all()
@@ -209,43 +210,6 @@ def test_position_channels_tell_identical_voxels_apart_and_trace():
     assert patched.init_conv.in_channels == 3 * 8 + 3 and patched(torch.randn(1, 3, 8, 8, 4), torch.tensor([1])).shape == (1, 3, 8, 8, 4)
     with pytest.raises(ValueError, match="position_channels must be True or False, got 'yes'"):
         small_unet(position_channels="yes")
-
-
-def test_given_coordinates_place_a_crop_in_the_whole_volume():
-    net = small_unet(position_channels=True).eval()
-    whole = torch.randn(2, 3, 16, 8, 6)
-    grid = voxel_coordinates(whole)
-    t = torch.tensor([3, 90])
-    with torch.no_grad():
-        assert torch.allclose(net(whole, t, coordinates=grid), net(whole, t), atol=1e-6)  # its own grid, given
-        crop = whole[:, :, 8:, :, 2:]
-        placed = net(crop, t, coordinates=grid[:, :, 8:, :, 2:])
-        assert placed.shape == crop.shape and not torch.allclose(placed, net(crop, t), atol=1e-4)  # told where it lies
-    with pytest.raises(ValueError, match=r"coordinates must be \(B, 3, H, W, D\) = \(2, 3, 8, 8, 4\), got \(2, 3, 8, 8, 6\)"):
-        net(crop, t, coordinates=grid[:, :, 8:])
-    with pytest.raises(ValueError, match="has no position_channels to read them"):
-        small_unet()(crop, t, coordinates=grid[:, :, 8:, :, 2:])
-    with pytest.raises(ValueError, match="coordinates need patch_size 1"):
-        small_unet(position_channels=True, patch_size=2)(torch.randn(1, 3, 8, 8, 4), torch.tensor([1]),
-                                                          coordinates=torch.zeros(1, 3, 8, 8, 4))
-
-
-def test_a_crops_depth_embedding_is_that_of_its_slices_in_the_whole_volume():
-    from common.networks.depth_attention_unet import _slice_indices
-
-    whole = torch.randn(2, 3, 8, 8, 12)
-    grid = voxel_coordinates(whole)
-    assert torch.equal(_slice_indices(grid[..., 5:9]), torch.tensor([[5.0, 6, 7, 8]] * 2, dtype=torch.float64))
-    net = small_unet(position_channels=True, depth_position_embedding=True).eval()
-    with torch.no_grad():
-        net.init_conv.weight[:, 3:] = 0  # the position channels read nothing: only the depth embedding sees the place
-        torch.nn.init.normal_(net.depth_position.weight)
-        crop, t = whole[..., :4], torch.tensor([3, 90])
-        at_start = net(crop, t, coordinates=grid[..., :4])
-        assert torch.allclose(at_start, net(crop, t), atol=1e-5)  # slices 0 to 3 of the whole: its own indices
-        assert not torch.allclose(net(crop, t, coordinates=grid[..., 6:10]), at_start, atol=1e-4)  # slices 6 to 9
-    with pytest.raises(ValueError, match="a crop needs at least 2 slices"):
-        net(whole[..., :1], t, coordinates=grid[..., :1])
 
 
 def test_overfits_one_batch():
