@@ -147,6 +147,14 @@ RECIPES["rectified_flow_unit_variance_4_levels_volume_norm_depth_conv_lr_2e-3_po
     "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"],
               "noise_schedule": "rectified_flow"},
     "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
+# the same unit-variance classifier with its denoiser under bfloat16 autocast (network_def#autocast_dtype, in training
+# and sampling), trained with the bundles' latent cache (latent_cache_mb, on by default since 0.2.24; every earlier
+# 64^3 run encoded every batch): its numbers met the issue's at 1,800 iterations in 65 minutes on a faster day
+# (convergence_64_codes_diversity.md); do both speed options bring that within the hour?
+RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_bf16"] = {
+    "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"],
+              "network_def#autocast_dtype": "bfloat16"},
+    "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
 # the DDPM's cosine schedule wherever a recipe does not name another: the demo's settings (the base at 32^3) used
 # rectified flow in 0.2.22, and each recipe must mean the same whatever the base
 for _recipe in RECIPES.values():

@@ -17,6 +17,7 @@ from monai.engines.utils import default_prepare_batch
 from monai.networks.schedulers import Scheduler
 from monai.utils import CommonKeys as Keys
 
+from common.engines.latent_cache import LatentCache
 from common.engines.prediction_target import PREDICTION_TYPES, PredictionTargetPrepareBatch
 from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 
@@ -27,8 +28,9 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
     """``PredictionTargetPrepareBatch`` on latents: encode each image batch with the frozen VQ-GAN first.
 
     Use with ``SupervisedTrainer`` and ``DiffusionInferer``: the trainer then sees (latent, target,
-    ``noise``/``timesteps`` kwargs) exactly as for pixel-space diffusion. Encoding per batch (rather than caching
-    latents) keeps the image-space flip augmentation of the paper. The target is the scheduler's ``prediction_type``
+    ``noise``/``timesteps`` kwargs) exactly as for pixel-space diffusion. Encoding per batch keeps the image-space
+    flip augmentation of the paper; ``latent_cache_mb`` keeps the encoding of every input seen before, by content,
+    so that each flipped or unflipped volume is encoded once (``LatentCache``). The target is the scheduler's ``prediction_type``
     (the paper's: the noise).
 
     Args:
@@ -51,6 +53,9 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
             batch, without repeats) at which the cross entropy is taken: the target is their codes (B, N) and the
             inferer is given their indices as ``voxels`` (``SampledVoxelsInferer``), so the logits of the other
             voxels are never computed. None: every voxel.
+        latent_cache_mb: host memory (MiB) for the VQ-GAN encoder's outputs of the inputs seen so far, by content
+            (``LatentCache``): the same latents as encoding every batch, without encoding a volume twice. 0: encode
+            every batch (the paper's code).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         snr_gamma: float = 5.0,
         code_classification: bool = False,
         code_voxels: int | None = None,
+        latent_cache_mb: float = 0,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, scheduler=scheduler, condition_name=condition_name,
                          timestep_sampling=timestep_sampling, snr_gamma=snr_gamma)
@@ -82,13 +88,15 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
         self.label_dropout = float(label_dropout)
         self.code_classification = code_classification
         self.code_voxels = code_voxels if code_classification else None  # regression: every voxel's target
+        self.latent_cache = LatentCache(latent_cache_mb)
 
     def __call__(
         self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         images, _ = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         with torch.no_grad():
-            latents = self.autoencoder.encode_stage_2_inputs(torch.as_tensor(images))
+            encoded = self.latent_cache.encode(torch.as_tensor(images), self.autoencoder.autoencoder.encode)
+            latents = self.autoencoder.stage_2_latents(encoded)
             if self.code_classification:
                 latents, indices = self.autoencoder.snap_to_codes(latents)
         batch = {Keys.IMAGE: latents}

@@ -186,7 +186,12 @@ class CodebookRangeAutoencoder(nn.Module):
 
     def encode_stage_2_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> normalised (and scaled) unquantized latents, the diffusion model's training data."""
-        return self.codebook_range_latents(x) * self.latent_scale.factor()
+        return self.stage_2_latents(self.autoencoder.encode(x))
+
+    def stage_2_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The VQ-GAN encoder's outputs -> normalised (and scaled) latents, as ``encode_stage_2_inputs`` gives them
+        (for encoder outputs kept from an earlier batch: ``common.engines.LatentCache``)."""
+        return self.normalize(z) * self.latent_scale.factor()
 
     def decode_stage_2_outputs(self, latent: torch.Tensor) -> torch.Tensor:
         """Normalised (and scaled) latents, e.g. diffusion samples -> nearest codes -> decoded images."""

@@ -13,12 +13,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, create_workflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common.handlers import measure_latents
 from common.sampling import AutoGuidedDenoiser
-from tests.bundles.bundle_runs import REPO, SIZE_32, SMALL_DENOISER, config_files, error_chain, run_bundle
+from tests.bundles.bundle_runs import (
+    REPO, SIZE_32, SMALL_DENOISER, config_files, error_chain, in_repository, isolated_state, run_bundle,
+)
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling", "class_labels", "volume_norm",
@@ -373,3 +375,25 @@ def test_the_learning_rate_decays_through_the_bundle_config_and_a_decay_after_th
     assert ("lr_decay: the learning rate would decay from iteration 99, but training ends at iteration 4; lower "
             "lr_decay#start_iteration or raise train#trainer#max_epochs") in error_chain(late.value)  # 5 brains, batch 2
     assert (models / "diffusion.pt").read_bytes() == trained  # the trained checkpoint is where and as it was
+
+
+def test_the_latent_cache_encodes_each_training_volume_once_through_the_bundle_config(brain_model, tmp_path):
+    models, logs = with_the_vqgan(brain_model, tmp_path)
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "ema#start_iteration": 1, "train#trainer#max_epochs": 4}
+    configs = config_files("brain_mri", "train_autoencoder", "train_diffusion")
+    with in_repository(), isolated_state():  # run_bundle's steps, keeping the workflow to look into its trainer
+        workflow = create_workflow(config_file=configs, **training)
+        workflow.run()
+        workflow.finalize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+    cache = trainer.prepare_batch.latent_cache
+    assert cache.max_bytes == 1024 * 2**20  # the bundle's default
+    seen = trainer.state.iteration * 2
+    # every volume the SupervisedTrainer prepared went through the cache; each brain and its flip was encoded at most
+    # once (5 brains), the rest read from the cache
+    assert cache.hits + cache.misses == seen and len(cache.latents) == cache.misses <= 10 and cache.hits >= seen - 10 > 0
+
+    with pytest.raises(Exception) as refused:
+        run_bundle(configs, **{**training, "latent_cache_mb": -1})
+    assert "latent_cache_mb must be a finite number of MiB >= 0 (0: encode every batch), got -1" in error_chain(refused.value)

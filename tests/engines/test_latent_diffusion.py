@@ -197,3 +197,19 @@ def test_the_loss_of_a_perfect_classifier_is_zero_so_targets_and_predictions_are
     loss = torch.nn.CrossEntropyLoss()
     assert float(loss(logits, target)) < 0.05
     assert float(loss(logits, target.roll(1, dims=-1))) > 1.0  # the same codes one voxel off: far from it
+
+
+def test_the_latent_cache_gives_the_batches_that_encoding_every_batch_gives():
+    autoencoder = _autoencoder().eval()
+    images = torch.randn(3, 1, 16, 16, 8)
+    cached = LatentDiffusionPrepareBatch(autoencoder, 300, latent_cache_mb=16)
+    for _ in range(2):  # filled, then read
+        latents = cached({"image": images})[0]
+        assert torch.allclose(latents, autoencoder.encode_stage_2_inputs(images), atol=1e-6)
+    assert (cached.latent_cache.hits, cached.latent_cache.misses) == (3, 3)
+    scheduler = DDPMScheduler(num_train_timesteps=300, schedule="cosine", prediction_type="sample")
+    snapped = LatentDiffusionPrepareBatch(autoencoder, 300, scheduler, code_classification=True, latent_cache_mb=16)
+    snapped({"image": images})
+    latents, target, _, _ = snapped({"image": images})
+    expected, indices = autoencoder.snap_to_codes(autoencoder.encode_stage_2_inputs(images))
+    assert torch.allclose(latents, expected, atol=1e-6) and torch.equal(target, indices)
