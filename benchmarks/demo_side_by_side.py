@@ -48,6 +48,16 @@ RECIPES: dict[str, dict[str, str]] = {
     "v_prediction_position": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "v_prediction",
                               "network_def#position_channels": True},
 }
+# recipes that train the demo's denoiser (v_prediction) another way, by their training-only ids (the diffusion stage
+# alone: sampling is not given them; HALF stands for half the run's iterations): the squared error instead of the
+# paper's L1 (an L1 loss estimates the posterior median, the sampler assumes the mean), and the learning rate decayed
+# along a half cosine to 0 over the second half of the run
+HALF = "half the run's iterations"
+TRAINING: dict[str, dict] = {
+    "v_prediction_mse": {"train#trainer#loss_function": "$torch.nn.MSELoss()"},
+    "v_prediction_lr_decay": {"lr_decay#final_ratio": 0.0, "lr_decay#start_iteration": HALF},
+}
+RECIPES.update({name: RECIPES["v_prediction"] for name in TRAINING})
 DEFAULT_RUNS = "v_prediction:1800:100/25,rectified_flow:900:100/25/10,rectified_flow:1800:100/25"
 TRAINING_BRAINS = 20  # the demo's (autoguidance.demo_vqgan), batched without remainder
 # the ratios to real that the summary averages over the seed sets, with their column names
@@ -136,6 +146,8 @@ def main() -> None:
     for name, run in runs.items():
         run["settings"] = copy.deepcopy(settings)
         run["settings"]["denoiser"].update(RECIPES[run["recipe"]])
+        run["settings"]["diffusion"].update({k: run["iterations"] // 2 if v == HALF else v
+                                             for k, v in TRAINING.get(run["recipe"], {}).items()})
         run["dir"] = args.workdir / "demo_side_by_side" / name
         took = autoguidance.train(run_stages, run["dir"], data, vqgan, without_autoguidance(run["settings"]),
                                   {**common, "guide_iteration": run["guide"]}, run["iterations"], run["iterations"] // 2)
@@ -189,6 +201,8 @@ def main() -> None:
         f"One VQ-GAN and data (`{args.workdir}`), the demo's settings (`common.pipeline.DEMO_SETTINGS`) with each "
         "recipe's ids ("
         + "; ".join(f"`{name}`: " + " ".join(f"`--{k} {v}`" for k, v in ids.items()) for name, ids in RECIPES.items())
+        + "; training only: "
+        + "; ".join(f"`{name}`: " + " ".join(f"`--{k} {v}`" for k, v in ids.items()) for name, ids in TRAINING.items())
         + "); each run `<recipe>_<iterations>` trained that many iterations, EMA from half of them, its snapshot at a "
         "quarter (`_guide_<iteration>`: after that iteration) the guide of autoguidance (at the scale of its row; the "
         f"demo's is {demo_scale:g}); "
