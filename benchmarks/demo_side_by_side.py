@@ -47,6 +47,10 @@ RECIPES: dict[str, dict[str, str]] = {
     # convergence_64_codes_diversity.md)
     "v_prediction_position": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "v_prediction",
                               "network_def#position_channels": True},
+    # the demo's with its denoiser under bfloat16 autocast, in training and sampling (a CPU's speed option): does the
+    # precision cost quality?
+    "v_prediction_bf16": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "v_prediction",
+                          "network_def#autocast_dtype": "bfloat16"},
 }
 # recipes that train the demo's denoiser (v_prediction) another way, by their training-only ids (the diffusion stage
 # alone: sampling is not given them; HALF stands for half the run's iterations): the squared error instead of the
