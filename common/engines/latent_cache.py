@@ -1,9 +1,9 @@
 """Encode each distinct training volume once: the frozen VQ-GAN's latents kept by the volume's content.
 
 The diffusion stage encodes every batch with the frozen VQ-GAN (Khader et al., Sci Rep 2023, Sec. 2.3), and at the
-paper's 64^3 brain size that encoding is about a quarter of a training iteration on a CPU. Its input is one of a few
-variants of each training volume (the preprocessed volume, cached by MONAI's ``CacheDataset``, and its random flips),
-and the encoder is frozen and deterministic, so its latent for an input that was seen before is known. Keyed by the
+paper's 64^3 brain size that encoding is about a sixth of a training iteration on a CPU
+(``benchmarks/latent_cache_speed.md``). Its input is one of a few variants of each training volume (the preprocessed
+volume, cached by MONAI's ``CacheDataset``, and its random flips), and the encoder is frozen and deterministic, so its latent for an input that was seen before is known. Keyed by the
 input's bytes, the cache returns exactly what encoding would (up to the floating-point order of a batched
 convolution), whatever augmentation came before: an input never seen before is encoded and kept.
 """

@@ -30,8 +30,8 @@ class LatentDiffusionPrepareBatch(PredictionTargetPrepareBatch):
     Use with ``SupervisedTrainer`` and ``DiffusionInferer``: the trainer then sees (latent, target,
     ``noise``/``timesteps`` kwargs) exactly as for pixel-space diffusion. Encoding per batch keeps the image-space
     flip augmentation of the paper; ``latent_cache_mb`` keeps the encoding of every input seen before, by content,
-    so that each flipped or unflipped volume is encoded once (``LatentCache``). The target is the scheduler's ``prediction_type``
-    (the paper's: the noise).
+    so that each flipped or unflipped volume is encoded once (``LatentCache``). The target is the scheduler's
+    ``prediction_type`` (the paper's: the noise).
 
     Args:
         autoencoder: the wrapped VQ-GAN that maps images to normalised latents.
