@@ -82,7 +82,7 @@ def main() -> None:
                                                              downsample_factor=None, scale_equivariance=0.0))
     iterations_per_epoch = brains // settings["diffusion"]["batch_size"]  # the loader drops the last partial batch
     chunk = copy.deepcopy(settings)
-    chunk["diffusion"].update({"train#trainer#max_epochs": args.epochs, "ema#start_iteration": 10**6, "guide_iteration": None})
+    chunk["diffusion"].update({"train#trainer#max_epochs": args.epochs, "ema#start_iteration": 10**6})
     common = {"heldout_dir": str(data / "heldout"), "device": "$torch.device('cpu')", "cache_dir": str(args.workdir / "cache")}
     cases = {"every batch encoded (`latent_cache_mb 0`)": 0, f"latent cache (`latent_cache_mb {default_mb}`, the default)": default_mb}
     times = EpochTimes()

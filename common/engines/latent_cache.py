@@ -3,9 +3,10 @@
 The diffusion stage encodes every batch with the frozen VQ-GAN (Khader et al., Sci Rep 2023, Sec. 2.3), and at the
 paper's 64^3 brain size that encoding is about a sixth of a training iteration on a CPU
 (``benchmarks/latent_cache_speed.md``). Its input is one of a few variants of each training volume (the preprocessed
-volume, cached by MONAI's ``CacheDataset``, and its random flips), and the encoder is frozen and deterministic, so its latent for an input that was seen before is known. Keyed by the
-input's bytes, the cache returns exactly what encoding would (up to the floating-point order of a batched
-convolution), whatever augmentation came before: an input never seen before is encoded and kept.
+volume, cached by MONAI's ``CacheDataset``, and its random flips), and the encoder is frozen and deterministic, so
+its latent for an input that was seen before is known. Keyed by the input's bytes, the cache returns exactly what
+encoding would (up to the floating-point order of a batched convolution), whatever augmentation came before: an
+input never seen before is encoded and kept.
 """
 
 from __future__ import annotations
@@ -54,16 +55,14 @@ class LatentCache:
         missing = [i for i, k in enumerate(keys) if k not in self.latents]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        encoded = encoder(images[missing]) if missing else None
-        if encoded is not None:
-            for row, i in enumerate(missing):
-                self._keep(keys[i], encoded[row])
-        fresh = dict(zip(missing, encoded)) if encoded is not None else {}
+        fresh = dict(zip(missing, encoder(images[missing]))) if missing else {}
+        for i, latent in fresh.items():
+            self._keep(keys[i], latent)
         return torch.stack([fresh[i] if i in fresh else self.latents[k].to(images.device) for i, k in enumerate(keys)])
 
     def _keep(self, key: bytes, latent: torch.Tensor) -> None:
         size = latent.numel() * latent.element_size()
-        if key in self.latents:
+        if key in self.latents:  # the same volume twice in one batch
             return
         if self.bytes + size > self.max_bytes:
             if not self._full_logged:
