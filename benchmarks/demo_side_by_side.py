@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument("--runs", default=DEFAULT_RUNS, help="recipe:iterations:steps/steps[:guide], comma-separated")
     parser.add_argument("--autoguidance-scales", default="", help="comma-separated scales > 1 every run is sampled "
                         "with (default: the demo's)")
+    parser.add_argument("--sampling-overrides", type=json.loads, default={}, help="JSON of inference.json ids every sample "
+                        "takes, e.g. '{\"particle_guidance_scale\": 0.5, \"batch_size\": 8}' (rows of an earlier run into --out "
+                        "with other ones are dropped)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "demo_side_by_side.md")
     args = parser.parse_args()
     from common.io import write_text
@@ -133,6 +136,8 @@ def main() -> None:
         parser.error(f"--seeds or --runs: {error}")
     if not seeds:
         parser.error("--seeds needs at least one seed")
+    if not isinstance(args.sampling_overrides, dict):
+        parser.error(f"--sampling-overrides must be a JSON object of inference.json ids, got {args.sampling_overrides!r}")
     try:
         scales = [float(s) for s in args.autoguidance_scales.split(",") if s.strip()] or [settings["inference"]["autoguidance_scale"]]
     except ValueError:
@@ -164,7 +169,8 @@ def main() -> None:
     kept = pictures / "rows.json"
     demo_scale = settings["inference"]["autoguidance_scale"]
     rows = [{"scale": demo_scale, **r} for r in (json.loads(kept.read_text()) if kept.is_file() else [])  # rows before
-            if r["demo"] not in retrained and r.get("workdir") == str(args.workdir)]  # scales were the demo's
+            if r["demo"] not in retrained and r.get("workdir") == str(args.workdir)  # scales were the demo's
+            and r.get("overrides", {}) == args.sampling_overrides]
     plan = [(name, steps, scale) for name, run in runs.items() for steps in run["steps"] for scale in scales]
     for seed in seeds:
         for name, steps, scale in plan:
@@ -172,8 +178,9 @@ def main() -> None:
                 continue
             run = runs[name]
             found = convergence.sample_and_evaluate(run_stages, run["dir"], data, run["settings"],
-                                                    {**common, "autoguidance_scale": scale}, steps, seed)
-            rows.append({"demo": name, "steps": steps, "scale": scale, "seed": seed, "workdir": str(args.workdir), **found})
+                                                    {**common, "autoguidance_scale": scale, **args.sampling_overrides}, steps, seed)
+            rows.append({"demo": name, "steps": steps, "scale": scale, "seed": seed, "workdir": str(args.workdir),
+                         "overrides": args.sampling_overrides, **found})
             label = f"{name}_{steps}_steps" + (f"_scale_{scale:g}" if scale != demo_scale else "")
             shutil.copy(run["dir"] / "samples" / "evaluation" / "samples_and_real.png",
                         pictures / f"{label}_seeds_{seed}_samples_and_real.png")
@@ -212,7 +219,9 @@ def main() -> None:
         f"demo's is {demo_scale:g}); "
         f"{settings['inference']['num_samples']} samples from each seed set ({', '.join(f'{s}+' for s in seeds)}); "
         "ratios to the held-out real brains (about 1 is real-like). Steps are DDIM steps for `v_prediction`, Euler "
-        "steps for `rectified_flow`.",
+        "steps for `rectified_flow`."
+        + (f" Every sample with {' '.join(f'`--{k} {v}`' for k, v in args.sampling_overrides.items())}."
+           if args.sampling_overrides else ""),
         "",
         "Mean over the seed sets (lowest to highest in brackets):",
         "",

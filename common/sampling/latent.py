@@ -5,12 +5,14 @@ codebook-range latent space, then quantisation to the codebook and decoding. Bes
 over all T steps, DDIM (Song et al., ICLR 2021) samples in fewer steps (``make_sampling_scheduler``). A
 class-conditional denoiser (not in the paper) samples the labels asked for, with MONAI's classifier-free guidance
 (Ho & Salimans, 2022); a code-classifying one (``code_classification``, not in the paper) through the expectation
-of its codes (``common.sampling.code_expectation``).
+of its codes (``common.sampling.code_expectation``). Drawn in batches, the samples can be pushed apart as they are
+drawn (``common.sampling.particle_guidance``, Corso et al., ICLR 2024).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import numbers
 import os
@@ -30,8 +32,11 @@ from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 from .autoguidance import AutoGuidedDenoiser
 from .code_expectation import CodeExpectation, checked_code_temperature
 from .loop import sample_shared_out, seeded_random_state, starting_noise
+from .particle_guidance import ParticleGuidedDenoiser, checked_particle_guidance_scale
 
 __all__ = ["LatentSampler", "checked_guidance_scale", "labels_description", "volume_affine"]
+
+logger = logging.getLogger(__name__)
 
 
 def volume_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
@@ -54,8 +59,8 @@ class LatentSampler:
     Sample ``i`` has seed ``seed + i``: its starting noise, and the random draws of its steps (with the batch's
     first seed), follow from it as ``common.sampling.loop`` says, and the caller's random state is left alone. So
     with ``batch_size`` 1 (the default) any sample is regenerated exactly, on the same device, by sampling its seed
-    alone; with larger batches, by repeating the same seed, ``num_samples``, ``batch_size`` and number of
-    processes. The seed is in each file name and in ``samples.json``.
+    alone; with larger batches (and always with particle guidance, where a sample depends on its batch), by
+    repeating the same seed, ``num_samples``, ``batch_size`` and number of processes. The seed is in each file name and in ``samples.json``.
 
     Args:
         autoencoder: the VQ-GAN wrapped for codebook-range latents.
@@ -84,6 +89,10 @@ class LatentSampler:
             scheduler's ``prediction_type`` "sample". Autoguidance and classifier-free guidance (MONAI's inferer)
             both combine the estimates (the expected codes, after the softmax), not the logits.
         code_temperature: the softmax temperature of a code-classifying denoiser (``CodeExpectation``).
+        particle_guidance_scale: above 0, the x0 estimates of each batch's samples are pushed apart at every step
+            (``ParticleGuidedDenoiser``, on the estimates after code expectation and autoguidance), by this share of
+            their distance to their neighbours' mean at the noisiest step; needs ``batch_size`` of at least 2. A batch
+            of one sample (a last one, or a process's share under torchrun) is drawn alone, with a warning.
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class LatentSampler:
         guidance_scale: float = 1.0,
         code_classification: bool = False,
         code_temperature: float = 1.0,
+        particle_guidance_scale: float = 0.0,
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
@@ -165,6 +175,14 @@ class LatentSampler:
             # autoguided: on the expected codes of the denoiser and its guide, not on their logits (common.sampling.autoguidance)
             self.denoiser = network.applied_to(expectation) if isinstance(network, AutoGuidedDenoiser) else expectation(network)
         self.code_temperature = code_temperature if code_classification else None
+        self.particle_guidance_scale = checked_particle_guidance_scale(particle_guidance_scale)
+        if self.particle_guidance_scale > 0:
+            if batch_size < 2:
+                raise ValueError(
+                    f"particle_guidance_scale {self.particle_guidance_scale} pushes the samples of a batch apart: set "
+                    f"batch_size to 2 or more (got {batch_size}), or particle_guidance_scale 0."
+                )
+            self.denoiser = ParticleGuidedDenoiser(self.denoiser, inferer.scheduler, self.particle_guidance_scale)
 
     @torch.no_grad()
     def sample(
@@ -183,6 +201,10 @@ class LatentSampler:
             if scale != 1.0 and bool((conditioning != NULL_LABEL).any()):
                 guidance = {"cfg": scale, "cfg_fill_value": NULL_LABEL}
         self.network.eval()
+        if isinstance(self.denoiser, ParticleGuidedDenoiser):
+            self.denoiser.cfg_scale = scale if guidance else None  # how MONAI's inferer combines its doubled batch
+            if len(seeds) < 2:
+                logger.warning("particle guidance: seed %s is sampled alone in its batch, so it is not pushed from others.", seeds[0])
         with seeded_random_state(seeds[0], self.device):
             images = self.inferer.sample(
                 input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.denoiser, verbose=self.verbose,
@@ -229,12 +251,14 @@ class LatentSampler:
             "interval": None if self.network.interval is None else list(self.network.interval),
         }} if isinstance(self.network, AutoGuidedDenoiser) else {}
         codes = {} if self.code_temperature is None else {"code_classification": {"temperature": self.code_temperature}}
+        particles = {"particle_guidance_scale": self.particle_guidance_scale} if self.particle_guidance_scale else {}
         return {
             "files": [os.path.basename(path) for _, _, path in written],
             "seeds": [seed for _, seed, _ in written],
             **conditional,
             **autoguidance,
             **codes,
+            **particles,
             "spacing": self.spacing,
             # what else fixes a sample: each batch's random draws are seeded with its first sample's seed
             "batch_size": self.batch_size,

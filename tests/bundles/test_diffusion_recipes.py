@@ -97,6 +97,24 @@ def test_ddim_eta_adds_noise_at_every_step_through_the_bundle_config_and_is_refu
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 
+def test_particle_guidance_pushes_a_batch_apart_through_the_bundle_config_and_needs_a_batch(brain_model, tmp_path):
+    sampling = {"ckpt_dir": str(brain_model["models"]), **SIZE_32, **SMALL_DENOISER, "num_samples": 2, "batch_size": 2,
+                "num_inference_steps": 3}
+    apart = {}
+    for scale in (0.0, 2.0):
+        out = tmp_path / f"scale_{scale}"
+        run_bundle(config_files("brain_mri", "inference"), **sampling, particle_guidance_scale=scale, output_dir=str(out))
+        assert json.loads((out / "samples.json").read_text()).get("particle_guidance_scale", 0.0) == scale
+        first, second = (np.asanyarray(nib.load(str(out / name)).dataobj) for name in ("sample_0000_seed0.nii.gz", "sample_0001_seed1.nii.gz"))
+        apart[scale] = float(np.abs(first - second).mean())
+    assert apart[2.0] > apart[0.0]  # the same seeds, drawn further apart
+    with pytest.raises(Exception) as alone:
+        run_bundle(config_files("brain_mri", "inference"), **{**sampling, "batch_size": 1}, particle_guidance_scale=1.0,
+                   output_dir=str(tmp_path / "alone"))
+    assert "set batch_size to 2 or more" in error_chain(alone.value)
+    assert not list((tmp_path / "alone").glob("*.nii.gz"))
+
+
 def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the_bundle_configs(brain_model, tmp_path):
     models, logs = with_the_vqgan(brain_model, tmp_path)
     training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
