@@ -9,7 +9,7 @@ from torch import nn
 
 from common.networks import RectifiedFlowScheduler
 from common.sampling import ParticleGuidedDenoiser, checked_particle_guidance_scale, make_sampling_scheduler
-from common.sampling.particle_guidance import repulsion
+from common.sampling.particle_guidance import checked_particle_guidance_pool, repulsion
 
 
 class Fixed(nn.Module):
@@ -41,6 +41,16 @@ def test_repulsion_moves_a_close_pair_apart_and_the_far_estimate_away_from_them(
     assert torch.dist(moved[0], moved[1]) > torch.dist(base[0], base[1])
     assert offsets[2, 0] > 0 and offsets[0, 0] < 0 and offsets[1, 0] < 0  # the pair and the far one part ways
     assert offsets[0, 0] < offsets[1, 0]  # and the pair's own members are pushed apart
+
+
+def test_pooled_repulsion_pushes_the_layout_and_leaves_the_texture():
+    checkers = (torch.arange(8)[:, None, None] + torch.arange(8)[None, :, None] + torch.arange(8)[None, None, :]) % 2 * 2.0 - 1
+    texture = torch.stack([torch.zeros(1, 8, 8, 8), checkers[None]])  # differ only voxel by voxel
+    assert torch.count_nonzero(repulsion(texture, pool=2)) == 0 and torch.count_nonzero(repulsion(texture)) > 0
+    layout = torch.stack([torch.zeros(1, 8, 8, 8), torch.ones(1, 8, 8, 8)])  # differ as a whole
+    assert torch.allclose(repulsion(layout, pool=4), repulsion(layout))
+    odd = torch.randn(2, 1, 5, 6, 7)  # sizes that are no multiple of the pool keep their shape
+    assert repulsion(odd, pool=4).shape == odd.shape
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -116,3 +126,9 @@ def test_a_broken_sample_is_not_spread_to_its_batch():
 def test_bad_scales_are_refused_by_name(scale):
     with pytest.raises(ValueError, match="particle_guidance_scale must be a number >= 0"):
         checked_particle_guidance_scale(scale)
+
+
+@pytest.mark.parametrize("pool", [0, 2.5, True, "2"])
+def test_bad_pools_are_refused_by_name(pool):
+    with pytest.raises(ValueError, match="particle_guidance_pool must be a whole number >= 1"):
+        checked_particle_guidance_pool(pool)

@@ -32,7 +32,7 @@ from common.networks import NULL_LABEL, CodebookRangeAutoencoder
 from .autoguidance import AutoGuidedDenoiser
 from .code_expectation import CodeExpectation, checked_code_temperature
 from .loop import sample_shared_out, seeded_random_state, starting_noise
-from .particle_guidance import ParticleGuidedDenoiser, checked_particle_guidance_scale
+from .particle_guidance import ParticleGuidedDenoiser, checked_particle_guidance_pool, checked_particle_guidance_scale
 
 __all__ = ["LatentSampler", "checked_guidance_scale", "labels_description", "volume_affine"]
 
@@ -93,6 +93,8 @@ class LatentSampler:
             (``ParticleGuidedDenoiser``, on the estimates after code expectation and autoguidance), by this share of
             their distance to their neighbours' mean at the noisiest step; needs ``batch_size`` of at least 2. A batch
             of one sample (a last one, or a process's share under torchrun) is drawn alone, with a warning.
+        particle_guidance_pool: with particle guidance, the estimates are compared and pushed as averages over
+            cubes of this many latent voxels a side (1: voxel by voxel).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class LatentSampler:
         code_classification: bool = False,
         code_temperature: float = 1.0,
         particle_guidance_scale: float = 0.0,
+        particle_guidance_pool: int = 1,
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
@@ -176,13 +179,15 @@ class LatentSampler:
             self.denoiser = network.applied_to(expectation) if isinstance(network, AutoGuidedDenoiser) else expectation(network)
         self.code_temperature = code_temperature if code_classification else None
         self.particle_guidance_scale = checked_particle_guidance_scale(particle_guidance_scale)
+        self.particle_guidance_pool = checked_particle_guidance_pool(particle_guidance_pool)
         if self.particle_guidance_scale > 0:
             if batch_size < 2:
                 raise ValueError(
                     f"particle_guidance_scale {self.particle_guidance_scale} pushes the samples of a batch apart: set "
                     f"batch_size to 2 or more (got {batch_size}), or particle_guidance_scale 0."
                 )
-            self.denoiser = ParticleGuidedDenoiser(self.denoiser, inferer.scheduler, self.particle_guidance_scale)
+            self.denoiser = ParticleGuidedDenoiser(self.denoiser, inferer.scheduler, self.particle_guidance_scale,
+                                                   self.particle_guidance_pool)
 
     @torch.no_grad()
     def sample(
@@ -251,7 +256,8 @@ class LatentSampler:
             "interval": None if self.network.interval is None else list(self.network.interval),
         }} if isinstance(self.network, AutoGuidedDenoiser) else {}
         codes = {} if self.code_temperature is None else {"code_classification": {"temperature": self.code_temperature}}
-        particles = {"particle_guidance_scale": self.particle_guidance_scale} if self.particle_guidance_scale else {}
+        particles = {"particle_guidance": {"scale": self.particle_guidance_scale, "pool": self.particle_guidance_pool}
+                     } if self.particle_guidance_scale else {}
         return {
             "files": [os.path.basename(path) for _, _, path in written],
             "seeds": [seed for _, seed, _ in written],

@@ -104,7 +104,8 @@ def test_particle_guidance_pushes_a_batch_apart_through_the_bundle_config_and_ne
     for scale in (0.0, 2.0):
         out = tmp_path / f"scale_{scale}"
         run_bundle(config_files("brain_mri", "inference"), **sampling, particle_guidance_scale=scale, output_dir=str(out))
-        assert json.loads((out / "samples.json").read_text()).get("particle_guidance_scale", 0.0) == scale
+        assert json.loads((out / "samples.json").read_text()).get("particle_guidance", {"scale": 0.0}) == (
+            {"scale": scale, "pool": 1} if scale else {"scale": 0.0})
         first, second = (np.asanyarray(nib.load(str(out / name)).dataobj) for name in ("sample_0000_seed0.nii.gz", "sample_0001_seed1.nii.gz"))
         apart[scale] = float(np.abs(first - second).mean())
     assert apart[2.0] > apart[0.0]  # the same seeds, drawn further apart
