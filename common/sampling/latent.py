@@ -60,7 +60,8 @@ class LatentSampler:
     first seed), follow from it as ``common.sampling.loop`` says, and the caller's random state is left alone. So
     with ``batch_size`` 1 (the default) any sample is regenerated exactly, on the same device, by sampling its seed
     alone; with larger batches (and always with particle guidance, where a sample depends on its batch), by
-    repeating the same seed, ``num_samples``, ``batch_size`` and number of processes. The seed is in each file name and in ``samples.json``.
+    repeating the same seed, ``num_samples``, ``batch_size`` and number of processes. The seed is in each file name
+    and in ``samples.json``.
 
     Args:
         autoencoder: the VQ-GAN wrapped for codebook-range latents.
@@ -209,7 +210,8 @@ class LatentSampler:
         if isinstance(self.denoiser, ParticleGuidedDenoiser):
             self.denoiser.cfg_scale = scale if guidance else None  # how MONAI's inferer combines its doubled batch
             if len(seeds) < 2:
-                logger.warning("particle guidance: seed %s is sampled alone in its batch, so it is not pushed from others.", seeds[0])
+                logger.warning("particle guidance: seed %s is sampled alone in its batch, so it is not pushed from others.",
+                               seeds[0])
         with seeded_random_state(seeds[0], self.device):
             images = self.inferer.sample(
                 input_noise=noise, autoencoder_model=self.autoencoder, diffusion_model=self.denoiser, verbose=self.verbose,

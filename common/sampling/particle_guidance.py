@@ -90,7 +90,9 @@ class ParticleGuidedDenoiser(nn.Module):
                  cfg_scale: float | None = None) -> None:
         super().__init__()
         if scheduler.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"particle guidance reads prediction_type epsilon, v_prediction or sample, not {scheduler.prediction_type!r}.")
+            raise ValueError(
+                f"particle guidance reads prediction_type epsilon, v_prediction or sample, not {scheduler.prediction_type!r}."
+            )
         self.network = network
         self.scheduler = scheduler
         self.scale = checked_particle_guidance_scale(scale)

@@ -114,6 +114,11 @@ def test_particle_guidance_pushes_a_batch_apart_through_the_bundle_config_and_ne
                    output_dir=str(tmp_path / "alone"))
     assert "set batch_size to 2 or more" in error_chain(alone.value)
     assert not list((tmp_path / "alone").glob("*.nii.gz"))
+    with pytest.raises(Exception) as pooled:
+        run_bundle(config_files("brain_mri", "inference"), **sampling, particle_guidance_scale=1.0, particle_guidance_pool=0,
+                   output_dir=str(tmp_path / "pooled"))
+    assert "particle_guidance_pool must be a whole number >= 1" in error_chain(pooled.value)
+    assert not list((tmp_path / "pooled").glob("*.nii.gz"))
 
 
 def test_unit_variance_v_prediction_and_volume_norm_train_and_sample_through_the_bundle_configs(brain_model, tmp_path):
