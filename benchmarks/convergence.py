@@ -155,6 +155,13 @@ RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_
     "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["train"],
               "network_def#autocast_dtype": "bfloat16"},
     "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes"]["sample"]}
+# the bf16 classifier fed its own estimate of the clean latent (self-conditioning, Chen et al., ICLR 2023; part of
+# Dieleman et al.'s continuous diffusion for categorical data): does deciding each step from the last one's expected
+# codes turn its mottled inside into grey/white structure within the hour?
+RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_bf16_self_cond"] = {
+    "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_bf16"]["train"],
+              "self_conditioning": True},
+    "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_bf16"]["sample"]}
 # the DDPM's cosine schedule wherever a recipe does not name another: the demo's settings (the base at 32^3) used
 # rectified flow in 0.2.22, and each recipe must mean the same whatever the base
 for _recipe in RECIPES.values():

@@ -1,25 +1,61 @@
-"""A training inferer that asks the denoiser for its prediction at a sample of voxels only.
+"""The training inferer of the latent bundles' denoiser: MONAI's call, with sampled voxels and self-conditioning.
 
 A code-classifying denoiser (``code_classification``: continuous diffusion for categorical data, Dieleman et al.,
-2022; not in Medical Diffusion) gives one logit per codebook entry at every latent voxel: at the paper's 16,384
-codes and 32^3 latents, 2 GiB of logits a volume and as much for their gradient. Its cross entropy taken at a random
-sample of voxels each step (as Dieleman et al. and ``benchmarks/code_prediction.py`` do) needs the logits there only.
-MONAI's ``DiffusionInferer`` passes the network nothing but the noisy input, the timesteps and the condition; this
-one also passes the ``voxels`` that ``LatentDiffusionPrepareBatch`` drew (with ``code_voxels``), and is MONAI's own
-call when none are given.
+2022) gives one logit per codebook entry at every latent voxel: at the paper's 16,384 codes and 32^3 latents, 2 GiB
+of logits a volume and as much for their gradient. Its cross entropy taken at a random sample of voxels each step
+(as Dieleman et al. and ``benchmarks/code_prediction.py`` do) needs the logits there only. MONAI's
+``DiffusionInferer`` passes the network nothing but the noisy input, the timesteps and the condition; this one also
+passes the ``voxels`` that ``LatentDiffusionPrepareBatch`` drew (with ``code_voxels``).
+
+A self-conditioned denoiser (``DepthAttentionUNet``'s ``self_conditioning``; Chen et al., "Analog Bits", ICLR
+2023) is trained as Chen et al. train it: for half of the batches the network first estimates the clean latent of
+the same noisy input without an estimate, with no gradient, and is then trained given that estimate; for the other
+half it is given none (zeros), as at the first sampling step. Neither is in Medical Diffusion: with neither, the
+call is MONAI's own.
 """
 
 from __future__ import annotations
 
 import torch
 from monai.inferers import DiffusionInferer
+from monai.networks.schedulers import Scheduler
+
+from common.networks import CodebookRangeAutoencoder, clean_estimate, expected_codes
 
 __all__ = ["SampledVoxelsInferer"]
 
 
 class SampledVoxelsInferer(DiffusionInferer):
-    """``DiffusionInferer`` whose training call hands ``voxels`` (B, N) to the network (``DepthAttentionUNet``'s
-    ``voxels``: its prediction at those voxels only, (B, out_channels, N)). Sampling is MONAI's."""
+    """``DiffusionInferer`` whose training call hands the network ``voxels`` (B, N) (``DepthAttentionUNet``'s
+    ``voxels``: its prediction at those voxels only, (B, out_channels, N)) and, with ``self_conditioning``, its own
+    estimate of the clean latent as ``self_condition`` half of the time. Sampling is MONAI's.
+
+    Args:
+        scheduler: the training noise scheduler.
+        self_conditioning: the network is built with ``self_conditioning`` (the bundles' ``self_conditioning`` id).
+        autoencoder: the latent wrapper whose codes (``CodebookRangeAutoencoder.codes``) turn a code classifier's
+            logits into its estimate (the expected code, at temperature 1); needed with ``code_classification``.
+        code_classification: the network gives one logit per code (the bundles' ``code_classification``).
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        self_conditioning: bool = False,
+        autoencoder: CodebookRangeAutoencoder | None = None,
+        code_classification: bool = False,
+    ) -> None:
+        super().__init__(scheduler)
+        if not isinstance(self_conditioning, bool) or not isinstance(code_classification, bool):
+            raise ValueError(
+                f"self_conditioning and code_classification must be true or false, got {self_conditioning!r} and "
+                f"{code_classification!r}."
+            )
+        if self_conditioning and code_classification and autoencoder is None:
+            raise ValueError("a self-conditioned code classifier needs the autoencoder, whose codes make its estimate.")
+        self.self_conditioning = self_conditioning
+        self.autoencoder = autoencoder
+        self.code_classification = code_classification
 
     def __call__(  # type: ignore[override]
         self,
@@ -32,9 +68,27 @@ class SampledVoxelsInferer(DiffusionInferer):
         seg: torch.Tensor | None = None,
         voxels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if voxels is None:
+        if voxels is None and not self.self_conditioning:
             return super().__call__(inputs, diffusion_model, noise, timesteps, condition, mode, seg)
         if mode != "crossattn" or seg is not None:
-            raise ValueError("voxels are passed to a network conditioned by cross-attention (mode 'crossattn', no seg) only.")
+            raise ValueError(
+                "voxels and self-conditioning are passed to a network conditioned by cross-attention (mode 'crossattn', "
+                "no seg) only."
+            )
         noisy = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
-        return diffusion_model(x=noisy, timesteps=timesteps, context=condition, voxels=voxels)
+        extra = {} if voxels is None else {"voxels": voxels}
+        if self.self_conditioning and bool(torch.rand(()) < 0.5):
+            extra["self_condition"] = self.own_estimate(diffusion_model, noisy, timesteps, condition)
+        return diffusion_model(x=noisy, timesteps=timesteps, context=condition, **extra)
+
+    @torch.no_grad()
+    def own_estimate(
+        self, diffusion_model: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The network's estimate of the clean latent of ``noisy`` given none, at every voxel, without a gradient:
+        the expected code of a code classifier, otherwise the line its prediction type gives (not clipped)."""
+        prediction = diffusion_model(x=noisy, timesteps=timesteps, context=condition)
+        if self.code_classification:
+            codes = self.autoencoder.codes().to(noisy.device)
+            return torch.stack([expected_codes(logits, codes) for logits in prediction]).to(noisy.dtype)
+        return clean_estimate(self.scheduler, noisy, prediction, timesteps, clip=False)

@@ -3,8 +3,10 @@ latent wrapper that lets MONAI's latent diffusion inferer train and sample on th
 MONAI's schedulers, as ``monai.networks.schedulers`` keeps them) the rectified-flow scheduler the bundles use."""
 
 from .class_embedding import NULL_LABEL, ClassEmbedding
+from .clean_estimate import clean_estimate, clean_estimate_line
 from .codebook_range import LATENT_SCALINGS, CodebookRangeAutoencoder, LatentScale
 from .depth_attention_unet import DepthAttentionUNet
+from .expected_codes import expected_codes
 from .image_size import check_image_size, size_multiple
 from .quantizer import CodebookQuantizer
 from .rectified_flow import RECTIFIED_FLOW, RectifiedFlowScheduler
@@ -12,5 +14,6 @@ from .vqgan import VQGAN
 
 __all__ = [
     "LATENT_SCALINGS", "NULL_LABEL", "RECTIFIED_FLOW", "ClassEmbedding", "CodebookQuantizer", "CodebookRangeAutoencoder",
-    "DepthAttentionUNet", "LatentScale", "RectifiedFlowScheduler", "VQGAN", "check_image_size", "size_multiple",
+    "DepthAttentionUNet", "LatentScale", "RectifiedFlowScheduler", "VQGAN", "check_image_size", "clean_estimate",
+    "clean_estimate_line", "expected_codes", "size_multiple",
 ]

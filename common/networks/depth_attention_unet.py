@@ -344,6 +344,12 @@ class DepthAttentionUNet(nn.Module):
             padding at the borders tells them, where in registered volumes (a brain in a fixed frame) the anatomy
             at a place is largely fixed by the place. It defines the model (the first convolution's weights). At
             64^3 it brought no anatomy and learned the outline slower (``benchmarks/convergence_64_levers.md``).
+        self_conditioning: take ``in_channels`` more input channels holding an estimate of the clean latent
+            (``forward``'s ``self_condition``; zeros when none is given): self-conditioning (Chen et al., "Analog
+            Bits", ICLR 2023; used for categorical data by Dieleman et al., 2022), where the denoiser is fed its
+            own estimate of the step before (``common.sampling.SelfConditionedDenoiser``; in training, its own
+            estimate of the same input half of the time, ``common.engines.SampledVoxelsInferer``). Not in the
+            paper (False, its setting). It defines the model (the first convolution's weights).
     """
 
     def __init__(
@@ -366,6 +372,7 @@ class DepthAttentionUNet(nn.Module):
         patch_size: int = 1,
         depth_kernel_size: int = 1,
         position_channels: bool = False,
+        self_conditioning: bool = False,
     ) -> None:
         super().__init__()
         levels = len(channels)
@@ -376,6 +383,8 @@ class DepthAttentionUNet(nn.Module):
         _check_odd(depth_kernel_size, "depth_kernel_size", " (1: no depth convolution)")
         if not isinstance(position_channels, bool):
             raise ValueError(f"position_channels must be True or False, got {position_channels!r}.")
+        if not isinstance(self_conditioning, bool):
+            raise ValueError(f"self_conditioning must be True or False, got {self_conditioning!r}.")
         if any(c % norm_groups for c in channels):
             raise ValueError(f"norm_groups={norm_groups} must divide every entry of channels={tuple(channels)}.")
         if num_res_blocks < 1:
@@ -394,6 +403,7 @@ class DepthAttentionUNet(nn.Module):
         self.channels = tuple(channels)
         self.patch_size = patch_size
         self.position_channels = position_channels
+        self.self_conditioning = self_conditioning
         self.spatial_factor = 2 ** (levels - 1) * patch_size
         self.use_checkpointing = use_checkpointing
         self.autocast_dtype = autocast_dtype
@@ -412,7 +422,8 @@ class DepthAttentionUNet(nn.Module):
                          volume_norm=volume_norm)
         block_args = dict(time_dim=time_dim, norm_groups=norm_groups, volume_norm=volume_norm, depth_kernel_size=depth_kernel_size)
 
-        self.init_conv = nn.Conv2d(in_channels * patch_size**3 + 3 * position_channels, channels[0], 7, padding=3)
+        inputs = in_channels * (1 + self_conditioning) * patch_size**3 + 3 * position_channels
+        self.init_conv = nn.Conv2d(inputs, channels[0], 7, padding=3)
         self.init_attention = AttentionPair(channels[0], spatial=False, depth=use_depth, **attn_args)
 
         self.down_blocks = nn.ModuleList()
@@ -493,7 +504,8 @@ class DepthAttentionUNet(nn.Module):
         return module(*args)
 
     def forward(
-        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, voxels: torch.Tensor | None = None
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, voxels: torch.Tensor | None = None,
+        self_condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noise in ``x`` (B, C, H, W, D) at ``timesteps`` (shape (1,) or (B,)); a class-conditional
         denoiser reads its labels (B, variables) from ``context``, None giving no label (the unconditional model).
@@ -502,14 +514,31 @@ class DepthAttentionUNet(nn.Module):
         prediction (B, out_channels, N) at those voxels only, the last 1x1 projection skipped elsewhere. A code
         classifier's training takes its cross entropy at a sample of voxels this way, without the logits of every
         code at every voxel (``common.engines.LatentDiffusionPrepareBatch``'s ``code_voxels``). ``patch_size`` 1 only.
+
+        ``self_condition`` (B, C, H, W, D), with ``self_conditioning``: an estimate of the clean latent, read beside
+        ``x`` (None: zeros, no estimate yet).
         """
         timesteps = self._check_input(x, timesteps, context)
         if voxels is not None:
             self._check_voxels(x, voxels)
+        x = self._with_self_condition(x, self_condition)
         if self.autocast_dtype is None:
             return self._patched(x, timesteps, context, voxels)
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):
             return self._patched(x, timesteps, context, voxels).to(x.dtype)
+
+    def _with_self_condition(self, x: torch.Tensor, self_condition: torch.Tensor | None) -> torch.Tensor:
+        """``x`` with the clean-latent estimate (zeros for None) stacked behind its channels, for a self-conditioned
+        network; ``x`` itself otherwise."""
+        if not self.self_conditioning:
+            if self_condition is not None:
+                raise ValueError("this DepthAttentionUNet was built without self_conditioning: self_condition must be None.")
+            return x
+        if self_condition is None:
+            return torch.cat([x, torch.zeros_like(x)], dim=1)
+        if self_condition.shape != x.shape:
+            raise ValueError(f"self_condition must have the shape of x {tuple(x.shape)}, got {tuple(self_condition.shape)}.")
+        return torch.cat([x, self_condition.to(x.dtype)], dim=1)
 
     def _check_voxels(self, x: torch.Tensor, voxels: torch.Tensor) -> None:
         if self.patch_size != 1:

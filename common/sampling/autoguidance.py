@@ -122,16 +122,19 @@ class AutoGuidedDenoiser(nn.Module):
         return AutoGuidedDenoiser(wrap(self.network), wrap(self.guide), self.scale, self.guide_source, self.interval,
                                   self.num_train_timesteps)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        prediction = self.network(x, timesteps, context)
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **kwargs: torch.Tensor
+    ) -> torch.Tensor:
+        """The guided prediction; ``kwargs`` (a self-conditioned denoiser's ``self_condition``) reach both networks."""
+        prediction = self.network(x, timesteps, context, **kwargs)
         if self.scale == 1.0:
             return prediction
         if self.interval is None:
-            return torch.lerp(self.guide(x, timesteps, context), prediction, self.scale)
+            return torch.lerp(self.guide(x, timesteps, context, **kwargs), prediction, self.scale)
         inside = self.in_interval(torch.as_tensor(timesteps, device=x.device).expand(x.shape[0]))
         if not bool(inside.any()):
             return prediction
-        guided = torch.lerp(self.guide(x, timesteps, context), prediction, self.scale)
+        guided = torch.lerp(self.guide(x, timesteps, context, **kwargs), prediction, self.scale)
         return torch.where(inside.view(-1, *([1] * (prediction.dim() - 1))), guided, prediction)
 
 

@@ -18,7 +18,9 @@ import numbers
 import torch
 from torch import nn
 
-__all__ = ["CodeExpectation", "checked_code_temperature", "expected_codes"]
+from common.networks import expected_codes
+
+__all__ = ["CodeExpectation", "checked_code_temperature", "expected_codes"]  # expected_codes: common.networks'
 
 
 def checked_code_temperature(temperature: object) -> float:
@@ -56,8 +58,11 @@ class CodeExpectation(nn.Module):
         """The classifier's label embedding (None for an unconditional one), as ``LatentSampler`` checks it."""
         return getattr(self.classifier, "class_embedding", None)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.classifier(x, timesteps, context)
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **kwargs: torch.Tensor
+    ) -> torch.Tensor:
+        """The expected code; ``kwargs`` (a self-conditioned classifier's ``self_condition``) reach the classifier."""
+        logits = self.classifier(x, timesteps, context, **kwargs)
         if logits.shape[1] != self.codes.shape[0] or logits.shape[2:] != x.shape[2:]:
             raise ValueError(
                 f"the denoiser gives {tuple(logits.shape[1:])} for a latent of {tuple(x.shape[1:])}, not one logit per "
@@ -67,20 +72,3 @@ class CodeExpectation(nn.Module):
         for index in range(x.shape[0]):  # one volume at a time: K weights a voxel
             estimate[index] = expected_codes(logits[index], self.codes, self.temperature)
         return estimate
-
-
-def expected_codes(logits: torch.Tensor, codes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """The softmax(``logits`` / ``temperature``)-weighted mean of ``codes`` (K, C) for channel-first logits
-    (K, spatial...): (C, spatial...), in the codes' dtype; ``temperature`` 0 gives each voxel's most likely code.
-
-    The softmax runs over the channel axis of the logits as the network gives them, and the mean is one (C, K) x
-    (K, voxels) product: no transposed copy of the K logits of every voxel (``benchmarks/code_expectation_speed.md``).
-    """
-    if logits.shape[0] != codes.shape[0]:
-        raise ValueError(f"{logits.shape[0]} logits a voxel for {codes.shape[0]} codes: one logit per code is needed.")
-    flat = logits.flatten(1)
-    if temperature == 0:
-        chosen = codes.T[:, flat.argmax(dim=0)]
-    else:
-        chosen = (codes.float().T @ (flat.float() / temperature).softmax(dim=0)).to(codes.dtype)
-    return chosen.reshape(codes.shape[1], *logits.shape[1:])

@@ -6,7 +6,8 @@ over all T steps, DDIM (Song et al., ICLR 2021) samples in fewer steps (``make_s
 class-conditional denoiser (not in the paper) samples the labels asked for, with MONAI's classifier-free guidance
 (Ho & Salimans, 2022); a code-classifying one (``code_classification``, not in the paper) through the expectation
 of its codes (``common.sampling.code_expectation``). Drawn in batches, the samples can be pushed apart as they are
-drawn (``common.sampling.particle_guidance``, Corso et al., ICLR 2024).
+drawn (``common.sampling.particle_guidance``, Corso et al., ICLR 2024). A self-conditioned denoiser is given its
+estimate of the step before (``common.sampling.self_conditioning``, Chen et al., ICLR 2023).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .autoguidance import AutoGuidedDenoiser
 from .code_expectation import CodeExpectation, checked_code_temperature
 from .loop import sample_shared_out, seeded_random_state, starting_noise
 from .particle_guidance import ParticleGuidedDenoiser, checked_particle_guidance_pool, checked_particle_guidance_scale
+from .self_conditioning import SelfConditionedDenoiser
 
 __all__ = ["LatentSampler", "checked_guidance_scale", "labels_description", "volume_affine"]
 
@@ -96,6 +98,9 @@ class LatentSampler:
             of one sample (a last one, or a process's share under torchrun) is drawn alone, with a warning.
         particle_guidance_pool: with particle guidance, the estimates are compared and pushed as averages over
             cubes of this many latent voxels a side (1: voxel by voxel).
+        self_conditioning: the denoiser was built and trained with ``self_conditioning``: every step is given the
+            clean-latent estimate of the step before (``SelfConditionedDenoiser``, outermost). It must be the
+            network's own setting.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class LatentSampler:
         code_temperature: float = 1.0,
         particle_guidance_scale: float = 0.0,
         particle_guidance_pool: int = 1,
+        self_conditioning: bool = False,
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
@@ -189,6 +195,15 @@ class LatentSampler:
                 )
             self.denoiser = ParticleGuidedDenoiser(self.denoiser, inferer.scheduler, self.particle_guidance_scale,
                                                    self.particle_guidance_pool)
+        built = getattr(getattr(network, "network", network), "self_conditioning", self_conditioning)  # autoguided: its network
+        if not isinstance(self_conditioning, bool) or built != self_conditioning:
+            raise ValueError(
+                f"self_conditioning must be the denoiser's own setting, true or false: the network was built with "
+                f"{built!r}, got {self_conditioning!r}."
+            )
+        self.self_conditioning = self_conditioning
+        if self_conditioning:
+            self.denoiser = SelfConditionedDenoiser(self.denoiser, inferer.scheduler)
 
     @torch.no_grad()
     def sample(
@@ -207,8 +222,11 @@ class LatentSampler:
             if scale != 1.0 and bool((conditioning != NULL_LABEL).any()):
                 guidance = {"cfg": scale, "cfg_fill_value": NULL_LABEL}
         self.network.eval()
-        if isinstance(self.denoiser, ParticleGuidedDenoiser):
-            self.denoiser.cfg_scale = scale if guidance else None  # how MONAI's inferer combines its doubled batch
+        if isinstance(self.denoiser, SelfConditionedDenoiser):
+            self.denoiser.reset()  # a new batch starts from no estimate
+        particles = self.denoiser.network if isinstance(self.denoiser, SelfConditionedDenoiser) else self.denoiser
+        if isinstance(particles, ParticleGuidedDenoiser):
+            particles.cfg_scale = scale if guidance else None  # how MONAI's inferer combines its doubled batch
             if len(seeds) < 2:
                 logger.warning("particle guidance: seed %s is sampled alone in its batch, so it is not pushed from others.",
                                seeds[0])
@@ -260,6 +278,8 @@ class LatentSampler:
         codes = {} if self.code_temperature is None else {"code_classification": {"temperature": self.code_temperature}}
         particles = {"particle_guidance": {"scale": self.particle_guidance_scale, "pool": self.particle_guidance_pool}
                      } if self.particle_guidance_scale else {}
+        if self.self_conditioning:
+            particles["self_conditioning"] = True
         return {
             "files": [os.path.basename(path) for _, _, path in written],
             "seeds": [seed for _, seed, _ in written],

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
-from common.networks import RectifiedFlowScheduler
+from common.networks import clean_estimate_line
 
 __all__ = ["ParticleGuidedDenoiser", "checked_particle_guidance_pool", "checked_particle_guidance_scale", "repulsion"]
 
@@ -106,22 +106,14 @@ class ParticleGuidedDenoiser(nn.Module):
 
     def line(self, timestep: float) -> tuple[float, float, float]:
         """``(a, b, s)`` at ``timestep``: the clean estimate is ``a * x + b * prediction`` and s is the noise's share
-        of the variance there."""
-        kind = self.scheduler.prediction_type
-        if isinstance(self.scheduler, RectifiedFlowScheduler):  # x = (1 - u) x0 + u noise, v = x0 - noise
-            u = timestep / self.scheduler.num_train_timesteps
-            share = u * u / ((1 - u) ** 2 + u * u)
-            return (0.0, 1.0, share) if kind == "sample" else (1.0, u, share)
-        alpha_bar = float(self.scheduler.alphas_cumprod[int(timestep)])
-        signal, noise = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
-        if kind == "sample":
-            return 0.0, 1.0, 1.0 - alpha_bar
-        if kind == "epsilon":
-            return 1.0 / signal, -noise / signal, 1.0 - alpha_bar
-        return signal, -noise, 1.0 - alpha_bar
+        of the variance there (``common.networks.clean_estimate_line``)."""
+        return tuple(float(v) for v in clean_estimate_line(self.scheduler, torch.tensor(timestep)))
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        prediction = self.network(x, timesteps, context)
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None, **kwargs: torch.Tensor
+    ) -> torch.Tensor:
+        """The repelled prediction; ``kwargs`` (a self-conditioned denoiser's ``self_condition``) reach the network."""
+        prediction = self.network(x, timesteps, context, **kwargs)
         a, b, share = self.line(float(torch.as_tensor(timesteps).flatten()[0]))
         if self.scale == 0 or share == 0 or b == 0:
             return prediction

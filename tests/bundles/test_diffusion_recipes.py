@@ -24,7 +24,7 @@ from tests.bundles.bundle_runs import (
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling", "class_labels", "volume_norm",
-                  "code_classification")
+                  "code_classification", "self_conditioning")
 # every non-default recipe setting at once: scaled latents, v-prediction, and the paper's volume-wide GroupNorm
 RECIPE = {"latent_scaling": "unit_variance", "prediction_type": "v_prediction", "volume_norm": True}
 
@@ -52,7 +52,8 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     # a checkpoint written before the settings were stored was trained with the paper's recipe, the only one then
     assert shared["model_settings"]["written_before"] == {"noise_schedule": "cosine", "prediction_type": "epsilon",
                                                           "latent_scaling": "codebook_range", "class_labels": None,
-                                                          "volume_norm": False, "code_classification": False}
+                                                          "volume_norm": False, "code_classification": False,
+                                                          "self_conditioning": False}
     assert training["noise_scheduler"]["schedule"] == "@noise_schedule"
     assert training["noise_scheduler"]["prediction_type"] == "@prediction_type"
     assert training["train#trainer"]["prepare_batch"]["scheduler"] == "@noise_scheduler"  # the target follows it
@@ -69,6 +70,8 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     assert training["train#trainer"]["prepare_batch"]["code_voxels"] == "@code_voxels" == one_command["stage_overrides"]["diffusion"]["code_voxels"]
     assert training["inferer"]["_target_"] == "common.engines.SampledVoxelsInferer"  # hands the sampled voxels on
     assert inference["sampler"]["code_classification"] == "@code_classification"
+    assert shared["self_conditioning"] is False and shared["network_def"]["self_conditioning"] == "@self_conditioning"
+    assert training["inferer"]["self_conditioning"] == inference["sampler"]["self_conditioning"] == "@self_conditioning"
 
 
 def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model):
@@ -76,7 +79,7 @@ def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model)
     assert set(checkpoint["latent_scale"]) == {"value"} and float(checkpoint["latent_scale"]["value"]) == 1.0
     assert checkpoint["model_settings"] == {"num_train_timesteps": 300, "noise_schedule": "cosine",
                                             "prediction_type": "epsilon", "latent_scaling": "codebook_range", "class_labels": None,
-                                            "volume_norm": False, "code_classification": False}
+                                            "volume_norm": False, "code_classification": False, "self_conditioning": False}
     record = json.loads((brain_model["samples"] / "samples.json").read_text())
     assert record["prediction_type"] == "epsilon" and record["latent_scale"] == 1.0
 
@@ -323,6 +326,50 @@ def test_a_code_classifying_denoiser_trains_with_cross_entropy_and_samples_throu
     with pytest.raises(Exception) as cold:
         run_bundle(config_files("brain_mri", "inference"), **sampling, **codes, code_temperature=-1, output_dir=str(tmp_path / "wrong"))
     assert "code_temperature must be a number >= 0" in error_chain(cold.value)
+    assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
+
+
+@pytest.mark.parametrize("recipe", [{"code_classification": True, "prediction_type": "sample", "code_voxels": 100},
+                                    {"prediction_type": "v_prediction"}], ids=["code_classifier", "v_prediction"])
+def test_a_self_conditioned_denoiser_trains_on_its_own_estimate_and_samples_from_its_last_one_through_the_bundle_configs(
+        brain_model, tmp_path, recipe, monkeypatch):
+    from common.networks import DepthAttentionUNet
+
+    given = []  # what every call of the denoiser was handed as its estimate: None, or its largest magnitude
+    forward = DepthAttentionUNet.forward
+
+    def recording(self, x, timesteps, context=None, voxels=None, self_condition=None):
+        given.append(None if self_condition is None else float(self_condition.abs().max()))
+        return forward(self, x, timesteps, context, voxels, self_condition)
+
+    monkeypatch.setattr(DepthAttentionUNet, "forward", recording)
+    models, logs = with_the_vqgan(brain_model, tmp_path)
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "lr": 1e-3, "train#trainer#max_epochs": 4,
+                "ema#start_iteration": 1, "ema#every": 1, "log_interval": 1, **recipe}
+    torch.manual_seed(0)
+    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, self_conditioning=True)
+    checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
+    assert checkpoint["model_settings"]["self_conditioning"] is True
+    assert checkpoint["ema_network"]["init_conv.weight"].shape[1] == 2 * 8  # the 8 latent channels and their estimate
+    # 8 iterations, each with one call given no estimate; some (by the seed) then trained on that call's estimate
+    estimated = [value for value in given if value is not None]
+    assert given.count(None) == 8 and estimated and all(value > 0 for value in estimated)
+
+    given.clear()
+    sampling = {"ckpt_dir": str(models), **SIZE_32, **SMALL_DENOISER, "num_samples": 2, "num_inference_steps": 3,
+                **{k: v for k, v in recipe.items() if k != "code_voxels"}}
+    run_bundle(config_files("brain_mri", "inference"), **sampling, self_conditioning=True, output_dir=str(tmp_path / "samples"))
+    # each sample's first step has no estimate, its later ones the estimate of the step before
+    assert [value is None for value in given] == [True, False, False] * 2
+    record = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert record["self_conditioning"] is True
+    volume = np.asanyarray(nib.load(str(tmp_path / "samples" / "sample_0001_seed1.nii.gz")).dataobj)
+    assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
+
+    with pytest.raises(Exception) as mismatch:  # sampled without it: refused by the stored setting, nothing written
+        run_bundle(config_files("brain_mri", "inference"), **sampling, output_dir=str(tmp_path / "wrong"))
+    assert "trained with self_conditioning True (configured: False); set --self_conditioning" in error_chain(mismatch.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 
