@@ -134,3 +134,21 @@ def test_training_gives_half_of_the_batches_the_networks_own_estimate_made_witho
         SampledVoxelsInferer(scheduler, self_conditioning=True, code_classification=True)
     with pytest.raises(ValueError, match="must be true or false"):
         SampledVoxelsInferer(scheduler, self_conditioning="yes")
+
+
+def test_the_sampler_wraps_a_self_conditioned_denoiser_and_refuses_a_setting_that_is_not_the_networks(tmp_path):
+    from monai.inferers import LatentDiffusionInferer
+
+    from common.networks import CodebookRangeAutoencoder
+    from common.sampling import LatentSampler
+    from tests.helpers import tiny_vqgan
+
+    vqgan = tiny_vqgan()
+    built = DepthAttentionUNet(4, self_conditioning=True, **SMALL)
+    inferer = LatentDiffusionInferer(make_sampling_scheduler(20, 3), scale_factor=1.0)
+    sampler = LatentSampler(CodebookRangeAutoencoder(vqgan), built, inferer, (4, 8, 8, 4), str(tmp_path), verbose=False,
+                            self_conditioning=True)
+    assert isinstance(sampler.denoiser, SelfConditionedDenoiser) and sampler.denoiser.network is built
+    for network, setting in ((built, False), (DepthAttentionUNet(4, **SMALL), True)):
+        with pytest.raises(ValueError, match="self_conditioning must be the denoiser's own setting"):
+            LatentSampler(CodebookRangeAutoencoder(vqgan), network, inferer, (4, 8, 8, 4), str(tmp_path), self_conditioning=setting)

@@ -35,20 +35,27 @@ def _outputs(result: Any) -> list[torch.Tensor]:
 @torch.no_grad()
 def export_torchscript(
     network: torch.nn.Module,
-    example_inputs: Sequence[torch.Tensor],
+    example_inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
     path: str | os.PathLike,
     configs: Mapping[str, Mapping[str, Any]] | None = None,
     atol: float = 1e-4,
 ) -> Path:
     """Trace ``network`` (in eval mode) on ``example_inputs`` and save it to ``path`` with ``configs`` embedded.
 
+    ``example_inputs`` are positional, or by name (a mapping) for an input that follows optional ones (a
+    self-conditioned denoiser's ``self_condition``); the traced network then takes them in the mapping's order.
+
     ``configs`` maps a name (e.g. "inference") to a config dict, stored as "<name>.json". Raises ``ExportError``
     when the traced network's outputs differ from the eager network's by more than ``atol``. The file is written
     atomically.
     """
     network = network.eval()
-    traced = torch.jit.trace(network, tuple(example_inputs), check_trace=False)
-    expected, found = _outputs(network(*example_inputs)), _outputs(traced(*example_inputs))
+    if isinstance(example_inputs, Mapping):
+        traced = torch.jit.trace(network, example_kwarg_inputs=dict(example_inputs), check_trace=False)
+        expected, found = _outputs(network(**example_inputs)), _outputs(traced(*example_inputs.values()))
+    else:
+        traced = torch.jit.trace(network, tuple(example_inputs), check_trace=False)
+        expected, found = _outputs(network(*example_inputs)), _outputs(traced(*example_inputs))
     if len(expected) != len(found) or any(not torch.allclose(e, f, atol=atol) for e, f in zip(expected, found)):
         raise ExportError(f"the traced {type(network).__name__} does not reproduce the eager network's outputs; not exported.")
     path = Path(path)

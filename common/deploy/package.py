@@ -9,6 +9,7 @@ its own folder, without this repository.
 
 from __future__ import annotations
 
+import copy
 import configparser
 import hashlib
 import json
@@ -131,10 +132,14 @@ def _export_networks(bundle_dir: Path, configs: dict[str, dict]) -> None:
         export_torchscript(autoencoder, (image,), models / "autoencoder.ts", embedded)
         classes = check_class_labels(parser.get_parsed_content("class_labels"))
         if classes is None:
-            inputs: tuple[torch.Tensor, ...] = (torch.randn(1, *parser.get_parsed_content("latent_shape")), torch.tensor([1]))
+            inputs: tuple[torch.Tensor, ...] | dict[str, torch.Tensor] = (
+                torch.randn(1, *parser.get_parsed_content("latent_shape")), torch.tensor([1]))
         else:  # traced with labels: one sample asks for the first classes, one for none
             labels = torch.tensor([[0] * len(classes), [NULL_LABEL] * len(classes)])
             inputs = (torch.randn(2, *parser.get_parsed_content("latent_shape")), torch.tensor([1, 1]), labels)
+        if parser.get_parsed_content("self_conditioning", default=False):  # the estimate of the step before is an input too
+            names = ("x", "timesteps", "context")[: len(inputs)]
+            inputs = {**dict(zip(names, inputs)), "self_condition": torch.randn_like(inputs[0])}
     else:  # the noisy image with the one-hot mask channels
         channels = parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes")
         inputs = (torch.randn(1, channels, *parser["image_size"]), torch.tensor([1]))
@@ -162,6 +167,11 @@ def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict
         classes = check_class_labels(parser.get_parsed_content("class_labels"))
         if classes is not None:
             metadata["network_data_format"]["inputs"]["context"] = class_labels_input(classes)
+        if parser.get_parsed_content("self_conditioning", default=False):  # model.ts takes it after the latent, timesteps (and labels)
+            estimate = copy.deepcopy(metadata["network_data_format"]["inputs"]["image"])
+            estimate["channel_def"] = {"0": "the clean-latent estimate of the step before (self_conditioning; zeros at the "
+                                            "first step): common.sampling.SelfConditionedDenoiser"}
+            metadata["network_data_format"]["inputs"]["self_condition"] = estimate
     else:  # mask-conditioned: image + mask channels in, image channels out
         channels = {"inputs": parser.get_parsed_content("image_channels") + parser.get_parsed_content("num_classes"),
                     "outputs": parser.get_parsed_content("image_channels")}

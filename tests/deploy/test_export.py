@@ -30,3 +30,18 @@ def test_a_traced_denoiser_reproduces_the_eager_one_at_another_batch_size(tmp_pa
     x, t = torch.randn(2, 3, 8, 8, 4), torch.tensor([7, 90])
     with torch.no_grad():
         assert torch.allclose(traced(x, t), net(x, t), atol=1e-5)
+
+
+def test_a_traced_self_conditioned_denoiser_takes_its_estimate_by_name_and_reproduces_the_eager_one(tmp_path):
+    from common.networks import DepthAttentionUNet
+
+    torch.manual_seed(0)
+    net = DepthAttentionUNet(2, channels=(8, 16), num_res_blocks=1, num_heads=2, head_channels=4, norm_groups=4,
+                             self_conditioning=True).eval()
+    x = torch.randn(1, 2, 8, 8, 4)
+    path = export_torchscript(net, {"x": x, "timesteps": torch.tensor([5]), "self_condition": torch.randn_like(x)}, tmp_path / "d.ts")
+    traced = torch.jit.load(str(path))
+    x, t, estimate = torch.randn(2, 2, 8, 8, 4), torch.tensor([7, 90]), torch.randn(2, 2, 8, 8, 4)
+    with torch.no_grad():
+        assert torch.allclose(traced(x, t, estimate), net(x, t, self_condition=estimate), atol=1e-5)
+        assert not torch.allclose(traced(x, t, estimate), traced(x, t, torch.zeros_like(x)), atol=1e-3)  # it is read

@@ -206,13 +206,14 @@ def test_an_autoguidance_guide_is_packaged_with_the_denoiser_and_named_in_its_co
         package_bundle("brain_mri", models, tmp_path / "dist2", {**SIZE_32_OVERRIDES, **guided})
 
 
-def test_a_code_classifying_denoiser_is_packaged_with_its_logits_in_the_metadata_and_samples_from_the_package(brain_model, tmp_path):
+def test_a_self_conditioned_code_classifier_is_packaged_with_its_logits_and_estimate_in_the_metadata_and_samples_from_it(
+        brain_model, tmp_path):
     from tests.bundles.bundle_runs import SIZE_32, SIZE_32_OVERRIDES, SMALL_DENOISER, config_files, run_bundle
 
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
-    codes = {"code_classification": True, "prediction_type": "sample"}
+    codes = {"code_classification": True, "prediction_type": "sample", "self_conditioning": True}
     run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), dataset_dir=str(brain_model["brains"]),
                ckpt_dir=str(models), log_dir=str(tmp_path / "logs"), **SIZE_32, **SMALL_DENOISER, **codes, num_workers=0,
                batch_size=2, **{"train#trainer#max_epochs": 1, "ema#start_iteration": 1})
@@ -220,10 +221,18 @@ def test_a_code_classifying_denoiser_is_packaged_with_its_logits_in_the_metadata
     folder = archive.parent / "brain_mri"
     output = json.loads((folder / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]
     assert output["num_channels"] == SIZE_32["autoencoder_def#num_embeddings"] and "logit" in output["channel_def"]["0"]
+    inputs = json.loads((folder / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]
+    assert list(inputs) == ["image", "timesteps", "self_condition"]  # model.ts's inputs, in its order
+    assert inputs["self_condition"]["num_channels"] == inputs["image"]["num_channels"] and "step before" in inputs["self_condition"]["channel_def"]["0"]
+    traced, _, _ = load_net_with_metadata(str(folder / "models" / "model.ts"))
+    latent = torch.randn(1, inputs["image"]["num_channels"], *inputs["image"]["spatial_shape"])
+    with torch.no_grad():
+        assert not torch.equal(traced(latent, torch.tensor([5]), latent), traced(latent, torch.tensor([5]), torch.zeros_like(latent)))
     assert check_bundle(folder, packaged=True) == []  # the Model Zoo's checks run the network against that metadata
     run_bundle([str(folder / "configs" / "inference.json")], bundle_root=str(folder), num_samples=1, num_inference_steps=2,
                output_dir=str(tmp_path / "samples"))
-    assert json.loads((tmp_path / "samples" / "samples.json").read_text())["code_classification"] == {"temperature": 0.5}
+    record = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert record["code_classification"] == {"temperature": 0.5} and record["self_conditioning"] is True
 
 
 def test_a_failed_packaging_leaves_the_earlier_package_as_it_was(packaged, tmp_path):
