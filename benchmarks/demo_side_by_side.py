@@ -51,6 +51,10 @@ RECIPES: dict[str, dict[str, str]] = {
     # precision cost quality?
     "v_prediction_bf16": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "v_prediction",
                           "network_def#autocast_dtype": "bfloat16"},
+    # the demo's fed its own estimate of the clean latent (self_conditioning, Chen et al., ICLR 2023): the demo's
+    # numbers in half its iterations?
+    "v_prediction_self_cond": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "v_prediction",
+                               "self_conditioning": True},
 }
 # recipes that train the demo's denoiser (v_prediction) another way, by their training-only ids (the diffusion stage
 # alone: sampling is not given them; HALF stands for half the run's iterations): the squared error instead of the
