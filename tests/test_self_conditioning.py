@@ -136,11 +136,11 @@ def test_training_gives_half_of_the_batches_the_networks_own_estimate_made_witho
         SampledVoxelsInferer(scheduler, self_conditioning="yes")
 
 
-def test_the_sampler_wraps_a_self_conditioned_denoiser_and_refuses_a_setting_that_is_not_the_networks(tmp_path):
+def test_the_sampler_wraps_a_self_conditioned_denoiser_and_refuses_a_setting_that_is_not_the_networks(tmp_path, caplog):
     from monai.inferers import LatentDiffusionInferer
 
     from common.networks import CodebookRangeAutoencoder
-    from common.sampling import LatentSampler
+    from common.sampling import AutoGuidedDenoiser, LatentSampler
     from tests.helpers import tiny_vqgan
 
     vqgan = tiny_vqgan()
@@ -152,3 +152,7 @@ def test_the_sampler_wraps_a_self_conditioned_denoiser_and_refuses_a_setting_tha
     for network, setting in ((built, False), (DepthAttentionUNet(4, **SMALL), True)):
         with pytest.raises(ValueError, match="self_conditioning must be the denoiser's own setting"):
             LatentSampler(CodebookRangeAutoencoder(vqgan), network, inferer, (4, 8, 8, 4), str(tmp_path), self_conditioning=setting)
+    guided = AutoGuidedDenoiser(built, DepthAttentionUNet(4, self_conditioning=True, **SMALL), 2.0)
+    with caplog.at_level("WARNING", logger="common.sampling.latent"):
+        LatentSampler(CodebookRangeAutoencoder(vqgan), guided, inferer, (4, 8, 8, 4), str(tmp_path), self_conditioning=True)
+    assert "self_conditioning with autoguidance (scale 2.0)" in caplog.text

@@ -204,6 +204,11 @@ class LatentSampler:
         self.self_conditioning = self_conditioning
         if self_conditioning:
             self.denoiser = SelfConditionedDenoiser(self.denoiser, inferer.scheduler)
+            if isinstance(network, AutoGuidedDenoiser) and network.scale != 1.0:
+                logger.warning(
+                    "self_conditioning with autoguidance (scale %s): on the demo's denoiser the two together broke the "
+                    "samples (benchmarks/demo_side_by_side_self_cond.md); set autoguidance_scale 1 to sample it alone.",
+                    network.scale)
 
     @torch.no_grad()
     def sample(
