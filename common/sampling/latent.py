@@ -195,6 +195,7 @@ class LatentSampler:
                 )
             self.denoiser = ParticleGuidedDenoiser(self.denoiser, inferer.scheduler, self.particle_guidance_scale,
                                                    self.particle_guidance_pool)
+        self.particles = self.denoiser if isinstance(self.denoiser, ParticleGuidedDenoiser) else None
         built = getattr(getattr(network, "network", network), "self_conditioning", self_conditioning)  # autoguided: its network
         if not isinstance(self_conditioning, bool) or built != self_conditioning:
             raise ValueError(
@@ -229,9 +230,8 @@ class LatentSampler:
         self.network.eval()
         if isinstance(self.denoiser, SelfConditionedDenoiser):
             self.denoiser.reset()  # a new batch starts from no estimate
-        particles = self.denoiser.network if isinstance(self.denoiser, SelfConditionedDenoiser) else self.denoiser
-        if isinstance(particles, ParticleGuidedDenoiser):
-            particles.cfg_scale = scale if guidance else None  # how MONAI's inferer combines its doubled batch
+        if self.particles is not None:
+            self.particles.cfg_scale = scale if guidance else None  # how MONAI's inferer combines its doubled batch
             if len(seeds) < 2:
                 logger.warning("particle guidance: seed %s is sampled alone in its batch, so it is not pushed from others.",
                                seeds[0])
@@ -283,8 +283,7 @@ class LatentSampler:
         codes = {} if self.code_temperature is None else {"code_classification": {"temperature": self.code_temperature}}
         particles = {"particle_guidance": {"scale": self.particle_guidance_scale, "pool": self.particle_guidance_pool}
                      } if self.particle_guidance_scale else {}
-        if self.self_conditioning:
-            particles["self_conditioning"] = True
+        self_conditioned = {"self_conditioning": True} if self.self_conditioning else {}
         return {
             "files": [os.path.basename(path) for _, _, path in written],
             "seeds": [seed for _, seed, _ in written],
@@ -292,6 +291,7 @@ class LatentSampler:
             **autoguidance,
             **codes,
             **particles,
+            **self_conditioned,
             "spacing": self.spacing,
             # what else fixes a sample: each batch's random draws are seeded with its first sample's seed
             "batch_size": self.batch_size,
