@@ -432,7 +432,7 @@ def test_the_sampler_samples_a_code_classifier_through_its_expected_code_and_rec
                             str(tmp_path), num_samples=1, verbose=False, code_classification=True, code_temperature=0.25)
     assert torch.equal(sampler.denoiser.codes, autoencoder.codes()) and sampler.denoiser.temperature == 0.25
     sampler.run()
-    assert json.loads((tmp_path / "samples.json").read_text())["code_classification"] == {"temperature": 0.25}
+    assert json.loads((tmp_path / "samples.json").read_text())["code_classification"] == {"temperature": 0.25, "likelihood": False}
     assert np.isfinite(np.asanyarray(nib.load(str(tmp_path / "sample_0000_seed0.nii.gz")).dataobj)).all()
     with pytest.raises(ValueError, match="code_classification true.*set prediction_type 'sample', not 'epsilon'"):
         LatentSampler(autoencoder, net, make_sampling_scheduler(20, 3), (4, 8, 8, 8), str(tmp_path), code_classification=True)
@@ -454,7 +454,7 @@ def test_the_sampler_samples_a_code_classifier_through_its_expected_code_and_rec
         by_logits = CodeExpectation(AutoGuidedDenoiser(net, guide, 2.0), autoencoder.codes(), 0.25)(x, t)
         assert not torch.allclose(denoiser(x, t), by_logits, atol=1e-3)
     guided.run()
-    assert json.loads((tmp_path / "guided" / "samples.json").read_text())["code_classification"] == {"temperature": 0.25}
+    assert json.loads((tmp_path / "guided" / "samples.json").read_text())["code_classification"] == {"temperature": 0.25, "likelihood": False}
     banded = LatentSampler(autoencoder, AutoGuidedDenoiser(net, guide, 2.0, interval=(0.0, 0.3), num_train_timesteps=20),
                            make_sampling_scheduler(20, 3, prediction_type="sample"), (4, 8, 8, 8), str(tmp_path / "banded"),
                            verbose=False, code_classification=True).denoiser  # the interval carried to the expected codes

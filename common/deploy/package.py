@@ -156,8 +156,11 @@ def _metadata(metadata: dict, inference: Any, metrics_file: Path | None) -> dict
         channels = {"inputs": embedding, "outputs": embedding}
         if parser.get_parsed_content("code_classification"):  # the denoiser gives one logit per code
             channels["outputs"] = parser.get_parsed_content("autoencoder_def#num_embeddings")
-            metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = {
-                "0": "logit of each VQ-GAN code (code_classification): the sampler's x0 estimate is the softmax-weighted mean code"}
+            meaning = "logit of each VQ-GAN code (code_classification): the sampler's x0 estimate is the softmax-weighted mean code"
+            if parser.get_parsed_content("code_likelihood", default=False):
+                meaning += (" of these logits plus each code's Gaussian log-likelihood at the noisy voxel (code_likelihood: "
+                            "common.networks.code_log_likelihood)")
+            metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = {"0": meaning}
         for part in ("inputs", "outputs"):
             for entry in metadata["autoencoder_data_format"][part].values():
                 entry["spatial_shape"] = image_size

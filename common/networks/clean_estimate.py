@@ -16,7 +16,7 @@ from monai.networks.schedulers import Scheduler
 
 from .rectified_flow import RectifiedFlowScheduler
 
-__all__ = ["clean_estimate", "clean_estimate_line"]
+__all__ = ["clean_estimate", "clean_estimate_line", "noising_line"]
 
 
 def clean_estimate_line(scheduler: Scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,6 +42,17 @@ def clean_estimate_line(scheduler: Scheduler, timesteps: torch.Tensor) -> tuple[
         else:
             a, b = signal, -noise
     return a.float(), b.float(), share.float()
+
+
+def noising_line(scheduler: Scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(signal, noise)`` at ``timesteps`` (float32 tensors of their shape): the noisy input is
+    ``signal * x0 + noise * epsilon``. DDPM/DDIM: sqrt(alpha_bar) and sqrt(1 - alpha_bar); rectified flow: 1 - u and u."""
+    timesteps = torch.as_tensor(timesteps)
+    if isinstance(scheduler, RectifiedFlowScheduler):
+        u = timesteps.double() / scheduler.num_train_timesteps
+        return (1 - u).float(), u.float()
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device).double()[timesteps.long()]
+    return alpha_bar.sqrt().float(), (1.0 - alpha_bar).sqrt().float()
 
 
 def clean_estimate(

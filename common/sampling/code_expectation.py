@@ -7,7 +7,9 @@ voxel, trained with the cross entropy against the code of the clean latent there
 (``common.engines.LatentDiffusionPrepareBatch``). A sampler needs an estimate of the clean latent: the
 softmax-weighted mean of the codes, which for a calibrated classifier is the posterior mean (the least-squares x0)
 and which the scheduler takes as ``prediction_type "sample"``. A temperature below 1 leans the estimate towards the
-most likely code; 0 takes that code (``benchmarks/code_prediction.md``).
+most likely code; 0 takes that code (``benchmarks/code_prediction.md``). A classifier trained with
+``code_likelihood`` gives logits to be added to every code's log-likelihood at the noisy voxel
+(``common.networks.code_log_likelihood``); it is sampled with the scheduler that says the noise at each step.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import math
 import numbers
 
 import torch
+from monai.networks.schedulers import Scheduler
 from torch import nn
 
-from common.networks import expected_codes
+from common.networks import code_log_likelihood, expected_codes, noising_line
 
 __all__ = ["CodeExpectation", "checked_code_temperature", "expected_codes"]  # expected_codes: common.networks'
 
@@ -42,16 +45,24 @@ class CodeExpectation(nn.Module):
     Args:
         classifier: the denoiser; its output has one channel per code.
         codes: the codes (K, C) in the diffusion model's latent space (``CodebookRangeAutoencoder.codes``).
-        temperature: of the softmax: 1 the posterior mean, below 1 sharper, 0 the most likely code.
+        temperature: of the softmax (of the logits with the likelihood, if added): 1 the posterior mean, below 1
+            sharper, 0 the most likely code.
+        likelihood: for a classifier trained with ``code_likelihood``, the sampling scheduler (its noise at each
+            timestep): every code's log-likelihood at the noisy voxel is added to the logits. None: the logits alone.
     """
 
-    def __init__(self, classifier: nn.Module, codes: torch.Tensor, temperature: float = 1.0) -> None:
+    def __init__(
+        self, classifier: nn.Module, codes: torch.Tensor, temperature: float = 1.0, likelihood: Scheduler | None = None
+    ) -> None:
         super().__init__()
         if codes.ndim != 2:
             raise ValueError(f"codes must be (K, C), got shape {tuple(codes.shape)}.")
         self.classifier = classifier
         self.register_buffer("codes", codes.detach().clone())
         self.temperature = checked_code_temperature(temperature)
+        if likelihood is not None and not isinstance(likelihood, Scheduler):
+            raise TypeError(f"likelihood must be the sampling scheduler or None, got {type(likelihood).__name__}.")
+        self.likelihood = likelihood
 
     @property
     def class_embedding(self) -> nn.Module | None:
@@ -68,7 +79,13 @@ class CodeExpectation(nn.Module):
                 f"the denoiser gives {tuple(logits.shape[1:])} for a latent of {tuple(x.shape[1:])}, not one logit per "
                 f"code ({self.codes.shape[0]} codes) at every voxel: was it trained with code_classification?"
             )
+        if self.likelihood is not None:
+            signal, noise = noising_line(self.likelihood, torch.as_tensor(timesteps, device=x.device).expand(x.shape[0]))
         estimate = torch.empty_like(x)
         for index in range(x.shape[0]):  # one volume at a time: K weights a voxel
-            estimate[index] = expected_codes(logits[index], self.codes, self.temperature)
+            volume = logits[index]
+            if self.likelihood is not None:
+                volume = volume + code_log_likelihood(x[index:index + 1], self.codes, signal[index:index + 1],
+                                                      noise[index:index + 1])[0]
+            estimate[index] = expected_codes(volume, self.codes, self.temperature)
         return estimate

@@ -92,6 +92,9 @@ class LatentSampler:
             scheduler's ``prediction_type`` "sample". Autoguidance and classifier-free guidance (MONAI's inferer)
             both combine the estimates (the expected codes, after the softmax), not the logits.
         code_temperature: the softmax temperature of a code-classifying denoiser (``CodeExpectation``).
+        code_likelihood: the code classifier was trained with ``code_likelihood``: every code's log-likelihood at
+            the noisy voxel is added to its logits at every step (``common.networks.code_log_likelihood``). It must
+            be the model's own setting (the bundles check it against the checkpoint's ``model_settings``).
         particle_guidance_scale: above 0, the x0 estimates of each batch's samples are pushed apart at every step
             (``ParticleGuidedDenoiser``, on the estimates after code expectation and autoguidance), by this share of
             their distance to their neighbours' mean at the noisiest step; needs ``batch_size`` of at least 2. A batch
@@ -122,6 +125,7 @@ class LatentSampler:
         guidance_scale: float = 1.0,
         code_classification: bool = False,
         code_temperature: float = 1.0,
+        code_likelihood: bool = False,
         particle_guidance_scale: float = 0.0,
         particle_guidance_pool: int = 1,
         self_conditioning: bool = False,
@@ -173,6 +177,11 @@ class LatentSampler:
         if not isinstance(code_classification, bool):
             raise ValueError(f"code_classification must be true or false, got {code_classification!r}.")
         code_temperature = checked_code_temperature(code_temperature)  # checked whether or not it is used
+        if not isinstance(code_likelihood, bool):
+            raise ValueError(f"code_likelihood must be true or false, got {code_likelihood!r}.")
+        if code_likelihood and not code_classification:
+            raise ValueError("code_likelihood adds every code's likelihood to a code classifier's logits: it needs "
+                             "code_classification true.")
         self.denoiser = network
         if code_classification:
             if inferer.scheduler.prediction_type != "sample":
@@ -181,10 +190,12 @@ class LatentSampler:
                     f"prediction_type 'sample', not {inferer.scheduler.prediction_type!r}."
                 )
             codes = autoencoder.codes()
-            expectation = functools.partial(CodeExpectation, codes=codes, temperature=code_temperature)
+            expectation = functools.partial(CodeExpectation, codes=codes, temperature=code_temperature,
+                                            likelihood=inferer.scheduler if code_likelihood else None)
             # autoguided: on the expected codes of the denoiser and its guide, not on their logits (common.sampling.autoguidance)
             self.denoiser = network.applied_to(expectation) if isinstance(network, AutoGuidedDenoiser) else expectation(network)
         self.code_temperature = code_temperature if code_classification else None
+        self.code_likelihood = code_likelihood
         self.particle_guidance_scale = checked_particle_guidance_scale(particle_guidance_scale)
         self.particle_guidance_pool = checked_particle_guidance_pool(particle_guidance_pool)
         if self.particle_guidance_scale > 0:
@@ -280,7 +291,8 @@ class LatentSampler:
             "scale": self.network.scale, "guide": self.network.guide_source,
             "interval": None if self.network.interval is None else list(self.network.interval),
         }} if isinstance(self.network, AutoGuidedDenoiser) else {}
-        codes = {} if self.code_temperature is None else {"code_classification": {"temperature": self.code_temperature}}
+        codes = {} if self.code_temperature is None else {"code_classification": {
+            "temperature": self.code_temperature, "likelihood": self.code_likelihood}}
         particles = {"particle_guidance": {"scale": self.particle_guidance_scale, "pool": self.particle_guidance_pool}
                      } if self.particle_guidance_scale else {}
         self_conditioned = {"self_conditioning": True} if self.self_conditioning else {}

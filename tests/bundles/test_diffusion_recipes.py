@@ -24,7 +24,7 @@ from tests.bundles.bundle_runs import (
 
 LATENT_BUNDLES = ["brain_mri", "knee_mri", "breast_mri", "chest_ct"]
 MODEL_DEFINING = ("num_train_timesteps", "noise_schedule", "prediction_type", "latent_scaling", "class_labels", "volume_norm",
-                  "code_classification", "self_conditioning")
+                  "code_classification", "self_conditioning", "code_likelihood")
 # every non-default recipe setting at once: scaled latents, v-prediction, and the paper's volume-wide GroupNorm
 RECIPE = {"latent_scaling": "unit_variance", "prediction_type": "v_prediction", "volume_norm": True}
 
@@ -53,7 +53,7 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     assert shared["model_settings"]["written_before"] == {"noise_schedule": "cosine", "prediction_type": "epsilon",
                                                           "latent_scaling": "codebook_range", "class_labels": None,
                                                           "volume_norm": False, "code_classification": False,
-                                                          "self_conditioning": False}
+                                                          "self_conditioning": False, "code_likelihood": False}
     assert training["noise_scheduler"]["schedule"] == "@noise_schedule"
     assert training["noise_scheduler"]["prediction_type"] == "@prediction_type"
     assert training["train#trainer"]["prepare_batch"]["scheduler"] == "@noise_scheduler"  # the target follows it
@@ -72,6 +72,8 @@ def test_training_and_inference_read_the_model_defining_settings_from_one_source
     assert inference["sampler"]["code_classification"] == "@code_classification"
     assert shared["self_conditioning"] is False and shared["network_def"]["self_conditioning"] == "@self_conditioning"
     assert training["inferer"]["self_conditioning"] == inference["sampler"]["self_conditioning"] == "@self_conditioning"
+    assert shared["code_likelihood"] is False
+    assert training["inferer"]["code_likelihood"] == inference["sampler"]["code_likelihood"] == "@code_likelihood"
 
 
 def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model):
@@ -79,7 +81,8 @@ def test_the_default_checkpoint_holds_the_papers_scale_and_settings(brain_model)
     assert set(checkpoint["latent_scale"]) == {"value"} and float(checkpoint["latent_scale"]["value"]) == 1.0
     assert checkpoint["model_settings"] == {"num_train_timesteps": 300, "noise_schedule": "cosine",
                                             "prediction_type": "epsilon", "latent_scaling": "codebook_range", "class_labels": None,
-                                            "volume_norm": False, "code_classification": False, "self_conditioning": False}
+                                            "volume_norm": False, "code_classification": False, "self_conditioning": False,
+                                            "code_likelihood": False}
     record = json.loads((brain_model["samples"] / "samples.json").read_text())
     assert record["prediction_type"] == "epsilon" and record["latent_scale"] == 1.0
 
@@ -318,7 +321,7 @@ def test_a_code_classifying_denoiser_trains_with_cross_entropy_and_samples_throu
     volume = np.asanyarray(nib.load(str(tmp_path / "samples" / "sample_0000_seed0.nii.gz")).dataobj)
     assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
     record = json.loads((tmp_path / "samples" / "samples.json").read_text())
-    assert record["prediction_type"] == "sample" and record["code_classification"] == {"temperature": 0.25}
+    assert record["prediction_type"] == "sample" and record["code_classification"] == {"temperature": 0.25, "likelihood": False}
 
     with pytest.raises(Exception) as mismatch:  # the classifier sampled as a regressing denoiser: refused by the setting
         run_bundle(config_files("brain_mri", "inference"), **sampling, prediction_type="sample", output_dir=str(tmp_path / "wrong"))
@@ -326,6 +329,58 @@ def test_a_code_classifying_denoiser_trains_with_cross_entropy_and_samples_throu
     with pytest.raises(Exception) as cold:
         run_bundle(config_files("brain_mri", "inference"), **sampling, **codes, code_temperature=-1, output_dir=str(tmp_path / "wrong"))
     assert "code_temperature must be a number >= 0" in error_chain(cold.value)
+    assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
+
+
+def test_a_code_classifier_with_the_codes_likelihood_trains_and_samples_with_it_through_the_bundle_configs(
+        brain_model, tmp_path, monkeypatch):
+    from common.engines import sampled_voxels
+    from common.sampling import code_expectation
+
+    calls = []  # (where, the shape of the likelihood's logits) of every likelihood computed
+
+    def spy(module, where):
+        original = module.code_log_likelihood
+
+        def recording(noisy, codes, signal, noise):
+            logits = original(noisy, codes, signal, noise)
+            calls.append((where, tuple(logits.shape)))
+            return logits
+        monkeypatch.setattr(module, "code_log_likelihood", recording)
+
+    spy(sampled_voxels, "training")
+    spy(code_expectation, "sampling")
+    models, logs = with_the_vqgan(brain_model, tmp_path)
+    codes = {"code_classification": True, "prediction_type": "sample"}
+    training = {"dataset_dir": str(brain_model["brains"]), "ckpt_dir": str(models), "log_dir": str(logs), **SIZE_32,
+                **SMALL_DENOISER, "num_workers": 0, "batch_size": 2, "lr": 1e-3, "train#trainer#max_epochs": 2,
+                "ema#start_iteration": 1, "ema#every": 1, "log_interval": 1, **codes, "code_voxels": 100}
+    with pytest.raises(Exception) as regressing:
+        run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"),
+                   **{**training, "code_classification": False, "prediction_type": "v_prediction"}, code_likelihood=True)
+    assert "code_likelihood adds every code's likelihood to a code classifier's logits: it needs code_classification true" \
+        in error_chain(regressing.value)
+    assert not (models / "diffusion.pt").exists() and not calls
+
+    run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), **training, code_likelihood=True)
+    count = SIZE_32["autoencoder_def#num_embeddings"]
+    # every one of the 4 iterations: each of its 2 latents' likelihood at its 100 sampled voxels
+    assert calls == [("training", (2, count, 100))] * 4
+    checkpoint = torch.load(models / "diffusion.pt", weights_only=True)
+    assert checkpoint["model_settings"]["code_likelihood"] is True
+
+    calls.clear()
+    sampling = {"ckpt_dir": str(models), **SIZE_32, **SMALL_DENOISER, "num_samples": 1, "num_inference_steps": 3, **codes}
+    run_bundle(config_files("brain_mri", "inference"), **sampling, code_likelihood=True, output_dir=str(tmp_path / "samples"))
+    assert calls == [("sampling", (1, count, 16, 16, 16))] * 3  # at every step, at every voxel of the latent
+    record = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    assert record["code_classification"] == {"temperature": 0.5, "likelihood": True}
+    volume = np.asanyarray(nib.load(str(tmp_path / "samples" / "sample_0000_seed0.nii.gz")).dataobj)
+    assert volume.shape == (32, 32, 32) and np.isfinite(volume).all()
+
+    with pytest.raises(Exception) as mismatch:  # sampled without it: refused by the stored setting, nothing written
+        run_bundle(config_files("brain_mri", "inference"), **sampling, output_dir=str(tmp_path / "wrong"))
+    assert "trained with code_likelihood True (configured: False); set --code_likelihood" in error_chain(mismatch.value)
     assert not (tmp_path / "wrong").exists() or not list((tmp_path / "wrong").glob("*.nii.gz"))
 
 

@@ -206,14 +206,14 @@ def test_an_autoguidance_guide_is_packaged_with_the_denoiser_and_named_in_its_co
         package_bundle("brain_mri", models, tmp_path / "dist2", {**SIZE_32_OVERRIDES, **guided})
 
 
-def test_a_self_conditioned_code_classifier_is_packaged_with_its_logits_and_estimate_in_the_metadata_and_samples_from_it(
+def test_a_self_conditioned_code_classifier_with_the_likelihood_is_packaged_with_its_logits_and_estimate_in_the_metadata_and_samples_from_it(
         brain_model, tmp_path):
     from tests.bundles.bundle_runs import SIZE_32, SIZE_32_OVERRIDES, SMALL_DENOISER, config_files, run_bundle
 
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy2(brain_model["models"] / "autoencoder.pt", models / "autoencoder.pt")
-    codes = {"code_classification": True, "prediction_type": "sample", "self_conditioning": True}
+    codes = {"code_classification": True, "prediction_type": "sample", "self_conditioning": True, "code_likelihood": True}
     run_bundle(config_files("brain_mri", "train_autoencoder", "train_diffusion"), dataset_dir=str(brain_model["brains"]),
                ckpt_dir=str(models), log_dir=str(tmp_path / "logs"), **SIZE_32, **SMALL_DENOISER, **codes, num_workers=0,
                batch_size=2, **{"train#trainer#max_epochs": 1, "ema#start_iteration": 1})
@@ -221,6 +221,7 @@ def test_a_self_conditioned_code_classifier_is_packaged_with_its_logits_and_esti
     folder = archive.parent / "brain_mri"
     output = json.loads((folder / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]
     assert output["num_channels"] == SIZE_32["autoencoder_def#num_embeddings"] and "logit" in output["channel_def"]["0"]
+    assert "plus each code's Gaussian log-likelihood at the noisy voxel" in output["channel_def"]["0"]
     inputs = json.loads((folder / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]
     assert list(inputs) == ["image", "timesteps", "self_condition"]  # model.ts's inputs, in its order
     assert inputs["self_condition"]["num_channels"] == inputs["image"]["num_channels"] and "step before" in inputs["self_condition"]["channel_def"]["0"]
@@ -232,7 +233,7 @@ def test_a_self_conditioned_code_classifier_is_packaged_with_its_logits_and_esti
     run_bundle([str(folder / "configs" / "inference.json")], bundle_root=str(folder), num_samples=1, num_inference_steps=2,
                output_dir=str(tmp_path / "samples"))
     record = json.loads((tmp_path / "samples" / "samples.json").read_text())
-    assert record["code_classification"] == {"temperature": 0.5} and record["self_conditioning"] is True
+    assert record["code_classification"] == {"temperature": 0.5, "likelihood": True} and record["self_conditioning"] is True
 
 
 def test_a_failed_packaging_leaves_the_earlier_package_as_it_was(packaged, tmp_path):
