@@ -55,6 +55,13 @@ RECIPES: dict[str, dict[str, str]] = {
     # numbers in half its iterations?
     "v_prediction_self_cond": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "v_prediction",
                                "self_conditioning": True},
+    # the demo's denoiser naming each latent voxel's code (code_classification, sampled through the expected code at
+    # the inference default code_temperature 0.5), with and without every code's likelihood added to its logits
+    # (code_likelihood)
+    "codes": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "sample",
+              "code_classification": True},
+    "codes_likelihood": {"noise_schedule": "cosine", "latent_scaling": "codebook_range", "prediction_type": "sample",
+                         "code_classification": True, "code_likelihood": True},
 }
 # recipes that train the demo's denoiser (v_prediction) another way, by their training-only ids (the diffusion stage
 # alone: sampling is not given them; HALF stands for half the run's iterations): the squared error instead of the
