@@ -163,7 +163,7 @@ RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_
               "self_conditioning": True},
     "sample": RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_bf16"]["sample"]}
 # the bf16 classifier's logits added to every code's exact log-likelihood at the noisy voxel (code_likelihood): its
-# own logits named 73% of the codes of a barely noised latent right at 1,600 iterations, the likelihood alone 81%,
+# own logits named 74% of the codes of a barely noised latent right at 1,600 iterations, the likelihood alone 80%,
 # the two added 97%; does the network, left to learn only what the context says, draw the grey/white pattern?
 RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_bf16_likelihood"] = {
     "train": {**RECIPES["unit_variance_v_4_levels_volume_norm_depth_conv_lr_2e-3_position_codes_bf16"]["train"],
