@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=4, help="training volumes to noise")
     parser.add_argument("--out", type=Path, help="write the table here (markdown) as well as printing it")
     args = parser.parse_args()
+    if args.volumes < 1:
+        parser.error(f"--volumes must be at least 1, got {args.volumes}")
     if args.recipe not in convergence.RECIPES:
         parser.error(f"--recipe must be one of convergence.py's recipes, got {args.recipe!r}")
     recipe = {**convergence.RECIPES[args.recipe]["train"], **convergence.RECIPES[args.recipe]["sample"]}

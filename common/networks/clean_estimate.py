@@ -19,6 +19,23 @@ from .rectified_flow import RectifiedFlowScheduler
 __all__ = ["clean_estimate", "clean_estimate_line", "noising_line"]
 
 
+def _signal_and_noise(scheduler: Scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``noising_line`` in float64, which ``clean_estimate_line`` divides by."""
+    timesteps = torch.as_tensor(timesteps)
+    if isinstance(scheduler, RectifiedFlowScheduler):
+        u = timesteps.double() / scheduler.num_train_timesteps
+        return 1 - u, u
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device).double()[timesteps.long()]
+    return alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+
+
+def noising_line(scheduler: Scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(signal, noise)`` at ``timesteps`` (float32 tensors of their shape): the noisy input is
+    ``signal * x0 + noise * epsilon``. DDPM/DDIM: sqrt(alpha_bar) and sqrt(1 - alpha_bar); rectified flow: 1 - u and u."""
+    signal, noise = _signal_and_noise(scheduler, timesteps)
+    return signal.float(), noise.float()
+
+
 def clean_estimate_line(scheduler: Scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(a, b, share)`` at ``timesteps`` (any shape, float32 tensors of that shape): the clean estimate is
     ``a * x + b * prediction`` for the ``scheduler``'s prediction type, and ``share`` is the noise's share of the
@@ -26,33 +43,17 @@ def clean_estimate_line(scheduler: Scheduler, timesteps: torch.Tensor) -> tuple[
     kind = scheduler.prediction_type
     if kind not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(f"the clean estimate reads prediction_type epsilon, v_prediction or sample, not {kind!r}.")
-    timesteps = torch.as_tensor(timesteps)
-    if isinstance(scheduler, RectifiedFlowScheduler):
-        u = timesteps.double() / scheduler.num_train_timesteps
-        share = u * u / ((1 - u) ** 2 + u * u)
-        a, b = (torch.zeros_like(u), torch.ones_like(u)) if kind == "sample" else (torch.ones_like(u), u)
+    signal, noise = _signal_and_noise(scheduler, timesteps)
+    share = noise * noise / (signal * signal + noise * noise)
+    if kind == "sample":
+        a, b = torch.zeros_like(signal), torch.ones_like(signal)
+    elif isinstance(scheduler, RectifiedFlowScheduler):  # its velocity x0 - noise: x0 = x + u v
+        a, b = torch.ones_like(signal), noise
+    elif kind == "epsilon":
+        a, b = 1.0 / signal, -noise / signal
     else:
-        alpha_bar = scheduler.alphas_cumprod.to(timesteps.device).double()[timesteps.long()]
-        signal, noise = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
-        share = 1.0 - alpha_bar
-        if kind == "sample":
-            a, b = torch.zeros_like(signal), torch.ones_like(signal)
-        elif kind == "epsilon":
-            a, b = 1.0 / signal, -noise / signal
-        else:
-            a, b = signal, -noise
+        a, b = signal, -noise
     return a.float(), b.float(), share.float()
-
-
-def noising_line(scheduler: Scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(signal, noise)`` at ``timesteps`` (float32 tensors of their shape): the noisy input is
-    ``signal * x0 + noise * epsilon``. DDPM/DDIM: sqrt(alpha_bar) and sqrt(1 - alpha_bar); rectified flow: 1 - u and u."""
-    timesteps = torch.as_tensor(timesteps)
-    if isinstance(scheduler, RectifiedFlowScheduler):
-        u = timesteps.double() / scheduler.num_train_timesteps
-        return (1 - u).float(), u.float()
-    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device).double()[timesteps.long()]
-    return alpha_bar.sqrt().float(), (1.0 - alpha_bar).sqrt().float()
 
 
 def clean_estimate(
