@@ -64,6 +64,28 @@ def test_rectified_flow_refuses_epsilon_and_a_stochastic_eta():
     assert isinstance(make_noise_scheduler(300), DDPMScheduler)  # the paper's by default
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("steps", [3, 7, 10, 25])
+def test_every_ddim_step_lands_at_the_noise_level_the_next_call_is_told(steps, prediction_type):
+    # a denoiser that knows the clean latent and the noise: each step must put the sample exactly where add_noise puts
+    # it at the next timestep, and the last step on the clean latent. MONAI's own step moves it to t - T // N instead
+    # (with 10 steps, the call told t 0 gets a sample at t 3), which this catches.
+    scheduler = make_sampling_scheduler(300, steps, "cosine", prediction_type)
+    scheduler.clip_sample_values = [-10.0, 10.0]
+    training = make_noise_scheduler(300, "cosine", prediction_type)
+    torch.manual_seed(0)
+    clean, noise = torch.rand(1, 2, 4, 4, 4) * 2 - 1, torch.randn(1, 2, 4, 4, 4)
+    sample = training.add_noise(clean, noise, torch.tensor([int(scheduler.timesteps[0])]))
+    for t in scheduler.timesteps:
+        t_tensor = torch.tensor([int(t)])
+        assert torch.allclose(sample, training.add_noise(clean, noise, t_tensor), atol=2e-3), f"told t={int(t)}"
+        target = {"epsilon": noise, "sample": clean, "v_prediction": training.get_velocity(clean, noise, t_tensor)}
+        sample, estimate = scheduler.step(target[prediction_type], t, sample)
+        assert torch.allclose(estimate, clean, atol=1e-3)
+    assert torch.allclose(sample, clean, atol=1e-3)
+    assert scheduler.previous_timestep(int(scheduler.timesteps[-1])) == -1
+
+
 def test_ddim_eta_adds_fresh_noise_at_every_step_and_is_refused_for_ddpm():
     deterministic, stochastic = make_sampling_scheduler(300, 10), make_sampling_scheduler(300, 10, eta=1.0)
     assert isinstance(stochastic, StochasticDDIMScheduler) and stochastic.eta == 1.0

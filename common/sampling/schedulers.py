@@ -18,18 +18,52 @@ __all__ = ["StochasticDDIMScheduler", "make_noise_scheduler", "make_sampling_sch
 
 
 class StochasticDDIMScheduler(DDIMScheduler):
-    """MONAI's ``DDIMScheduler`` whose ``step`` takes its ``eta`` (Song et al., Eq. 16) from the constructor, because
-    MONAI's inferers call ``step(model_output, t, sample)`` without one: 0 is deterministic DDIM, 1 adds as much
-    fresh noise at every step as DDPM's posterior does. The noise comes from the default generator of the sample's
-    device, which the samplers seed per sample (``common.sampling.loop.seeded_random_state``)."""
+    """MONAI's ``DDIMScheduler`` with two changes to ``step``.
+
+    - Its ``eta`` (Song et al., Eq. 16) comes from the constructor, because MONAI's inferers call
+      ``step(model_output, t, sample)`` without one: 0 is deterministic DDIM, 1 adds as much fresh noise at every step
+      as DDPM's posterior does. The noise comes from the default generator of the sample's device, which the samplers
+      seed per sample (``common.sampling.loop.seeded_random_state``).
+    - A step moves the sample to the next of ``timesteps``, the one the network is told at the next call. MONAI's
+      step moves it to ``t - T // N`` while its timesteps are rounded from an even ``linspace`` over [0, T - 1], so
+      the two drift apart: with T 300 and 10 steps the last call is told t 0 for a sample still at t 3 (about 6 times
+      the noise variance it is told), and with 3 steps about 480 times. The DDIM update itself (Song et al., Eq. 12)
+      is MONAI's, with its prediction types and x0 clipping.
+    """
 
     def __init__(self, eta: float = 0.0, **settings) -> None:
         super().__init__(**settings)
         self.eta = float(eta)
 
+    def previous_timestep(self, timestep: int) -> int:
+        """The timestep a step from ``timestep`` moves the sample to: the next of ``timesteps`` below it, or -1 (the
+        clean latent, ``final_alpha_cumprod``) from the last."""
+        below = self.timesteps[self.timesteps < int(timestep)]
+        return int(below.max()) if below.numel() else -1
+
     def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float | None = None,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().step(model_output, timestep, sample, self.eta if eta is None else eta, generator)
+        """``(sample at the next timestep, clipped x0 estimate)``, as MONAI's ``DDIMScheduler.step`` returns them."""
+        eta = self.eta if eta is None else eta
+        timestep = int(timestep)
+        previous = self.previous_timestep(timestep)
+        alpha_bar = self.alphas_cumprod[timestep]
+        alpha_bar_previous = self.alphas_cumprod[previous] if previous >= 0 else self.final_alpha_cumprod
+        if self.prediction_type == "epsilon":
+            estimate, epsilon = (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt(), model_output
+        elif self.prediction_type == "sample":
+            estimate, epsilon = model_output, (sample - alpha_bar.sqrt() * model_output) / (1 - alpha_bar).sqrt()
+        else:  # v_prediction
+            estimate = alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
+            epsilon = alpha_bar.sqrt() * model_output + (1 - alpha_bar).sqrt() * sample
+        if self.clip_sample:
+            estimate = estimate.clamp(*self.clip_sample_values)
+        std = eta * self._get_variance(timestep, previous).sqrt()
+        following = alpha_bar_previous.sqrt() * estimate + (1 - alpha_bar_previous - std**2).sqrt() * epsilon
+        if eta > 0:
+            noise = torch.randn(model_output.shape, dtype=model_output.dtype, generator=generator, device=model_output.device)
+            following = following + std * noise
+        return following, estimate
 
 
 def make_sampling_scheduler(
