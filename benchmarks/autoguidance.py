@@ -83,10 +83,11 @@ def main() -> None:
         parser.error("--scales must be numbers above 1 and --seeds at least one seed")
 
     from common.io import write_text
-    from common.pipeline import DEMO_SETTINGS, run_stages, without_autoguidance
+    from common.pipeline import DEMO_SETTINGS, V_PREDICTION_DENOISER, run_stages, without_autoguidance
 
     started = time.time()
     settings = without_autoguidance(DEMO_SETTINGS[BUNDLE])  # guided only where a row asks for it
+    settings["denoiser"].update(V_PREDICTION_DENOISER)  # the denoiser its report measured
     samples = settings["inference"]["num_samples"]
     iterations = args.iterations or settings["diffusion"]["train#trainer#max_epochs"] * 20 // settings["diffusion"]["batch_size"]
     if not 0 < args.guide_iteration < iterations:

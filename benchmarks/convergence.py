@@ -186,9 +186,10 @@ CURVES = {  # ratio key in metrics.json -> label
 def stage_settings(args: argparse.Namespace) -> dict:
     """Overrides by stage: the demo's at 32^3, ``benchmarks/quality.py``'s at 64^3."""
     if args.size == 32:
-        from common.pipeline import DEMO_SETTINGS, without_autoguidance
+        from common.pipeline import DEMO_SETTINGS, V_PREDICTION_DENOISER, without_autoguidance
 
         settings = without_autoguidance(DEMO_SETTINGS[BUNDLE])  # the denoiser alone, as every recipe is measured
+        settings["denoiser"].update(V_PREDICTION_DENOISER)  # the base the recipes' ids were written on
     else:
         sys.path.insert(0, str(REPO / "benchmarks"))
         import quality

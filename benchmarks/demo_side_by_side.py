@@ -137,9 +137,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "demo_side_by_side.md")
     args = parser.parse_args()
     from common.io import write_text
-    from common.pipeline import DEMO_SETTINGS, run_stages, without_autoguidance
+    from common.pipeline import DEMO_SETTINGS, V_PREDICTION_DENOISER, run_stages, without_autoguidance
 
-    settings = DEMO_SETTINGS[convergence.BUNDLE]
+    settings = copy.deepcopy(DEMO_SETTINGS[convergence.BUNDLE])
+    settings["denoiser"].update(V_PREDICTION_DENOISER)  # the base the recipes' ids are written on
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         runs = parse_runs(args.runs, TRAINING_BRAINS // settings["diffusion"]["batch_size"])

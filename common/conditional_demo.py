@@ -27,7 +27,7 @@ from common.data.brain_population import VENTRICLE_CLASSES, ventricle_volume
 from common.evaluation import NearestClassMedian
 from common.evaluation.pictures import save_slices_through
 from common.io import bundle_dir, write_text
-from common.pipeline import DEMO_SETTINGS, run_stages, without_autoguidance
+from common.pipeline import DEMO_SETTINGS, V_PREDICTION_DENOISER, run_stages, without_autoguidance
 
 __all__ = ["CONDITIONAL_SETTINGS", "GUIDANCE_SCALES", "conditional_demo", "run_conditional_demo", "summary"]
 
@@ -42,6 +42,7 @@ GUIDANCE_SCALES = (1.0, 3.0, 7.0)
 # Classifier-free guidance alone, as measured: without the unconditional demo's autoguidance.
 CONDITIONAL_SETTINGS: dict[str, dict[str, Any]] = without_autoguidance(DEMO_SETTINGS[BUNDLE])
 CONDITIONAL_SETTINGS["denoiser"]["class_labels"] = LABELS
+CONDITIONAL_SETTINGS["denoiser"].update(V_PREDICTION_DENOISER)  # what it was measured with, not the demo's code classifier
 CONDITIONAL_SETTINGS["inference"].update({"num_samples": 8, "num_inference_steps": 50})
 
 

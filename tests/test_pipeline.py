@@ -23,7 +23,10 @@ def test_the_demo_settings_at_a_small_scale(tmp_path, demo_brains):
         samples = Path(run_stages("brain_mri", str(tmp_path), None, "autoencoder,diffusion,inference,evaluation", settings, {}))
     metrics = json.loads((samples / "evaluation" / "metrics.json").read_text())
     # the demo samples with autoguidance by the denoiser's own snapshot
-    assert json.loads((samples / "samples.json").read_text())["autoguidance"] == {"scale": 2.0, "guide": str(tmp_path / "models" / "guide.pt"), "interval": None}
+    record = json.loads((samples / "samples.json").read_text())
+    assert record["autoguidance"] == {"scale": 2.0, "guide": str(tmp_path / "models" / "guide.pt"), "interval": None}
+    # and its denoiser names the codes, with their likelihood at the noisy voxel added
+    assert record["code_classification"] == {"temperature": 0.5, "likelihood": True}
     recon = metrics["reconstruction"]
     assert recon["volumes"] == "held-out volumes (heldout_dir)" and recon["count"] == 8 and recon["psnr_db"]["mean"] > 5
     assert metrics["real_volumes"] == 20 and "real_heldout" in metrics["diversity_ms_ssim"]
