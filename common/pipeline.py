@@ -68,7 +68,7 @@ SMALL_IMAGE_SIZE: dict[str, list[int]] = {
     "brain_mri": [16, 16, 16], "knee_mri": [64, 64, 16], "breast_mri": [32, 32, 16], "chest_ct": [32, 32, 32],
 }
 
-# Small models that train in 10 to 25 minutes on 2 CPU cores (12 to 22 measured on this project's machine), on the
+# Small models that train in 15 to 30 minutes on 2 CPU cores (23 measured on this project's machine, 0.2.28), on the
 # real-anatomy demo brains (20 to train on, 8 held out). At 32^3 the VQ-GAN keeps the paper's brain compression of 2
 # (a 16^3 latent): compression 4 leaves too few codes for a held-out PSNR above 27 dB. Its adversarial phase keeps
 # the paper's start (iteration 10,000), which the demo's 2,000 iterations never reach: from iteration 500 it
@@ -118,7 +118,7 @@ DEMO_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             # sampled through its expected code) and adds every code's exact likelihood at the noisy voxel to its
             # logits. Beside v-prediction at the same 1,800 iterations on one VQ-GAN and three seed sets, guided
             # alike: histograms JS 1.81x / W 0.95x real against 7.51x / 1.43x, sharpness 0.94x against 0.87x, a
-            # little more alike (diversity 1.06x against 1.01x), in 1.6 times the training time
+            # little more alike (diversity 1.05x against 1.01x), in 1.6 times the training time
             # (benchmarks/demo_side_by_side_codes_likelihood_1800.md). `--prediction_type v_prediction
             # --code_classification false --code_likelihood false` in training and inference gives v-prediction.
             "prediction_type": "sample",
