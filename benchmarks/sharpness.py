@@ -253,7 +253,8 @@ def where_the_detail_goes(args, settings: dict) -> dict:
     noise = torch.stack([starting_noise(sampler.latent_shape, seed) for seed in range(settings["inference"]["num_samples"])])
     with torch.no_grad():
         real_latents = torch.cat([autoencoder.encode_stage_2_inputs(v[None]) for v in real])
-        sample_latents = DiffusionInferer.sample(sampler.inferer, input_noise=noise, diffusion_model=sampler.network.eval(),
+        sampler.network.eval()  # sampled as LatentSampler samples it: through the expected code of a code classifier
+        sample_latents = DiffusionInferer.sample(sampler.inferer, input_noise=noise, diffusion_model=sampler.denoiser,
                                                  scheduler=sampler.inferer.scheduler, verbose=False)
         rebuilt = torch.cat([autoencoder.decode_stage_2_outputs(z[None]) for z in real_latents]).clamp(-1, 1)
         samples = torch.cat([autoencoder.decode_stage_2_outputs(z[None]) for z in sample_latents]).clamp(-1, 1)
@@ -403,6 +404,10 @@ def main() -> None:
     # the demo's settings without autoguidance (the sampler variants as measured, unguided), or quality.py's at 64^3
     settings = stage_settings(argparse.Namespace(size=args.size, paper_widths=False, train=args.train, samples=8,
                                                  downsample_factor=None, scale_equivariance=0.0))
+    if args.size == 32:  # the sampler variants sample the demo's own denoiser, as python -m common demo trains it
+        from common.pipeline import DEMO_SETTINGS
+
+        settings["denoiser"] = dict(DEMO_SETTINGS[BUNDLE]["denoiser"])
     if args.epochs:
         settings["autoencoder"]["train#trainer#max_epochs"] = args.epochs
     args.pictures = args.out.with_suffix("")
