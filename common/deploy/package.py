@@ -33,7 +33,7 @@ from common.pipeline import DEMO_SETTINGS, without_autoguidance
 
 from .export import export_torchscript
 
-__all__ = ["PackagingError", "package_bundle"]
+__all__ = ["PackagingError", "demo_overrides", "package_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +281,31 @@ def _replace(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def demo_overrides(bundle: str, ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """The overrides that configure a package of the models a demo wrote into ``ckpt_dir``: the demo's settings
+    (``common.pipeline.DEMO_SETTINGS``), without autoguidance when no ``guide.pt`` was kept, and the model-defining
+    settings the diffusion checkpoint itself was trained with (its ``model_settings``; those it lacks at the values
+    of the checkpoints written before they were stored). The checkpoint's win, so the same command packages the
+    conditional demo (v-prediction, class labels), a demo of an earlier release, and today's demo alike."""
+    if bundle not in DEMO_SETTINGS:
+        raise PackagingError(f"no demo settings for bundle '{bundle}' (have: {', '.join(DEMO_SETTINGS)}).")
+    settings = DEMO_SETTINGS[bundle]
+    if not (Path(ckpt_dir) / "guide.pt").is_file():  # a demo trained without a guide (the conditional one, or before 0.2.13)
+        logger.warning("%s holds no guide.pt: the package samples without autoguidance.", ckpt_dir)
+        settings = without_autoguidance(settings)
+    checkpoint = Path(ckpt_dir) / "diffusion.pt"
+    trained: dict[str, Any] = {}
+    if checkpoint.is_file():  # a missing one is reported where the package reads it
+        try:
+            content = read_checkpoint(checkpoint)
+            stored = (content.get("model_settings") if isinstance(content, dict) else None) or {}
+        except CheckpointError as error:
+            raise PackagingError(str(error)) from None
+        before = ConfigParser.load_config_file(str(bundle_dir(bundle) / "configs" / "inference.json"))["model_settings"]
+        trained = {**before.get("written_before", {}), **stored}
+    return {**settings["shared"], **settings["denoiser"], **trained, **settings["inference"]}
+
+
 def package_bundle(
     bundle: str,
     ckpt_dir: str | os.PathLike,
@@ -302,13 +327,7 @@ def package_bundle(
             still win).
     """
     if demo:
-        if bundle not in DEMO_SETTINGS:
-            raise PackagingError(f"no demo settings for bundle '{bundle}' (have: {', '.join(DEMO_SETTINGS)}).")
-        settings = DEMO_SETTINGS[bundle]
-        if not (Path(ckpt_dir) / "guide.pt").is_file():  # a demo trained without a guide (the conditional one, or before 0.2.13)
-            logger.warning("%s holds no guide.pt: the package samples without autoguidance.", ckpt_dir)
-            settings = without_autoguidance(settings)
-        overrides = {**settings["shared"], **settings["denoiser"], **settings["inference"], **dict(overrides or {})}
+        overrides = {**demo_overrides(bundle, ckpt_dir), **dict(overrides or {})}
 
     source = bundle_dir(bundle)
     output = Path(output_dir)

@@ -181,6 +181,30 @@ def test_demo_settings_are_the_overrides_of_a_demo_package(tmp_path):
         package_bundle("brain_mri", tmp_path, tmp_path / "dist", demo=True)
 
 
+def test_a_demo_package_takes_the_model_settings_its_checkpoint_was_trained_with(tmp_path):
+    from common.deploy.package import demo_overrides
+    from common.pipeline import DEMO_SETTINGS
+
+    # today's demo: the demo's settings as they are
+    torch.save({"model_settings": {"prediction_type": "sample", "code_classification": True, "code_likelihood": True}}, tmp_path / "diffusion.pt")
+    (tmp_path / "guide.pt").touch()
+    today = demo_overrides("brain_mri", tmp_path)
+    assert today["code_classification"] is True and today["code_likelihood"] is True and today["prediction_type"] == "sample"
+    assert today["autoguidance_scale"] == DEMO_SETTINGS["brain_mri"]["inference"]["autoguidance_scale"]
+    # the conditional demo (v-prediction, class labels, no guide) packages as it was trained, not as the demo's denoiser
+    labels = {"ventricles": ["normal", "enlarged"]}
+    torch.save({"model_settings": {"prediction_type": "v_prediction", "code_classification": False, "class_labels": labels}}, tmp_path / "diffusion.pt")
+    (tmp_path / "guide.pt").unlink()
+    conditional = demo_overrides("brain_mri", tmp_path)
+    assert conditional["prediction_type"] == "v_prediction" and conditional["code_classification"] is False
+    assert conditional["class_labels"] == labels and "autoguidance_scale" not in conditional
+    # a setting the checkpoint predates has the value every earlier checkpoint had
+    assert conditional["code_likelihood"] is False and conditional["self_conditioning"] is False
+    (tmp_path / "diffusion.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(PackagingError, match="diffusion.pt"):
+        demo_overrides("brain_mri", tmp_path)
+
+
 def test_an_autoguidance_guide_is_packaged_with_the_denoiser_and_named_in_its_config(brain_model, tmp_path):
     from tests.bundles.bundle_runs import SIZE_32_OVERRIDES, run_bundle
 
