@@ -4,7 +4,8 @@ enlarged ventricles, sample each class at several guidance scales, and judge whe
 ``python -m common demo --conditional`` runs it. Not in Medical Diffusion (Khader et al.), whose denoiser is
 unconditional: the labels enter the depth-attention U-Net as a class embedding, with classifier-free guidance
 (Ho & Salimans, 2022). The demo's models are those of the unconditional demo (``common.pipeline.DEMO_SETTINGS``),
-trained with the class labels; each stage is one of the bundle's own configs run by ``monai.bundle.run``. The
+trained with the class labels, with the v-prediction denoiser it was measured with
+(``common.pipeline.V_PREDICTION_DENOISER``) rather than the unconditional demo's code classifier; each stage is one of the bundle's own configs run by ``monai.bundle.run``. The
 class is judged by a measured proxy that defines it (``ventricle_volume``), a nearest-class-median classifier
 fitted on the real training brains, and every class is evaluated against the real brains of that class.
 """

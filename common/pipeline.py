@@ -27,8 +27,8 @@ from common.networks import check_image_size
 from common.overrides import as_bool, refuse_unknown_ids
 
 __all__ = [
-    "AUTOGUIDANCE_IDS", "DEMO_SETTINGS", "V_PREDICTION_DENOISER", "SMALL_IMAGE_SIZE", "SMALL_SETTINGS", "STAGES", "TRAINING_STAGES", "demo", "pipeline",
-    "run_stages", "summary", "train_stages", "without_autoguidance",
+    "AUTOGUIDANCE_IDS", "DEMO_SETTINGS", "SMALL_IMAGE_SIZE", "SMALL_SETTINGS", "STAGES", "TRAINING_STAGES", "V_PREDICTION_DENOISER",
+    "demo", "pipeline", "run_stages", "summary", "train_stages", "without_autoguidance",
 ]
 
 logger = logging.getLogger(__name__)
